@@ -1,0 +1,178 @@
+"""The ``--velocitune-*`` command-line flags.
+
+``add_velocitune_args`` has the signature of Megatron-LM's ``extra_args_provider``, so the same
+group serves ``pretrain_gpt.py`` (through the adapter) and this project's own training entry.
+``config_from_args`` turns the parsed namespace into a validated :class:`VelocituneConfig`.
+
+Loss files are JSON: either ``{"losses": {"<domain>": <loss>, ...}}`` (what the project's tools
+write, with any other metadata keys beside ``losses``) or a bare ``{"<domain>": <loss>}``; the
+domains are matched by name to ``--velocitune-domain-names``, or taken in file order.
+"""
+
+import argparse
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.policy import POLICIES
+
+__all__ = ["add_velocitune_args", "config_from_args", "read_loss_file", "write_loss_file"]
+
+
+def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``velocitune`` argument group to ``parser``.
+
+    Args:
+        parser (argparse.ArgumentParser): Megatron-LM's parser, or any other.
+
+    Returns:
+        argparse.ArgumentParser: the same parser (Megatron-LM's extra_args_provider contract).
+    """
+    group = parser.add_argument_group(title="velocitune")
+    group.add_argument(
+        "--velocitune-policy",
+        default="velocity",
+        choices=sorted(POLICIES),
+        help="Reweighting rule: velocity (Velocitune), dbl (Sheared LLaMA DBL), ratio "
+        "(no target loss ablation) or static (fixed blend, per-domain losses still recorded).",
+    )
+    group.add_argument(
+        "--velocitune-update-interval",
+        type=int,
+        default=150,
+        help="Iterations m between two weight updates (paper: 150).",
+    )
+    group.add_argument(
+        "--velocitune-eval-iters",
+        type=int,
+        default=10,
+        help="Micro-batches per domain in each held-out evaluation (the same ones every time).",
+    )
+    group.add_argument(
+        "--velocitune-initial-loss",
+        type=float,
+        nargs="+",
+        default=None,
+        help="Initial held-out loss per domain, in blend order. Measured at iteration 0 when "
+        "neither this nor --velocitune-initial-loss-file is given.",
+    )
+    group.add_argument(
+        "--velocitune-initial-loss-file",
+        default=None,
+        help="JSON file of initial losses per domain (tools/measure_initial_loss.py writes it).",
+    )
+    group.add_argument(
+        "--velocitune-target-loss",
+        type=float,
+        nargs="+",
+        default=None,
+        help="Target held-out loss per domain, in blend order; each below its initial loss.",
+    )
+    group.add_argument(
+        "--velocitune-target-loss-file",
+        default=None,
+        help="JSON file of target losses per domain (tools/fit_target_loss.py writes it).",
+    )
+    group.add_argument(
+        "--velocitune-min-weight",
+        type=float,
+        default=0.0,
+        help="Floor of every domain weight after an update (0: the paper's rule exactly).",
+    )
+    group.add_argument(
+        "--velocitune-domain-names",
+        nargs="+",
+        default=None,
+        help="One name per domain, in blend order (default: the data prefixes' base names).",
+    )
+    group.add_argument(
+        "--velocitune-log-dir",
+        default=None,
+        help="Directory for the JSONL weight/loss trajectory (default: --tensorboard-dir or "
+        "--save).",
+    )
+    return parser
+
+
+def read_loss_file(path: str, names: Optional[Sequence[str]], flag: str) -> List[float]:
+    """Read a per-domain loss JSON file.
+
+    Args:
+        path (str): the file.
+        names (Optional[Sequence[str]]): domain names to pick, in blend order; file order if None.
+        flag (str): the flag that named the file, for error messages.
+
+    Returns:
+        List[float]: one loss per domain.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise VelocituneConfigError(f"{flag}: cannot read {path!r}: {e}") from None
+    losses = data.get("losses", data) if isinstance(data, dict) else None
+    if not isinstance(losses, dict):
+        raise VelocituneConfigError(
+            f"{flag}: {path!r} must hold a JSON object of domain -> loss (optionally under "
+            f"'losses')"
+        )
+    if names is None:
+        return [float(v) for v in losses.values()]
+    missing = [n for n in names if n not in losses]
+    if missing:
+        raise VelocituneConfigError(
+            f"{flag}: {path!r} has no loss for domains {missing} (it has {sorted(losses)})"
+        )
+    return [float(losses[n]) for n in names]
+
+
+def write_loss_file(path: str, names: Sequence[str], losses: Sequence[float], **meta) -> None:
+    """Write losses in the format :func:`read_loss_file` reads (atomically)."""
+    payload: Dict[str, object] = dict(meta)
+    payload["losses"] = {n: float(v) for n, v in zip(names, losses)}
+    tmp = f"{path}.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _losses_from(args: argparse.Namespace, kind: str, names) -> tuple:
+    values = getattr(args, f"velocitune_{kind}_loss")
+    path = getattr(args, f"velocitune_{kind}_loss_file")
+    if values is not None and path is not None:
+        raise VelocituneConfigError(
+            f"--velocitune-{kind}-loss and --velocitune-{kind}-loss-file {path!r}: give one"
+        )
+    if path is not None:
+        return read_loss_file(path, names, f"--velocitune-{kind}-loss-file {path}"), path
+    return values, None
+
+
+def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
+    """Build the config from parsed flags (reading the loss files they name).
+
+    Args:
+        args (argparse.Namespace): parsed arguments holding the ``velocitune_*`` attributes.
+
+    Returns:
+        VelocituneConfig: the config; call ``validate(num_domains, weights)`` once the blend is
+        known.
+    """
+    names = args.velocitune_domain_names
+    initial, initial_file = _losses_from(args, "initial", names)
+    target, target_file = _losses_from(args, "target", names)
+    return VelocituneConfig(
+        policy=args.velocitune_policy,
+        update_interval=args.velocitune_update_interval,
+        eval_iters=args.velocitune_eval_iters,
+        initial_loss=initial,
+        initial_loss_file=initial_file,
+        target_loss=target,
+        target_loss_file=target_file,
+        min_weight=args.velocitune_min_weight,
+        domain_names=names,
+        seed=getattr(args, "seed", 1234),
+        log_dir=args.velocitune_log_dir,
+    )

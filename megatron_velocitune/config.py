@@ -1,0 +1,181 @@
+"""VelocituneConfig: every knob of the plugin in one dataclass, validated once.
+
+Each field maps to one ``--velocitune-*`` flag (see :mod:`megatron_velocitune.arguments`), and
+every validation error is a single line naming that flag and the offending value, so a bad launch
+fails before any rank touches data.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from megatron_velocitune.policy import POLICIES
+
+__all__ = [
+    "VelocituneConfig",
+    "VelocituneConfigError",
+    "check_losses",
+    "check_targets_below_initial",
+    "check_weights",
+]
+
+
+class VelocituneConfigError(ValueError):
+    """A configuration value is invalid; the message is one line naming the flag and value."""
+
+
+def _flag(name: str) -> str:
+    return "--velocitune-" + name.replace("_", "-")
+
+
+def check_losses(
+    values: Sequence[float], num_domains: int, flag: str, names: Optional[Sequence[str]] = None
+) -> List[float]:
+    """Check a per-domain loss vector: right length, finite, positive.
+
+    Args:
+        values (Sequence[float]): one loss per domain.
+        num_domains (int): number of domains in the blend.
+        flag (str): the flag (or file) the values came from, for the error message.
+        names (Optional[Sequence[str]]): domain names, for the error message.
+
+    Returns:
+        List[float]: the values as floats.
+    """
+    values = [float(v) for v in values]
+    if len(values) != num_domains:
+        raise VelocituneConfigError(
+            f"{flag}: got {len(values)} losses {values} for {num_domains} domains"
+        )
+    for i, v in enumerate(values):
+        name = names[i] if names else str(i)
+        if not math.isfinite(v) or v <= 0.0:
+            raise VelocituneConfigError(
+                f"{flag}: loss {v} for domain {name!r} must be finite and positive"
+            )
+    return values
+
+
+def check_weights(weights: Sequence[float], flag: str = "--data-path") -> List[float]:
+    """Check a blend: finite, strictly positive, summing to one (within 1e-6).
+
+    Returns:
+        List[float]: the weights as floats.
+    """
+    weights = [float(w) for w in weights]
+    if not weights or any(not math.isfinite(w) or w <= 0.0 for w in weights):
+        raise VelocituneConfigError(f"{flag}: weights {weights} must all be finite and > 0")
+    if abs(sum(weights) - 1.0) > 1e-6:
+        raise VelocituneConfigError(f"{flag}: weights {weights} sum to {sum(weights)}, not 1")
+    return weights
+
+
+@dataclass
+class VelocituneConfig:
+    """Configuration of a Velocitune run.
+
+    Attributes:
+        policy (str): ``velocity`` (Velocitune), ``dbl``, ``ratio`` (no target loss) or
+            ``static`` (CPT; per-domain evaluation still runs, which is the observe mode).
+        update_interval (int): ``m``, iterations between two weight updates (paper: 150).
+        eval_iters (int): micro-batches per domain in each held-out evaluation ``S'_eval,i``.
+        initial_loss (Optional[List[float]]): ``L_init`` per domain; measured at iteration 0
+            on the full held-out sets when None.
+        initial_loss_file (Optional[str]): JSON file the initial losses were read from.
+        target_loss (Optional[List[float]]): ``L_target`` per domain (needed by velocity, dbl).
+        target_loss_file (Optional[str]): JSON file the target losses were read from.
+        min_weight (float): weight floor after each update (0 reproduces the paper exactly).
+        domain_names (Optional[List[str]]): one name per domain, for logs and loss files.
+        seed (int): seed of the blend (and of the evaluation subsets).
+        log_dir (Optional[str]): where the JSONL trajectory is written.
+    """
+
+    policy: str = "velocity"
+    update_interval: int = 150
+    eval_iters: int = 10
+    initial_loss: Optional[List[float]] = None
+    initial_loss_file: Optional[str] = None
+    target_loss: Optional[List[float]] = None
+    target_loss_file: Optional[str] = None
+    min_weight: float = 0.0
+    domain_names: Optional[List[str]] = None
+    seed: int = 1234
+    log_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise VelocituneConfigError(
+                f"{_flag('policy')}: {self.policy!r} is not one of {sorted(POLICIES)}"
+            )
+        for name in ("update_interval", "eval_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise VelocituneConfigError(f"{_flag(name)}: {value!r} must be an integer >= 1")
+        if not math.isfinite(self.min_weight) or self.min_weight < 0.0:
+            raise VelocituneConfigError(
+                f"{_flag('min_weight')}: {self.min_weight} must be finite and >= 0"
+            )
+        if self.domain_names is not None and len(set(self.domain_names)) != len(
+            self.domain_names
+        ):
+            raise VelocituneConfigError(
+                f"{_flag('domain_names')}: {self.domain_names} has repeated names"
+            )
+
+    def validate(self, num_domains: int, weights: Optional[Sequence[float]] = None) -> None:
+        """Check everything that depends on the blend, once it is known.
+
+        Args:
+            num_domains (int): number of domains in the blend.
+            weights (Optional[Sequence[float]]): the starting blend, normalised.
+
+        Raises:
+            VelocituneConfigError: one line naming the flag and value at fault.
+        """
+        if num_domains < 1:
+            raise VelocituneConfigError(f"--data-path: a blend needs domains, got {num_domains}")
+        names = self.domain_names
+        if names is not None and len(names) != num_domains:
+            raise VelocituneConfigError(
+                f"{_flag('domain_names')}: {len(names)} names {names} for {num_domains} domains"
+            )
+        if weights is not None:
+            check_weights(weights)
+        if self.min_weight * num_domains >= 1.0:
+            raise VelocituneConfigError(
+                f"{_flag('min_weight')}: {self.min_weight} leaves no room for {num_domains} "
+                f"domains (needs min_weight * domains < 1)"
+            )
+        initial_flag = self.initial_loss_file or _flag("initial_loss")
+        target_flag = self.target_loss_file or _flag("target_loss")
+        if self.initial_loss is not None:
+            check_losses(self.initial_loss, num_domains, initial_flag, names)
+        if self.target_loss is not None:
+            check_losses(self.target_loss, num_domains, target_flag, names)
+        elif self.policy in ("velocity", "dbl"):
+            raise VelocituneConfigError(
+                f"{_flag('target_loss')}: policy {self.policy!r} needs target losses "
+                f"(--velocitune-target-loss or --velocitune-target-loss-file)"
+            )
+        if self.initial_loss is not None and self.target_loss is not None:
+            check_targets_below_initial(self.initial_loss, self.target_loss, target_flag, names)
+
+    def names(self, num_domains: int) -> List[str]:
+        """Domain names, defaulting to ``domain0 .. domain{k-1}``."""
+        return list(self.domain_names or [f"domain{i}" for i in range(num_domains)])
+
+
+def check_targets_below_initial(
+    initial: Sequence[float],
+    target: Sequence[float],
+    flag: str,
+    names: Optional[Sequence[str]] = None,
+) -> None:
+    """Velocity is undefined unless ``L_target < L_init`` for every domain (see README)."""
+    for i, (ini, tgt) in enumerate(zip(initial, target)):
+        if not tgt < ini:
+            name = names[i] if names else str(i)
+            raise VelocituneConfigError(
+                f"{flag}: target loss {tgt} for domain {name!r} is not below its initial "
+                f"loss {ini}"
+            )

@@ -1,0 +1,38 @@
+"""megatron-velocitune: velocity-based dynamic domain reweighting for Megatron-Core."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-velocitune",
+    version="0.1.0",
+    description="Velocitune dynamic domain reweighting for Megatron-LM / Megatron-Core "
+    "continual pre-training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_velocitune", "megatron_velocitune.*"]),
+    # torch and megatron are left unpinned on purpose: clusters bring their own (an NGC build of
+    # torch, a Megatron-LM checkout on PYTHONPATH) and installing this package must not replace them.
+    install_requires=[
+        "torch",
+        "megatron-core>=0.14",
+        "numpy",
+        "scipy",
+        "tensorboard",
+    ],
+    extras_require={
+        "dev": [
+            "pytest",
+            "pytest-timeout",
+            "hypothesis",
+            "tokenizers",
+            "matplotlib",
+            "tqdm",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "velocitune-demo=megatron_velocitune.demo:main",
+        ],
+    },
+)

@@ -1,0 +1,218 @@
+"""Raw text per domain to Megatron ``.bin/.idx`` files, with a real byte-level BPE tokenizer.
+
+The low layer of ``tools/prepare_corpus.py`` and of the test and demo corpora: read documents
+(a folder of text files, a glob, a single file, or JSONL with a ``text`` field), tokenize them
+with a Hugging Face ``tokenizers`` BPE (trained on the corpus itself, or loaded from a
+``tokenizer.json``), and write one indexed dataset per domain with megatron-core's own
+``IndexedDatasetBuilder``. Each document ends with the end-of-document token, as Megatron-LM's
+``preprocess_data.py --append-eod`` does.
+"""
+
+import glob
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "EOD_TOKEN",
+    "DomainStats",
+    "iter_documents",
+    "load_tokenizer",
+    "train_tokenizer",
+    "write_domain",
+    "write_manifest",
+]
+
+EOD_TOKEN = "<|endoftext|>"
+# Files that are certainly not text; anything else that fails to decode as UTF-8 is skipped too.
+_BINARY_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".png", ".jpg", ".pyc", ".so", ".dat", ".u8"}
+
+
+@dataclass
+class DomainStats:
+    """What one domain's indexed dataset holds.
+
+    Attributes:
+        name (str): domain name.
+        prefix (str): path prefix of the ``.bin/.idx`` pair.
+        documents (int): documents written.
+        tokens (int): tokens written, end-of-document tokens included.
+    """
+
+    name: str
+    prefix: str
+    documents: int
+    tokens: int
+
+
+def _read_text(path: str) -> Optional[str]:
+    if os.path.splitext(path)[1] in _BINARY_SUFFIXES:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (UnicodeDecodeError, OSError):
+        return None
+    return text if text.strip() else None
+
+
+def _source_files(source: str) -> List[str]:
+    if any(ch in source for ch in "*?["):
+        paths = glob.glob(source, recursive=True)
+    elif os.path.isdir(source):
+        paths = [os.path.join(d, f) for d, _, files in os.walk(source) for f in files]
+    elif os.path.isfile(source):
+        paths = [source]
+    else:
+        raise FileNotFoundError(f"no such file, folder or glob match: {source!r}")
+    # Sorted so the corpus (and every index built on it) is the same on every machine.
+    return sorted(p for p in paths if os.path.isfile(p))
+
+
+def iter_documents(source: str, max_bytes: Optional[int] = None) -> Iterator[str]:
+    """Yield the documents of one domain source.
+
+    Args:
+        source (str): a folder (every readable UTF-8 file below it), a glob (``**`` allowed),
+            a text file (one document), or a ``.jsonl`` file (one document per line's ``text``).
+        max_bytes (Optional[int]): stop once this many bytes of text have been yielded.
+
+    Returns:
+        Iterator[str]: documents, in a deterministic order.
+    """
+    total = 0
+    for path in _source_files(source):
+        if path.endswith(".jsonl"):
+            with open(path, encoding="utf-8") as f:
+                texts = (json.loads(line).get("text", "") for line in f if line.strip())
+                texts = [t for t in texts if t.strip()]
+        else:
+            text = _read_text(path)
+            texts = [text] if text else []
+        for text in texts:
+            yield text
+            total += len(text.encode("utf-8"))
+            if max_bytes is not None and total >= max_bytes:
+                return
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str):
+    """Train a byte-level BPE (GPT-2 style pre-tokenisation) and save it as ``tokenizer.json``.
+
+    Args:
+        texts (Iterable[str]): training text.
+        vocab_size (int): vocabulary size, the end-of-document token included.
+        path (str): where to save the tokenizer.
+
+    Returns:
+        tokenizers.Tokenizer: the trained tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def load_tokenizer(path: str):
+    """Load a Hugging Face ``tokenizer.json`` that has the ``<|endoftext|>`` token.
+
+    Returns:
+        tokenizers.Tokenizer: the tokenizer.
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+    if tokenizer.token_to_id(EOD_TOKEN) is None:
+        raise ValueError(f"{path}: tokenizer has no end-of-document token {EOD_TOKEN!r}")
+    return tokenizer
+
+
+def write_domain(
+    name: str,
+    documents: Iterable[str],
+    tokenizer,
+    prefix: str,
+    batch_size: int = 256,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> DomainStats:
+    """Tokenize documents and write them as one Megatron indexed dataset.
+
+    Args:
+        name (str): domain name.
+        documents (Iterable[str]): the domain's documents.
+        tokenizer (tokenizers.Tokenizer): from :func:`train_tokenizer` or :func:`load_tokenizer`.
+        prefix (str): output path prefix (``prefix.bin`` and ``prefix.idx`` are written).
+        batch_size (int): documents tokenized per call (the Rust tokenizer runs them in parallel).
+        on_batch (Optional[Callable[[int], None]]): called with the bytes of each batch
+            (a progress bar's ``update``).
+
+    Returns:
+        DomainStats: what was written.
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    eod = tokenizer.token_to_id(EOD_TOKEN)
+    dtype = np.uint16 if tokenizer.get_vocab_size() < 65500 else np.int32
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
+    stats = DomainStats(name, prefix, 0, 0)
+
+    def flush(batch: List[str]) -> None:
+        for encoding in tokenizer.encode_batch(batch):
+            ids = np.array(encoding.ids + [eod], dtype=dtype)
+            builder.add_document(ids, [len(ids)])
+            stats.documents += 1
+            stats.tokens += len(ids)
+        if on_batch is not None:
+            on_batch(sum(len(t.encode("utf-8")) for t in batch))
+
+    batch: List[str] = []
+    for doc in documents:
+        batch.append(doc)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    if stats.documents == 0:
+        raise ValueError(f"domain {name!r}: no documents to write")
+    builder.finalize(prefix + ".idx")
+    return stats
+
+
+def token_proportional_weights(stats: Sequence[DomainStats]) -> List[float]:
+    """The CPT default blend: each domain weighted by its share of all tokens."""
+    total = sum(s.tokens for s in stats)
+    return [s.tokens / total for s in stats]
+
+
+def write_manifest(path: str, stats: Sequence[DomainStats], tokenizer_path: str) -> Dict:
+    """Write ``corpus.json``: domains, token counts, default weights and a ``--data-path``.
+
+    Returns:
+        Dict: the manifest written.
+    """
+    weights = token_proportional_weights(stats)
+    manifest = {
+        "tokenizer": os.path.abspath(tokenizer_path),
+        "domains": [asdict(s) for s in stats],
+        "weights": weights,
+        "data_path": " ".join(f"{w:.6f} {s.prefix}" for w, s in zip(weights, stats)),
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return manifest

@@ -40,3 +40,25 @@ def test_jsonl_documents_and_manifest(tmp_path, corpus):
     manifest = write_manifest(str(tmp_path / "corpus.json"), [stats, other], corpus.tokenizer_path)
     assert manifest["weights"] == [0.25, 0.75]
     assert manifest["data_path"].split() == ["0.250000", stats.prefix, "0.750000", "/x/other"]
+
+
+def test_prepare_corpus_tool(tmp_path, corpus, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_corpus", "tools/prepare_corpus.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("The quick brown fox. " * 50)
+    (tmp_path / "b.jsonl").write_text('{"text": "def f(x):\\n    return x"}\n' * 30)
+    out = tmp_path / "out"
+    rc = tool.main(["--output-dir", str(out), "--tokenizer-model", corpus.tokenizer_path,
+                    "--domain", f"prose={tmp_path / 'a'}", "--domain", f"code={tmp_path / 'b.jsonl'}"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "--data-path" in printed and (out / "prose.idx").exists()
+    manifest = json.load(open(out / "corpus.json"))
+    assert [d["documents"] for d in manifest["domains"]] == [1, 30]
+    assert abs(sum(manifest["weights"]) - 1) < 1e-12
+    assert tool.main(["--output-dir", str(out), "--vocab-size", "300",
+                      "--domain", f"x={tmp_path / 'missing'}"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,342 @@
+"""Target losses from the Chinchilla data term ``L(D) = E + B / D^beta`` (Velocitune step 2).
+
+A proxy run with the default (token-proportional) weights records each domain's held-out loss at
+its evaluations; fitting ``L(D)`` per domain on the points up to a fraction of the budget (the
+paper: half) and evaluating it at the full budget gives ``L_target``. ``D`` is the number of
+training tokens seen so far (the trajectory's ``consumed_tokens``). The later points, left out of
+the fit, measure how well the law extrapolates (the paper reports mean absolute errors of 2.4e-3
+and 1.84e-3).
+
+The fit (see :mod:`megatron_velocitune.fitting`) is a Huber loss on log-loss residuals minimised
+by L-BFGS-B from a grid of starts, inside bounds ``E > 0``, ``B >= 0`` and ``beta`` in
+``[0.01, 2]``. ``B >= 0`` is deliberate: the law describes learning, so a rising curve (a replay
+domain that forgets) fits as flat, ``B ~ 0`` and ``E ~`` its mean loss, and its predicted target
+lands at or above the initial loss. :func:`resolve_target` turns that into a clear error, or, on
+request, into the *hold-initial* rule: ``L_target = L_init * (1 - margin)``. With that target,
+any forgetting (``L_t >= L_init``) gives velocity 1, the largest weight boost, and the domain's
+velocity reaches 0 only once it beats its initial loss by the margin.
+
+Pure numpy/scipy, no I/O.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from megatron_velocitune.fitting import (
+    DEFAULT_HUBER_DELTA,
+    fit_huber_log,
+    huber_log_loss,
+    r_squared,
+    start_grid,
+)
+
+__all__ = [
+    "BETA_BOUNDS",
+    "DEFAULT_TARGET_MARGIN",
+    "MIN_FIT_POINTS",
+    "TARGET_RULES",
+    "ChinchillaFit",
+    "HeldOutError",
+    "TargetAboveInitialError",
+    "TargetDecision",
+    "TooFewPointsError",
+    "fit_chinchilla",
+    "held_out_error",
+    "resolve_target",
+]
+
+# Data exponents reported for LMs sit around 0.1-0.5; the bounds leave room either side while
+# excluding the degenerate ends (beta -> 0 makes B / D^beta a second constant that trades
+# freely with E; a huge beta makes the curve a step).
+BETA_BOUNDS: Tuple[float, float] = (0.01, 2.0)
+
+# Three parameters: at least one more point than parameters, so the fit is over-determined.
+MIN_FIT_POINTS = 4
+
+# The hold-initial rule's default: the target sits 1% below the initial loss (~0.02-0.03 nats on
+# a 2-3 nat domain), about the size of a new domain's gain in a short run, so a replay domain's
+# velocity moves across [0, 1] on the scale of real changes rather than eval noise.
+DEFAULT_TARGET_MARGIN = 0.01
+
+# "refuse": a target at or above the initial loss is an error. "hold-initial": every target is
+# at most ``L_init * (1 - margin)``.
+TARGET_RULES = ("refuse", "hold-initial")
+
+
+class TooFewPointsError(ValueError):
+    """Too few (tokens, loss) points to fit the law."""
+
+
+class TargetAboveInitialError(ValueError):
+    """The predicted target is not below the initial loss (velocity would be undefined)."""
+
+
+@dataclass(frozen=True)
+class ChinchillaFit:
+    """A fitted ``L(D) = E + B / D^beta``.
+
+    ``B`` is in raw token units and can be large; predictions use the numerically tame form
+    ``E + b * (D / scale)^-beta`` with ``b = B / scale^beta``.
+
+    Attributes:
+        E (float): irreducible loss (the asymptote), > 0.
+        B (float): data-term coefficient, >= 0.
+        beta (float): data exponent, in :data:`BETA_BOUNDS`.
+        scale (float): token count the fit was normalised by (the largest fitted ``D``).
+        huber_loss (float): mean Huber loss of the log residuals on the fitted points.
+        r2 (float): R^2 of the losses on the fitted points.
+        num_points (int): points fitted.
+        max_tokens (float): largest ``D`` fitted (beyond it is extrapolation).
+        converged (bool): whether the best L-BFGS-B start reported success.
+    """
+
+    E: float
+    B: float
+    beta: float
+    scale: float
+    huber_loss: float
+    r2: float
+    num_points: int
+    max_tokens: float
+    converged: bool
+
+    def predict(self, tokens) -> np.ndarray:
+        """Predicted loss after ``tokens`` training tokens.
+
+        Args:
+            tokens (array-like): token counts, > 0.
+
+        Returns:
+            np.ndarray: ``E + B / tokens^beta`` (a 0-d array for a scalar input).
+        """
+        x = np.asarray(tokens, dtype=np.float64) / self.scale
+        b = self.B / self.scale**self.beta
+        return self.E + b * x ** (-self.beta)
+
+
+@dataclass(frozen=True)
+class HeldOutError:
+    """How well a fit on the early points predicts the later ones.
+
+    Attributes:
+        fit (ChinchillaFit): the law fitted on points with ``tokens <= cutoff_tokens``.
+        cutoff_tokens (float): the last token count allowed into the fit.
+        tokens (np.ndarray): the held-out token counts (``> cutoff_tokens``).
+        observed (np.ndarray): their observed losses.
+        predicted (np.ndarray): the fit's predictions there.
+        mae (float): mean absolute error over the held-out points (``nan`` if none).
+        final_error (float): absolute error at the last held-out point (``nan`` if none).
+    """
+
+    fit: ChinchillaFit
+    cutoff_tokens: float
+    tokens: np.ndarray
+    observed: np.ndarray
+    predicted: np.ndarray
+    mae: float
+    final_error: float
+
+
+@dataclass(frozen=True)
+class TargetDecision:
+    """The target loss a domain gets, and why.
+
+    Attributes:
+        target (float): the target to use (``< initial`` whenever ``initial`` is known).
+        predicted (float): the law's prediction at the budget.
+        initial (Optional[float]): the domain's initial loss, if known.
+        rule_applied (bool): whether the hold-initial rule replaced the prediction.
+        note (str): one line for the user ("" when the prediction is used as is).
+    """
+
+    target: float
+    predicted: float
+    initial: Optional[float]
+    rule_applied: bool
+    note: str
+
+
+def _model(params: np.ndarray, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    e, b, beta = params
+    xp = x ** (-beta)
+    pred = e + b * xp
+    jac = np.stack([np.ones_like(x), xp, -b * xp * np.log(x)], axis=1)
+    return pred, jac
+
+
+def fit_chinchilla(
+    tokens: Sequence[float],
+    losses: Sequence[float],
+    delta: float = DEFAULT_HUBER_DELTA,
+    beta_bounds: Tuple[float, float] = BETA_BOUNDS,
+) -> ChinchillaFit:
+    """Fit ``L(D) = E + B / D^beta`` to one domain's (tokens, loss) points.
+
+    Args:
+        tokens (Sequence[float]): training tokens seen at each evaluation, > 0.
+        losses (Sequence[float]): held-out loss at each evaluation, > 0.
+        delta (float): Huber threshold on log-loss residuals.
+        beta_bounds (Tuple[float, float]): bounds of ``beta``.
+
+    Returns:
+        ChinchillaFit: the best fit over the start grid.
+
+    Raises:
+        TooFewPointsError: fewer than :data:`MIN_FIT_POINTS` points, or fewer than 3 distinct
+            token counts.
+        ValueError: mismatched lengths, non-positive tokens, non-finite or non-positive losses.
+    """
+    d = np.asarray(tokens, dtype=np.float64)
+    y = np.asarray(losses, dtype=np.float64)
+    if d.shape != y.shape or d.ndim != 1:
+        raise ValueError(f"tokens {d.shape} and losses {y.shape} must be vectors of one length")
+    if d.size < MIN_FIT_POINTS or np.unique(d).size < 3:
+        raise TooFewPointsError(
+            f"need at least {MIN_FIT_POINTS} points at 3+ distinct token counts to fit "
+            f"E + B/D^beta, got {d.size} ({np.unique(d).size} distinct)"
+        )
+    if not np.all(np.isfinite(d)) or np.any(d <= 0):
+        raise ValueError("token counts must be finite and positive")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ValueError("losses must be finite and positive")
+
+    scale = float(d.max())
+    x = d / scale
+    y_min, y_max, y_last = float(y.min()), float(y.max()), float(y[np.argmax(d)])
+    # Starts: asymptotes from well below to just under the lowest loss; b so that the curve
+    # passes near the last observed point (the prediction at x = 1 is E + b).
+    starts = []
+    for frac, beta in start_grid((0.5, 0.85, 0.97), (0.1, 0.3, 0.8)):
+        e0 = frac * y_min
+        starts.append(np.array([e0, max(y_last - e0, 1e-3 * y_min), beta]))
+    bounds = [(1e-6, y_max), (0.0, 1e3 * y_max), beta_bounds]
+    outcome = fit_huber_log(_model, x, y, starts, bounds, delta=delta)
+    e, b, beta = (float(v) for v in outcome.params)
+    pred, _ = _model(outcome.params, x)
+    return ChinchillaFit(
+        E=e,
+        B=b * scale**beta,
+        beta=beta,
+        scale=scale,
+        huber_loss=huber_log_loss(pred, y, delta),
+        r2=r_squared(pred, y),
+        num_points=int(d.size),
+        max_tokens=scale,
+        converged=outcome.converged,
+    )
+
+
+def held_out_error(
+    tokens: Sequence[float],
+    losses: Sequence[float],
+    cutoff_tokens: float,
+    delta: float = DEFAULT_HUBER_DELTA,
+) -> HeldOutError:
+    """Fit on the points up to ``cutoff_tokens`` and measure the error on the later ones.
+
+    Args:
+        tokens (Sequence[float]): training tokens at each evaluation.
+        losses (Sequence[float]): held-out loss at each evaluation.
+        cutoff_tokens (float): points with ``tokens <= cutoff_tokens`` are fitted, the rest
+            held out (the paper: half the budget).
+        delta (float): Huber threshold.
+
+    Returns:
+        HeldOutError: the fit and its absolute errors on the held-out points.
+
+    Raises:
+        TooFewPointsError: too few points at or before the cutoff.
+    """
+    d = np.asarray(tokens, dtype=np.float64)
+    y = np.asarray(losses, dtype=np.float64)
+    early = d <= cutoff_tokens
+    try:
+        fit = fit_chinchilla(d[early], y[early], delta=delta)
+    except TooFewPointsError as e:
+        raise TooFewPointsError(f"{e} at or before {cutoff_tokens:.4g} tokens") from None
+    order = np.argsort(d[~early], kind="stable")
+    late_d, late_y = d[~early][order], y[~early][order]
+    pred = fit.predict(late_d)
+    err = np.abs(pred - late_y)
+    return HeldOutError(
+        fit=fit,
+        cutoff_tokens=float(cutoff_tokens),
+        tokens=late_d,
+        observed=late_y,
+        predicted=np.asarray(pred, dtype=np.float64),
+        mae=float(err.mean()) if err.size else float("nan"),
+        final_error=float(err[-1]) if err.size else float("nan"),
+    )
+
+
+def resolve_target(
+    predicted: float,
+    initial: Optional[float],
+    rule: str = "refuse",
+    margin: float = DEFAULT_TARGET_MARGIN,
+    name: str = "",
+) -> TargetDecision:
+    """Turn a predicted loss at the budget into a usable target (strictly below ``L_init``).
+
+    Velocity ``(L_t - L_target) / (L_init - L_target)`` needs ``L_target < L_init``. A domain
+    whose loss rises or stays flat (a replay domain that forgets) predicts a target at or above
+    its initial loss. ``rule="refuse"`` raises then; ``rule="hold-initial"`` sets every target
+    to at most ``L_init * (1 - margin)``: the goal for such a domain is to not forget. Forgetting
+    (``L_t >= L_init``) then gives velocity 1 and raises the domain's weight at every update,
+    while a loss already ``margin`` below its start gives velocity 0. (Anchoring on the lowest
+    observed loss instead would tie the target to one noisy evaluation, and on a curve that
+    dips then rises would make the domain look slow while it is merely back at its start.)
+
+    Args:
+        predicted (float): the law's loss at the full budget.
+        initial (Optional[float]): the domain's initial loss; None skips the check.
+        rule (str): one of :data:`TARGET_RULES`.
+        margin (float): relative gap below ``initial`` for the hold-initial rule, in (0, 1).
+        name (str): domain name for messages.
+
+    Returns:
+        TargetDecision: the target and a note.
+
+    Raises:
+        TargetAboveInitialError: ``rule == "refuse"`` and ``predicted >= initial``.
+        ValueError: an unknown rule, a margin outside (0, 1), or a non-finite prediction.
+    """
+    if rule not in TARGET_RULES:
+        raise ValueError(f"target rule {rule!r} must be one of {TARGET_RULES}")
+    if not 0.0 < margin < 1.0:
+        raise ValueError(f"target margin {margin} must be in (0, 1)")
+    predicted = float(predicted)
+    if not math.isfinite(predicted):
+        raise ValueError(f"domain {name!r}: predicted target {predicted} is not finite")
+    if initial is None:
+        return TargetDecision(predicted, predicted, None, False, "initial loss unknown: unchecked")
+    initial = float(initial)
+    held = initial * (1.0 - margin)
+    if rule == "refuse":
+        if predicted >= initial:
+            raise TargetAboveInitialError(
+                f"domain {name!r}: predicted target {predicted:.4f} is not below the initial "
+                f"loss {initial:.4f} (a rising or flat curve, e.g. a replay domain that "
+                f"forgets); use the hold-initial rule to target {held:.4f} "
+                f"(= initial * (1 - {margin:g}))"
+            )
+        note = ""
+        if predicted > held:
+            note = (
+                f"target {predicted:.4f} is within {margin:g} of the initial loss "
+                f"{initial:.4f}: velocity will be sensitive to eval noise"
+            )
+        return TargetDecision(predicted, predicted, initial, False, note)
+    if predicted > held:
+        return TargetDecision(
+            held,
+            predicted,
+            initial,
+            True,
+            f"hold-initial: predicted {predicted:.4f} is not {margin:g} below the initial loss "
+            f"{initial:.4f}; target set to {held:.4f}",
+        )
+    return TargetDecision(predicted, predicted, initial, False, "")

@@ -1,0 +1,161 @@
+"""A megatron-core GPTModel from a small typed config (local layer spec: no TE, no apex).
+
+The same builder serves the CPU tests and demo (gloo, ``use_cpu_initialization``) and GPU runs
+(NCCL, parameters created on the current device). It is tensor- and pipeline-parallel aware:
+each rank builds only its pipeline stage (``pre_process`` on the first stage, ``post_process``
+on the last), with its tensor-parallel shard of every layer.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+__all__ = ["GPTConfig", "build_gpt_model", "padded_vocab_size", "transformer_config"]
+
+
+def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
+    """Pad the vocabulary as Megatron-LM does (``--make-vocab-size-divisible-by``).
+
+    The vocab-parallel embedding and output layer split the vocabulary evenly over TP ranks.
+
+    Args:
+        vocab_size (int): the tokenizer's vocabulary size.
+        tensor_parallel_size (int): TP degree.
+        divisible_by (int): Megatron-LM's ``--make-vocab-size-divisible-by`` (default 128).
+
+    Returns:
+        int: the smallest multiple of ``divisible_by * tensor_parallel_size`` >= ``vocab_size``.
+    """
+    multiple = divisible_by * tensor_parallel_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a small GPT and how it is split.
+
+    Attributes:
+        num_layers (int): transformer layers (a multiple of ``pipeline_model_parallel_size``).
+        hidden_size (int): model width.
+        num_attention_heads (int): heads (a multiple of ``tensor_model_parallel_size``).
+        ffn_hidden_size (int): MLP width (default ``4 * hidden_size``).
+        seq_length (int): maximum sequence length (learned absolute positions).
+        vocab_size (int): vocabulary size; padded with :func:`padded_vocab_size`.
+        tensor_model_parallel_size (int): TP degree the model is built for.
+        pipeline_model_parallel_size (int): PP degree the model is built for.
+        hidden_dropout (float): dropout after attention / MLP.
+        attention_dropout (float): dropout on attention probabilities.
+        init_method_std (float): std of the normal weight init.
+        share_embeddings_and_output_weights (bool): tie input and output embeddings.
+        make_vocab_size_divisible_by (int): vocabulary padding unit.
+        params_dtype (torch.dtype): parameter and pipeline-communication dtype.
+        extra (Dict[str, Any]): further ``TransformerConfig`` fields, passed through.
+    """
+
+    num_layers: int = 2
+    hidden_size: int = 32
+    num_attention_heads: int = 4
+    ffn_hidden_size: int = 0
+    seq_length: int = 32
+    vocab_size: int = 1024
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    share_embeddings_and_output_weights: bool = False
+    make_vocab_size_divisible_by: int = 128
+    params_dtype: torch.dtype = torch.float32
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.ffn_hidden_size:
+            self.ffn_hidden_size = 4 * self.hidden_size
+        if self.num_layers % self.pipeline_model_parallel_size:
+            raise ValueError(
+                f"num_layers {self.num_layers} is not a multiple of the pipeline size "
+                f"{self.pipeline_model_parallel_size}"
+            )
+        if self.num_attention_heads % self.tensor_model_parallel_size:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of the "
+                f"tensor-parallel size {self.tensor_model_parallel_size}"
+            )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """The vocabulary size the embedding and output layer are built with."""
+        return padded_vocab_size(
+            self.vocab_size, self.tensor_model_parallel_size, self.make_vocab_size_divisible_by
+        )
+
+
+def transformer_config(config: GPTConfig) -> TransformerConfig:
+    """The megatron-core ``TransformerConfig`` for ``config`` on this machine.
+
+    On a machine without CUDA, parameters are created on the CPU (``use_cpu_initialization``)
+    and the pipeline exchanges float32 activations; on GPU they are created on the current
+    device.
+
+    Args:
+        config (GPTConfig): model shape and split.
+
+    Returns:
+        TransformerConfig: ready for :class:`GPTModel`.
+    """
+    on_cpu = not torch.cuda.is_available()
+    kwargs: Dict[str, Any] = dict(
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        ffn_hidden_size=config.ffn_hidden_size,
+        tensor_model_parallel_size=config.tensor_model_parallel_size,
+        pipeline_model_parallel_size=config.pipeline_model_parallel_size,
+        hidden_dropout=config.hidden_dropout,
+        attention_dropout=config.attention_dropout,
+        init_method_std=config.init_method_std,
+        use_cpu_initialization=on_cpu,
+        params_dtype=config.params_dtype,
+        pipeline_dtype=config.params_dtype,
+        bf16=config.params_dtype == torch.bfloat16,
+        fp16=config.params_dtype == torch.float16,
+    )
+    kwargs.update(config.extra)
+    return TransformerConfig(**kwargs)
+
+
+def build_gpt_model(config: GPTConfig) -> GPTModel:
+    """Build this rank's stage of the GPT (after ``initialize_parallel``).
+
+    Args:
+        config (GPTConfig): model shape and split; TP/PP sizes must match the initialized
+            parallel state.
+
+    Returns:
+        GPTModel: the local stage and TP shard, on the CPU or the current CUDA device.
+    """
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    if (tp, pp) != (config.tensor_model_parallel_size, config.pipeline_model_parallel_size):
+        raise ValueError(
+            f"GPTConfig is for TP={config.tensor_model_parallel_size} "
+            f"PP={config.pipeline_model_parallel_size} but the parallel state is TP={tp} PP={pp}"
+        )
+    model = GPTModel(
+        config=transformer_config(config),
+        transformer_layer_spec=get_gpt_layer_local_spec(),
+        vocab_size=config.padded_vocab_size,
+        max_sequence_length=config.seq_length,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
+        position_embedding_type="learned_absolute",
+    )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model

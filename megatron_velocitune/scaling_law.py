@@ -21,7 +21,7 @@ Pure numpy/scipy, no I/O.
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from megatron_velocitune.fitting import (
     r_squared,
     start_grid,
 )
+from megatron_velocitune.trajectory import Trajectory
 
 __all__ = [
     "BETA_BOUNDS",
@@ -40,11 +41,13 @@ __all__ = [
     "TARGET_RULES",
     "ChinchillaFit",
     "HeldOutError",
+    "LossPoints",
     "TargetAboveInitialError",
     "TargetDecision",
     "TooFewPointsError",
     "fit_chinchilla",
     "held_out_error",
+    "loss_points",
     "resolve_target",
 ]
 
@@ -340,3 +343,69 @@ def resolve_target(
             f"{initial:.4f}; target set to {held:.4f}",
         )
     return TargetDecision(predicted, predicted, initial, False, "")
+
+
+@dataclass(frozen=True)
+class LossPoints:
+    """Per-domain held-out losses of one run, by training tokens (from its trajectory).
+
+    Attributes:
+        domains (List[str]): domain names, in the order of the ``losses`` columns.
+        tokens (np.ndarray): ``consumed_tokens`` of each evaluation, shape (n,).
+        losses (np.ndarray): ``eval_loss`` per evaluation and domain, shape (n, k); NaN where a
+            record has no loss for the domain.
+    """
+
+    domains: List[str]
+    tokens: np.ndarray
+    losses: np.ndarray
+
+    def domain(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
+        """The (tokens, losses) of one domain with positive tokens and a finite loss."""
+        col = self.losses[:, self.domains.index(name)]
+        keep = (self.tokens > 0) & np.isfinite(col)
+        return self.tokens[keep], col[keep]
+
+    def at_zero(self, name: str) -> Optional[float]:
+        """The domain's loss recorded before any training token (an initial loss), if any."""
+        col = self.losses[:, self.domains.index(name)]
+        keep = (self.tokens == 0) & np.isfinite(col)
+        return float(col[keep][-1]) if np.any(keep) else None
+
+
+def loss_points(trajectory: Trajectory, domains: Optional[Sequence[str]] = None) -> LossPoints:
+    """Collect ``(consumed_tokens, eval_loss)`` from a trajectory's update records.
+
+    Args:
+        trajectory (Trajectory): a parsed trajectory (see :mod:`megatron_velocitune.trajectory`).
+        domains (Optional[Sequence[str]]): names to pick, in this order (default: the run's).
+
+    Returns:
+        LossPoints: one row per update record that carries ``eval_loss``.
+
+    Raises:
+        ValueError: a requested domain is not in the run, or a record's losses have the wrong
+            length.
+    """
+    run = trajectory.domains
+    names = list(run if domains is None else domains)
+    missing = [n for n in names if n not in run]
+    if missing:
+        raise ValueError(f"domains {missing} are not in the run (it has {run})")
+    cols = [run.index(n) for n in names]
+    tokens, rows = [], []
+    for rec in trajectory.updates:
+        losses = rec.get("eval_loss")
+        if losses is None or rec.get("consumed_tokens") is None:
+            continue
+        if len(losses) != len(run):
+            raise ValueError(
+                f"iteration {rec.get('iteration')}: {len(losses)} losses for {len(run)} domains"
+            )
+        tokens.append(float(rec["consumed_tokens"]))
+        rows.append([np.nan if losses[c] is None else float(losses[c]) for c in cols])
+    return LossPoints(
+        domains=names,
+        tokens=np.asarray(tokens, dtype=np.float64),
+        losses=np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names)),
+    )

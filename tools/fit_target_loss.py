@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Fit per-domain target losses from a proxy run's trajectory (Velocitune step 2).
+
+Reads one or more JSONL trajectories (a static "observe" run: ``--velocitune-policy static``),
+fits ``L(D) = E + B / D^beta`` per domain on the evaluations up to ``--fit-fraction`` of the
+budget, prints the parameters, the predicted loss at the full budget and the absolute error on
+the later (held-out) evaluations, and writes the targets JSON that
+``--velocitune-target-loss-file`` reads.
+
+A domain whose fitted target is not below its initial loss (a replay domain that forgets) is an
+error unless ``--rising-domains hold-initial``, which gives it ``L_init * (1 - margin)``.
+
+Example::
+
+    python tools/fit_target_loss.py runs/proxy/trajectory.jsonl --output targets.json --plot fit.png
+"""
+
+import argparse
+import math
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from megatron_velocitune.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.scaling_law import (
+    DEFAULT_TARGET_MARGIN,
+    TARGET_RULES,
+    TargetAboveInitialError,
+    TooFewPointsError,
+    held_out_error,
+    loss_points,
+    resolve_target,
+)
+from megatron_velocitune.trajectory import Trajectory, read_trajectory
+
+PROG = "velocitune-fit-targets"
+
+
+class ToolError(Exception):
+    """A user-facing, one-line error."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fit L(D) = E + B/D^beta per domain on a proxy run's trajectory and write "
+        "the target losses for --velocitune-target-loss-file.",
+    )
+    p.add_argument("trajectories", nargs="+", help="JSONL trajectory file(s) of the proxy run; "
+                   "points of several files are pooled per domain.")
+    p.add_argument("--output", "-o", default=None, help="Write the targets JSON here.")
+    p.add_argument("--fit-fraction", type=float, default=0.5,
+                   help="Fit on evaluations up to this fraction of the budget; the later ones "
+                   "measure the prediction error (default: 0.5, as in the paper).")
+    p.add_argument("--budget-tokens", type=float, default=None,
+                   help="Token budget to predict the target at (default: the header's "
+                   "train_iters * global_batch_size * seq_length).")
+    p.add_argument("--domains", nargs="+", default=None,
+                   help="Domains to fit, by name (default: all of the first trajectory's).")
+    p.add_argument("--initial-loss-file", default=None,
+                   help="Initial losses JSON (default: the header's initial_loss, else an "
+                   "evaluation at 0 tokens).")
+    p.add_argument("--rising-domains", choices=TARGET_RULES, default="refuse",
+                   help="What a domain whose predicted target is not below its initial loss "
+                   "gets: refuse (an error, the default) or hold-initial (target = initial * "
+                   "(1 - margin): forgetting then gives velocity 1 and raises its weight).")
+    p.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,
+                   help="Relative margin of the hold-initial rule (default: %(default)s).")
+    p.add_argument("--plot", default=None, help="Write a PNG of every domain's fit here.")
+    return p
+
+
+def header_budget(trajectories: Sequence[Trajectory]) -> Optional[float]:
+    """The largest ``train_iters * global_batch_size * seq_length`` among the headers."""
+    budgets = []
+    for t in trajectories:
+        h = t.header
+        if all(h.get(k) for k in ("train_iters", "global_batch_size", "seq_length")):
+            budgets.append(float(h["train_iters"]) * h["global_batch_size"] * h["seq_length"])
+    return max(budgets) if budgets else None
+
+
+def initial_losses(
+    trajectories: Sequence[Trajectory], names: Sequence[str], path: Optional[str]
+) -> Dict[str, Optional[float]]:
+    """Initial loss per domain: the file, else a header's ``initial_loss``, else a 0-token eval."""
+    if path is not None:
+        try:
+            return dict(zip(names, read_loss_file(path, names, "--initial-loss-file")))
+        except VelocituneConfigError as e:
+            raise ToolError(str(e)) from None
+    out: Dict[str, Optional[float]] = {n: None for n in names}
+    for t in trajectories:
+        init = t.header.get("initial_loss")
+        for n in names:
+            if out[n] is None and init is not None and init[t.domains.index(n)] is not None:
+                out[n] = float(init[t.domains.index(n)])
+    for t in trajectories:
+        pts = loss_points(t, names)
+        for n in names:
+            if out[n] is None:
+                out[n] = pts.at_zero(n)
+    return out
+
+
+def _plot(path: str, results: List[dict], budget: float, cutoff: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    k = len(results)
+    cols = min(k, 3)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    for ax, res in zip(axes.flat, results):
+        d, y = res["tokens"], res["losses"]
+        early = d <= cutoff
+        ax.plot(d[early], y[early], "o", ms=3, label="fitted")
+        ax.plot(d[~early], y[~early], "s", ms=3, mfc="none", label="held out")
+        grid = np.geomspace(d.min(), budget, 200)
+        ax.plot(grid, res["held"].fit.predict(grid), "-", lw=1, label="E + B/D^beta")
+        ax.axvline(cutoff, color="grey", ls=":", lw=1)
+        ax.plot([budget], [res["target"]], "*", ms=10, label="target")
+        if res["initial"] is not None:
+            ax.axhline(res["initial"], color="red", ls="--", lw=1, label="initial")
+        ax.set_xscale("log")
+        # Minor-tick labels of a short log range overlap into an unreadable band.
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(res["name"], fontsize=10)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("held-out loss")
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fit, print and write; raises :class:`ToolError` on a user error."""
+    if not 0.0 < args.fit_fraction <= 1.0:
+        raise ToolError(f"--fit-fraction {args.fit_fraction} must be in (0, 1]")
+    if not 0.0 < args.margin < 1.0:
+        raise ToolError(f"--margin {args.margin} must be in (0, 1)")
+    trajectories = []
+    for path in args.trajectories:
+        try:
+            trajectories.append(read_trajectory(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise ToolError(f"cannot read trajectory {path!r}: {e}") from None
+    names = list(args.domains or trajectories[0].domains)
+    for path, t in zip(args.trajectories, trajectories):
+        missing = [n for n in names if n not in t.domains]
+        if missing:
+            raise ToolError(f"{path}: no domains {missing} (it has {t.domains})")
+    budget = args.budget_tokens or header_budget(trajectories)
+    if not budget or budget <= 0:
+        raise ToolError("no token budget: pass --budget-tokens (the header lacks train_iters, "
+                        "global_batch_size or seq_length)")
+    cutoff = args.fit_fraction * budget
+    initial = initial_losses(trajectories, names, args.initial_loss_file)
+    points = [loss_points(t, names) for t in trajectories]
+
+    results, errors = [], []
+    for n in names:
+        d = np.concatenate([p.domain(n)[0] for p in points])
+        y = np.concatenate([p.domain(n)[1] for p in points])
+        try:
+            held = held_out_error(d, y, cutoff)
+        except TooFewPointsError as e:
+            raise ToolError(f"domain {n!r}: {e} (fit fraction {args.fit_fraction:g} of "
+                            f"{budget:.4g} tokens)") from None
+        predicted = float(held.fit.predict(budget))
+        try:
+            decision = resolve_target(predicted, initial[n], args.rising_domains, args.margin, n)
+        except TargetAboveInitialError as e:
+            errors.append(f"{e} (--rising-domains hold-initial)")
+            decision = None
+        results.append(dict(name=n, tokens=d, losses=y, held=held, predicted=predicted,
+                            initial=initial[n], decision=decision,
+                            target=decision.target if decision else predicted))
+
+    print(f"budget {budget:.6g} tokens; fit on points <= {cutoff:.6g} tokens "
+          f"({args.fit_fraction:g}); {len(trajectories)} trajectory file(s)")
+    head = (f"{'domain':<16}{'fit/held':>9}{'E':>9}{'B':>11}{'beta':>7}{'R2':>8}"
+            f"{'initial':>9}{'pred@budget':>12}{'target':>9}{'MAE held':>10}{'final err':>10}")
+    print(head)
+    for r in results:
+        h = r["held"]
+        init = f"{r['initial']:.4f}" if r["initial"] is not None else "?"
+        print(f"{r['name']:<16}{h.fit.num_points:>4}/{h.tokens.size:<4}{h.fit.E:>9.4f}"
+              f"{h.fit.B:>11.4g}{h.fit.beta:>7.3f}{h.fit.r2:>8.4f}{init:>9}"
+              f"{r['predicted']:>12.4f}{r['target']:>9.4f}{h.mae:>10.2e}{h.final_error:>10.2e}")
+    maes = [r["held"].mae for r in results if not math.isnan(r["held"].mae)]
+    if maes:
+        print(f"mean held-out absolute error {np.mean(maes):.3e} (paper: 2.4e-3 Reasoning, "
+              f"1.84e-3 SystemStack)")
+    for r in results:
+        if r["decision"] is not None and r["decision"].note:
+            print(f"note: domain {r['name']!r}: {r['decision'].note}")
+    if args.plot:
+        _plot(args.plot, results, budget, cutoff)
+        print(f"wrote {args.plot}")
+    if errors:
+        for e in errors:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if args.output:
+        write_loss_file(
+            args.output,
+            names,
+            [r["target"] for r in results],
+            source="fit_target_loss",
+            law="L(D) = E + B / D^beta",
+            trajectories=list(args.trajectories),
+            budget_tokens=budget,
+            fit_fraction=args.fit_fraction,
+            cutoff_tokens=cutoff,
+            rising_domains=args.rising_domains,
+            margin=args.margin,
+            fits={
+                r["name"]: dict(
+                    E=r["held"].fit.E, B=r["held"].fit.B, beta=r["held"].fit.beta,
+                    r2=r["held"].fit.r2, huber_loss=r["held"].fit.huber_loss,
+                    predicted=r["predicted"], initial=r["initial"],
+                    held_out_mae=None if math.isnan(r["held"].mae) else r["held"].mae,
+                    held_out_points=int(r["held"].tokens.size),
+                    rule_applied=bool(r["decision"].rule_applied),
+                )
+                for r in results
+            },
+        )
+        print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console-script entry point; returns the exit status (2 on a user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ToolError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,7 +46,9 @@ __all__ = [
     "TargetDecision",
     "TooFewPointsError",
     "fit_chinchilla",
+    "header_budget",
     "held_out_error",
+    "initial_losses",
     "loss_points",
     "resolve_target",
 ]
@@ -409,3 +411,52 @@ def loss_points(trajectory: Trajectory, domains: Optional[Sequence[str]] = None)
         tokens=np.asarray(tokens, dtype=np.float64),
         losses=np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names)),
     )
+
+
+def header_budget(trajectories: Sequence[Trajectory]) -> Optional[float]:
+    """The largest ``train_iters * global_batch_size * seq_length`` among the runs' headers.
+
+    Args:
+        trajectories (Sequence[Trajectory]): parsed runs.
+
+    Returns:
+        Optional[float]: the token budget, or None when no header has the three keys.
+    """
+    budgets = []
+    for t in trajectories:
+        h = t.header
+        if all(h.get(k) for k in ("train_iters", "global_batch_size", "seq_length")):
+            budgets.append(float(h["train_iters"]) * h["global_batch_size"] * h["seq_length"])
+    return max(budgets) if budgets else None
+
+
+def initial_losses(
+    trajectories: Sequence[Trajectory], names: Sequence[str]
+) -> List[Optional[float]]:
+    """Each domain's initial loss as the runs recorded it.
+
+    The first header with an ``initial_loss`` for the domain wins; else an evaluation at 0
+    tokens (the training entry measures the initial loss at iteration 0 when no file is given).
+
+    Args:
+        trajectories (Sequence[Trajectory]): parsed runs.
+        names (Sequence[str]): domains, in the order wanted.
+
+    Returns:
+        List[Optional[float]]: one loss per name, None where no run recorded one.
+    """
+    out: List[Optional[float]] = [None] * len(names)
+    for t in trajectories:
+        init = t.header.get("initial_loss")
+        if init is None:
+            continue
+        for i, n in enumerate(names):
+            if out[i] is None and n in t.domains and init[t.domains.index(n)] is not None:
+                out[i] = float(init[t.domains.index(n)])
+    for t in trajectories:
+        present = [n for n in names if n in t.domains]
+        pts = loss_points(t, present)
+        for i, n in enumerate(names):
+            if out[i] is None and n in present:
+                out[i] = pts.at_zero(n)
+    return out

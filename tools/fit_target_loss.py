@@ -17,23 +17,29 @@ Example::
 
 import argparse
 import math
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from megatron_velocitune.arguments import read_loss_file, write_loss_file
-from megatron_velocitune.config import VelocituneConfigError
-from megatron_velocitune.scaling_law import (
+# Runs from a checkout without installing the package, like the other tools.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_velocitune.arguments import read_loss_file, write_loss_file  # noqa: E402
+from megatron_velocitune.config import VelocituneConfigError  # noqa: E402
+from megatron_velocitune.scaling_law import (  # noqa: E402
     DEFAULT_TARGET_MARGIN,
     TARGET_RULES,
     TargetAboveInitialError,
     TooFewPointsError,
+    header_budget,
     held_out_error,
+    initial_losses,
     loss_points,
     resolve_target,
 )
-from megatron_velocitune.trajectory import Trajectory, read_trajectory
+from megatron_velocitune.trajectory import Trajectory, read_trajectory  # noqa: E402
 
 PROG = "velocitune-fit-targets"
 
@@ -73,37 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def header_budget(trajectories: Sequence[Trajectory]) -> Optional[float]:
-    """The largest ``train_iters * global_batch_size * seq_length`` among the headers."""
-    budgets = []
-    for t in trajectories:
-        h = t.header
-        if all(h.get(k) for k in ("train_iters", "global_batch_size", "seq_length")):
-            budgets.append(float(h["train_iters"]) * h["global_batch_size"] * h["seq_length"])
-    return max(budgets) if budgets else None
-
-
-def initial_losses(
+def read_initial_losses(
     trajectories: Sequence[Trajectory], names: Sequence[str], path: Optional[str]
 ) -> Dict[str, Optional[float]]:
-    """Initial loss per domain: the file, else a header's ``initial_loss``, else a 0-token eval."""
+    """Initial loss per domain: the file, else what the runs recorded (header or 0-token eval)."""
     if path is not None:
         try:
             return dict(zip(names, read_loss_file(path, names, "--initial-loss-file")))
         except VelocituneConfigError as e:
             raise ToolError(str(e)) from None
-    out: Dict[str, Optional[float]] = {n: None for n in names}
-    for t in trajectories:
-        init = t.header.get("initial_loss")
-        for n in names:
-            if out[n] is None and init is not None and init[t.domains.index(n)] is not None:
-                out[n] = float(init[t.domains.index(n)])
-    for t in trajectories:
-        pts = loss_points(t, names)
-        for n in names:
-            if out[n] is None:
-                out[n] = pts.at_zero(n)
-    return out
+    return dict(zip(names, initial_losses(trajectories, names)))
 
 
 def _plot(path: str, results: List[dict], budget: float, cutoff: float) -> None:
@@ -164,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("no token budget: pass --budget-tokens (the header lacks train_iters, "
                         "global_batch_size or seq_length)")
     cutoff = args.fit_fraction * budget
-    initial = initial_losses(trajectories, names, args.initial_loss_file)
+    initial = read_initial_losses(trajectories, names, args.initial_loss_file)
     points = [loss_points(t, names) for t in trajectories]
 
     results, errors = [], []

@@ -52,15 +52,20 @@ _HORIZON_SLACK = 0.25
 STATE_VERSION = 1
 
 
-def check_blend_weights(weights: Sequence[float], num_datasets: int) -> np.ndarray:
+def check_blend_weights(
+    weights: Sequence[float], num_datasets: int, normalize: bool = True
+) -> np.ndarray:
     """Validate a blend and normalise it exactly as megatron-core does.
 
     megatron-core's ``datasets.utils.normalize`` divides a float64 array by its sum; doing the
     same float operations here keeps the first segment bit-identical to the static blend.
+    Normalising is not idempotent in floating point, so saved (already normalised) weights are
+    checked with ``normalize=False`` and used as they are.
 
     Args:
         weights (Sequence[float]): one weight per dataset, finite and > 0 (any positive sum).
         num_datasets (int): the number of datasets blended.
+        normalize (bool): divide by the sum (else only check the sum is 1 within 1e-9).
 
     Returns:
         np.ndarray: the float64 weights divided by their sum.
@@ -76,6 +81,10 @@ def check_blend_weights(weights: Sequence[float], num_datasets: int) -> np.ndarr
         raise ValueError(f"blend weights {w.tolist()} must be {num_datasets} numbers, one per dataset")
     if not np.all(np.isfinite(w)) or not np.all(w > 0.0):
         raise ValueError(f"blend weights {w.tolist()} must all be finite and > 0")
+    if not normalize:
+        if abs(float(np.sum(w)) - 1.0) > 1e-9:
+            raise ValueError(f"blend weights {w.tolist()} do not sum to 1")
+        return w
     return w / np.sum(w)
 
 
@@ -371,7 +380,8 @@ class BlendIndex:
                 raise ValueError(f"blend state segment {k}: counts {item['counts']!r} do not sum to {start}")
             if segments and np.any(counts < segments[-1].counts):
                 raise ValueError(f"blend state segment {k}: counts decrease")
-            segments.append(Segment(start, check_blend_weights(item["weights"], self.num_datasets), counts))
+            weights = check_blend_weights(item["weights"], self.num_datasets, normalize=False)
+            segments.append(Segment(start, weights, counts))
         self._reset(segments)
 
     # ----------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from megatron_velocitune.scaling_law import TooFewPointsError
 
 __all__ = [
     "DEFAULT_EPS",
+    "ETA_BOUNDS",
     "BlendChoice",
     "DcptFit",
     "RatioChoice",
@@ -61,6 +62,10 @@ __all__ = [
 # Keeps C / (r + eps)^gamma finite for a corpus absent from the mixture (r = 0), e.g. the
 # general loss of a run without replay.
 DEFAULT_EPS = 0.01
+
+# eta >= 0 is the paper's implicit trend: a larger share makes the loss fall faster with D
+# (d^2 L / dD dr < 0).
+ETA_BOUNDS: Tuple[float, float] = (0.0, 2.0)
 
 _RATIO_GRID = np.linspace(0.001, 0.999, 999)
 
@@ -167,6 +172,7 @@ def fit_dcpt(
     model_sizes: Optional[Sequence[float]] = None,
     eps: float = DEFAULT_EPS,
     delta: float = DEFAULT_HUBER_DELTA,
+    eta_bounds: Tuple[float, float] = ETA_BOUNDS,
 ) -> DcptFit:
     """Fit the D-CPT Law to one loss's points from runs at several ratios.
 
@@ -178,6 +184,9 @@ def fit_dcpt(
             fitted only with two or more distinct sizes.
         eps (float): the fixed ratio offset.
         delta (float): Huber threshold on log-loss residuals.
+        eta_bounds (Tuple[float, float]): bounds of ``eta``; a negative lower bound lets a
+            larger share slow the data term (the "effective tokens r * D" reading), which the
+            paper's form excludes; it needs every ratio > 0.
 
     Returns:
         DcptFit: the best fit over the start grid.
@@ -200,6 +209,8 @@ def fit_dcpt(
         raise ValueError("losses must be finite and positive")
     if eps <= 0:
         raise ValueError(f"eps {eps} must be > 0")
+    if eta_bounds[0] < 0 and np.any(r == 0):
+        raise ValueError("a negative eta needs every ratio > 0 (r^eta is infinite at r = 0)")
     n = np.ones_like(d) if model_sizes is None else np.asarray(model_sizes, dtype=np.float64)
     with_size = np.unique(n).size >= 2
     num_params = 8 if with_size else 6
@@ -225,7 +236,14 @@ def fit_dcpt(
         if with_size:
             p += [0.1 * rest, 0.3]
         starts.append(np.array(p))
-    bounds = [(1e-6, y_max), (0.0, 1e3 * y_max), (0.0, 2.0), (0.01, 2.0), (0.0, y_max), (0.0, 3.0)]
+    bounds = [
+        (1e-6, y_max),
+        (0.0, 1e3 * y_max),
+        tuple(eta_bounds),
+        (0.01, 2.0),
+        (0.0, y_max),
+        (0.0, 3.0),
+    ]
     if with_size:
         bounds += [(0.0, 1e3 * y_max), (0.01, 2.0)]
     model = _make_model(eps, with_size)

@@ -33,6 +33,8 @@ setup(
     entry_points={
         "console_scripts": [
             "velocitune-demo=megatron_velocitune.demo:main",
+            "velocitune-fit-targets=tools.fit_target_loss:main",
+            "velocitune-fit-dcpt=tools.fit_dcpt_law:main",
         ],
     },
 )

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Real text for the CPU demo, by domain, from Debian packages (see shared DATA.md):
+#   general (replay): the King James Bible          (bible-kjv)
+#   man:              system man pages, rendered    (manpages, manpages-dev)
+#   pydocs:           the Python 3.11 documentation (python3.11-doc)
+#   code:             the Python standard library   (the interpreter's own)
+# Usage: get_text.sh OUT_DIR   (idempotent: a domain already rendered is kept)
+set -euo pipefail
+out=${1:?usage: get_text.sh OUT_DIR}
+mkdir -p "$out"
+need=()
+command -v bible >/dev/null || need+=(bible-kjv bible-kjv-text)
+[ -d /usr/share/doc/python3.11/html/_sources ] || need+=(python3.11-doc)
+[ -d /usr/share/man/man2 ] || need+=(manpages manpages-dev)
+command -v man >/dev/null || need+=(man-db)
+command -v col >/dev/null || need+=(bsdextrautils)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: the demo needs Debian packages ${need[*]}: run as root or apt-get install them" >&2
+    exit 2
+  fi
+  echo "installing ${need[*]} ..."
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -s "$out/general.txt" ]; then
+  bible 'gen1:1-rev22:21' > "$out/general.txt.tmp" && mv "$out/general.txt.tmp" "$out/general.txt"
+fi
+if [ ! -d "$out/man" ]; then
+  mkdir -p "$out/man.tmp"
+  for f in /usr/share/man/man2/*.2*; do
+    MANWIDTH=80 man -l "$f" 2>/dev/null | col -bx > "$out/man.tmp/$(basename "$f").txt" || true
+  done
+  mv "$out/man.tmp" "$out/man"
+fi
+if [ ! -d "$out/pydocs" ]; then
+  cp -r /usr/share/doc/python3.11/html/_sources "$out/pydocs.tmp" && mv "$out/pydocs.tmp" "$out/pydocs"
+fi
+stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
+[ -e "$out/code" ] || ln -s "$stdlib" "$out/code"
+du -shL "$out"/* | sed 's/^/  /'

@@ -1,0 +1,70 @@
+"""A GPT micro-batch on every rank that needs it, and the model call on it.
+
+As in Megatron-LM's ``get_batch``: only tensor-parallel rank 0 of the first and last pipeline
+stages reads data; it broadcasts ``tokens``, ``labels``, ``loss_mask`` and ``position_ids`` to
+the other ranks of its tensor-parallel group. Middle pipeline stages read nothing (their input
+comes from the previous stage). Used by training and by the held-out evaluation alike.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+__all__ = ["BATCH_KEYS", "broadcast_batch", "gpt_forward"]
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+_DTYPES = {"tokens": torch.int64, "labels": torch.int64, "loss_mask": torch.float32,
+           "position_ids": torch.int64}
+
+
+def _device() -> torch.device:
+    return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+
+
+def broadcast_batch(
+    batch: Optional[Dict[str, torch.Tensor]], micro_batch_size: int, seq_length: int
+) -> Optional[Dict[str, torch.Tensor]]:
+    """Share a micro-batch from tensor-parallel rank 0 with its tensor-parallel group.
+
+    Args:
+        batch (Optional[Dict[str, torch.Tensor]]): the micro-batch on TP rank 0 of the first
+            and last pipeline stages (extra keys such as ``dataset_id`` are dropped), None on
+            other ranks.
+        micro_batch_size (int): samples per micro-batch.
+        seq_length (int): tokens per sample.
+
+    Returns:
+        Optional[Dict[str, torch.Tensor]]: the batch on the device, on first/last-stage ranks;
+        None on middle pipeline stages.
+    """
+    if not (parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()):
+        return None
+    device = _device()
+    if batch is None:
+        shape = (micro_batch_size, seq_length)
+        batch = {k: torch.empty(shape, dtype=_DTYPES[k], device=device) for k in BATCH_KEYS}
+    else:
+        batch = {k: torch.as_tensor(batch[k]).to(device=device, dtype=_DTYPES[k]) for k in BATCH_KEYS}
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        src = parallel_state.get_tensor_model_parallel_src_rank()
+        group = parallel_state.get_tensor_model_parallel_group()
+        for k in BATCH_KEYS:
+            dist.broadcast(batch[k], src, group=group)
+    return batch
+
+
+def gpt_forward(model: torch.nn.Module, batch: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Run this rank's pipeline stage: per-token losses on the last stage, hidden states elsewhere.
+
+    The causal mask is built inside megatron-core's attention (no mask tensor is passed).
+    """
+    first = parallel_state.is_pipeline_first_stage()
+    last = parallel_state.is_pipeline_last_stage()
+    return model(
+        batch["tokens"] if first else None,
+        batch["position_ids"] if first else None,
+        None,
+        labels=batch["labels"] if last else None,
+    )

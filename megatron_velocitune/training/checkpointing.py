@@ -1,0 +1,174 @@
+"""Checkpoints in Megatron-LM's legacy layout, with the Velocitune state as a sidecar.
+
+::
+
+    <save>/latest_checkpointed_iteration.txt
+    <save>/iter_0000200/mp_rank_00_000/model_optim_rng.pt   (one per TP x PP rank)
+    <save>/iter_0000200/velocitune_state.json               (weight history, L_init, L_target)
+
+Data-parallel rank 0 of each (TP, PP) position writes its shard; the global rank 0 writes the
+sidecar and, last of all and after a barrier, the ``latest`` tracker, so a run killed while
+saving resumes from the previous complete checkpoint.
+"""
+
+import os
+import random
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+__all__ = ["checkpoint_dir", "latest_iteration", "load_checkpoint", "save_checkpoint"]
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    """``<root>/iter_XXXXXXX``."""
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def _shard_path(root: str, iteration: int) -> str:
+    tp = parallel_state.get_tensor_model_parallel_rank()
+    pp = parallel_state.get_pipeline_model_parallel_rank()
+    return os.path.join(checkpoint_dir(root, iteration), f"mp_rank_{tp:02d}_{pp:03d}", "model_optim_rng.pt")
+
+
+def latest_iteration(root: str) -> Optional[int]:
+    """The iteration named in ``root``'s tracker file, or None when there is none."""
+    path = os.path.join(root, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path, encoding="utf-8").read().strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--load {root}: {TRACKER} holds {text!r}, not an iteration") from None
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    consumed_samples: int,
+    velocitune_state: Optional[Dict[str, Any]],
+    args: Dict[str, Any],
+) -> str:
+    """Save every rank's shard, the Velocitune sidecar, then the tracker (call on all ranks).
+
+    Args:
+        root (str): ``--save``.
+        iteration (int): the iteration just completed.
+        model (torch.nn.Module): this rank's model stage (unwrapped).
+        optimizer: the optimizer (``state_dict()``).
+        scheduler: megatron-core's ``OptimizerParamScheduler``.
+        consumed_samples (int): global samples consumed.
+        velocitune_state (Optional[Dict[str, Any]]): the controller's ``state_dict()``.
+        args (Dict[str, Any]): the run's arguments, stored for reference.
+
+    Returns:
+        str: the checkpoint directory.
+    """
+    from megatron_velocitune.state import save_state, sidecar_path
+
+    if parallel_state.get_data_parallel_rank() == 0:
+        _atomic_torch_save(
+            {
+                "iteration": iteration,
+                "consumed_train_samples": consumed_samples,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "opt_param_scheduler": scheduler.state_dict(),
+                "rng_state": _rng_state(),
+                "args": args,
+            },
+            _shard_path(root, iteration),
+        )
+    if dist.get_rank() == 0 and velocitune_state is not None:
+        save_state(sidecar_path(root, iteration), velocitune_state)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        tmp = os.path.join(root, TRACKER + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(str(iteration))
+        os.replace(tmp, os.path.join(root, TRACKER))
+    dist.barrier()
+    return checkpoint_dir(root, iteration)
+
+
+def load_checkpoint(
+    root: str,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    finetune: bool = False,
+    load_optim: bool = True,
+    load_rng: bool = True,
+) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+    """Load the latest checkpoint under ``root`` into this rank's model (and optimizer, ...).
+
+    Args:
+        root (str): ``--load``.
+        model (torch.nn.Module): this rank's model stage.
+        optimizer: the optimizer.
+        scheduler: the learning-rate scheduler.
+        finetune (bool): weights only; iteration, samples, optimizer, RNG and Velocitune
+            state start fresh (continual pre-training from a base model).
+        load_optim (bool): restore optimizer and scheduler state.
+        load_rng (bool): restore the RNG states.
+
+    Returns:
+        Tuple[int, int, Optional[Dict]]: (iteration, consumed samples, Velocitune state or None).
+    """
+    from megatron_velocitune.state import load_state, sidecar_path
+
+    iteration = latest_iteration(root)
+    if iteration is None:
+        raise FileNotFoundError(f"--load {root}: no {TRACKER} (not a checkpoint directory)")
+    path = _shard_path(root, iteration)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"--load {root}: {path} is missing (saved with another TP/PP layout?)"
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    if finetune:
+        return 0, 0, None
+    if load_optim:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["opt_param_scheduler"])
+    if load_rng:
+        _set_rng_state(ckpt["rng_state"])
+    sidecar = sidecar_path(root, iteration)
+    state = load_state(sidecar) if os.path.isfile(sidecar) else None
+    return int(ckpt["iteration"]), int(ckpt["consumed_train_samples"]), state

@@ -1,0 +1,318 @@
+"""GPT pretraining on megatron-core with Velocitune, top to bottom.
+
+``pretrain(args)`` is the whole run: process groups, model, optimizer, the dynamic blend and
+the per-domain held-out sets, (resume), then per iteration
+
+    train_step -> consumed_samples += global batch -> log -> controller.maybe_update
+    (a new blend rebuilds the data iterator at the consumed position) -> validation -> save
+
+in the order Megatron-LM's ``train()`` runs them, so the blend chosen after iteration ``t``
+applies from the first sample of iteration ``t + 1`` and a checkpoint at ``t`` holds it.
+"""
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_velocitune.arguments import config_from_args
+from megatron_velocitune.batch import broadcast_batch, gpt_forward
+from megatron_velocitune.builder import (
+    DatasetTokenizer,
+    blend_from_data_path,
+    build_velocity_datasets,
+    gpt_dataset_config,
+)
+from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.corpus import EOD_TOKEN, load_tokenizer
+from megatron_velocitune.distributed import UpdateGroups, reduce_domain_sums
+from megatron_velocitune.evaluation import DomainEvaluator
+from megatron_velocitune.loader import RebuildableDataIterator
+from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron_velocitune.training.model import GPTConfig, build_gpt_model
+from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer
+from megatron_velocitune.training.parallel import ParallelConfig, initialize_parallel
+
+__all__ = ["RunSummary", "pretrain"]
+
+logger = logging.getLogger(__name__)
+
+BatchHook = Callable[[int, Dict[str, torch.Tensor]], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run ends with (identical on every rank except ``lm_losses``).
+
+    Attributes:
+        iteration (int): the last iteration completed.
+        consumed_samples (int): global samples consumed.
+        domains (List[str]): domain names.
+        weights (List[float]): the final blend.
+        initial_loss (Optional[List[float]]): per-domain held-out loss before training.
+        final_loss (Optional[List[float]]): per-domain held-out loss at the end (full sets).
+        lm_losses (Dict[int, float]): training loss per iteration (last pipeline stage).
+        trajectory (Optional[str]): the JSONL trajectory file.
+    """
+
+    iteration: int
+    consumed_samples: int
+    domains: List[str]
+    weights: List[float]
+    initial_loss: Optional[List[float]] = None
+    final_loss: Optional[List[float]] = None
+    lm_losses: Dict[int, float] = field(default_factory=dict)
+    trajectory: Optional[str] = None
+
+
+def _print_rank_last(message: str) -> None:
+    # Megatron-LM prints iteration lines from the last rank: it holds the losses.
+    if dist.get_rank() == dist.get_world_size() - 1:
+        print(message, flush=True)
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.float().reshape(-1)
+    loss_sum = (losses * mask).sum()
+    tokens = mask.sum()
+    return loss_sum / tokens.clamp(min=1), {"lm loss": torch.stack([loss_sum.detach(), tokens])}
+
+
+def _make_forward_step(micro_batch_size: int, seq_length: int, batch_hook: Optional[BatchHook]):
+    def forward_step(data_iterator, model):
+        batch = None
+        reads = parallel_state.get_tensor_model_parallel_rank() == 0 and (
+            parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()
+        )
+        if reads:
+            batch = next(data_iterator)
+            if batch_hook is not None:
+                batch_hook(parallel_state.get_data_parallel_rank(), batch)
+        batch = broadcast_batch(batch, micro_batch_size, seq_length)
+        output = gpt_forward(model, batch)
+        return output, lambda out: _loss_func(batch["loss_mask"], out)
+
+    return forward_step
+
+
+def _domain_names(args, prefixes: List[str]) -> List[str]:
+    if args.velocitune_domain_names:
+        return list(args.velocitune_domain_names)
+    return [os.path.basename(p) for p in prefixes]
+
+
+def _reduce_lm_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[float]:
+    if not losses:
+        return None
+    total = torch.stack([x["lm loss"] for x in losses]).sum(0).double()
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return float(total[0] / total[1])
+
+
+def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
+    """Run (or resume) one pretraining job as configured by :func:`parse_args`.
+
+    Args:
+        args (argparse.Namespace): from :func:`megatron_velocitune.training.arguments.parse_args`.
+        batch_hook (Optional[BatchHook]): called with ``(dp_rank, micro_batch)`` for every
+            training micro-batch read (tests use it to record what was trained on).
+
+    Returns:
+        RunSummary: the run's end state.
+    """
+    info = initialize_parallel(
+        ParallelConfig(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                       backend=args.distributed_backend),
+        seed=args.seed,
+    )
+    per_step = args.micro_batch_size * info.dp_size
+    if args.global_batch_size % per_step:
+        raise ValueError(f"--global-batch-size {args.global_batch_size} is not a multiple of "
+                         f"--micro-batch-size x data-parallel size = {per_step}")
+    num_microbatches = args.global_batch_size // per_step
+
+    tokenizer = load_tokenizer(args.tokenizer_model)
+    vocab_size, eod = tokenizer.get_vocab_size(), tokenizer.token_to_id(EOD_TOKEN)
+    model = build_gpt_model(GPTConfig(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size or 0,
+        seq_length=args.seq_length, vocab_size=vocab_size,
+        tensor_model_parallel_size=info.tp_size, pipeline_model_parallel_size=info.pp_size,
+        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+    ))
+    module, optimizer = build_optimizer(model, OptimizerSettings(
+        lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+    ))
+    warmup = args.lr_warmup_iters or int((args.lr_warmup_fraction or 0.0) * args.train_iters)
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if warmup else args.lr, max_lr=args.lr, min_lr=args.min_lr,
+        lr_warmup_steps=warmup, lr_decay_steps=args.train_iters,
+        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay,
+        end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
+    )
+
+    # Data: the dynamic train blend and each domain's held-out set, on data-holding ranks only.
+    prefixes, weights = blend_from_data_path(args.data_path)
+    weights = np.asarray(weights or [1.0] * len(prefixes), np.float64)
+    weights = (weights / weights.sum()).tolist()
+    names = _domain_names(args, prefixes)
+    args.velocitune_domain_names = names
+    vt_config = config_from_args(args)
+    data = build_velocity_datasets(
+        gpt_dataset_config(
+            blend=(prefixes, weights), split=args.split, seq_length=args.seq_length,
+            seed=args.seed, tokenizer=DatasetTokenizer(vocab_size, eod),
+            path_to_cache=args.data_cache_path, create_attention_mask=False,
+        ),
+        train_samples=args.train_iters * args.global_batch_size,
+        update_window=vt_config.update_interval * args.global_batch_size,
+        is_built_on_rank=lambda: info.holds_data,
+    )
+    valid = data.valid if info.holds_data else None
+
+    log_dir = vt_config.log_dir or args.tensorboard_dir or args.save
+    writer = None
+    if args.tensorboard_dir and dist.get_rank() == dist.get_world_size() - 1:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=20)
+    trajectory = os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None
+    controller = VelocituneController(
+        vt_config, weights,
+        DomainEvaluator(module, valid, len(prefixes), args.seq_length, args.micro_batch_size,
+                        vt_config.eval_iters),
+        dataset=data.train, seq_length=args.seq_length, tensorboard_writer=writer,
+        trajectory_path=trajectory,
+        header_extra={"global_batch_size": args.global_batch_size, "train_iters": args.train_iters,
+                      "prefixes": prefixes},
+    )
+    validator = DomainEvaluator(module, valid, len(prefixes), args.seq_length,
+                                args.micro_batch_size, args.eval_iters)
+
+    iteration = consumed = 0
+    if args.load:
+        iteration, consumed, state = load_checkpoint(
+            args.load, model, optimizer, scheduler, finetune=args.finetune,
+            load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+        )
+        if state is not None:
+            controller.load_state_dict(state)
+            if data.train is not None:
+                controller.replay(data.train.update_weights)
+        _print_rank_last(f" loaded checkpoint from {args.load} at iteration {iteration}"
+                         f" (consumed samples {consumed})")
+    controller.initialize(iteration, consumed)
+
+    train_iter = None
+    if data.train is not None:
+        train_iter = RebuildableDataIterator(data.train, consumed, args.micro_batch_size,
+                                             info.dp_rank, info.dp_size, args.num_workers)
+    forward_step = _make_forward_step(args.micro_batch_size, args.seq_length, batch_hook)
+    forward_backward = get_forward_backward_func()
+    summary = RunSummary(iteration, consumed, controller.names, controller.weights.tolist(),
+                         initial_loss=None if controller.initial_loss is None
+                         else controller.initial_loss.tolist(), trajectory=trajectory)
+    module.train()
+    timer = time.time()
+    while iteration < args.train_iters:
+        optimizer.zero_grad()
+        losses = forward_backward(
+            forward_step_func=forward_step, data_iterator=train_iter, model=module,
+            num_microbatches=num_microbatches, seq_length=args.seq_length,
+            micro_batch_size=args.micro_batch_size, forward_only=False,
+        )
+        ok, grad_norm = optimizer.step()
+        scheduler.step(1)
+        iteration += 1
+        consumed += args.global_batch_size
+        lm_loss = _reduce_lm_loss(losses)
+        if lm_loss is not None:
+            summary.lm_losses[iteration] = lm_loss
+        if iteration % args.log_interval == 0 or iteration == args.train_iters:
+            elapsed = (time.time() - timer) * 1000.0 / args.log_interval
+            timer = time.time()
+            lr = optimizer.param_groups[0]["lr"]
+            blend = " ".join(f"{n}={w:.3f}" for n, w in zip(controller.names, controller.weights))
+            _print_rank_last(
+                f" iteration {iteration:8d}/{args.train_iters:8d} | consumed samples: "
+                f"{consumed:12d} | elapsed time per iteration (ms): {elapsed:.1f} | learning "
+                f"rate: {lr:.6E} | global batch size: {args.global_batch_size:5d} | lm loss: "
+                f"{lm_loss if lm_loss is not None else float('nan'):.6E} | grad norm: "
+                f"{grad_norm:.3f} |{'' if ok else ' skipped step |'} weights: {blend}"
+            )
+            if writer is not None:
+                writer.add_scalar("lm loss", lm_loss, iteration)
+                writer.add_scalar("lm loss vs samples", lm_loss, consumed)
+                writer.add_scalar("learning-rate", lr, iteration)
+
+        domain_tokens = None
+        if data.train is not None:
+            domain_tokens = (data.train.domain_counts(consumed) * args.seq_length).tolist()
+        decision = controller.maybe_update(iteration, consumed, domain_tokens)
+        if decision is not None:
+            _print_rank_last(_format_update(controller, decision, iteration))
+            if not decision.skipped and train_iter is not None and iteration < args.train_iters:
+                train_iter.rebuild(consumed)
+
+        if args.eval_interval and iteration % args.eval_interval == 0:
+            _validate(validator, controller.names, iteration, consumed, writer)
+        stop = args.exit_interval is not None and iteration % args.exit_interval == 0
+        if args.save and ((args.save_interval and iteration % args.save_interval == 0)
+                          or stop or iteration == args.train_iters):
+            save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed,
+                            controller.state_dict(), _plain_args(args))
+            _print_rank_last(f" saved checkpoint at iteration {iteration:7d} to {args.save}")
+        if stop:
+            _print_rank_last(f" exiting program at iteration {iteration}")
+            break
+
+    if train_iter is not None:
+        train_iter.close()
+    final = reduce_domain_sums(validator.evaluate(full=True), UpdateGroups.from_parallel_state())
+    summary.final_loss = final.mean().tolist()
+    summary.iteration, summary.consumed_samples = iteration, consumed
+    summary.weights = controller.weights.tolist()
+    if writer is not None:
+        writer.flush()
+        writer.close()
+    return summary
+
+
+def _format_update(controller: VelocituneController, decision, iteration: int) -> str:
+    cells = []
+    vel = controller.velocity(decision.eval_loss)
+    for i, name in enumerate(controller.names):
+        v = "" if vel is None else f" v={vel[i]:.3f}"
+        cells.append(f"{name}: loss={decision.eval_loss[i]:.4f}{v} w={decision.weights[i]:.4f}")
+    status = "skipped (non-finite loss), weights kept" if decision.skipped else "applied"
+    return f" velocitune update at iteration {iteration} {status} | " + " | ".join(cells)
+
+
+def _validate(validator: DomainEvaluator, names, iteration, consumed, writer) -> None:
+    sums = reduce_domain_sums(validator.evaluate(full=False), UpdateGroups.from_parallel_state())
+    loss = sums.mean()
+    cells = " | ".join(f"{n} lm loss: {v:.6E}" for n, v in zip(names, loss))
+    _print_rank_last(f" validation loss at iteration {iteration} | {cells}")
+    if writer is not None:
+        for n, v in zip(names, loss):
+            writer.add_scalar(f"{n} validation lm loss", v, iteration)
+            writer.add_scalar(f"{n} validation lm loss vs samples", v, consumed)
+
+
+def _plain_args(args) -> Dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}

@@ -145,8 +145,8 @@ def _terms(r: np.ndarray, x: np.ndarray, eps: float):
 
 def _make_model(eps: float, with_size: bool):
     def model(params: np.ndarray, inputs: Tuple[np.ndarray, ...]):
-        x, r, n = inputs
-        log_r, log_x, log_re = _terms(r, x, eps)
+        # The logs of the inputs are computed once per fit, not once per evaluation.
+        x, r, n, log_r, log_x, log_re, log_n = inputs
         e, b, eta, beta, c, gamma = params[:6]
         data_base = np.exp(eta * log_r - beta * log_x)
         if eta > 0:
@@ -157,9 +157,10 @@ def _make_model(eps: float, with_size: bool):
         cols = [np.ones_like(x), data_base, data * log_r, -data * log_x, ratio_base, -ratio * log_re]
         if with_size:
             a, alpha = params[6:8]
-            size = a * n ** (-alpha)
+            size_base = np.exp(-alpha * log_n)
+            size = a * size_base
             pred = pred + size
-            cols += [n ** (-alpha), -size * np.log(n)]
+            cols += [size_base, -size * log_n]
         return pred, np.stack(cols, axis=1)
 
     return model
@@ -247,9 +248,10 @@ def fit_dcpt(
     if with_size:
         bounds += [(0.0, 1e3 * y_max), (0.01, 2.0)]
     model = _make_model(eps, with_size)
-    outcome = fit_huber_log(model, (x, r, ns), y, starts, bounds, delta=delta)
+    inputs = (x, r, ns) + _terms(r, x, eps) + (np.log(ns),)
+    outcome = fit_huber_log(model, inputs, y, starts, bounds, delta=delta)
     p = outcome.params
-    pred, _ = model(p, (x, r, ns))
+    pred, _ = model(p, inputs)
     a, alpha = (float(p[6]), float(p[7])) if with_size else (0.0, 0.0)
     return DcptFit(
         E=float(p[0]),

@@ -140,6 +140,8 @@ def fit_huber_log(
     bounds: Sequence[Tuple[Optional[float], Optional[float]]],
     delta: float = DEFAULT_HUBER_DELTA,
     max_iter: int = 500,
+    screen_iter: int = 25,
+    polish: int = 2,
 ) -> FitOutcome:
     """Minimise the mean Huber loss of log residuals with L-BFGS-B from several starts.
 
@@ -150,7 +152,11 @@ def fit_huber_log(
         starts (Sequence[np.ndarray]): starting parameter vectors (clipped into ``bounds``).
         bounds (Sequence[Tuple[Optional[float], Optional[float]]]): (low, high) per parameter.
         delta (float): Huber threshold on log residuals.
-        max_iter (int): L-BFGS-B iteration limit per start.
+        max_iter (int): L-BFGS-B iteration limit of a polished start.
+        screen_iter (int): iterations every start gets first; only the ``polish`` best then
+            run to ``max_iter`` (most starts of these laws end in the same valley, so running
+            each to convergence mostly repeats work).
+        polish (int): how many screened starts are run to convergence.
 
     Returns:
         FitOutcome: the best optimum over all starts.
@@ -182,20 +188,29 @@ def fit_huber_log(
             return 1e6, np.zeros_like(params)
         return loss, grad
 
-    best: Optional[FitOutcome] = None
-    for start in starts:
-        p0 = np.clip(np.asarray(start, dtype=np.float64), lows, highs)
+    def run(p0: np.ndarray, iters: int):
         with warnings.catch_warnings():
             # Power laws overflow harmlessly at far-out trial points; the objective guards them.
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = minimize(
+            return minimize(
                 objective,
                 p0,
                 jac=True,
                 method="L-BFGS-B",
                 bounds=list(zip(lows, highs)),
-                options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-12},
+                options={"maxiter": iters, "ftol": 1e-15, "gtol": 1e-12},
             )
+
+    screened = []
+    for start in starts:
+        res = run(np.clip(np.asarray(start, dtype=np.float64), lows, highs), screen_iter)
+        if np.isfinite(res.fun) and res.fun < 1e6:
+            screened.append(res)
+    screened.sort(key=lambda res: float(res.fun))
+    best: Optional[FitOutcome] = None
+    for res in screened[: max(polish, 1)]:
+        if not res.success:
+            res = run(res.x, max_iter)
         loss = float(res.fun)
         if not np.isfinite(loss) or loss >= 1e6:
             continue

@@ -173,6 +173,7 @@ def build_heldout_datasets(
     seed: int = 1234,
     heldout_fraction: float = 0.1,
     path_to_cache: Optional[str] = None,
+    max_samples: Optional[int] = None,
 ) -> List[Any]:
     """One held-out megatron-core ``GPTDataset`` per domain, one epoch each.
 
@@ -188,9 +189,13 @@ def build_heldout_datasets(
         seed (int): GPTDataset shuffle seed.
         heldout_fraction (float): share of documents (from the end) held out.
         path_to_cache (Optional[str]): where GPTDataset caches its indices (None: in memory).
+        max_samples (Optional[int]): keep only the first ``max_samples`` samples of each
+            (GPTDataset's order is shuffled, so this is a random subset of the held-out
+            documents' samples); bounds the cost of the full-set initial-loss evaluation.
 
     Returns:
-        List[GPTDataset]: the per-domain held-out datasets, in the order of ``prefixes``.
+        List[GPTDataset]: the per-domain held-out datasets, in the order of ``prefixes``
+        (wrapped in ``torch.utils.data.Subset`` when capped).
     """
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -213,7 +218,10 @@ def build_heldout_datasets(
         n_docs = len(indexed)  # GPT splits by sequence (one per document in a GPT .idx)
         first = min(n_docs - 1, int(round(n_docs * (1.0 - heldout_fraction))))
         indices = np.arange(first, n_docs, dtype=np.int32)
-        datasets.append(GPTDataset(indexed, prefix, indices, None, Split.valid, config))
+        dataset = GPTDataset(indexed, prefix, indices, None, Split.valid, config)
+        if max_samples is not None and len(dataset) > max_samples:
+            dataset = torch.utils.data.Subset(dataset, range(max_samples))
+        datasets.append(dataset)
     return datasets
 
 

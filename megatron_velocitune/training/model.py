@@ -6,6 +6,8 @@ each rank builds only its pipeline stage (``pre_process`` on the first stage, ``
 on the last), with its tensor-parallel shard of every layer.
 """
 
+import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -15,7 +17,13 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-__all__ = ["GPTConfig", "build_gpt_model", "padded_vocab_size", "transformer_config"]
+__all__ = [
+    "GPTConfig",
+    "build_gpt_model",
+    "initialize_layout_invariant_",
+    "padded_vocab_size",
+    "transformer_config",
+]
 
 
 def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
@@ -159,3 +167,43 @@ def build_gpt_model(config: GPTConfig) -> GPTModel:
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.")
+
+
+def initialize_layout_invariant_(model: torch.nn.Module, config: GPTConfig, seed: int) -> None:
+    """Re-initialise every parameter as a function of (seed, global parameter name) only.
+
+    megatron-core's own initialisation depends on the parallel layout (each TP rank draws its
+    shard from its own stream), so the same seed gives different models at TP=1 and TP=2. This
+    draws each *full* tensor from a generator seeded by ``seed`` and the parameter's global
+    name (local layer numbers shifted by the stage's first layer) and keeps this rank's
+    tensor-parallel shard, so any TP x PP layout holds the same model: what tests comparing
+    layouts need. Weights ~ N(0, init_method_std), norm weights 1 + N(0, init_method_std).
+
+    Args:
+        model (torch.nn.Module): this rank's stage, as built by :func:`build_gpt_model`.
+        config (GPTConfig): its config (for the number of layers per stage and the std).
+        seed (int): the seed.
+    """
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    offset = pp_rank * (config.num_layers // config.pipeline_model_parallel_size)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            global_name = _LAYER.sub(lambda m: f"decoder.layers.{int(m.group(1)) + offset}.", name)
+            shape = list(param.shape)
+            split = bool(getattr(param, "tensor_model_parallel", False)) and tp_size > 1
+            if split:
+                shape[param.partition_dim] *= tp_size
+            gen = torch.Generator().manual_seed(
+                (seed * 1_000_003 + zlib.crc32(global_name.encode())) % (2**63)
+            )
+            full = torch.randn(shape, generator=gen, dtype=torch.float32) * config.init_method_std
+            if "norm" in global_name and global_name.endswith("weight"):
+                full += 1.0
+            if split:
+                full = full.chunk(tp_size, dim=param.partition_dim)[tp_rank]
+            param.copy_(full.to(device=param.device, dtype=param.dtype))

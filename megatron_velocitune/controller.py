@@ -1,0 +1,370 @@
+"""VelocituneController: every ``m`` iterations, evaluate -> reduce -> policy -> dataset -> log.
+
+The controller is the one stateful piece of the plugin. Construct it on **every** rank with the
+same config and starting blend, and call :meth:`VelocituneController.maybe_update` on every
+rank after each training iteration (it returns at once except every ``m`` iterations). At an
+update:
+
+1. every rank runs the forward-only held-out evaluation (the pipeline needs all of them);
+2. :func:`~megatron_velocitune.distributed.synchronize_update` sums the losses over DP(+CP) on
+   the last stage, one rank applies the pure policy, the blend is broadcast to every rank and
+   checked bit-identical everywhere (a non-finite loss skips the update on all ranks);
+3. ranks holding the training dataset call ``dataset.update_weights(weights, consumed_samples)``
+   (and every registered sink is called), so the new blend applies from the first sample of the
+   next iteration;
+4. the deciding rank appends a record to the JSONL trajectory; ranks given a TensorBoard writer
+   log ``velocitune/weight/<domain>``, ``velocitune/eval-loss/<domain>`` and
+   ``velocitune/velocity/<domain>`` (each also ``... vs samples``).
+
+The initial loss ``L_init`` is measured at iteration 0 on the full held-out sets when the config
+does not give it; targets must then lie below it, or the run stops with a clear error.
+:meth:`state_dict` / :meth:`load_state_dict` carry the history and the losses as JSON-able data
+(:mod:`megatron_velocitune.state` writes them next to a checkpoint).
+"""
+
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+
+import numpy as np
+
+from megatron_velocitune.config import (
+    VelocituneConfig,
+    VelocituneConfigError,
+    check_targets_below_initial,
+)
+from megatron_velocitune.distributed import UpdateDecision, UpdateGroups, synchronize_update
+from megatron_velocitune.evaluation import DomainSums
+from megatron_velocitune.policy import normalize, update_weights, velocity
+from megatron_velocitune.trajectory import TrajectoryWriter
+
+__all__ = ["STATE_VERSION", "TRAJECTORY_FILE", "VelocituneController", "WeightSink"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+TRAJECTORY_FILE = "velocitune_trajectory.jsonl"
+
+# Called with (weights, start_sample) after every applied update.
+WeightSink = Callable[[np.ndarray, int], None]
+
+
+class _Evaluator(Protocol):
+    def evaluate(self, full: bool = False) -> DomainSums:  # pragma: no cover - protocol
+        ...
+
+
+def _floats(values: Optional[Sequence[float]]) -> Optional[List[float]]:
+    return None if values is None else [float(v) for v in values]
+
+
+class VelocituneController:
+    """Owns the blend, the initial/target losses and the weight history of one run.
+
+    Args:
+        config (VelocituneConfig): the run's knobs (policy, ``m``, losses, floor, names).
+        weights (Sequence[float]): the starting blend (normalised here), in domain order.
+        evaluator (_Evaluator): returns this rank's local per-domain sums; normally a
+            :class:`~megatron_velocitune.evaluation.DomainEvaluator`, built on every rank.
+        dataset (Optional[Any]): the training dataset on ranks that hold one (an object with
+            ``update_weights(weights, start_sample)``), None elsewhere.
+        sinks (Sequence[WeightSink]): more callables ``(weights, start_sample)`` to notify.
+        seq_length (Optional[int]): tokens per sample, for ``consumed_tokens`` in the log.
+        tensorboard_writer (Optional[Any]): a ``SummaryWriter``-like object (``add_scalar``)
+            on the ranks that log to TensorBoard (Megatron-LM: the last rank), None elsewhere.
+        trajectory_path (Optional[str]): JSONL trajectory file; default
+            ``<config.log_dir>/velocitune_trajectory.jsonl`` when ``log_dir`` is set. Written
+            by the deciding rank only.
+        header_extra (Optional[Dict[str, Any]]): more header fields (``seq_length``,
+            ``global_batch_size``, ``train_iters``, ...).
+        groups (Optional[UpdateGroups]): process groups; found from megatron-core's parallel
+            state at the first update when None.
+    """
+
+    def __init__(
+        self,
+        config: VelocituneConfig,
+        weights: Sequence[float],
+        evaluator: _Evaluator,
+        dataset: Optional[Any] = None,
+        sinks: Sequence[WeightSink] = (),
+        seq_length: Optional[int] = None,
+        tensorboard_writer: Optional[Any] = None,
+        trajectory_path: Optional[str] = None,
+        header_extra: Optional[Dict[str, Any]] = None,
+        groups: Optional[UpdateGroups] = None,
+    ) -> None:
+        self.config = config
+        self.initial_weights = normalize(np.asarray(weights, dtype=np.float64))
+        self.num_domains = int(self.initial_weights.shape[0])
+        config.validate(self.num_domains, self.initial_weights.tolist())
+        self.names = config.names(self.num_domains)
+        self.weights = self.initial_weights.copy()
+        self.initial_loss = (
+            None if config.initial_loss is None else np.asarray(config.initial_loss, np.float64)
+        )
+        self.target_loss = (
+            None if config.target_loss is None else np.asarray(config.target_loss, np.float64)
+        )
+        self.evaluator = evaluator
+        self.sinks: List[WeightSink] = list(sinks)
+        if dataset is not None:
+            self.sinks.insert(0, dataset.update_weights)
+        self.seq_length = seq_length
+        self.tensorboard_writer = tensorboard_writer
+        if trajectory_path is None and config.log_dir:
+            trajectory_path = os.path.join(config.log_dir, TRAJECTORY_FILE)
+        self.trajectory_path = trajectory_path
+        self.header_extra = dict(header_extra or {})
+        self.groups = groups
+        self.history: List[Dict[str, Any]] = []
+        self.initialized = False
+        self._writer: Optional[TrajectoryWriter] = None
+
+    # ------------------------------------------------------------------ public API
+    def add_sink(self, sink: WeightSink) -> None:
+        """Register another ``(weights, start_sample)`` callable, notified after each update."""
+        self.sinks.append(sink)
+
+    def is_update_iteration(self, iteration: int) -> bool:
+        """Whether :meth:`maybe_update` evaluates at ``iteration`` (every ``m``, never at 0)."""
+        return iteration > 0 and iteration % self.config.update_interval == 0
+
+    def initialize(self, iteration: int = 0, consumed_samples: int = 0) -> None:
+        """Measure the initial loss if needed, check the targets, write the log header.
+
+        Runs once (call on every rank; :meth:`maybe_update` calls it on first use). With no
+        initial loss configured or restored, it evaluates the full held-out sets, which must
+        happen before training (``iteration == 0``).
+
+        Raises:
+            VelocituneConfigError: targets not below the initial losses, or a measured initial
+                loss that is not finite, or no initial loss at a resumed iteration.
+        """
+        if self.initialized:
+            return
+        if self.groups is None:
+            self.groups = UpdateGroups.from_parallel_state()
+        measured = False
+        if self.initial_loss is None:
+            if iteration != 0:
+                raise VelocituneConfigError(
+                    f"--velocitune-initial-loss: not given and not restored from a checkpoint "
+                    f"sidecar, and the run is at iteration {iteration}: the initial loss must be "
+                    f"the base model's (measure it at iteration 0, or pass it)"
+                )
+            sums = self.evaluator.evaluate(full=True)
+            # The identity policy: this round only reduces and shares the losses.
+            decision = synchronize_update(
+                sums, self.weights, lambda mean: self.weights, iteration, consumed_samples,
+                self.groups,
+            )
+            loss = decision.eval_loss
+            if decision.skipped or not np.isfinite(loss).all():
+                raise VelocituneConfigError(
+                    f"--velocitune-initial-loss: measured initial losses {loss.tolist()} are not "
+                    f"all finite"
+                )
+            self.initial_loss = loss
+            measured = True
+            logger.info("velocitune: measured initial held-out losses %s", loss.tolist())
+        if self.target_loss is not None:
+            flag = self.config.target_loss_file or "--velocitune-target-loss"
+            if measured:
+                flag += " (vs. the initial loss measured at iteration 0)"
+            check_targets_below_initial(
+                self.initial_loss.tolist(), self.target_loss.tolist(), flag, self.names
+            )
+        self.initialized = True
+        self._write_header()
+        if measured:
+            self._log_scalars("eval-loss", self.initial_loss, iteration, consumed_samples)
+        self._log_scalars("weight", self.weights, iteration, consumed_samples)
+
+    def maybe_update(
+        self,
+        iteration: int,
+        consumed_samples: int,
+        domain_tokens: Optional[Sequence[int]] = None,
+    ) -> Optional[UpdateDecision]:
+        """Update the blend if ``iteration`` is a multiple of ``m`` (call on every rank).
+
+        Args:
+            iteration (int): the iteration just completed (Megatron's ``iteration`` after
+                ``train_step``).
+            consumed_samples (int): global samples consumed so far; the new blend applies
+                from this sample on.
+            domain_tokens (Optional[Sequence[int]]): training tokens drawn per domain before
+                ``consumed_samples`` (for the trajectory; from the dataset where known).
+
+        Returns:
+            Optional[UpdateDecision]: the decision (identical on every rank), or None when no
+            update was due.
+        """
+        if not self.initialized:
+            self.initialize(iteration, consumed_samples)
+        if not self.is_update_iteration(iteration):
+            return None
+        if self.history and self.history[-1]["iteration"] >= iteration:
+            return None  # already done (a resumed run replaying its last iteration)
+        sums = self.evaluator.evaluate(full=False)
+        decision = synchronize_update(
+            sums, self.weights, self._decide, iteration, consumed_samples, self.groups
+        )
+        if not decision.skipped:
+            self.weights = decision.weights
+            for sink in self.sinks:
+                sink(self.weights.copy(), consumed_samples)
+        self._record(decision, iteration, consumed_samples, domain_tokens)
+        return decision
+
+    def velocity(self, eval_loss: np.ndarray) -> Optional[np.ndarray]:
+        """Velocity of each domain (None without initial and target losses)."""
+        if self.initial_loss is None or self.target_loss is None:
+            return None
+        return velocity(eval_loss, self.initial_loss, self.target_loss)
+
+    def replay(self, sink: WeightSink) -> int:
+        """Feed every applied update of the history, in order, to ``sink`` (e.g. a rebuilt dataset).
+
+        Returns:
+            int: the number of updates replayed.
+        """
+        n = 0
+        for record in self.history:
+            if not record["skipped"]:
+                sink(np.asarray(record["weights"], np.float64), int(record["start_sample"]))
+                n += 1
+        return n
+
+    def state_dict(self) -> Dict[str, Any]:
+        """JSON-able state: blend, losses and history (identical on every rank)."""
+        return {
+            "version": STATE_VERSION,
+            "domains": list(self.names),
+            "policy": self.config.policy,
+            "update_interval": self.config.update_interval,
+            "initial_weights": self.initial_weights.tolist(),
+            "weights": self.weights.tolist(),
+            "initial_loss": _floats(self.initial_loss),
+            "target_loss": _floats(self.target_loss),
+            "history": [dict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (on every rank, before the first update).
+
+        The dataset is not touched: it restores its own state, or use :meth:`replay`.
+
+        Raises:
+            ValueError: the state belongs to another blend (domains) or version.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"velocitune state version {state.get('version')} != {STATE_VERSION}")
+        if list(state["domains"]) != list(self.names):
+            raise ValueError(
+                f"velocitune state is for domains {state['domains']}, this run has {self.names}"
+            )
+        if state.get("policy") != self.config.policy:
+            logger.warning(
+                "velocitune: state was written by policy %r, continuing with %r",
+                state.get("policy"), self.config.policy,
+            )
+        self.initial_weights = np.asarray(state["initial_weights"], np.float64)
+        self.weights = np.asarray(state["weights"], np.float64)
+        if state.get("initial_loss") is not None:
+            self.initial_loss = np.asarray(state["initial_loss"], np.float64)
+        # A target given on the command line wins over the saved one (a re-fit target).
+        if self.config.target_loss is None and state.get("target_loss") is not None:
+            self.target_loss = np.asarray(state["target_loss"], np.float64)
+        self.history = [dict(r) for r in state["history"]]
+
+    # ------------------------------------------------------------------ internals
+    def _decide(self, eval_loss: np.ndarray) -> np.ndarray:
+        """The pure policy (runs on the deciding rank only)."""
+        return update_weights(
+            self.config.policy,
+            self.weights,
+            eval_loss,
+            self.initial_loss,
+            self.target_loss,
+            self.config.min_weight,
+        )
+
+    def _record(
+        self,
+        decision: UpdateDecision,
+        iteration: int,
+        consumed_samples: int,
+        domain_tokens: Optional[Sequence[int]],
+    ) -> None:
+        eval_loss = decision.eval_loss
+        vel = self.velocity(eval_loss)
+        record = {
+            "iteration": int(iteration),
+            "consumed_samples": int(consumed_samples),
+            "start_sample": int(consumed_samples),
+            "weights": self.weights.tolist(),
+            "eval_loss": eval_loss.tolist(),
+            "eval_tokens": decision.sums.tokens.tolist(),
+            "velocity": None if vel is None else vel.tolist(),
+            "skipped": bool(decision.skipped),
+        }
+        self.history.append(record)
+        if self.groups.is_decider and self.trajectory_path:
+            self._trajectory().write(
+                {
+                    "type": "update",
+                    "iteration": record["iteration"],
+                    "consumed_samples": record["consumed_samples"],
+                    "consumed_tokens": (
+                        None if self.seq_length is None else consumed_samples * self.seq_length
+                    ),
+                    "domain_tokens": None if domain_tokens is None else [int(t) for t in domain_tokens],
+                    "eval_loss": record["eval_loss"],
+                    "velocity": record["velocity"],
+                    "weights": record["weights"],
+                    "start_sample": record["start_sample"],
+                    "skipped": record["skipped"],
+                }
+            )
+        self._log_scalars("eval-loss", eval_loss, iteration, consumed_samples)
+        if vel is not None:
+            self._log_scalars("velocity", vel, iteration, consumed_samples)
+        self._log_scalars("weight", self.weights, iteration, consumed_samples)
+
+    def _trajectory(self) -> TrajectoryWriter:
+        if self._writer is None:
+            self._writer = TrajectoryWriter(self.trajectory_path)
+        return self._writer
+
+    def _write_header(self) -> None:
+        if not (self.groups.is_decider and self.trajectory_path):
+            return
+        # A resumed run appends to the same file: one header per file.
+        if os.path.exists(self.trajectory_path) and os.path.getsize(self.trajectory_path) > 0:
+            return
+        header = {
+            "type": "header",
+            "domains": list(self.names),
+            "policy": self.config.policy,
+            "weights": self.initial_weights.tolist(),
+            "initial_loss": _floats(self.initial_loss),
+            "target_loss": _floats(self.target_loss),
+            "update_interval": self.config.update_interval,
+            "eval_iters": self.config.eval_iters,
+            "min_weight": self.config.min_weight,
+            "seed": self.config.seed,
+        }
+        if self.seq_length is not None:
+            header["seq_length"] = self.seq_length
+        header.update(self.header_extra)
+        self._trajectory().write(header)
+
+    def _log_scalars(self, kind: str, values: np.ndarray, iteration: int, samples: int) -> None:
+        writer = self.tensorboard_writer
+        if writer is None:
+            return
+        for name, value in zip(self.names, np.asarray(values, np.float64).tolist()):
+            writer.add_scalar(f"velocitune/{kind}/{name}", value, iteration)
+            writer.add_scalar(f"velocitune/{kind}/{name} vs samples", value, samples)

@@ -1,0 +1,129 @@
+"""The controller's state as a sidecar file next to a Megatron checkpoint.
+
+Megatron-LM's checkpoints have no hook for plugin state, so the controller's
+:meth:`~megatron_velocitune.controller.VelocituneController.state_dict` (blend, initial and
+target losses, weight history) is written as JSON beside the checkpoint of the same iteration::
+
+    <save>/iter_0000150/velocitune_state.json
+
+after ``save_checkpoint`` returns. Writes are atomic (temporary file, fsync, rename), so a run
+killed mid-write leaves the previous sidecar intact. Every rank holds the same state; one rank
+writes it (global rank 0 by default), every rank reads it.
+"""
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+import torch.distributed as dist
+
+__all__ = [
+    "SIDECAR_NAME",
+    "load_controller_state",
+    "load_state",
+    "save_controller_state",
+    "save_state",
+    "sidecar_path",
+]
+
+SIDECAR_NAME = "velocitune_state.json"
+_TRACKER = "latest_checkpointed_iteration.txt"  # Megatron-LM's tracker file
+
+
+def sidecar_path(checkpoint_dir: str, iteration: Optional[int] = None) -> str:
+    """Path of the sidecar for ``iteration`` in a Megatron checkpoint directory.
+
+    Args:
+        checkpoint_dir (str): Megatron's ``--save`` / ``--load`` directory.
+        iteration (Optional[int]): checkpoint iteration; None reads Megatron's
+            ``latest_checkpointed_iteration.txt``.
+
+    Returns:
+        str: ``<checkpoint_dir>/iter_<iteration:07d>/velocitune_state.json``.
+    """
+    if iteration is None:
+        with open(os.path.join(checkpoint_dir, _TRACKER), encoding="utf-8") as f:
+            iteration = int(f.read().strip())
+    return os.path.join(checkpoint_dir, f"iter_{iteration:07d}", SIDECAR_NAME)
+
+
+def save_state(path: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` as JSON atomically (tmp file + fsync + rename + directory fsync).
+
+    Args:
+        path (str): destination file; its folder is created.
+        state (Dict[str, Any]): JSON-able data.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1, allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+
+
+def load_state(path: str) -> Dict[str, Any]:
+    """Read a state written by :func:`save_state`.
+
+    Raises:
+        FileNotFoundError: no sidecar at ``path``.
+    """
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_controller_state(
+    controller, checkpoint_dir: str, iteration: int, writer_rank: int = 0
+) -> Optional[str]:
+    """Save ``controller.state_dict()`` beside the checkpoint of ``iteration`` (one rank writes).
+
+    Args:
+        controller (VelocituneController): the controller.
+        checkpoint_dir (str): Megatron's ``--save`` directory.
+        iteration (int): the iteration just checkpointed.
+        writer_rank (int): the global rank that writes.
+
+    Returns:
+        Optional[str]: the path written, on the writing rank; None elsewhere.
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank != writer_rank:
+        return None
+    path = sidecar_path(checkpoint_dir, iteration)
+    save_state(path, controller.state_dict())
+    return path
+
+
+def load_controller_state(
+    controller, checkpoint_dir: str, iteration: Optional[int] = None, required: bool = False
+) -> bool:
+    """Restore the controller from the sidecar of a checkpoint (call on every rank).
+
+    Args:
+        controller (VelocituneController): the controller.
+        checkpoint_dir (str): Megatron's ``--load`` directory.
+        iteration (Optional[int]): checkpoint iteration; None: Megatron's latest.
+        required (bool): raise when there is no sidecar instead of returning False.
+
+    Returns:
+        bool: whether a state was loaded.
+    """
+    try:
+        path = sidecar_path(checkpoint_dir, iteration)
+        state = load_state(path)
+    except FileNotFoundError:
+        if required:
+            raise
+        return False
+    controller.load_state_dict(state)
+    return True

@@ -278,7 +278,7 @@ class BlendIndex:
             self._starts.append(start)
             self._built.append(start)
         self._build(len(self._segments) - 1, min(start + 1, self.size))
-        self._refresh_fast_range()
+        self._refresh_fast_range(after_update=True)
         return True
 
     # ----------------------------------------------------------------------------------------
@@ -298,7 +298,13 @@ class BlendIndex:
         if not 0 <= idx < self.size:
             raise IndexError(f"sample {idx} out of range for a blend of {self.size} samples")
         idx = int(idx)
-        self._build(self.segment_of(idx), idx + 1)
+        k = self.segment_of(idx)
+        # A past segment (unbuilt after a resume) is built together with every later one, so
+        # the fast range reaches back over it and the following reads stay on the fast path;
+        # a static blend would have paid this at construction anyway.
+        for j in range(k, len(self._segments) - 1):
+            self._build(j, self.segment_end(j))
+        self._build(k, idx + 1)
         self._refresh_fast_range()
         return idx
 
@@ -437,10 +443,21 @@ class BlendIndex:
         if np.any(seg.counts + np.floor(seg.weights * n).astype(np.int64) + 2 > self.lengths):
             np.remainder(dsi, self.lengths[di], out=dsi)
 
-    def _refresh_fast_range(self) -> None:
-        """``[lo, hi)``: the contiguous valid stretch ending at the open segment's horizon."""
+    def _refresh_fast_range(self, after_update: bool = False) -> None:
+        """``[lo, hi)``: the contiguous valid stretch ending at the open segment's horizon.
+
+        After an update the old ``lo`` stays valid whenever the segment just closed is whole
+        (it always is: the update built it to its end), which keeps updates O(1) in the
+        number of past segments; other callers walk back over the segments.
+        """
         k = len(self._segments) - 1
         self.hi = self._built[k]
+        if after_update and (
+            k == 0
+            or (self._built[k - 1] == self.segment_end(k - 1) and self.lo <= self._segments[k - 1].start)
+        ):
+            self.lo = min(self.lo, self._segments[k].start)
+            return
         lo = self._segments[k].start
         while k > 0 and self._built[k - 1] == self.segment_end(k - 1):
             k -= 1

@@ -175,6 +175,17 @@ def test_state_round_trips_through_json_bit_for_bit():
     fresh.verify()
 
 
+def test_reading_the_past_after_a_resume_reconnects_the_fast_range():
+    live = BlendIndex([0.2, 0.8], 10_000, [BIG, BIG], update_window=500)
+    for p in (1000, 2000, 3000):
+        live.update([p / 1e4, 1 - p / 1e4], p)
+    fresh = BlendIndex([0.2, 0.8], 10_000, [BIG, BIG], update_window=500)
+    fresh.load_state_dict(live.state_dict())
+    assert (fresh.lo, fresh.hi) == (3000, 3625)
+    fresh.ensure(1500)  # one slow read builds segments 1 and 2 ...
+    assert (fresh.lo, fresh.hi) == (1000, 3625)  # ... and the rest of them are fast reads
+
+
 def test_load_rejects_foreign_or_tampered_state():
     index = BlendIndex([0.2, 0.8], 1000, [10, 10])
     index.update([0.5, 0.5], 100)

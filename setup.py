@@ -28,6 +28,7 @@ setup(
             "tokenizers",
             "matplotlib",
             "tqdm",
+            "threadpoolctl",  # single-threaded BLAS in the scaling-law fits (fitting.py)
         ],
     },
     entry_points={

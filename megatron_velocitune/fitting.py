@@ -12,6 +12,7 @@ Pure numpy/scipy, no I/O. A law supplies ``model(params, x) -> (prediction, jaco
 Jacobian of the prediction in the parameters (analytic gradients make the many starts cheap).
 """
 
+import contextlib
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.optimize import minimize
+
+try:  # optional (a dev extra): see _single_threaded_blas
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - depends on the environment
+    threadpool_limits = None
 
 __all__ = [
     "DEFAULT_HUBER_DELTA",
@@ -64,6 +70,18 @@ class FitOutcome:
     converged: bool
     starts: int
     message: str
+
+
+def _single_threaded_blas():
+    """Run L-BFGS-B's BLAS calls on one thread.
+
+    The optimiser's core calls BLAS on vectors of a few parameters; a multi-threaded OpenBLAS
+    wakes its pool for each call, which costs ~5x the arithmetic on an idle machine and ~40x on
+    a busy one (measured: 0.03 s vs 1.3 s CPU per Chinchilla fit on 2 loaded cores).
+    """
+    if threadpool_limits is None:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def huber(residuals: np.ndarray, delta: float = DEFAULT_HUBER_DELTA) -> np.ndarray:
@@ -183,7 +201,9 @@ def fit_huber_log(
         # d loss / d params = mean(huber'(r) * (1/pred) * d pred / d params); zero where the
         # prediction was clipped, which pushes nothing but keeps the gradient finite.
         dr = np.where(pred > _TINY, _huber_grad(resid, delta) / safe, 0.0)
-        grad = dr @ jac / n
+        # An elementwise sum, not ``dr @ jac``: on a busy machine a BLAS call on these tiny
+        # arrays wakes OpenBLAS's thread pool and costs far more than the arithmetic.
+        grad = np.sum(dr[:, None] * jac, axis=0) / n
         if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
             return 1e6, np.zeros_like(params)
         return loss, grad
@@ -201,16 +221,18 @@ def fit_huber_log(
                 options={"maxiter": iters, "ftol": 1e-15, "gtol": 1e-12},
             )
 
-    screened = []
-    for start in starts:
-        res = run(np.clip(np.asarray(start, dtype=np.float64), lows, highs), screen_iter)
-        if np.isfinite(res.fun) and res.fun < 1e6:
-            screened.append(res)
-    screened.sort(key=lambda res: float(res.fun))
+    with _single_threaded_blas():
+        screened = []
+        for start in starts:
+            res = run(np.clip(np.asarray(start, dtype=np.float64), lows, highs), screen_iter)
+            if np.isfinite(res.fun) and res.fun < 1e6:
+                screened.append(res)
+        screened.sort(key=lambda res: float(res.fun))
+        polished = [
+            res if res.success else run(res.x, max_iter) for res in screened[: max(polish, 1)]
+        ]
     best: Optional[FitOutcome] = None
-    for res in screened[: max(polish, 1)]:
-        if not res.success:
-            res = run(res.x, max_iter)
+    for res in polished:
         loss = float(res.fun)
         if not np.isfinite(loss) or loss >= 1e6:
             continue

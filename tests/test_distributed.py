@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from _multiproc import run_distributed
+from ._multiproc import run_distributed
 
 SEED = 7
 SEQ = 32

@@ -130,6 +130,10 @@ def build_pretraining_data_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         # Not persistent: a rebuild must fork fresh workers from the updated dataset.
         persistent_workers=False,
+        # Its own generator: creating an iterator draws the workers' base seed, which must not
+        # consume the global torch RNG (dropout), or a resumed run would diverge from an
+        # uninterrupted one that rebuilt its iterator at other iterations.
+        generator=torch.Generator().manual_seed(0),
         **kwargs,
     )
 

@@ -30,7 +30,6 @@ a domain of its own with its own share, and the general-loss constraint applies 
 Pure numpy/scipy, no I/O.
 """
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -42,6 +41,7 @@ from megatron_velocitune.fitting import (
     fit_huber_log,
     huber_log_loss,
     r_squared,
+    single_threaded_blas,
     start_grid,
 )
 from megatron_velocitune.scaling_law import TooFewPointsError
@@ -154,7 +154,15 @@ def _make_model(eps: float, with_size: bool):
         ratio_base = np.exp(-gamma * log_re)
         data, ratio = b * data_base, c * ratio_base
         pred = e + data + ratio
-        cols = [np.ones_like(x), data_base, data * log_r, -data * log_x, ratio_base, -ratio * log_re]
+        # Columns: d pred / d (E, b, eta, beta, C, gamma).
+        cols = [
+            np.ones_like(x),
+            data_base,
+            data * log_r,
+            -data * log_x,
+            ratio_base,
+            -ratio * log_re,
+        ]
         if with_size:
             a, alpha = params[6:8]
             size_base = np.exp(-alpha * log_n)
@@ -487,14 +495,15 @@ def choose_blend(
 
     best: Optional[Tuple[bool, float, np.ndarray]] = None
     for w0 in starts:
-        res = minimize(
-            objective,
-            np.clip(w0, min_weight, 1.0),
-            method="SLSQP",
-            bounds=[(min_weight, 1.0)] * k,
-            constraints=constraints,
-            options={"maxiter": 200, "ftol": 1e-10},
-        )
+        with single_threaded_blas():
+            res = minimize(
+                objective,
+                np.clip(w0, min_weight, 1.0),
+                method="SLSQP",
+                bounds=[(min_weight, 1.0)] * k,
+                constraints=constraints,
+                options={"maxiter": 200, "ftol": 1e-10},
+            )
         w = np.clip(res.x, min_weight, 1.0)
         w = w / w.sum()
         ls = losses(w)

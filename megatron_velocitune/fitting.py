@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import minimize
 
-try:  # optional (a dev extra): see _single_threaded_blas
+try:  # optional (a dev extra): see single_threaded_blas
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover - depends on the environment
     threadpool_limits = None
@@ -35,6 +35,7 @@ __all__ = [
     "huber",
     "huber_log_loss",
     "r_squared",
+    "single_threaded_blas",
     "start_grid",
 ]
 
@@ -72,12 +73,15 @@ class FitOutcome:
     message: str
 
 
-def _single_threaded_blas():
-    """Run L-BFGS-B's BLAS calls on one thread.
+def single_threaded_blas():
+    """A context in which BLAS runs on one thread (a no-op without threadpoolctl).
 
-    The optimiser's core calls BLAS on vectors of a few parameters; a multi-threaded OpenBLAS
-    wakes its pool for each call, which costs ~5x the arithmetic on an idle machine and ~40x on
-    a busy one (measured: 0.03 s vs 1.3 s CPU per Chinchilla fit on 2 loaded cores).
+    L-BFGS-B and SLSQP call BLAS on vectors of a few parameters; a multi-threaded OpenBLAS wakes
+    its thread pool for each call, which on a busy machine costs far more than the arithmetic
+    (measured on 2 loaded cores: 1.3 s against 0.03 s of CPU per Chinchilla fit).
+
+    Returns:
+        a context manager.
     """
     if threadpool_limits is None:
         return contextlib.nullcontext()
@@ -221,7 +225,7 @@ def fit_huber_log(
                 options={"maxiter": iters, "ftol": 1e-15, "gtol": 1e-12},
             )
 
-    with _single_threaded_blas():
+    with single_threaded_blas():
         screened = []
         for start in starts:
             res = run(np.clip(np.asarray(start, dtype=np.float64), lows, highs), screen_iter)

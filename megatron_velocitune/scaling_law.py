@@ -317,7 +317,13 @@ def resolve_target(
     if not math.isfinite(predicted):
         raise ValueError(f"domain {name!r}: predicted target {predicted} is not finite")
     if initial is None:
-        return TargetDecision(predicted, predicted, None, False, "initial loss unknown: unchecked")
+        return TargetDecision(
+            predicted,
+            predicted,
+            None,
+            False,
+            "initial loss unknown: the target is not checked against it (give the initial loss)",
+        )
     initial = float(initial)
     held = initial * (1.0 - margin)
     if rule == "refuse":

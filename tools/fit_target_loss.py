@@ -179,9 +179,11 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         h = r["held"]
         init = f"{r['initial']:.4f}" if r["initial"] is not None else "?"
+        mae = "-" if math.isnan(h.mae) else f"{h.mae:.2e}"
+        final = "-" if math.isnan(h.final_error) else f"{h.final_error:.2e}"
         print(f"{r['name']:<16}{h.fit.num_points:>4}/{h.tokens.size:<4}{h.fit.E:>9.4f}"
               f"{h.fit.B:>11.4g}{h.fit.beta:>7.3f}{h.fit.r2:>8.4f}{init:>9}"
-              f"{r['predicted']:>12.4f}{r['target']:>9.4f}{h.mae:>10.2e}{h.final_error:>10.2e}")
+              f"{r['predicted']:>12.4f}{r['target']:>9.4f}{mae:>10}{final:>10}")
     maes = [r["held"].mae for r in results if not math.isnan(r["held"].mae)]
     if maes:
         print(f"mean held-out absolute error {np.mean(maes):.3e} (paper: 2.4e-3 Reasoning, "

@@ -1,7 +1,8 @@
 """Robust curve fitting shared by the scaling laws (Chinchilla data term and D-CPT Law).
 
-Both laws are fitted the way Hoffmann et al. (2022) fit Chinchilla and Que et al. (2024) fit the
-D-CPT Law: minimise the Huber loss of the residuals ``log(prediction) - log(observed)`` with
+Both laws are fitted the way Hoffmann et al. (2022) fit Chinchilla (and, as far as could be
+checked here, Que et al. (2024) the D-CPT Law, who also report the Huber loss of their fits):
+minimise the Huber loss of the residuals ``log(prediction) - log(observed)`` with
 L-BFGS-B, from every point of a small grid of starting parameters, inside box bounds, and keep the
 best optimum. Working on log-loss makes the residuals relative (a 1% miss weighs the same on a
 domain at loss 1.5 as on one at 3.0); the Huber loss keeps one spiky evaluation from dragging the
@@ -39,8 +40,8 @@ __all__ = [
     "start_grid",
 ]
 
-# Hoffmann et al. (2022) and Que et al. (2024) both use delta = 1e-3 on log-loss residuals:
-# residuals smaller than 0.1% are treated quadratically, larger ones linearly.
+# Hoffmann et al. (2022) use delta = 1e-3 on log-loss residuals (assumed the same for the D-CPT
+# Law): residuals smaller than 0.1% are treated quadratically, larger ones linearly.
 DEFAULT_HUBER_DELTA = 1e-3
 
 # Predictions are clipped here before the log so that a start that wanders to a non-positive

@@ -13,11 +13,11 @@ whatever the layout:
    dataset (TP > 0, middle stages) hold the blend too. A non-finite reduced loss makes the
    decider keep the weights (status "skipped"); an exception in the policy is broadcast as an
    error so every rank raises instead of hanging in the next collective.
-3. **Agree**: one world max-all-reduce of ``[v, -v, bad]`` with ``v = [weights..., iteration,
-   consumed_samples]`` and ``bad`` = this rank saw a non-finite local or reduced loss. Equal
-   max and min of every entry means every rank holds bit-identical float64 weights and applies
-   them at the same iteration and sample; anything else raises :class:`WeightMismatchError` on
-   every rank. ``bad`` anywhere (a NaN on a TP rank the decider does not see) turns the update
+3. **Agree**: one world max-all-reduce of ``[v, -v, bad]`` with ``v = [previous weights...,
+   new weights..., iteration, consumed_samples]`` and ``bad`` = this rank saw a non-finite
+   local or reduced loss. Equal max and min of every entry means every rank held and now holds
+   bit-identical float64 weights and applies them at the same iteration and sample; anything
+   else raises :class:`WeightMismatchError` on every rank. ``bad`` anywhere (a NaN on a TP rank the decider does not see) turns the update
    into a skip on every rank.
 
 No collective runs inside the per-micro-batch loss function (see
@@ -240,18 +240,23 @@ def synchronize_update(
     sums = DomainSums.from_vector(payload[1 + k :])
 
     # 3. Agree: bit-identical weights, same iteration and position, no bad loss anywhere.
-    v = np.concatenate([candidate, [float(iteration), float(consumed_samples)]])
+    # The blend each rank held before (a rank resumed from another state, or that missed an
+    # update, shows up here) and the one it will hold after.
+    v = np.concatenate([weights, candidate, [float(iteration), float(consumed_samples)]])
+    n = v.shape[0]
     check = torch.from_numpy(np.concatenate([v, -v, [1.0 if locally_bad else 0.0]])).to(
         groups.device
     )
     if groups.world_size > 1:
         dist.all_reduce(check, op=dist.ReduceOp.MAX)
     check = check.cpu().numpy()
-    hi, lo, any_bad = check[: k + 2], -check[k + 2 : 2 * k + 4], check[-1] > 0
+    hi, lo, any_bad = check[:n], -check[n : 2 * n], check[-1] > 0
     if not np.array_equal(hi, lo):
+        differ = [i for i in range(n) if hi[i] != lo[i] or np.isnan(hi[i])]
         raise WeightMismatchError(
-            f"velocitune: ranks disagree at iteration {iteration}: per-entry max "
-            f"{hi.tolist()} vs min {lo.tolist()} over [weights..., iteration, consumed_samples]"
+            f"velocitune: ranks disagree at iteration {iteration} on entries {differ} of "
+            f"[previous weights ({k}), new weights ({k}), iteration, consumed_samples]: "
+            f"max {hi.tolist()} vs min {lo.tolist()}"
         )
 
     if status is UpdateStatus.SKIPPED or any_bad:

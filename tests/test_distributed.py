@@ -245,3 +245,53 @@ def _same_with_nan(a, b):
             elif va != vb:
                 return False
     return True
+
+
+def sync_worker(rank, world_size, mode):
+    """Two DP ranks call synchronize_update directly; ``mode`` breaks one of them."""
+    from megatron_velocitune.distributed import (
+        UpdateGroups,
+        WeightMismatchError,
+        synchronize_update,
+    )
+    from megatron_velocitune.evaluation import DomainSums
+    from megatron_velocitune.training import ParallelConfig, initialize_parallel
+
+    initialize_parallel(ParallelConfig(), seed=1)
+    groups = UpdateGroups.from_parallel_state()
+    weights = np.array([0.25, 0.25, 0.5])
+    iteration = 10
+    if mode == "weights" and rank == 1:
+        weights = np.nextafter(weights, 1.0)  # one ulp apart: a rank that diverged earlier
+    if mode == "iteration" and rank == 1:
+        iteration = 11
+
+    def decide(mean):
+        if mode == "policy":
+            raise ValueError("policy exploded")
+        return weights[::-1].copy()
+
+    local = DomainSums(np.array([7.0, 6.0, 5.0]), np.array([10.0, 10.0, 10.0]))
+    try:
+        decision = synchronize_update(local, weights, decide, iteration, 80, groups)
+    except WeightMismatchError as e:
+        return ("mismatch", str(e))
+    except RuntimeError as e:
+        return ("error", str(e))
+    return ("ok", decision.weights.tolist(), decision.sums.to_vector().tolist())
+
+
+@pytest.mark.slow
+def test_agreement_check_and_policy_errors_fail_on_every_rank():
+    ok = run_distributed(sync_worker, 2, args=("ok",), timeout=60)
+    assert ok[0] == ok[1] and ok[0][1] == [0.5, 0.25, 0.25]
+    assert ok[0][2] == [14.0, 12.0, 10.0, 20.0, 20.0, 20.0]  # summed over the 2 DP ranks
+    for mode, kind, text in [
+        ("weights", "mismatch", "entries [0, 1, 2]"),
+        ("iteration", "mismatch", "entries [6]"),
+        ("policy", "error", "weight policy failed on rank 0 at iteration 10"),
+    ]:
+        results = run_distributed(sync_worker, 2, args=(mode,), timeout=60)
+        for r in results:  # every rank raises: none is left hanging in a collective
+            assert r[0] == kind and text in r[1], (mode, r)
+    assert "policy exploded" in results[0][1]  # the deciding rank names the cause

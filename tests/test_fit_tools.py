@@ -135,6 +135,7 @@ def test_fit_targets_initial_loss_file_overrides_header(tmp_path, proxy, capsys)
         (["--fit-fraction", "1.5"], "--fit-fraction"),
         (["--margin", "0"], "--margin"),
         (["--domains", "stack"], "no domains ['stack']"),
+        (["--min-tokens", "1.7e6"], "need at least 4 points"),
     ],
 )
 def test_fit_targets_one_line_errors(proxy, capsys, argv_tail, message):

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "%(default)s).")
     p.add_argument("--budget-tokens", type=float, default=None,
                    help="Token budget of the real run (default: the largest header budget).")
+    p.add_argument("--min-tokens", type=float, default=0.0,
+                   help="Ignore evaluations before this many tokens (e.g. the LR warmup).")
     p.add_argument("--held-out-run", type=int, default=-1,
                    help="Index of the run left out of the validation fit (default: the last); "
                    "the reported laws are fitted on every run.")
@@ -144,9 +146,12 @@ def static_ratio(path: str, t: Trajectory, names: Sequence[str]) -> np.ndarray:
 
 
 def gather(
-    paths: Sequence[str], runs: Sequence[Trajectory], names: Sequence[str]
+    paths: Sequence[str],
+    runs: Sequence[Trajectory],
+    names: Sequence[str],
+    min_tokens: float = 0.0,
 ) -> Tuple[np.ndarray, List[Dict[str, Tuple[np.ndarray, np.ndarray]]]]:
-    """Each run's blend (runs x domains) and per-domain (tokens, losses)."""
+    """Each run's blend (runs x domains) and per-domain (tokens, losses) from ``min_tokens``."""
     ratios, points = [], []
     for path, t in zip(paths, runs):
         missing = [n for n in names if n not in t.domains]
@@ -154,7 +159,11 @@ def gather(
             raise ToolError(f"{path}: no domains {missing} (it has {t.domains})")
         ratios.append(static_ratio(path, t, names))
         pts = loss_points(t, names)
-        points.append({n: pts.domain(n) for n in names})
+        per_domain = {}
+        for n in names:
+            d, y = pts.domain(n)
+            per_domain[n] = (d[d >= min_tokens], y[d >= min_tokens])
+        points.append(per_domain)
     return np.array(ratios), points
 
 
@@ -229,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in args.replay if n not in names]
     if unknown:
         raise ToolError(f"--replay {unknown}: not domains of the runs ({names})")
-    ratios, points = gather(args.trajectories, runs, names)
+    ratios, points = gather(args.trajectories, runs, names, args.min_tokens)
     distinct = {tuple(np.round(r, 9)) for r in ratios}
     if len(distinct) < 2:
         raise ToolError(f"need static runs at 2 or more blends, got {len(distinct)}")

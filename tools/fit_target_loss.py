@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-tokens", type=float, default=None,
                    help="Token budget to predict the target at (default: the header's "
                    "train_iters * global_batch_size * seq_length).")
+    p.add_argument("--min-tokens", type=float, default=0.0,
+                   help="Ignore evaluations before this many tokens (e.g. the LR warmup, where "
+                   "the loss does not follow the power law yet).")
     p.add_argument("--domains", nargs="+", default=None,
                    help="Domains to fit, by name (default: all of the first trajectory's).")
     p.add_argument("--initial-loss-file", default=None,
@@ -156,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     for n in names:
         d = np.concatenate([p.domain(n)[0] for p in points])
         y = np.concatenate([p.domain(n)[1] for p in points])
+        keep = d >= args.min_tokens
+        d, y = d[keep], y[keep]
         try:
             held = held_out_error(d, y, cutoff)
         except TooFewPointsError as e:

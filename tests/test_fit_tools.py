@@ -206,6 +206,19 @@ def test_fit_dcpt_two_domains_end_to_end(tmp_path, two_domain_runs, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_fit_dcpt_given_blend_sets_the_targets(tmp_path, two_domain_runs, capsys):
+    out = tmp_path / "given.json"
+    rc = fit_dcpt_law.main([*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
+                            "--blend", "code=3", "--blend", "web=1", "-o", str(out)])
+    assert rc == 0 and "using --blend 0.7500 code 0.2500 web" in capsys.readouterr().out
+    meta = json.loads(out.read_text())
+    assert meta["blend"] == {"code": 0.75, "web": 0.25}
+    # web at a 25% share stays below its initial loss here, so no rule is needed; the targets
+    # are the law's predictions, close to the true law's.
+    assert meta["losses"]["code"] == pytest.approx(CODE_LAW(1e9, 0.75), rel=0.01)
+    assert meta["losses"]["web"] == pytest.approx(WEB_LAW(1e9, 0.25), rel=0.01)
+
+
 def test_fit_dcpt_three_domains_blend(tmp_path, capsys):
     blends = [(0.3, 0.3, 0.4), (0.5, 0.2, 0.3), (0.2, 0.6, 0.2), (0.6, 0.3, 0.1), (0.1, 0.2, 0.7)]
     paths = [write_run(tmp_path / f"b{i}.jsonl", ["code", "math", "web"], list(w),
@@ -237,6 +250,7 @@ def test_fit_dcpt_errors(tmp_path, two_domain_runs, capsys):
                        start=(300, [0.6, 0.4]))
     assert "needs static runs" in err([*two_domain_runs[:2], moving])
     # The replay target is above the initial loss (the tolerance lets it rise): refused.
+    assert "--blend needs" in err([*two_domain_runs, "--blend", "code=1"])
     assert "not below the initial loss" in err(
         [*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
          "-o", str(tmp_path / "x.json")])

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    type=_name_value("--data-prefix", str), metavar="NAME=PREFIX",
                    help="Data prefix of a domain for the printed --data-path (default: the "
                    "domain name).")
+    p.add_argument("--blend", action="append", default=[],
+                   type=_name_value("--blend", float), metavar="NAME=WEIGHT",
+                   help="Use this blend (one per domain, normalised) for the loss curve and the "
+                   "targets JSON instead of the chosen one.")
     p.add_argument("--min-weight", type=float, default=0.01,
                    help="Floor of every weight in the chosen blend (default: %(default)s).")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS,
@@ -238,6 +242,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in args.replay if n not in names]
     if unknown:
         raise ToolError(f"--replay {unknown}: not domains of the runs ({names})")
+    given_blend = None
+    if args.blend:
+        given = dict(args.blend)
+        if sorted(given) != sorted(names) or any(v <= 0 for v in given.values()):
+            raise ToolError(f"--blend needs one positive weight for each of {names}, got {given}")
+        given_blend = np.array([given[n] for n in names]) / sum(given.values())
     ratios, points = gather(args.trajectories, runs, names, args.min_tokens)
     distinct = {tuple(np.round(r, 9)) for r in ratios}
     if len(distinct) < 2:
@@ -318,6 +328,10 @@ def run(args: argparse.Namespace) -> int:
               f"initial value; the blend shown forgets least")
     prefixes = dict(args.data_prefix)
     print("--data-path " + format_data_path([prefixes.get(n, n) for n in names], weights))
+
+    if given_blend is not None:
+        weights = given_blend
+        print("using --blend " + format_data_path([prefixes.get(n, n) for n in names], weights))
 
     # Q2: the loss curve over D for that blend.
     fractions = (0.1, 0.25, 0.5, 1.0)

@@ -4,9 +4,10 @@ Both laws are fitted the way Hoffmann et al. (2022) fit Chinchilla (and, as far 
 checked here, Que et al. (2024) the D-CPT Law, who also report the Huber loss of their fits):
 minimise the Huber loss of the residuals ``log(prediction) - log(observed)`` with
 L-BFGS-B inside box bounds, from every point of a small grid of starting parameters (each start
-runs a few iterations, the best two then run to convergence), and keep the best optimum. Working on log-loss makes the residuals relative (a 1% miss weighs the same on a
-domain at loss 1.5 as on one at 3.0); the Huber loss keeps one spiky evaluation from dragging the
-asymptote; the grid of starts guards against the shallow, curved valleys these power laws have
+runs a few iterations, the best two then run to convergence), and keep the best optimum.
+Working on log-loss makes the residuals relative (a 1% miss weighs the same on a domain at loss
+1.5 as on one at 3.0); the Huber loss keeps one spiky evaluation from dragging the asymptote; the
+grid of starts guards against the shallow, curved valleys these power laws have
 (``E`` trades off against ``B`` and ``beta``), where a single start often stops early.
 
 Pure numpy/scipy, no I/O. A law supplies ``model(params, x) -> (prediction, jacobian)`` with the

@@ -43,11 +43,8 @@ def test_jsonl_documents_and_manifest(tmp_path, corpus):
 
 
 def test_prepare_corpus_tool(tmp_path, corpus, capsys):
-    import importlib.util
+    from megatron_velocitune.cli import prepare_corpus as tool
 
-    spec = importlib.util.spec_from_file_location("prepare_corpus", "tools/prepare_corpus.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "one.txt").write_text("The quick brown fox. " * 50)
     (tmp_path / "b.jsonl").write_text('{"text": "def f(x):\\n    return x"}\n' * 30)

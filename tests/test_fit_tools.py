@@ -1,7 +1,7 @@
-"""tools/fit_target_loss.py and tools/fit_dcpt_law.py end to end on synthetic trajectories."""
+"""velocitune-fit-targets and velocitune-fit-dcpt (megatron_velocitune.cli) end to end on
+synthetic trajectories."""
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 
 from megatron_velocitune.arguments import add_velocitune_args, config_from_args, read_loss_file
+from megatron_velocitune.cli import fit_dcpt_law, fit_target_loss
 from megatron_velocitune.trajectory import TrajectoryWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fit_target_loss = _load("fit_target_loss")
-fit_dcpt_law = _load("fit_dcpt_law")
 
 GBS, SEQ = 16, 256
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Fit the D-CPT Law on short static runs at several blends and choose the starting blend.
 
 Each trajectory is one static run (``--velocitune-policy static``) at its own blend. Every
@@ -18,24 +17,20 @@ the budget for the chosen blend) for ``--velocitune-target-loss-file``.
 
 Example::
 
-    python tools/fit_dcpt_law.py runs/r*/trajectory.jsonl --replay web --budget-tokens 2e9 \\
+    velocitune-fit-dcpt runs/r*/trajectory.jsonl --replay web --budget-tokens 2e9 \\
         --data-prefix code=data/code_text_document --output dcpt_targets.json --plot dcpt.png
 """
 
 import argparse
 import math
-import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Runs from a checkout without installing the package, like the other tools.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_velocitune.arguments import read_loss_file, write_loss_file  # noqa: E402
-from megatron_velocitune.config import VelocituneConfigError  # noqa: E402
-from megatron_velocitune.dcpt_law import (  # noqa: E402
+from megatron_velocitune.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.dcpt_law import (
     DEFAULT_EPS,
     ETA_BOUNDS,
     DcptFit,
@@ -45,7 +40,7 @@ from megatron_velocitune.dcpt_law import (  # noqa: E402
     format_data_path,
     ratio_for_limited_domain,
 )
-from megatron_velocitune.scaling_law import (  # noqa: E402
+from megatron_velocitune.scaling_law import (
     DEFAULT_TARGET_MARGIN,
     TARGET_RULES,
     TargetAboveInitialError,
@@ -55,7 +50,7 @@ from megatron_velocitune.scaling_law import (  # noqa: E402
     loss_points,
     resolve_target,
 )
-from megatron_velocitune.trajectory import Trajectory, read_trajectory  # noqa: E402
+from megatron_velocitune.trajectory import Trajectory, read_trajectory
 
 PROG = "velocitune-fit-dcpt"
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Fit per-domain target losses from a proxy run's trajectory (Velocitune step 2).
 
 Reads one or more JSONL trajectories (a static "observe" run: ``--velocitune-policy static``),
@@ -12,23 +11,19 @@ error unless ``--rising-domains hold-initial``, which gives it ``L_init * (1 - m
 
 Example::
 
-    python tools/fit_target_loss.py runs/proxy/trajectory.jsonl --output targets.json --plot fit.png
+    velocitune-fit-targets runs/proxy/trajectory.jsonl --output targets.json --plot fit.png
 """
 
 import argparse
 import math
-import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-# Runs from a checkout without installing the package, like the other tools.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_velocitune.arguments import read_loss_file, write_loss_file  # noqa: E402
-from megatron_velocitune.config import VelocituneConfigError  # noqa: E402
-from megatron_velocitune.scaling_law import (  # noqa: E402
+from megatron_velocitune.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.scaling_law import (
     DEFAULT_TARGET_MARGIN,
     TARGET_RULES,
     TargetAboveInitialError,
@@ -39,7 +34,7 @@ from megatron_velocitune.scaling_law import (  # noqa: E402
     loss_points,
     resolve_target,
 )
-from megatron_velocitune.trajectory import Trajectory, read_trajectory  # noqa: E402
+from megatron_velocitune.trajectory import Trajectory, read_trajectory
 
 PROG = "velocitune-fit-targets"
 

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Prepare a multi-domain corpus: raw text per domain -> Megatron .bin/.idx files.
 
 Example:
-    python tools/prepare_corpus.py --output-dir data/corpus --vocab-size 8192 \\
+    velocitune-prepare-corpus --output-dir data/corpus --vocab-size 8192 \\
         --domain code='/usr/lib/python3.11/**/*.py' --domain man=text/man --domain kjv=text/kjv.txt
 
 Prints each domain's documents and tokens, the token-proportional default weights, and a ready
@@ -14,9 +13,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_velocitune.corpus import (  # noqa: E402
+from megatron_velocitune.corpus import (
     iter_documents,
     load_tokenizer,
     token_proportional_weights,
@@ -35,6 +32,7 @@ def parse_domain(value: str) -> Tuple[str, str]:
 
 def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="velocitune-prepare-corpus",
         description="Tokenize raw text per domain into Megatron .bin/.idx files.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],

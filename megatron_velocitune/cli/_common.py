@@ -1,0 +1,70 @@
+"""Helpers shared by the trajectory tools: one-line errors and checked trajectory reading."""
+
+import sys
+from typing import Callable, List, Optional, Sequence
+
+from megatron_velocitune.trajectory import Trajectory, read_trajectory
+
+
+class ToolError(Exception):
+    """A user-facing, one-line error."""
+
+
+def load_trajectory(path: str) -> Trajectory:
+    """Read a trajectory and check the fields the tools use, raising :class:`ToolError`."""
+    try:
+        t = read_trajectory(path)
+    except FileNotFoundError:
+        raise ToolError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ToolError(f"{path}: is a directory, not a trajectory .jsonl file") from None
+    except UnicodeDecodeError:
+        raise ToolError(f"{path}: not a text file (is this a velocitune trajectory?)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ToolError(f"cannot read trajectory {path!r}: {e}") from None
+    h = t.header
+    domains, weights = h.get("domains"), h.get("weights")
+    if not isinstance(domains, list) or not domains:
+        raise ToolError(f"{path}: the header has no 'domains' list (not a velocitune trajectory?)")
+    if not isinstance(weights, list) or len(weights) != len(domains):
+        raise ToolError(f"{path}: the header's 'weights' must give one weight per domain "
+                        f"{domains}, got {weights!r}")
+    for u in t.updates:
+        w = u.get("weights")
+        if not isinstance(w, list) or len(w) != len(domains):
+            raise ToolError(f"{path}: the update at iteration {u.get('iteration')} has "
+                            f"weights {w!r}, not one per domain {domains}")
+    return t
+
+
+def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:
+    return [load_trajectory(p) for p in paths]
+
+
+def run_tool(prog: str, run: Callable[[], int]) -> int:
+    """Run ``run()``, turning a :class:`ToolError` into ``prog: error: ...`` and status 2."""
+    try:
+        return run()
+    except ToolError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def parse_name_value(flag: str) -> Callable[[str], tuple]:
+    """An argparse type for ``NAME=VALUE``."""
+    import argparse
+
+    def parse(text: str) -> tuple:
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected NAME=VALUE")
+        return name, value
+
+    return parse
+
+
+def optional_floats(values: Optional[Sequence]) -> Optional[List[float]]:
+    """A list of floats with None (JSON null) as NaN; None stays None."""
+    if values is None:
+        return None
+    return [float("nan") if v is None else float(v) for v in values]

@@ -107,6 +107,7 @@ class VelocituneController:
             None if config.target_loss is None else np.asarray(config.target_loss, np.float64)
         )
         self.evaluator = evaluator
+        self.dataset = dataset
         self.sinks: List[WeightSink] = list(sinks)
         if dataset is not None:
             self.sinks.insert(0, dataset.update_weights)
@@ -195,7 +196,9 @@ class VelocituneController:
             consumed_samples (int): global samples consumed so far; the new blend applies
                 from this sample on.
             domain_tokens (Optional[Sequence[int]]): training tokens drawn per domain before
-                ``consumed_samples`` (for the trajectory; from the dataset where known).
+                ``consumed_samples``, for the trajectory; when None, taken from the dataset's
+                ``domain_counts(consumed_samples) * seq_length`` where the logging rank holds
+                a dataset that has it.
 
         Returns:
             Optional[UpdateDecision]: the decision (identical on every rank), or None when no
@@ -312,6 +315,10 @@ class VelocituneController:
         }
         self.history.append(record)
         if self.groups.is_decider and self.trajectory_path:
+            if domain_tokens is None and self.seq_length is not None:
+                counts = getattr(self.dataset, "domain_counts", None)
+                if counts is not None:
+                    domain_tokens = np.asarray(counts(consumed_samples)) * self.seq_length
             self._trajectory().write(
                 {
                     "type": "update",

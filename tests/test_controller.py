@@ -69,12 +69,13 @@ def setup(world, corpus):
 def _direct_sums(model, datasets, count):
     """Plain per-sample forward passes: loss sum and tokens over samples 0..count-1."""
     out = DomainSums.zeros(len(datasets))
+    device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         for d, ds in enumerate(datasets):
             for j in range(count):
                 s = ds[j % len(ds)]
-                t = lambda key: torch.as_tensor(np.asarray(s[key]))[None]  # noqa: E731
+                t = lambda key: torch.as_tensor(np.asarray(s[key]))[None].to(device)  # noqa: E731
                 losses = model(t("tokens"), t("position_ids"), None, labels=t("labels"))
                 mask = t("loss_mask").double()
                 out.loss_sum[d] += float((losses.double() * mask).sum())
@@ -271,6 +272,7 @@ def test_state_for_other_domains_is_rejected(world):
         VelocituneController(_config(), WEIGHTS, ScriptedEvaluator([7, 7, 7], [])).load_state_dict(state)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the shim applies only without CUDA")
 def test_cpu_shim_is_idempotent_and_redirects_buffers(world):
     from megatron.core.utils import GlobalMemoryBuffer
 
@@ -288,3 +290,29 @@ def test_cpu_shim_is_idempotent_and_redirects_buffers(world):
         with tracker.fork():
             torch.rand(3)
         assert torch.equal(before, torch.get_rng_state())  # the default stream is untouched
+
+
+def test_controller_drives_the_velocity_blended_dataset(setup, corpus, tmp_path):
+    """The real data plane: each new blend applies from the consumed position on."""
+    from megatron_velocitune.dataset import VelocityBlendedDataset
+    from megatron_velocitune.evaluation import build_heldout_datasets
+
+    _, _, evaluator = setup
+    train = build_heldout_datasets(corpus.prefixes, SEQ, corpus.vocab_size, corpus.eod_id,
+                                   heldout_fraction=1.0)
+    blend = VelocityBlendedDataset(train, WEIGHTS, 400, train[0].config, update_window=16)
+    controller = VelocituneController(_config(log_dir=str(tmp_path)), WEIGHTS, evaluator,
+                                      dataset=blend, seq_length=SEQ)
+    for it in range(0, 7):
+        controller.maybe_update(it, it * 8)
+        if it:
+            blend[it * 8 - 1]  # training reads up to the consumed position
+    before = controller.initial_weights.tolist()
+    for record in controller.history:  # the blend switches exactly at the consumed position
+        np.testing.assert_array_equal(blend.weights_at(record["start_sample"] - 1), before)
+        np.testing.assert_array_equal(blend.weights_at(record["start_sample"]), record["weights"])
+        before = record["weights"]
+    traj = read_trajectory(os.path.join(str(tmp_path), TRAJECTORY_FILE))
+    assert traj.column("domain_tokens") == [
+        (blend.domain_counts(s) * SEQ).tolist() for s in (16, 32, 48)
+    ]

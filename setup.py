@@ -37,6 +37,8 @@ setup(
             "velocitune-fit-targets=megatron_velocitune.cli.fit_target_loss:main",
             "velocitune-fit-dcpt=megatron_velocitune.cli.fit_dcpt_law:main",
             "velocitune-prepare-corpus=megatron_velocitune.cli.prepare_corpus:main",
+            "velocitune-plot-weights=megatron_velocitune.cli.plot_weights:main",
+            "velocitune-average-weights=megatron_velocitune.cli.average_weights:main",
         ],
     },
 )

@@ -327,7 +327,9 @@ class VelocituneController:
                     "consumed_tokens": (
                         None if self.seq_length is None else consumed_samples * self.seq_length
                     ),
-                    "domain_tokens": None if domain_tokens is None else [int(t) for t in domain_tokens],
+                    "domain_tokens": (
+                        None if domain_tokens is None else [int(t) for t in domain_tokens]
+                    ),
                     "eval_loss": record["eval_loss"],
                     "velocity": record["velocity"],
                     "weights": record["weights"],

@@ -17,8 +17,8 @@ whatever the layout:
    new weights..., iteration, consumed_samples]`` and ``bad`` = this rank saw a non-finite
    local or reduced loss. Equal max and min of every entry means every rank held and now holds
    bit-identical float64 weights and applies them at the same iteration and sample; anything
-   else raises :class:`WeightMismatchError` on every rank. ``bad`` anywhere (a NaN on a TP rank the decider does not see) turns the update
-   into a skip on every rank.
+   else raises :class:`WeightMismatchError` on every rank. ``bad`` anywhere (a NaN on a TP rank
+   the decider does not see) turns the update into a skip on every rank.
 
 No collective runs inside the per-micro-batch loss function (see
 :mod:`megatron_velocitune.evaluation`); this module is the only place the losses move.

@@ -20,8 +20,9 @@ Which samples (a plan, identical on every rank):
   same way; the last micro-batches are padded with masked-out samples.
 
 Where data lives (as in Megatron-LM): datasets exist only on tensor-parallel rank 0 of the first
-and last pipeline stages. The batch is broadcast over the tensor-parallel group there, middle
-stages read nothing, and only the last stage computes losses (other ranks return zeros).
+and last pipeline stages. The batch is broadcast over the tensor-parallel group there (and
+sliced per context-parallel rank like Megatron-LM's ``get_batch``), middle stages read nothing,
+and only the last stage computes losses (other ranks return zeros).
 """
 
 import math
@@ -33,6 +34,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 __all__ = [
     "DomainEvaluator",
@@ -153,7 +155,8 @@ def full_plan(
     """
     per_step = micro_batch_size * dp_size
     counts = tuple(int(math.ceil(n / per_step)) for n in dataset_lengths)
-    return EvalPlan(counts, micro_batch_size, dp_rank, dp_size, tuple(int(n) for n in dataset_lengths))
+    lengths = tuple(int(n) for n in dataset_lengths)
+    return EvalPlan(counts, micro_batch_size, dp_rank, dp_size, lengths)
 
 
 class _TokenizerInfo:
@@ -287,8 +290,11 @@ class DomainEvaluator:
         once (ranks without data contribute zeros) and cached.
         """
         if self._full_lengths is None:
-            local = [len(d) for d in self.datasets] if self.datasets is not None else [0] * self.num_domains
-            t = torch.tensor(local, dtype=torch.int64, device=self._comm_device())
+            if self.datasets is not None:
+                local = [len(d) for d in self.datasets]
+            else:
+                local = [0] * self.num_domains
+            t = torch.tensor(local, dtype=torch.int64, device=self.device)
             if dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
             self._full_lengths = tuple(int(x) for x in t.tolist())
@@ -346,9 +352,6 @@ class DomainEvaluator:
         return sums
 
     # ---------------------------------------------------------------- internals
-    def _comm_device(self) -> torch.device:
-        return self.device
-
     def _read_batch(self, domain: int, indices: np.ndarray) -> Dict[str, torch.Tensor]:
         """Stack held-out samples into a micro-batch (data-holding ranks only)."""
         dataset = self.datasets[domain]
@@ -369,7 +372,7 @@ class DomainEvaluator:
         }
 
     def _broadcast_batch(self, batch: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        """Share the micro-batch from TP rank 0 with the other TP ranks (as Megatron's get_batch)."""
+        """Share the micro-batch from TP rank 0 with the other TP ranks (Megatron's get_batch)."""
         shape = (self.micro_batch_size, self.seq_length)
         if batch is None:
             batch = {
@@ -384,12 +387,15 @@ class DomainEvaluator:
             group = parallel_state.get_tensor_model_parallel_group()
             for k in _KEYS:
                 dist.broadcast(batch[k], src, group=group)
-        return batch
+        # Context parallelism: this rank's two sequence chunks, as Megatron-LM's get_batch
+        # (a no-op at CP=1; the DP+CP reduction then adds up the chunks' sums).
+        return get_batch_on_this_cp_rank(batch)
 
     def _batches(self, plan: EvalPlan) -> Iterator[Tuple[int, Optional[Dict[str, torch.Tensor]]]]:
         """Yield ``(domain, batch)`` per micro-batch; batch is None on middle pipeline stages."""
-        needs_data = parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()
-        reads = needs_data and parallel_state.get_tensor_model_parallel_rank() == 0
+        ps = parallel_state
+        needs_data = ps.is_pipeline_first_stage() or ps.is_pipeline_last_stage()
+        reads = needs_data and ps.get_tensor_model_parallel_rank() == 0
         if reads and self.datasets is None:
             raise RuntimeError(
                 "DomainEvaluator: TP rank 0 of the first/last pipeline stage needs the held-out "

@@ -38,7 +38,8 @@ def world():
     from megatron_velocitune.training import ParallelConfig, destroy_parallel, initialize_parallel
 
     saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
     try:
         yield initialize_parallel(ParallelConfig(), seed=1234)
     finally:
@@ -135,8 +136,8 @@ def test_subset_is_fixed_and_matches_direct_forward(setup):
 
 @pytest.mark.parametrize("dp", [1, 2, 3])
 def test_plans_split_samples_disjointly_over_dp_ranks(dp):
-    subset = [np.concatenate([subset_plan(2, 3, MBS, r, dp).sample_indices(1, mb) for mb in range(3)])
-              for r in range(dp)]
+    subset = [np.concatenate([subset_plan(2, 3, MBS, r, dp).sample_indices(1, mb)
+                              for mb in range(3)]) for r in range(dp)]
     assert sorted(np.concatenate(subset).tolist()) == list(range(3 * MBS * dp))
     lengths = [7, 10, 1]
     plans = [full_plan(lengths, MBS, r, dp) for r in range(dp)]
@@ -171,7 +172,8 @@ def test_initial_loss_measured_then_policy_updates(setup, tmp_path):
         w = update_weights("velocity", w, decision.eval_loss, full, np.full(3, 6.0))
         np.testing.assert_array_equal(decision.weights, w)
         assert received[-1] == (w.tolist(), it * 8)
-    assert len(received) == 3 and evaluator.evaluate().mean().tolist() == decision.eval_loss.tolist()
+    assert len(received) == 3
+    assert evaluator.evaluate().mean().tolist() == decision.eval_loss.tolist()
     assert not np.allclose(w, WEIGHTS) and abs(w.sum() - 1.0) < 1e-12
 
     traj = read_trajectory(os.path.join(str(tmp_path), TRAJECTORY_FILE))
@@ -191,7 +193,8 @@ def test_initial_loss_measured_then_policy_updates(setup, tmp_path):
 def test_target_not_below_measured_initial_loss_fails_clearly(setup):
     _, _, evaluator = setup
     controller = VelocituneController(_config(target_loss=[6.0, 99.0, 6.0]), WEIGHTS, evaluator)
-    with pytest.raises(VelocituneConfigError, match=r"target loss 99.0 for domain 'docs' is not below"):
+    with pytest.raises(VelocituneConfigError,
+                       match=r"target loss 99.0 for domain 'docs' is not below"):
         controller.maybe_update(0, 0)
 
 
@@ -245,7 +248,8 @@ def test_state_sidecar_resume_continues_the_same_trajectory(world, tmp_path):
         first.maybe_update(it, it * 8)
     ckpt = str(tmp_path / "ckpt")
     path = save_controller_state(first, ckpt, 3)
-    assert path == sidecar_path(ckpt, 3) and path.endswith(os.path.join("iter_0000003", SIDECAR_NAME))
+    assert path == sidecar_path(ckpt, 3)
+    assert path.endswith(os.path.join("iter_0000003", SIDECAR_NAME))
     assert os.listdir(os.path.dirname(path)) == [SIDECAR_NAME]  # atomic: no temp file left
     with open(os.path.join(ckpt, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("3")
@@ -269,7 +273,8 @@ def test_state_for_other_domains_is_rejected(world):
     state = a.state_dict()
     state["domains"] = ["x", "y", "z"]
     with pytest.raises(ValueError, match="domains"):
-        VelocituneController(_config(), WEIGHTS, ScriptedEvaluator([7, 7, 7], [])).load_state_dict(state)
+        fresh = VelocituneController(_config(), WEIGHTS, ScriptedEvaluator([7, 7, 7], []))
+        fresh.load_state_dict(state)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the shim applies only without CUDA")

@@ -8,7 +8,6 @@ from. A one-process TP=1 x PP=1 job evaluates the same model (a layout-invariant
 same samples as the reference.
 """
 
-import math
 import os
 
 import numpy as np
@@ -215,7 +214,8 @@ def test_controller_across_ranks(corpus, reference, tmp_path, tp, pp, dp):
     assert all(r["skipped_warnings"] == 2 for r in results)
 
     # Ranks holding data handed every applied blend to their dataset sink; the others hold none.
-    applied = [(rec["weights"], rec["start_sample"]) for rec in first["history"] if not rec["skipped"]]
+    applied = [(rec["weights"], rec["start_sample"])
+               for rec in first["history"] if not rec["skipped"]]
     for r in results:
         info = r["info"]
         if info.tp_rank == 0 and (info.is_first_stage or info.is_last_stage):

@@ -180,14 +180,14 @@ def main(argv=None) -> None:
     logic = logic_alone(args.updates, args.rounds)
     print(f"Velocitune update cost, k={K} domains, gloo on CPU ({os.cpu_count()} cores), "
           f"best of {args.rounds} rounds x {args.updates} updates; microseconds per update")
-    cols = ["ranks", "layout", "bare collectives (floor)", "synchronize_update",
+    cols = ["ranks", "layout     ", "bare collectives (floor)", "synchronize_update",
             "controller", "+ log", "+ log + dataset"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
-    print(f"| {1:>5d} | {'logic alone':<6s} | {'-':>24s} | {logic:18.0f} | {'-':>10s} "
+    print(f"| {1:>5d} | {'logic alone':<11s} | {'-':>24s} | {logic:18.0f} | {'-':>10s} "
           f"| {'-':>5s} | {'-':>15s} |")
     for world, name, r in rows:
-        print(f"| {world:>5d} | {name:<6s} | {r['floor']:24.0f} | {r['sync']:18.0f} "
+        print(f"| {world:>5d} | {name:<11s} | {r['floor']:24.0f} | {r['sync']:18.0f} "
               f"| {r['controller']:10.0f} | {r['log']:5.0f} | {r['log_data']:15.0f} |")
 
 if __name__ == "__main__":

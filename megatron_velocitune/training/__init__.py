@@ -8,6 +8,7 @@
 from megatron_velocitune.training.model import (
     GPTConfig,
     build_gpt_model,
+    initialize_layout_invariant_,
     padded_vocab_size,
     transformer_config,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ParallelInfo",
     "build_gpt_model",
     "destroy_parallel",
+    "initialize_layout_invariant_",
     "initialize_parallel",
     "padded_vocab_size",
     "parallel_info",

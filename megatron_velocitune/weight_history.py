@@ -47,7 +47,8 @@ def _blend(weights: Sequence[float], k: Optional[int], what: str) -> np.ndarray:
     if w.ndim != 1 or w.size == 0 or (k is not None and w.size != k):
         raise ValueError(f"{what}: expected {k or 'some'} weights, got {list(np.ravel(w))}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"{what}: weights must be finite, non-negative, not all zero: {w.tolist()}")
+        raise ValueError(f"{what}: weights must be finite, non-negative, not all zero: "
+                         f"{w.tolist()}")
     return w / w.sum()
 
 

@@ -1,4 +1,5 @@
-"""weight_history (the time-averaging maths) and velocitune-average-weights, by hand-computed runs."""
+"""weight_history (the time-averaging maths) and velocitune-average-weights, on hand-computed
+runs."""
 
 import json
 from decimal import Decimal

@@ -24,7 +24,7 @@ def write_run(path, policy="velocity", targets=True, skip_at=None, train_iters=6
                       seq_length=8, global_batch_size=4, train_iters=train_iters,
                       update_interval=100, prefixes=[f"/d/{d}" for d in DOMAINS]))
     for it in range(100, 601, 100):
-        loss = target + (init - target) * np.exp(-it / 300)
+        loss = target + (init - target) * np.exp(-it / np.array([200.0, 400.0, 800.0]))
         vel = np.clip((loss - target) / (init - target), 0, 1)
         skipped = it == skip_at
         if skipped:
@@ -71,6 +71,23 @@ def test_columns_panels_and_default_labels(tmp_path, capsys):
     svg = _assert_figures(str(out))
     assert "run-a" in svg and "run-b" in svg and "no velocity recorded" in svg
     assert "held-out loss" not in svg
+
+
+def test_weight_steps(tmp_path):
+    from megatron_velocitune.trajectory import read_trajectory
+
+    # Planned 600 iterations, updates every 100 (the one at 300 skipped): the header's blend over
+    # [0, 100), ..., the blend chosen at 600 (never trained) is the last point, at 600.
+    t = read_trajectory(write_run(str(tmp_path / "a" / "t.jsonl"), skip_at=300))
+    x, w = plot_weights.weight_steps(t)
+    assert x.tolist() == [0, 100, 200, 400, 500, 600]
+    np.testing.assert_allclose(w[0], [0.5, 0.3, 0.2])
+    np.testing.assert_allclose(w[-1], t.updates[-1]["weights"])
+    np.testing.assert_allclose(w[2], t.updates[1]["weights"])  # 200 holds through the skip
+    assert w[1][0] < 0.5  # code, the fastest domain, lost weight at 100
+    # A run that stopped before its planned end: to its last update.
+    t = read_trajectory(write_run(str(tmp_path / "b" / "t.jsonl"), train_iters=2000))
+    assert plot_weights.weight_steps(t)[0][-1] == 600
 
 
 def test_output_paths():

@@ -4,7 +4,8 @@ Panels (``--panels``, default all three, top to bottom):
 
 * ``weights``: each domain's weight as a step plot (the paper's Figures 2-4): the header's blend
   from iteration 0, each applied update's from its iteration until the next one (skipped
-  updates change nothing), drawn to ``train_iters`` when the run reached its last update;
+  updates change nothing), to ``train_iters`` when the run reached its last update, else to
+  its last update;
 * ``loss``: each domain's held-out loss at every update (the initial loss at iteration 0 when
   the header has it), the target losses as dashed horizontal lines;
 * ``velocity``: each domain's velocity ``clamp((L_t - L_target) / (L_init - L_target), 0, 1)``.
@@ -21,7 +22,7 @@ Example::
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -110,30 +111,35 @@ def _iterations(t: Trajectory) -> np.ndarray:
     return np.asarray([float(u.get("iteration", np.nan)) for u in t.updates], np.float64)
 
 
-def _weight_steps(t: Trajectory) -> Optional[tuple]:
-    """(x, weights) of the step plot: x has one more entry than the blends (the end)."""
+def weight_steps(t: Trajectory) -> Tuple[np.ndarray, np.ndarray]:
+    """The step plot of a run's blends, in iterations.
+
+    Returns:
+        Tuple[np.ndarray, np.ndarray]: ``x`` (n + 1 positions) and ``w`` (n + 1 blends): blend
+        ``w[k]`` holds over ``[x[k], x[k+1])``; the last row is the blend the run ended with,
+        at the end of the plot (the run's end, or its last update if later, when the blend
+        chosen there never trained).
+    """
     h = run_history(t.header, t.updates, "iterations")
-    end = h.end
     last_start = max([s for s, _ in h.updates], default=0.0)
-    if end is None or end <= last_start:
-        # Stopped early or no plan: draw the last blend over one more update interval's width
-        # so that it shows, or at least to the last update.
-        end = last_start + float(t.header.get("update_interval") or 1)
+    end = max(h.end or 0.0, last_start)
+    if end <= 0:
+        end = float(t.header.get("update_interval") or 1)
     spans = blend_spans(h.initial, h.updates, end)
-    x = np.asarray([s.start for s in spans] + [spans[-1].end])
-    w = np.stack([s.weights for s in spans])
+    x = np.asarray([s.start for s in spans] + [end])
+    w = np.stack([s.weights for s in spans] + [h.final])
     return x, w
 
 
 def _draw_weights(ax, t: Trajectory, colors: Dict[str, str], style: str) -> None:
-    x, w = _weight_steps(t)
+    x, w = weight_steps(t)
     for i, d in enumerate(t.domains):
-        y = np.append(w[:, i], w[-1, i])
-        ax.step(x, y, where="post", color=colors[d], ls=style, lw=1.4)
+        ax.step(x, w[:, i], where="post", color=colors[d], ls=style, lw=1.4)
     ax.set_ylim(bottom=0)
 
 
-def _draw_loss(ax, t: Trajectory, colors: Dict[str, str], style: str) -> None:
+def _draw_loss(ax, t: Trajectory, colors: Dict[str, str], style: str,
+               targets_drawn: Set[Tuple[str, float]]) -> None:
     it = _iterations(t)
     loss = _series(t, "eval_loss")
     initial = optional_floats(t.header.get("initial_loss"))
@@ -143,7 +149,9 @@ def _draw_loss(ax, t: Trajectory, colors: Dict[str, str], style: str) -> None:
         if initial is not None and len(initial) == len(t.domains):
             x, y = np.append(0.0, x), np.append(initial[i], y)
         ax.plot(x, y, color=colors[d], ls=style, lw=1.4, marker="o", ms=2.5)
-        if target is not None and len(target) == len(t.domains) and np.isfinite(target[i]):
+        if (target is not None and len(target) == len(t.domains) and np.isfinite(target[i])
+                and (d, target[i]) not in targets_drawn):
+            targets_drawn.add((d, target[i]))
             ax.axhline(target[i], color=colors[d], ls=(0, (4, 3)), lw=0.9, alpha=0.7)
 
 
@@ -178,6 +186,7 @@ def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequ
                                                          2.9 * len(panels)),
                              squeeze=False, sharex="col")
     drawn_velocity = [False] * cols
+    targets_drawn: List[Set[Tuple[str, float]]] = [set() for _ in range(cols)]
     for r, (t, label) in enumerate(zip(trajectories, labels)):
         col = r if layout == "columns" else 0
         style = "-" if layout == "columns" else RUN_STYLES[r % len(RUN_STYLES)]
@@ -186,7 +195,7 @@ def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequ
             if panel == "weights":
                 _draw_weights(ax, t, colors, style)
             elif panel == "loss":
-                _draw_loss(ax, t, colors, style)
+                _draw_loss(ax, t, colors, style, targets_drawn[col])
             else:
                 drawn_velocity[col] |= _draw_velocity(ax, t, colors, style)
     for col in range(cols):

@@ -2,7 +2,8 @@
 
 For k = 5 domains, in 8 processes (TP=2 x PP=2 x DP=2) and 2 processes (DP=2), gloo on CPU,
 megatron-core's real process groups, this times back-to-back updates (best of rounds of N
-updates between two barriers, wall time / N on rank 0) of:
+updates between two barriers, wall time / N on rank 0; the variants take turns round by round)
+of:
 
 * **floor**: the bare collectives of one update with no logic around them: an all-reduce of
   2k float64 over the DP(+CP) group on the last stage, a world broadcast of 3k+1 float64, a
@@ -54,19 +55,24 @@ class PrecomputedEvaluator:
         return DomainSums((self.base - 1e-4 * self.calls) * tokens, tokens)
 
 
-def _time(fn, n: int, rounds: int) -> float:
-    """Best over rounds of (wall time of n back-to-back calls / n), in microseconds."""
+def _time_interleaved(fns, n: int, rounds: int):
+    """Best over rounds of (wall time of n back-to-back calls / n) per function, microseconds.
+
+    The functions take turns round by round, so all of them see the same share of a machine
+    whose cores other work also uses.
+    """
     import torch.distributed as dist
 
-    best = float("inf")
+    best = {name: float("inf") for name in fns}
     for _ in range(rounds):
-        dist.barrier()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        dist.barrier()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best * 1e6
+        for name, fn in fns.items():
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            dist.barrier()
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
+    return {name: t * 1e6 for name, t in best.items()}
 
 
 def logic_alone(n: int, rounds: int) -> float:
@@ -140,7 +146,8 @@ def worker(rank: int, world_size: int, tp: int, pp: int, n: int, rounds: int, lo
         )
         sinks = []
         if with_data and info.holds_data:
-            index = BlendIndex(np.full(K, 1.0 / K), (n * rounds + 2) * WINDOW, [10**9] * K, WINDOW)
+            size = (n * rounds + 2) * WINDOW
+            index = BlendIndex(np.full(K, 1.0 / K), size, [10**9] * K, WINDOW)
             sinks.append(index.update)
         ctrl = VelocituneController(
             config, np.full(K, 1.0 / K), PrecomputedEvaluator(rank), sinks=sinks, groups=groups,
@@ -155,20 +162,24 @@ def worker(rank: int, world_size: int, tp: int, pp: int, n: int, rounds: int, lo
 
         return step
 
-    results = {
-        "floor": _time(floor, n, rounds),
-        "sync": _time(sync, n, rounds),
-        "controller": _time(make_controller(False, False), n, rounds),
-        "log": _time(make_controller(True, False), n, rounds),
-        "log_data": _time(make_controller(True, True), n, rounds),
-    }
+    results = _time_interleaved(
+        {
+            "floor": floor,
+            "sync": sync,
+            "controller": make_controller(False, False),
+            "log": make_controller(True, False),
+            "log_data": make_controller(True, True),
+        },
+        n,
+        rounds,
+    )
     return results if rank == 0 else None
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--updates", type=int, default=100, help="updates per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (the best is reported)")
+    parser.add_argument("--updates", type=int, default=50, help="updates per timed round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds (the best is reported)")
     args = parser.parse_args(argv)
     rows = []
     for world, tp, pp, name in [(8, 2, 2, "TP2xPP2xDP2"), (2, 1, 1, "TP1xPP1xDP2")]:

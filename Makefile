@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+DEMO_DIR ?= outputs/demo
 
 .PHONY: venv demo test test-fast clean
 
@@ -18,8 +19,9 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
+# The main job: a real continual pre-training run with Velocitune on 2 CPU ranks (see README).
 demo: venv
-	$(PY) -m megatron_velocitune.demo
+	PYTHON=$(PY) bash examples/cpu_demo/run.sh $(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -33,7 +33,6 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "velocitune-demo=megatron_velocitune.demo:main",
             "velocitune-fit-targets=megatron_velocitune.cli.fit_target_loss:main",
             "velocitune-fit-dcpt=megatron_velocitune.cli.fit_dcpt_law:main",
             "velocitune-prepare-corpus=megatron_velocitune.cli.prepare_corpus:main",

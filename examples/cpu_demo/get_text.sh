@@ -7,7 +7,7 @@
 # Usage: get_text.sh OUT_DIR   (idempotent: a domain already rendered is kept)
 set -euo pipefail
 out=${1:?usage: get_text.sh OUT_DIR}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 need=()
 command -v bible >/dev/null || need+=(bible-kjv bible-kjv-text)
 [ -d /usr/share/doc/python3.11/html/_sources ] || need+=(python3.11-doc)
@@ -22,8 +22,11 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..."
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if [ ! -s "$out/general.txt" ]; then
-  bible 'gen1:1-rev22:21' > "$out/general.txt.tmp" && mv "$out/general.txt.tmp" "$out/general.txt"
+if [ ! -d "$out/general" ]; then
+  # One document per 300 verses (about a chapter group), so the held-out split has documents.
+  mkdir -p "$out/general.tmp"
+  bible 'gen1:1-rev22:21' | split -l 300 -d -a 4 --additional-suffix=.txt - "$out/general.tmp/kjv_"
+  mv "$out/general.tmp" "$out/general"
 fi
 if [ ! -d "$out/man" ]; then
   mkdir -p "$out/man.tmp"
@@ -35,6 +38,13 @@ fi
 if [ ! -d "$out/pydocs" ]; then
   cp -r /usr/share/doc/python3.11/html/_sources "$out/pydocs.tmp" && mv "$out/pydocs.tmp" "$out/pydocs"
 fi
-stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
-[ -e "$out/code" ] || ln -s "$stdlib" "$out/code"
+if [ ! -d "$out/code" ]; then
+  # The standard library's own modules (not its tests, not site-packages).
+  stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
+  mkdir -p "$out/code.tmp"
+  (cd "$stdlib" && find . -name '*.py' -not -path '*/site-packages/*' -not -path '*/test*' \
+     -not -path '*/idlelib/*' -not -path '*/lib2to3/*' | sort | head -n 1200 \
+     | while read -r f; do cp "$f" "$out/code.tmp/$(echo "${f#./}" | tr / _)"; done)
+  mv "$out/code.tmp" "$out/code"
+fi
 du -shL "$out"/* | sed 's/^/  /'

@@ -287,6 +287,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed
     summary.weights = controller.weights.tolist()
+    _print_rank_last(_format_loss_table(summary))
     if writer is not None:
         writer.flush()
         writer.close()
@@ -299,8 +300,18 @@ def _format_update(controller: VelocituneController, decision, iteration: int) -
     for i, name in enumerate(controller.names):
         v = "" if vel is None else f" v={vel[i]:.3f}"
         cells.append(f"{name}: loss={decision.eval_loss[i]:.4f}{v} w={decision.weights[i]:.4f}")
-    status = "skipped (non-finite loss), weights kept" if decision.skipped else "applied"
+    status = "skipped (non-finite loss), weights kept" if decision.skipped else (
+        "(static: observed)" if controller.config.policy == "static" else "applied")
     return f" velocitune update at iteration {iteration} {status} | " + " | ".join(cells)
+
+
+def _format_loss_table(summary: RunSummary) -> str:
+    rows = [" held-out loss per domain (full held-out sets), start of this run -> end:",
+            f"   {'domain':<12}{'start':>10}{'end':>10}{'change':>10}{'weight':>10}"]
+    start = summary.initial_loss or [float("nan")] * len(summary.domains)
+    for name, a, b, w in zip(summary.domains, start, summary.final_loss, summary.weights):
+        rows.append(f"   {name:<12}{a:>10.4f}{b:>10.4f}{b - a:>+10.4f}{w:>10.4f}")
+    return "\n".join(rows)
 
 
 def _validate(validator: DomainEvaluator, names, iteration, consumed, writer) -> None:

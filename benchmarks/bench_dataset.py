@@ -83,7 +83,8 @@ def weight_schedule(n, k, seed=0):
 def bench_run_length(corpus, cache, size):
     """Build both datasets at run length `size`; time construction and dynamic updates."""
     tokenizer = DatasetTokenizer(corpus.vocab_size, corpus.eod_id, name=corpus.tokenizer_path)
-    config = gpt_dataset_config((list(corpus.prefixes), WEIGHTS), "98,2,0", SEQ, 1234, tokenizer, path_to_cache=cache)
+    blend = (list(corpus.prefixes), WEIGHTS)
+    config = gpt_dataset_config(blend, "98,2,0", SEQ, 1234, tokenizer, path_to_cache=cache)
     built = build_velocity_datasets(config, size, valid_samples=None, update_window=WINDOW)
     datasets = built.train_per_domain
     static_config = dataclasses.replace(config, path_to_cache=None)  # no torch.distributed needed
@@ -93,7 +94,9 @@ def bench_run_length(corpus, cache, size):
     static, t_static = timed(lambda: BlendedDataset(datasets, WEIGHTS, size, static_config))
     static_rss = rss_mb() - r0
     r0 = rss_mb()
-    dynamic, t_dynamic = timed(lambda: VelocityBlendedDataset(datasets, WEIGHTS, size, config, update_window=WINDOW))
+    dynamic, t_dynamic = timed(
+        lambda: VelocityBlendedDataset(datasets, WEIGHTS, size, config, update_window=WINDOW)
+    )
     dynamic_rss = rss_mb() - r0
 
     # Run the whole schedule (an update every window), stopping before the last full window:
@@ -113,7 +116,9 @@ def bench_run_length(corpus, cache, size):
         dynamic_rss=dynamic_rss,
         probe=probe,
         static_bytes=(static.dataset_index.nbytes + static.dataset_sample_index.nbytes) / size,
-        dynamic_bytes=(dynamic.dataset_index.nbytes + dynamic.dataset_sample_index.nbytes + seg_bytes) / size,
+        dynamic_bytes=(
+            dynamic.dataset_index.nbytes + dynamic.dataset_sample_index.nbytes + seg_bytes
+        ) / size,
     )
 
 
@@ -185,28 +190,37 @@ def main() -> None:
         # the difference is the index lookup alone.
         dynamic = small["dynamic"]
         n = 20_000
-        thr_static, thr_dynamic = bench_getitem(small["static"], dynamic, 0, n, args.getitem_rounds)
+        rounds = args.getitem_rounds
+        thr_static, thr_dynamic = bench_getitem(small["static"], dynamic, 0, n, rounds)
         assert np.array_equal(dynamic.dataset_index[:n], small["static"].dataset_index[:n])
-        assert np.array_equal(dynamic.dataset_sample_index[:n], small["static"].dataset_sample_index[:n])
+        same = small["static"].dataset_sample_index[:n]
+        assert np.array_equal(dynamic.dataset_sample_index[:n], same)
 
     big = results[sizes[1]]
-    fmt_n = lambda s: f"{s / 1e6:g}M"
-    a, b = fmt_n(sizes[0]), fmt_n(sizes[1])
+    a, b = (f"{s / 1e6:g}M" for s in sizes)
+    update = f"weight update, {STEPS} steps x {GBS} samples (ms)"
+    ratio = big["update_ms"] / small["update_ms"]
     rows = [
-        ("index build at construction (ms)", a, small["t_static"] * 1e3, small["t_dynamic"] * 1e3, "dynamic builds one window"),
-        ("index build at construction (ms)", b, big["t_static"] * 1e3, big["t_dynamic"] * 1e3, ""),
-        (f"weight update, {STEPS} steps x {GBS} samples (ms)", a, small["t_static"] * 1e3, small["update_ms"],
+        ("index build at construction (ms)", a, small["t_static"] * 1e3,
+         small["t_dynamic"] * 1e3, "dynamic builds one window"),
+        ("index build at construction (ms)", b, big["t_static"] * 1e3,
+         big["t_dynamic"] * 1e3, ""),
+        (update, a, small["t_static"] * 1e3, small["update_ms"],
          f"static: full rebuild; dynamic: last update of the run, best of {args.rounds}"),
-        (f"weight update, {STEPS} steps x {GBS} samples (ms)", b, big["t_static"] * 1e3, big["update_ms"],
-         f"ratio {b}/{a} = {big['update_ms'] / small['update_ms']:.2f}x (limit 1.5x)"),
+        (update, b, big["t_static"] * 1e3, big["update_ms"],
+         f"ratio {b}/{a} = {ratio:.2f}x (limit 1.5x)"),
         ("__getitem__ throughput (samples/s)", a, thr_static, thr_dynamic,
          f"dynamic/static = {thr_dynamic / thr_static:.3f} (limit >= 0.95)"),
-        ("index bytes per sample (allocated)", b, big["static_bytes"], big["dynamic_bytes"], "int16 + int64 per sample, + segments"),
-        ("index memory resident after construction (MB)", b, big["static_rss"], big["dynamic_rss"], "np.empty: pages commit as windows build"),
+        ("index bytes per sample (allocated)", b, big["static_bytes"], big["dynamic_bytes"],
+         "int16 + int64 per sample, + segments"),
+        ("index memory resident after construction (MB)", b, big["static_rss"],
+         big["dynamic_rss"], "np.empty: pages commit as windows build"),
     ]
-    print(f"\nVelocityBlendedDataset vs megatron-core BlendedDataset: {len(WEIGHTS)} real-text domains, "
-          f"seq {SEQ}, window {STEPS} x {GBS} = {WINDOW:,} samples; CPU times; "
-          f"{time.perf_counter() - t0:.0f} s wall in all\n")
+    print(
+        f"\nVelocityBlendedDataset vs megatron-core BlendedDataset: {len(WEIGHTS)} real-text "
+        f"domains, seq {SEQ}, window {STEPS} x {GBS} = {WINDOW:,} samples; CPU times; "
+        f"{time.perf_counter() - t0:.0f} s wall in all\n"
+    )
     print("| metric | run length | static BlendedDataset | VelocityBlendedDataset | note |")
     print("|---|---|---:|---:|---|")
     for metric, n_, s, d, note in rows:

@@ -78,7 +78,9 @@ def check_blend_weights(
     except (TypeError, ValueError):
         raise ValueError(f"blend weights {weights!r} are not numbers") from None
     if w.ndim != 1 or w.shape[0] != num_datasets:
-        raise ValueError(f"blend weights {w.tolist()} must be {num_datasets} numbers, one per dataset")
+        raise ValueError(
+            f"blend weights {w.tolist()} must be {num_datasets} numbers, one per dataset"
+        )
     if not np.all(np.isfinite(w)) or not np.all(w > 0.0):
         raise ValueError(f"blend weights {w.tolist()} must all be finite and > 0")
     if not normalize:
@@ -88,7 +90,9 @@ def check_blend_weights(
     return w / np.sum(w)
 
 
-def greedy_blend(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, weights: np.ndarray) -> None:
+def greedy_blend(
+    dataset_index: np.ndarray, dataset_sample_index: np.ndarray, weights: np.ndarray
+) -> None:
     """Fill two arrays with megatron-core's greedy static blend of ``weights``.
 
     Position ``i`` (local to the arrays) gets the domain maximising ``w_d * max(i, 1) -
@@ -164,8 +168,12 @@ class BlendIndex:
         if lengths.ndim != 1 or not 1 <= lengths.shape[0] < np.iinfo(np.int16).max:
             raise ValueError(f"need 1 to 32766 datasets, got lengths {lengths.tolist()}")
         if np.any(lengths < 1):
-            raise ValueError(f"every dataset needs at least one sample, got lengths {lengths.tolist()}")
-        if update_window is not None and (not isinstance(update_window, (int, np.integer)) or update_window < 1):
+            raise ValueError(
+                f"every dataset needs at least one sample, got lengths {lengths.tolist()}"
+            )
+        if update_window is not None and (
+            not isinstance(update_window, (int, np.integer)) or update_window < 1
+        ):
             raise ValueError(f"update_window {update_window!r} must be an integer >= 1")
         self.size = int(size)
         self.lengths = lengths
@@ -175,7 +183,8 @@ class BlendIndex:
         # numpy.empty commits pages only when a segment is materialised over them.
         self.dataset_index = np.empty(self.size, dtype=np.int16)
         self.dataset_sample_index = np.empty(self.size, dtype=np.int64)
-        first = Segment(0, check_blend_weights(weights, self.num_datasets), np.zeros(self.num_datasets, np.int64))
+        initial = check_blend_weights(weights, self.num_datasets)
+        first = Segment(0, initial, np.zeros(self.num_datasets, np.int64))
         self._reset([first])
 
     # ----------------------------------------------------------------------------------------
@@ -262,7 +271,9 @@ class BlendIndex:
                 f"updating there would change samples already drawn"
             )
         if start > self.size:
-            raise ValueError(f"start_sample {start} is past the end of the blend ({self.size} samples)")
+            raise ValueError(
+                f"start_sample {start} is past the end of the blend ({self.size} samples)"
+            )
         if np.array_equal(w, last.weights):
             return False
         if start == last.start:
@@ -348,7 +359,11 @@ class BlendIndex:
             "num_datasets": self.num_datasets,
             "lengths": self.lengths.tolist(),
             "segments": [
-                {"start_sample": s.start, "weights": s.weights.tolist(), "counts": s.counts.tolist()}
+                {
+                    "start_sample": s.start,
+                    "weights": s.weights.tolist(),
+                    "counts": s.counts.tolist(),
+                }
                 for s in self._segments
             ],
         }
@@ -364,9 +379,16 @@ class BlendIndex:
         """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"not a blend state of version {STATE_VERSION}: {state!r:.200}")
-        for key, mine in (("size", self.size), ("num_datasets", self.num_datasets), ("lengths", self.lengths.tolist())):
+        expected = {
+            "size": self.size,
+            "num_datasets": self.num_datasets,
+            "lengths": self.lengths.tolist(),
+        }
+        for key, mine in expected.items():
             if state.get(key) != mine:
-                raise ValueError(f"blend state has {key}={state.get(key)!r:.200}, this blend has {mine!r:.200}")
+                raise ValueError(
+                    f"blend state has {key}={state.get(key)!r:.200}, this blend has {mine!r:.200}"
+                )
         raw = state.get("segments")
         if not raw:
             raise ValueError("blend state has no segments")
@@ -382,8 +404,14 @@ class BlendIndex:
                 raise ValueError("blend state: the first segment, and only it, starts at sample 0")
             # Counts are the draws before `start`: non-negative, summing to `start`, and never
             # decreasing from one segment to the next.
-            if counts.shape != (self.num_datasets,) or counts.min() < 0 or int(counts.sum()) != start:
-                raise ValueError(f"blend state segment {k}: counts {item['counts']!r} do not sum to {start}")
+            if (
+                counts.shape != (self.num_datasets,)
+                or counts.min() < 0
+                or int(counts.sum()) != start
+            ):
+                raise ValueError(
+                    f"blend state segment {k}: counts {item['counts']!r} do not sum to {start}"
+                )
             if segments and np.any(counts < segments[-1].counts):
                 raise ValueError(f"blend state segment {k}: counts decrease")
             weights = check_blend_weights(item["weights"], self.num_datasets, normalize=False)
@@ -454,7 +482,10 @@ class BlendIndex:
         self.hi = self._built[k]
         if after_update and (
             k == 0
-            or (self._built[k - 1] == self.segment_end(k - 1) and self.lo <= self._segments[k - 1].start)
+            or (
+                self._built[k - 1] == self.segment_end(k - 1)
+                and self.lo <= self._segments[k - 1].start
+            )
         ):
             self.lo = min(self.lo, self._segments[k].start)
             return

@@ -50,12 +50,19 @@ class DatasetTokenizer:
         name (str): identifies the tokenizer in the cache key (e.g. its path).
     """
 
-    def __init__(self, vocab_size: int, eod_id: int, pad_id: Optional[int] = None, name: str = "") -> None:
+    def __init__(
+        self, vocab_size: int, eod_id: int, pad_id: Optional[int] = None, name: str = ""
+    ) -> None:
         self.vocab_size = int(vocab_size)
         self.eod = int(eod_id)
         self._pad = None if pad_id is None else int(pad_id)
         self.unique_identifiers = OrderedDict(
-            [("class", type(self).__name__), ("name", name), ("vocab_size", self.vocab_size), ("eod", self.eod)]
+            [
+                ("class", type(self).__name__),
+                ("name", name),
+                ("vocab_size", self.vocab_size),
+                ("eod", self.eod),
+            ]
         )
 
     @property
@@ -104,7 +111,7 @@ def gpt_dataset_config(
 
 
 def blend_from_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
-    """Megatron-LM's ``--data-path w1 p1 w2 p2 ...`` (or ``p1 p2 ...``) as ``(prefixes, weights)``."""
+    """Megatron-LM's ``--data-path w1 p1 w2 p2 ...`` (or ``p1 p2 ...``) as (prefixes, weights)."""
     return get_blend_from_list(list(data_path))
 
 
@@ -171,16 +178,21 @@ def build_velocity_datasets(
         VelocityDatasets: the datasets.
     """
     if config.blend is None or config.blend_per_split is not None or config.mock:
-        raise ValueError("build_velocity_datasets needs config.blend=(prefixes, weights) and config.split")
+        raise ValueError(
+            "build_velocity_datasets needs config.blend=(prefixes, weights) and config.split"
+        )
     prefixes, weights = config.blend
     prefixes = list(prefixes)
     weights = check_blend_weights(
         weights if weights is not None else [1.0] * len(prefixes), len(prefixes)
     ).tolist()
     if domain_samples is None:
-        domain_samples = domain_train_samples(weights, train_samples, config.mid_level_dataset_surplus)
+        surplus = config.mid_level_dataset_surplus
+        domain_samples = domain_train_samples(weights, train_samples, surplus)
     if len(domain_samples) != len(prefixes):
-        raise ValueError(f"domain_samples {list(domain_samples)} must give one size per prefix {prefixes}")
+        raise ValueError(
+            f"domain_samples {list(domain_samples)} must give one size per prefix {prefixes}"
+        )
 
     train, valid, test = [], [], []
     for prefix, n_train in zip(prefixes, domain_samples):

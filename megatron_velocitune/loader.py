@@ -57,10 +57,13 @@ class MegatronPretrainingSampler:
             raise ValueError(f"no samples left to consume: {consumed_samples} of {total_samples}")
         if micro_batch_size <= 0 or data_parallel_size <= 0:
             raise ValueError(
-                f"micro_batch_size {micro_batch_size} and data_parallel_size {data_parallel_size} must be > 0"
+                f"micro_batch_size {micro_batch_size} and data_parallel_size "
+                f"{data_parallel_size} must be > 0"
             )
         if not 0 <= data_parallel_rank < data_parallel_size:
-            raise ValueError(f"data_parallel_rank {data_parallel_rank} not in [0, {data_parallel_size})")
+            raise ValueError(
+                f"data_parallel_rank {data_parallel_rank} not in [0, {data_parallel_size})"
+            )
         self.total_samples = total_samples
         self.consumed_samples = consumed_samples
         self.micro_batch_size = micro_batch_size
@@ -203,9 +206,11 @@ class RebuildableDataIterator:
         self.rebuild(consumed_samples)
 
     def rebuild(self, consumed_samples: int) -> None:
-        """Drop the current iterator (and its prefetched samples) and restart at ``consumed_samples``."""
+        """Drop the current iterator (and what it prefetched); restart at ``consumed_samples``."""
         close_data_iterator(self._iterator)
-        self._iterator = build_data_iterator(self.dataset, consumed_samples, *self._args, **self._loader_kwargs)
+        self._iterator = build_data_iterator(
+            self.dataset, consumed_samples, *self._args, **self._loader_kwargs
+        )
 
     def close(self) -> None:
         """Stop the workers."""

@@ -68,7 +68,10 @@ def test_segments_follow_the_static_greedy_and_carry_counts(first, data, window)
     size = 5_000
     index = BlendIndex(first, size, [BIG] * k, update_window=window)
     n_updates = data.draw(st.integers(1, 4))
-    starts = sorted(data.draw(st.lists(st.integers(1, size - 1), min_size=n_updates, max_size=n_updates, unique=True)))
+    positions = st.integers(1, size - 1)
+    starts = sorted(
+        data.draw(st.lists(positions, min_size=n_updates, max_size=n_updates, unique=True))
+    )
     history = [(0, first)]
     for s in starts:
         w = data.draw(st.lists(st.floats(0.01, 1.0), min_size=k, max_size=k))
@@ -92,7 +95,13 @@ def test_prefix_stability_across_updates():
     size = 30_000
     index = BlendIndex([0.6, 0.3, 0.1], size, [BIG] * 3, update_window=1000)
     snapshots = []
-    for p, w in [(1500, [0.1, 0.1, 0.8]), (4000, [0.2, 0.7, 0.1]), (4001, [0.3, 0.3, 0.4]), (12345, [0.9, 0.05, 0.05])]:
+    updates = [
+        (1500, [0.1, 0.1, 0.8]),
+        (4000, [0.2, 0.7, 0.1]),
+        (4001, [0.3, 0.3, 0.4]),
+        (12345, [0.9, 0.05, 0.05]),
+    ]
+    for p, w in updates:
         read_all(index, range(index.segments[-1].start, p + 50))  # prefetch past p, as workers do
         snapshots.append((p, index.dataset_index[:p].copy(), index.dataset_sample_index[:p].copy()))
         index.update(w, p)

@@ -68,7 +68,8 @@ def test_builder_gives_train_blend_and_per_domain_held_out_sets(corpus, tmp_path
     # Held-out documents are exactly the ones megatron-core's own static build holds out, in
     # blend order, and none of them is trained on.
     config = static_config(make_config(corpus, tmp_path))
-    static = BlendedMegatronDatasetBuilder(GPTDataset, [TRAIN, 100, 0], lambda: True, config).build()
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, [TRAIN, 100, 0], lambda: True, config)
+    static = builder.build()
     for mine, theirs, train in zip(built.valid, static[1].datasets, built.train_per_domain):
         assert mine.dataset_path == theirs.dataset_path
         assert np.array_equal(mine.indices, theirs.indices)
@@ -168,7 +169,8 @@ def test_epoch_wrap_around_tiny_domain_at_weight_near_one(corpus, tmp_path):
     # The tiny domain: a one-epoch train GPTDataset over the first few documents of domain 0.
     config = make_config(corpus, tmp_path)
     low_level = GPTDataset.build_low_level_dataset(corpus.prefixes[0], config)
-    tiny = GPTDataset(low_level, corpus.prefixes[0], np.arange(8, dtype=np.int32), None, Split.train, config)
+    documents = np.arange(8, dtype=np.int32)
+    tiny = GPTDataset(low_level, corpus.prefixes[0], documents, None, Split.train, config)
     big = build_velocity_datasets(config, 1000).train_per_domain[1:]
     ds = VelocityBlendedDataset([tiny, *big], [0.01, 0.5, 0.49], 20_000, config, update_window=512)
     for i in range(500):
@@ -185,8 +187,8 @@ def test_epoch_wrap_around_tiny_domain_at_weight_near_one(corpus, tmp_path):
     assert drawn > 10 * n  # the domain went round its epochs more than ten times
     counts = ds.domain_counts(20_000)
     assert counts[0] == drawn + np.count_nonzero(ds.dataset_index[:500] == 0)
-    same_item(ds[19_999], {"dataset_id": ds.dataset_index[19_999],
-                           **ds.datasets[ds.dataset_index[19_999]][int(ds.dataset_sample_index[19_999])]})
+    d, j = int(ds.dataset_index[19_999]), int(ds.dataset_sample_index[19_999])
+    same_item(ds[19_999], {"dataset_id": d, **ds.datasets[d][j]})
 
 
 def test_static_blended_dataset_raises_where_the_dynamic_one_wraps(built):
@@ -197,7 +199,8 @@ def test_static_blended_dataset_raises_where_the_dynamic_one_wraps(built):
         BlendedDataset(ds.datasets, [0.1, 0.8, 0.1], TRAIN, static_config(ds.config))
     ds.update_weights([0.1, 0.8, 0.1], 0)
     ds._index.materialize_all()
-    assert np.all(ds.dataset_sample_index < np.array([len(d) for d in ds.datasets])[ds.dataset_index])
+    lengths = np.array([len(d) for d in ds.datasets])
+    assert np.all(ds.dataset_sample_index < lengths[ds.dataset_index])
 
 
 def test_bad_updates_and_options_are_refused(corpus, tmp_path, built):

@@ -1,4 +1,4 @@
-"""Megatron consumed-samples order, and data iterators rebuilt at an update with worker processes."""
+"""Megatron consumed-samples order; data iterators rebuilt at an update, with worker processes."""
 
 import json
 
@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_velocitune.builder import DatasetTokenizer, build_velocity_datasets, gpt_dataset_config
+from megatron_velocitune.builder import (
+    DatasetTokenizer,
+    build_velocity_datasets,
+    gpt_dataset_config,
+)
 from megatron_velocitune.loader import (
     MegatronPretrainingSampler,
     RebuildableDataIterator,
@@ -34,7 +38,9 @@ def megatron_lm_order(total, consumed, mbs, rank, dp, drop_last=True):
     return out
 
 
-@pytest.mark.parametrize("total, consumed, mbs, dp", [(100, 0, 4, 2), (101, 16, 3, 4), (50, 49, 1, 1), (37, 5, 2, 3)])
+@pytest.mark.parametrize(
+    "total, consumed, mbs, dp", [(100, 0, 4, 2), (101, 16, 3, 4), (50, 49, 1, 1), (37, 5, 2, 3)]
+)
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_sampler_is_megatron_lm_consumed_samples_order(total, consumed, mbs, dp, drop_last):
     for rank in range(dp):
@@ -58,7 +64,8 @@ def test_sampler_rejects_bad_arguments():
 def dataset(corpus, tmp_path):
     tokenizer = DatasetTokenizer(corpus.vocab_size, corpus.eod_id)
     config = gpt_dataset_config(
-        (list(corpus.prefixes), OLD), "90,10,0", 32, 1234, tokenizer, path_to_cache=str(tmp_path / "cache")
+        (list(corpus.prefixes), OLD), "90,10,0", 32, 1234, tokenizer,
+        path_to_cache=str(tmp_path / "cache"),
     )
     return build_velocity_datasets(config, TRAIN, update_window=10 * GBS).train
 
@@ -108,8 +115,10 @@ def check_run(dataset, before, after, consumed):
     check_batches(before, 0, ref)
     check_batches(after, consumed, ref)
     # The very first sample after the update on every rank is drawn with the new weights.
-    new_ids = np.concatenate([torch.cat(b).numpy() for b in [[x["dataset_id"] for x in r] for r in after]])
-    old_ids = np.concatenate([torch.cat(b).numpy() for b in [[x["dataset_id"] for x in r] for r in before]])
+    def ids(batches_per_rank):
+        return np.concatenate([b["dataset_id"].numpy() for r in batches_per_rank for b in r])
+
+    new_ids, old_ids = ids(after), ids(before)
     assert np.mean(new_ids == 2) > 0.9 and np.mean(old_ids == 0) > 0.9
     for rank in range(DP):
         assert ref.weights_at(consumed + rank * MBS).tolist() == pytest.approx(NEW)

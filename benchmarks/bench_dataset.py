@@ -163,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="run lengths 600K and 4M (smoke test)")
     parser.add_argument("--rounds", type=int, default=25, help="timings per update (best kept)")
-    parser.add_argument("--getitem-rounds", type=int, default=5, help="timings per chunk of reads")
+    parser.add_argument("--getitem-rounds", type=int, default=7, help="timings per chunk of reads")
     args = parser.parse_args()
     sizes = [600_000, 4_000_000] if args.quick else [1_000_000, 16_000_000]
 

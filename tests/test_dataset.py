@@ -221,3 +221,34 @@ def test_bad_updates_and_options_are_refused(corpus, tmp_path, built):
     config.defer_npy_index_mmap = True
     with pytest.raises(ValueError, match="defer_npy_index_mmap"):
         VelocityBlendedDataset(ds.datasets, WEIGHTS, TRAIN, config)
+
+
+def _builder_worker(rank, world_size, prefixes, vocab_size, eod_id, cache):
+    """Megatron-LM's layout in miniature: only rank 0 holds data (TP rank 0 of a stage)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    tokenizer = DatasetTokenizer(vocab_size, eod_id)
+    config = gpt_dataset_config((prefixes, WEIGHTS), "90,10,0", SEQ, SEED, tokenizer,
+                                path_to_cache=cache)
+    data = build_velocity_datasets(config, TRAIN, update_window=1024,
+                                   is_built_on_rank=lambda: dist.get_rank() == 0)
+    dist.barrier()
+    if data.train is None:
+        return None
+    data.train.update_weights([0.1, 0.1, 0.8], 1000)
+    return [data.train.dataset_index[:2000].tolist(), [len(v) for v in data.valid]]
+
+
+@pytest.mark.slow
+def test_builder_under_torch_distributed_builds_only_where_asked(corpus, tmp_path, built):
+    from ._multiproc import run_distributed
+
+    args = (list(corpus.prefixes), corpus.vocab_size, corpus.eod_id, str(tmp_path / "mp-cache"))
+    results = run_distributed(_builder_worker, 2, args=args, timeout=120)
+    assert results[1] is None
+    index, valid_lengths = results[0]
+    built.train.update_weights([0.1, 0.1, 0.8], 1000)
+    built.train[1999]
+    assert index == built.train.dataset_index[:2000].tolist()
+    assert valid_lengths == [len(v) for v in built.valid]

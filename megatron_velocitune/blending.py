@@ -243,7 +243,8 @@ class BlendIndex:
         """Draw global samples from ``start`` on with ``weights``.
 
         Samples before ``start`` never change. Giving the weights already in force is a no-op
-        (no new segment), so a blend that never changes is megatron-core's static blend exactly.
+        (no new segment), so a blend that never changes is megatron-core's static blend exactly;
+        so is re-applying an update the history already holds (a replay over a restored state).
         ``start`` equal to the open segment's start replaces that segment's weights.
 
         Costs O(start - open segment start) to carry the counts, plus the new segment's first
@@ -257,14 +258,18 @@ class BlendIndex:
             bool: whether a new segment was recorded (False for unchanged weights).
 
         Raises:
-            ValueError: bad weights, or ``start`` before the open segment's start (that would
-                change samples already drawn) or after ``size``.
+            ValueError: bad weights, or ``start`` before the open segment's start with weights
+                other than the history's there (that would change samples already drawn), or
+                ``start`` after ``size``.
         """
         w = check_blend_weights(weights, self.num_datasets)
         if not isinstance(start, (int, np.integer)):
             raise ValueError(f"start_sample {start!r} must be an integer")
         start = int(start)
         last = self._segments[-1]
+        if start < last.start and np.array_equal(w, self.weights_at(start)):
+            # Already in the history: replaying recorded updates over a restored history is safe.
+            return False
         if start < last.start:
             raise ValueError(
                 f"start_sample {start} is before the last weight change at sample {last.start}: "

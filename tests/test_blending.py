@@ -195,6 +195,19 @@ def test_reading_the_past_after_a_resume_reconnects_the_fast_range():
     assert (fresh.lo, fresh.hi) == (1000, 3625)  # ... and the rest of them are fast reads
 
 
+def test_replaying_recorded_updates_over_a_restored_history_is_a_no_op():
+    calls = [(500, [0.5, 0.5]), (1000, [0.9, 0.1]), (1500, [0.9, 0.1]), (4000, [0.3, 0.7])]
+    live = BlendIndex([0.5, 0.5], 10_000, [BIG, BIG], update_window=700)
+    for start, w in calls:
+        live.update(w, start)
+    fresh = BlendIndex([0.5, 0.5], 10_000, [BIG, BIG], update_window=700)
+    fresh.load_state_dict(live.state_dict())
+    assert not any(fresh.update(w, start) for start, w in calls)
+    assert fresh.state_dict() == live.state_dict()
+    with pytest.raises(ValueError, match="before the last weight change"):
+        fresh.update([0.5, 0.5], 1200)  # not what the history drew there
+
+
 def test_load_rejects_foreign_or_tampered_state():
     index = BlendIndex([0.2, 0.8], 1000, [10, 10])
     index.update([0.5, 0.5], 100)

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 __all__ = ["BATCH_KEYS", "broadcast_batch", "gpt_forward"]
 
@@ -36,8 +37,8 @@ def broadcast_batch(
         seq_length (int): tokens per sample.
 
     Returns:
-        Optional[Dict[str, torch.Tensor]]: the batch on the device, on first/last-stage ranks;
-        None on middle pipeline stages.
+        Optional[Dict[str, torch.Tensor]]: the batch on the device (this context-parallel rank's
+        part of the sequence), on first/last-stage ranks; None on middle pipeline stages.
     """
     if not (parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()):
         return None
@@ -52,7 +53,9 @@ def broadcast_batch(
         group = parallel_state.get_tensor_model_parallel_group()
         for k in BATCH_KEYS:
             dist.broadcast(batch[k], src, group=group)
-    return batch
+    # Context parallelism: this rank's two sequence chunks, as Megatron-LM's get_batch (a no-op
+    # at CP=1; reductions over the DP+CP group then add up the chunks' sums).
+    return get_batch_on_this_cp_rank(batch)
 
 
 def gpt_forward(model: torch.nn.Module, batch: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:

@@ -15,8 +15,9 @@ holds out for its (blended) validation set.
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -28,6 +29,7 @@ from megatron_velocitune.dataset import VelocityBlendedDataset
 
 __all__ = [
     "DatasetTokenizer",
+    "build_heldout_datasets",
     "VelocityDatasets",
     "blend_from_data_path",
     "build_velocity_datasets",
@@ -219,3 +221,55 @@ def _replace_blend(config: GPTDatasetConfig, blend) -> GPTDatasetConfig:
     import dataclasses
 
     return dataclasses.replace(config, blend=blend)
+
+
+def build_heldout_datasets(
+    prefixes: Sequence[str],
+    seq_length: int,
+    vocab_size: int,
+    eod_id: int,
+    seed: int = 1234,
+    heldout_fraction: float = 0.1,
+    path_to_cache: Optional[str] = None,
+    max_samples: Optional[int] = None,
+) -> List[Any]:
+    """One held-out megatron-core ``GPTDataset`` per domain, one epoch each.
+
+    The held-out documents are the last ``heldout_fraction`` of each ``.bin/.idx`` file's
+    documents (at least one), the same place ``--split 90,10,0`` takes its validation split
+    from. Samples are ``seq_length`` tokens in GPTDataset's shuffled order.
+
+    Args:
+        prefixes (Sequence[str]): ``.bin/.idx`` path prefixes, one per domain.
+        seq_length (int): tokens per sample.
+        vocab_size (int): tokenizer vocabulary size.
+        eod_id (int): end-of-document token id.
+        seed (int): GPTDataset shuffle seed.
+        heldout_fraction (float): share of documents (from the end) held out.
+        path_to_cache (Optional[str]): where GPTDataset caches its indices (None: in memory).
+        max_samples (Optional[int]): keep only the first ``max_samples`` samples of each
+            (GPTDataset's order is shuffled, so this is a random subset of the held-out
+            documents' samples); bounds the cost of the full-set initial-loss evaluation.
+
+    Returns:
+        List[GPTDataset]: the per-domain held-out datasets, in the order of ``prefixes``
+        (wrapped in ``torch.utils.data.Subset`` when capped).
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import Split
+
+    config = gpt_dataset_config(
+        None, None, seq_length, seed, DatasetTokenizer(vocab_size, eod_id),
+        path_to_cache=path_to_cache, create_attention_mask=False,
+    )
+    datasets = []
+    for prefix in prefixes:
+        indexed = IndexedDataset(prefix, multimodal=False, mmap=True)
+        n_docs = len(indexed)  # GPT splits by sequence (one per document in a GPT .idx)
+        first = min(n_docs - 1, int(round(n_docs * (1.0 - heldout_fraction))))
+        indices = np.arange(first, n_docs, dtype=np.int32)
+        dataset = GPTDataset(indexed, prefix, indices, None, Split.valid, config)
+        if max_samples is not None and len(dataset) > max_samples:
+            dataset = torch.utils.data.Subset(dataset, range(max_samples))
+        datasets.append(dataset)
+    return datasets

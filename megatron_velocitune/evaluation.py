@@ -34,18 +34,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_batch_on_this_cp_rank
+
+from megatron_velocitune.batch import BATCH_KEYS, broadcast_batch, gpt_forward
 
 __all__ = [
     "DomainEvaluator",
     "DomainSums",
     "EvalPlan",
-    "build_heldout_datasets",
     "full_plan",
     "subset_plan",
 ]
 
-_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 @dataclass
@@ -157,75 +156,6 @@ def full_plan(
     counts = tuple(int(math.ceil(n / per_step)) for n in dataset_lengths)
     lengths = tuple(int(n) for n in dataset_lengths)
     return EvalPlan(counts, micro_batch_size, dp_rank, dp_size, lengths)
-
-
-class _TokenizerInfo:
-    """What GPTDatasetConfig reads from a tokenizer: vocabulary size and end-of-document id."""
-
-    def __init__(self, vocab_size: int, eod: int) -> None:
-        self.vocab_size = vocab_size
-        self.eod = eod
-        self.unique_identifiers = {"class": "TokenizerInfo", "vocab_size": vocab_size, "eod": eod}
-
-
-def build_heldout_datasets(
-    prefixes: Sequence[str],
-    seq_length: int,
-    vocab_size: int,
-    eod_id: int,
-    seed: int = 1234,
-    heldout_fraction: float = 0.1,
-    path_to_cache: Optional[str] = None,
-    max_samples: Optional[int] = None,
-) -> List[Any]:
-    """One held-out megatron-core ``GPTDataset`` per domain, one epoch each.
-
-    The held-out documents are the last ``heldout_fraction`` of each ``.bin/.idx`` file's
-    documents (at least one), the same place ``--split 90,10,0`` takes its validation split
-    from. Samples are ``seq_length`` tokens in GPTDataset's shuffled order.
-
-    Args:
-        prefixes (Sequence[str]): ``.bin/.idx`` path prefixes, one per domain.
-        seq_length (int): tokens per sample.
-        vocab_size (int): tokenizer vocabulary size.
-        eod_id (int): end-of-document token id.
-        seed (int): GPTDataset shuffle seed.
-        heldout_fraction (float): share of documents (from the end) held out.
-        path_to_cache (Optional[str]): where GPTDataset caches its indices (None: in memory).
-        max_samples (Optional[int]): keep only the first ``max_samples`` samples of each
-            (GPTDataset's order is shuffled, so this is a random subset of the held-out
-            documents' samples); bounds the cost of the full-set initial-loss evaluation.
-
-    Returns:
-        List[GPTDataset]: the per-domain held-out datasets, in the order of ``prefixes``
-        (wrapped in ``torch.utils.data.Subset`` when capped).
-    """
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-    from megatron.core.datasets.utils import Split
-
-    config = GPTDatasetConfig(
-        random_seed=seed,
-        sequence_length=seq_length,
-        tokenizer=_TokenizerInfo(vocab_size, eod_id),
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        create_attention_mask=False,
-        path_to_cache=path_to_cache,
-        mid_level_dataset_surplus=0.005,
-    )
-    datasets = []
-    for prefix in prefixes:
-        indexed = IndexedDataset(prefix, multimodal=False, mmap=True)
-        n_docs = len(indexed)  # GPT splits by sequence (one per document in a GPT .idx)
-        first = min(n_docs - 1, int(round(n_docs * (1.0 - heldout_fraction))))
-        indices = np.arange(first, n_docs, dtype=np.int32)
-        dataset = GPTDataset(indexed, prefix, indices, None, Split.valid, config)
-        if max_samples is not None and len(dataset) > max_samples:
-            dataset = torch.utils.data.Subset(dataset, range(max_samples))
-        datasets.append(dataset)
-    return datasets
 
 
 def _as_list(model: Union[torch.nn.Module, Sequence[torch.nn.Module]]) -> List[torch.nn.Module]:
@@ -356,10 +286,10 @@ class DomainEvaluator:
         """Stack held-out samples into a micro-batch (data-holding ranks only)."""
         dataset = self.datasets[domain]
         n = len(dataset)
-        rows: Dict[str, List[np.ndarray]] = {k: [] for k in _KEYS}
+        rows: Dict[str, List[np.ndarray]] = {k: [] for k in BATCH_KEYS}
         for j in indices:
             sample = dataset[int(j) % n]
-            for k in _KEYS:
+            for k in BATCH_KEYS:
                 v = sample[k]
                 rows[k].append(v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
             if j < 0:  # full-mode padding: keep the shapes, drop the tokens from the loss
@@ -370,26 +300,6 @@ class DomainEvaluator:
             "loss_mask": torch.from_numpy(np.stack(rows["loss_mask"]).astype(np.float32)),
             "position_ids": torch.from_numpy(np.stack(rows["position_ids"]).astype(np.int64)),
         }
-
-    def _broadcast_batch(self, batch: Optional[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        """Share the micro-batch from TP rank 0 with the other TP ranks (Megatron's get_batch)."""
-        shape = (self.micro_batch_size, self.seq_length)
-        if batch is None:
-            batch = {
-                "tokens": torch.empty(shape, dtype=torch.int64),
-                "labels": torch.empty(shape, dtype=torch.int64),
-                "loss_mask": torch.empty(shape, dtype=torch.float32),
-                "position_ids": torch.empty(shape, dtype=torch.int64),
-            }
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        if parallel_state.get_tensor_model_parallel_world_size() > 1:
-            src = parallel_state.get_tensor_model_parallel_src_rank()
-            group = parallel_state.get_tensor_model_parallel_group()
-            for k in _KEYS:
-                dist.broadcast(batch[k], src, group=group)
-        # Context parallelism: this rank's two sequence chunks, as Megatron-LM's get_batch
-        # (a no-op at CP=1; the DP+CP reduction then adds up the chunks' sums).
-        return get_batch_on_this_cp_rank(batch)
 
     def _batches(self, plan: EvalPlan) -> Iterator[Tuple[int, Optional[Dict[str, torch.Tensor]]]]:
         """Yield ``(domain, batch)`` per micro-batch; batch is None on middle pipeline stages."""
@@ -407,20 +317,13 @@ class DomainEvaluator:
                     yield domain, None
                     continue
                 batch = self._read_batch(domain, plan.sample_indices(domain, mb)) if reads else None
-                yield domain, self._broadcast_batch(batch)
+                yield domain, broadcast_batch(batch, self.micro_batch_size, self.seq_length)
 
     def _forward_step(self, data_iterator, model):
         """megatron-core forward_step_func: run the stage, return its loss function."""
         domain, batch = next(data_iterator)
-        first = parallel_state.is_pipeline_first_stage()
-        last = parallel_state.is_pipeline_last_stage()
-        output = model(
-            batch["tokens"] if first else None,
-            batch["position_ids"] if first else None,
-            None,  # causal mask is built inside the local attention
-            labels=batch["labels"] if last else None,
-        )
-        mask = batch["loss_mask"] if last else None
+        output = gpt_forward(model, batch)
+        mask = batch["loss_mask"] if parallel_state.is_pipeline_last_stage() else None
         return output, lambda output_tensor: self._loss(domain, mask, output_tensor)
 
     @staticmethod

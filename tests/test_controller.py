@@ -53,7 +53,8 @@ def world():
 
 @pytest.fixture(scope="module")
 def setup(world, corpus):
-    from megatron_velocitune.evaluation import DomainEvaluator, build_heldout_datasets
+    from megatron_velocitune.builder import build_heldout_datasets
+    from megatron_velocitune.evaluation import DomainEvaluator
     from megatron_velocitune.training import GPTConfig, build_gpt_model
     from megatron_velocitune.training.model import initialize_layout_invariant_
 
@@ -300,7 +301,7 @@ def test_cpu_shim_is_idempotent_and_redirects_buffers(world):
 def test_controller_drives_the_velocity_blended_dataset(setup, corpus, tmp_path):
     """The real data plane: each new blend applies from the consumed position on."""
     from megatron_velocitune.dataset import VelocityBlendedDataset
-    from megatron_velocitune.evaluation import build_heldout_datasets
+    from megatron_velocitune.builder import build_heldout_datasets
 
     _, _, evaluator = setup
     train = build_heldout_datasets(corpus.prefixes, SEQ, corpus.vocab_size, corpus.eod_id,

@@ -34,7 +34,8 @@ def _corpus_info(corpus):
 
 
 def _setup(corpus_info, tp, pp):
-    from megatron_velocitune.evaluation import DomainEvaluator, build_heldout_datasets
+    from megatron_velocitune.builder import build_heldout_datasets
+    from megatron_velocitune.evaluation import DomainEvaluator
     from megatron_velocitune.training import (
         GPTConfig,
         ParallelConfig,

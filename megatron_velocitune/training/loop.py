@@ -217,6 +217,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
         _print_rank_last(f" loaded checkpoint from {args.load} at iteration {iteration}"
                          f" (consumed samples {consumed})")
     controller.initialize(iteration, consumed)
+    groups = controller.groups  # found once (a world collective); validation reuses them
 
     train_iter = None
     if data.train is not None:
@@ -270,7 +271,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
                 train_iter.rebuild(consumed)
 
         if args.eval_interval and iteration % args.eval_interval == 0:
-            _validate(validator, controller.names, iteration, consumed, writer)
+            _validate(validator, groups, controller.names, iteration, consumed, writer)
         stop = args.exit_interval is not None and iteration % args.exit_interval == 0
         if args.save and ((args.save_interval and iteration % args.save_interval == 0)
                           or stop or iteration == args.train_iters):
@@ -283,7 +284,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
 
     if train_iter is not None:
         train_iter.close()
-    final = reduce_domain_sums(validator.evaluate(full=True), UpdateGroups.from_parallel_state())
+    final = reduce_domain_sums(validator.evaluate(full=True), groups)
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed
     summary.weights = controller.weights.tolist()
@@ -314,8 +315,9 @@ def _format_loss_table(summary: RunSummary) -> str:
     return "\n".join(rows)
 
 
-def _validate(validator: DomainEvaluator, names, iteration, consumed, writer) -> None:
-    sums = reduce_domain_sums(validator.evaluate(full=False), UpdateGroups.from_parallel_state())
+def _validate(validator: DomainEvaluator, groups: UpdateGroups, names, iteration, consumed,
+              writer) -> None:
+    sums = reduce_domain_sums(validator.evaluate(full=False), groups)
     loss = sums.mean()
     cells = " | ".join(f"{n} lm loss: {v:.6E}" for n, v in zip(names, loss))
     _print_rank_last(f" validation loss at iteration {iteration} | {cells}")

@@ -50,15 +50,18 @@ def run_tool(prog: str, run: Callable[[], int]) -> int:
         return 2
 
 
-def parse_name_value(flag: str) -> Callable[[str], tuple]:
-    """An argparse type for ``NAME=VALUE``."""
+def parse_name_value(flag: str, cast: Callable[[str], object] = str) -> Callable[[str], tuple]:
+    """An argparse type for ``NAME=VALUE``, the value passed through ``cast``."""
     import argparse
 
     def parse(text: str) -> tuple:
         name, sep, value = text.partition("=")
         if not sep or not name or not value:
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected NAME=VALUE")
-        return name, value
+        try:
+            return name, cast(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: bad value {value!r}") from None
 
     return parse
 

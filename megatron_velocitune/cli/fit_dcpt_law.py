@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megatron_velocitune.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.cli._common import ToolError, parse_name_value, run_tool
 from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.dcpt_law import (
     DEFAULT_EPS,
@@ -53,23 +54,6 @@ from megatron_velocitune.scaling_law import (
 from megatron_velocitune.trajectory import Trajectory, read_trajectory
 
 PROG = "velocitune-fit-dcpt"
-
-
-class ToolError(Exception):
-    """A user-facing, one-line error."""
-
-
-def _name_value(flag: str, cast):
-    def parse(text: str):
-        name, sep, value = text.partition("=")
-        if not sep or not name or not value:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected NAME=VALUE")
-        try:
-            return name, cast(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: bad value {value!r}") from None
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,14 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-loss-file", default=None,
                    help="Initial losses JSON (default: what the runs recorded).")
     p.add_argument("--domain-tokens", action="append", default=[],
-                   type=_name_value("--domain-tokens", float), metavar="NAME=TOKENS",
+                   type=parse_name_value("--domain-tokens", float), metavar="NAME=TOKENS",
                    help="A data-limited domain and its available tokens (repeatable).")
     p.add_argument("--data-prefix", action="append", default=[],
-                   type=_name_value("--data-prefix", str), metavar="NAME=PREFIX",
+                   type=parse_name_value("--data-prefix", str), metavar="NAME=PREFIX",
                    help="Data prefix of a domain for the printed --data-path (default: the "
                    "domain name).")
     p.add_argument("--blend", action="append", default=[],
-                   type=_name_value("--blend", float), metavar="NAME=WEIGHT",
+                   type=parse_name_value("--blend", float), metavar="NAME=WEIGHT",
                    help="Use this blend (one per domain, normalised) for the loss curve and the "
                    "targets JSON instead of the chosen one.")
     p.add_argument("--min-weight", type=float, default=0.01,
@@ -382,11 +366,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console-script entry point; returns the exit status (2 on a user error)."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ToolError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_velocitune.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.cli._common import ToolError, run_tool
 from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.scaling_law import (
     DEFAULT_TARGET_MARGIN,
@@ -37,10 +38,6 @@ from megatron_velocitune.scaling_law import (
 from megatron_velocitune.trajectory import Trajectory, read_trajectory
 
 PROG = "velocitune-fit-targets"
-
-
-class ToolError(Exception):
-    """A user-facing, one-line error."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,11 +227,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console-script entry point; returns the exit status (2 on a user error)."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ToolError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return run_tool(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

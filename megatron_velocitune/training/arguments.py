@@ -34,12 +34,30 @@ def _model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ffn-hidden-size", type=int, default=None, help="Default 4 * hidden size.")
     g.add_argument("--seq-length", type=int, required=True)
     g.add_argument("--max-position-embeddings", type=int, default=None,
-                   help="Must equal --seq-length when given (learned absolute positions).")
+                   help="Learned absolute positions: must equal --seq-length when given; "
+                   "rope: at least --seq-length.")
     g.add_argument("--hidden-dropout", type=float, default=0.1)
     g.add_argument("--attention-dropout", type=float, default=0.1)
     g.add_argument("--init-method-std", type=float, default=0.02)
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    # Llama-family architecture (what tools/convert_hf_llama.py writes).
+    g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"])
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--swiglu", action="store_true",
+                   help="Gated SiLU MLP (default --ffn-hidden-size: Megatron-LM's 8/3 rule).")
+    g.add_argument("--position-embedding-type", default="learned_absolute",
+                   choices=["learned_absolute", "rope"])
+    g.add_argument("--rotary-base", type=int, default=10000, help="RoPE theta.")
+    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--num-query-groups", type=int, default=1,
+                   help="Key/value heads with --group-query-attention.")
+    g.add_argument("--kv-channels", type=int, default=None,
+                   help="Attention head width (default hidden size / heads).")
+    g.add_argument("--disable-bias-linear", action="store_true")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="Model vocabulary before padding (default: the tokenizer's); at least "
+                   "the tokenizer's size.")
 
 
 def _training(p: argparse.ArgumentParser) -> None:
@@ -76,7 +94,12 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=2)
     g.add_argument("--tokenizer-type", default="HuggingFaceTokenizer",
                    choices=["HuggingFaceTokenizer"])
-    g.add_argument("--tokenizer-model", required=True, help="A Hugging Face tokenizer.json.")
+    g.add_argument("--tokenizer-model", required=True,
+                   help="A Hugging Face tokenizer.json, or the folder holding it.")
+    g.add_argument("--tokenizer-eod-token", default=None,
+                   help="End-of-document token (not a Megatron-LM flag). Default: "
+                   "'<|endoftext|>' when the tokenizer has it, else the eos_token of the "
+                   "tokenizer_config.json beside tokenizer.json.")
     g.add_argument("--eval-interval", type=int, default=1000)
     g.add_argument("--eval-iters", type=int, default=10)
 
@@ -121,9 +144,20 @@ def _check(parser: _Parser, args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} must be >= 1")
-    if args.max_position_embeddings not in (None, args.seq_length):
+    if args.position_embedding_type == "rope":
+        if args.max_position_embeddings is not None and \
+                args.max_position_embeddings < args.seq_length:
+            parser.error(f"--max-position-embeddings {args.max_position_embeddings} is below "
+                         f"--seq-length {args.seq_length}")
+    elif args.max_position_embeddings not in (None, args.seq_length):
         parser.error(f"--max-position-embeddings {args.max_position_embeddings} must equal "
                      f"--seq-length {args.seq_length}")
+    if args.group_query_attention and (args.num_query_groups < 1 or
+                                       args.num_attention_heads % args.num_query_groups):
+        parser.error(f"--num-query-groups {args.num_query_groups} must divide "
+                     f"--num-attention-heads {args.num_attention_heads}")
+    if args.norm_epsilon <= 0:
+        parser.error(f"--norm-epsilon: {args.norm_epsilon} must be > 0")
     if args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
         parser.error(f"--lr {args.lr} / --min-lr {args.min_lr}: need 0 <= min-lr <= lr, lr > 0")
     if args.lr_warmup_fraction is not None and not 0 <= args.lr_warmup_fraction < 1:

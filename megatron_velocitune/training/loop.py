@@ -33,12 +33,13 @@ from megatron_velocitune.builder import (
     gpt_dataset_config,
 )
 from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
-from megatron_velocitune.corpus import EOD_TOKEN, load_tokenizer
+from megatron_velocitune.corpus import eod_token_id, load_tokenizer
 from megatron_velocitune.distributed import UpdateGroups, reduce_domain_sums
 from megatron_velocitune.evaluation import DomainEvaluator
 from megatron_velocitune.loader import RebuildableDataIterator
+from megatron_velocitune.train_stream import DomainLossAccumulator, TrainStreamEvaluator
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
-from megatron_velocitune.training.model import GPTConfig, build_gpt_model
+from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
 from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer
 from megatron_velocitune.training.parallel import ParallelConfig, initialize_parallel
 
@@ -80,7 +81,11 @@ def _print_rank_last(message: str) -> None:
         print(message, flush=True)
 
 
-def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+def _loss_func(batch: Dict[str, torch.Tensor], stream: DomainLossAccumulator,
+               output_tensor: torch.Tensor):
+    loss_mask = batch["loss_mask"]
+    # Per-domain sums of the training stream, kept on the device: no collective, no host sync.
+    stream.add(batch["dataset_id"], output_tensor, loss_mask)
     losses = output_tensor.float().reshape(-1)
     mask = loss_mask.float().reshape(-1)
     loss_sum = (losses * mask).sum()
@@ -88,7 +93,8 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum / tokens.clamp(min=1), {"lm loss": torch.stack([loss_sum.detach(), tokens])}
 
 
-def _make_forward_step(micro_batch_size: int, seq_length: int, batch_hook: Optional[BatchHook]):
+def _make_forward_step(micro_batch_size: int, seq_length: int, stream: DomainLossAccumulator,
+                       batch_hook: Optional[BatchHook]):
     def forward_step(data_iterator, model):
         batch = None
         reads = parallel_state.get_tensor_model_parallel_rank() == 0 and (
@@ -98,9 +104,9 @@ def _make_forward_step(micro_batch_size: int, seq_length: int, batch_hook: Optio
             batch = next(data_iterator)
             if batch_hook is not None:
                 batch_hook(parallel_state.get_data_parallel_rank(), batch)
-        batch = broadcast_batch(batch, micro_batch_size, seq_length)
+        batch = broadcast_batch(batch, micro_batch_size, seq_length, with_domain=True)
         output = gpt_forward(model, batch)
-        return output, lambda out: _loss_func(batch["loss_mask"], out)
+        return output, lambda out: _loss_func(batch, stream, out)
 
     return forward_step
 
@@ -140,19 +146,18 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
         raise ValueError(f"--global-batch-size {args.global_batch_size} is not a multiple of "
                          f"--micro-batch-size x data-parallel size = {per_step}")
     num_microbatches = args.global_batch_size // per_step
+    if (info.pp_size > 1 and not torch.cuda.is_available()
+            and not args.untie_embeddings_and_output_weights):
+        raise ValueError("--pipeline-model-parallel-size > 1 on CPU needs "
+                         "--untie-embeddings-and-output-weights (megatron-core moves the tied "
+                         "embedding of the last stage to CUDA)")
 
-    tokenizer = load_tokenizer(args.tokenizer_model)
-    vocab_size, eod = tokenizer.get_vocab_size(), tokenizer.token_to_id(EOD_TOKEN)
-    model = build_gpt_model(GPTConfig(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size or 0,
-        seq_length=args.seq_length, vocab_size=vocab_size,
-        tensor_model_parallel_size=info.tp_size, pipeline_model_parallel_size=info.pp_size,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-    ))
+    tokenizer = load_tokenizer(args.tokenizer_model, args.tokenizer_eod_token)
+    vocab_size = tokenizer.get_vocab_size()
+    eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
+    if args.vocab_size is not None and args.vocab_size < vocab_size:
+        raise ValueError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
+    model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
     module, optimizer = build_optimizer(model, OptimizerSettings(
         lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
         adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
@@ -192,10 +197,13 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
 
         writer = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=20)
     trajectory = os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None
+    heldout = DomainEvaluator(module, valid, len(prefixes), args.seq_length,
+                              args.micro_batch_size, vt_config.eval_iters)
+    stream = DomainLossAccumulator(len(prefixes), torch.device(
+        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
     controller = VelocituneController(
         vt_config, weights,
-        DomainEvaluator(module, valid, len(prefixes), args.seq_length, args.micro_batch_size,
-                        vt_config.eval_iters),
+        TrainStreamEvaluator(heldout, stream) if vt_config.loss_source == "train" else heldout,
         dataset=data.train, seq_length=args.seq_length, tensorboard_writer=writer,
         trajectory_path=trajectory,
         header_extra={"global_batch_size": args.global_batch_size, "train_iters": args.train_iters,
@@ -209,6 +217,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
         iteration, consumed, state = load_checkpoint(
             args.load, model, optimizer, scheduler, finetune=args.finetune,
             load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+            train_stream=stream,
         )
         if state is not None:
             controller.load_state_dict(state)
@@ -223,7 +232,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
     if data.train is not None:
         train_iter = RebuildableDataIterator(data.train, consumed, args.micro_batch_size,
                                              info.dp_rank, info.dp_size, args.num_workers)
-    forward_step = _make_forward_step(args.micro_batch_size, args.seq_length, batch_hook)
+    forward_step = _make_forward_step(args.micro_batch_size, args.seq_length, stream, batch_hook)
     forward_backward = get_forward_backward_func()
     summary = RunSummary(iteration, consumed, controller.names, controller.weights.tolist(),
                          initial_loss=None if controller.initial_loss is None
@@ -264,7 +273,13 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
         domain_tokens = None
         if data.train is not None:
             domain_tokens = (data.train.domain_counts(consumed) * args.seq_length).tolist()
-        decision = controller.maybe_update(iteration, consumed, domain_tokens)
+        extra = None
+        if vt_config.loss_source == "eval" and controller.is_update_iteration(iteration):
+            # Diagnostic only (the training-stream estimate beside the held-out one, for the
+            # estimator comparison): one more 2k-float reduction per update.
+            window = reduce_domain_sums(stream.take(), groups)
+            extra = {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}
+        decision = controller.maybe_update(iteration, consumed, domain_tokens, extra)
         if decision is not None:
             _print_rank_last(_format_update(controller, decision, iteration))
             if not decision.skipped and train_iter is not None and iteration < args.train_iters:
@@ -276,7 +291,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
         if args.save and ((args.save_interval and iteration % args.save_interval == 0)
                           or stop or iteration == args.train_iters):
             save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed,
-                            controller.state_dict(), _plain_args(args))
+                            controller.state_dict(), _plain_args(args), stream.state())
             _print_rank_last(f" saved checkpoint at iteration {iteration:7d} to {args.save}")
         if stop:
             _print_rank_last(f" exiting program at iteration {iteration}")

@@ -9,9 +9,10 @@ on the last), with its tensor-parallel shard of every layer.
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -20,6 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 __all__ = [
     "GPTConfig",
     "build_gpt_model",
+    "gpt_config_from_args",
     "initialize_layout_invariant_",
     "padded_vocab_size",
     "transformer_config",
@@ -62,6 +64,15 @@ class GPTConfig:
         share_embeddings_and_output_weights (bool): tie input and output embeddings.
         make_vocab_size_divisible_by (int): vocabulary padding unit.
         params_dtype (torch.dtype): parameter and pipeline-communication dtype.
+        normalization (str): ``"LayerNorm"`` or ``"RMSNorm"`` (Llama).
+        norm_epsilon (float): epsilon of every normalization layer.
+        swiglu (bool): gated SiLU MLP (Llama): ``linear_fc1`` holds ``[gate; up]``.
+        position_embedding_type (str): ``"learned_absolute"`` or ``"rope"`` (Llama).
+        rotary_base (int): RoPE theta.
+        num_query_groups (Optional[int]): key/value heads for grouped-query attention
+            (None: one per attention head).
+        kv_channels (Optional[int]): attention head width (None: hidden / heads).
+        add_bias_linear (bool): biases in the linear layers (Llama has none).
         extra (Dict[str, Any]): further ``TransformerConfig`` fields, passed through.
     """
 
@@ -79,6 +90,14 @@ class GPTConfig:
     share_embeddings_and_output_weights: bool = False
     make_vocab_size_divisible_by: int = 128
     params_dtype: torch.dtype = torch.float32
+    normalization: str = "LayerNorm"
+    norm_epsilon: float = 1e-5
+    swiglu: bool = False
+    position_embedding_type: str = "learned_absolute"
+    rotary_base: int = 10000
+    num_query_groups: Optional[int] = None
+    kv_channels: Optional[int] = None
+    add_bias_linear: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +112,11 @@ class GPTConfig:
             raise ValueError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of the "
                 f"tensor-parallel size {self.tensor_model_parallel_size}"
+            )
+        if self.num_query_groups is not None and self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_query_groups {self.num_query_groups}"
             )
 
     @property
@@ -132,7 +156,16 @@ def transformer_config(config: GPTConfig) -> TransformerConfig:
         pipeline_dtype=config.params_dtype,
         bf16=config.params_dtype == torch.bfloat16,
         fp16=config.params_dtype == torch.float16,
+        normalization=config.normalization,
+        layernorm_epsilon=config.norm_epsilon,
+        add_bias_linear=config.add_bias_linear,
     )
+    if config.swiglu:
+        kwargs.update(gated_linear_unit=True, activation_func=F.silu)
+    if config.num_query_groups is not None:
+        kwargs["num_query_groups"] = config.num_query_groups
+    if config.kv_channels is not None:
+        kwargs["kv_channels"] = config.kv_channels
     kwargs.update(config.extra)
     return TransformerConfig(**kwargs)
 
@@ -156,17 +189,57 @@ def build_gpt_model(config: GPTConfig) -> GPTModel:
         )
     model = GPTModel(
         config=transformer_config(config),
-        transformer_layer_spec=get_gpt_layer_local_spec(),
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization=config.normalization),
         vocab_size=config.padded_vocab_size,
         max_sequence_length=config.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=config.share_embeddings_and_output_weights,
-        position_embedding_type="learned_absolute",
+        position_embedding_type=config.position_embedding_type,
+        rotary_base=config.rotary_base,
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+def gpt_config_from_args(args, vocab_size: int, tensor_model_parallel_size: int,
+                         pipeline_model_parallel_size: int) -> GPTConfig:
+    """The :class:`GPTConfig` that the training entry's flags describe.
+
+    Args:
+        args (argparse.Namespace): from :func:`megatron_velocitune.training.arguments.parse_args`.
+        vocab_size (int): the tokenizer's vocabulary size (``--vocab-size`` overrides it).
+        tensor_model_parallel_size (int): TP degree.
+        pipeline_model_parallel_size (int): PP degree.
+
+    Returns:
+        GPTConfig: the model the run builds (and a converted checkpoint must match).
+    """
+    ffn_hidden_size = args.ffn_hidden_size or 0
+    if not ffn_hidden_size and getattr(args, "swiglu", False):
+        # Megatron-LM's default for --swiglu without --ffn-hidden-size.
+        ffn_hidden_size = int((4 * args.hidden_size * 2 / 3) / 64) * 64
+    return GPTConfig(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, ffn_hidden_size=ffn_hidden_size,
+        seq_length=args.seq_length, vocab_size=getattr(args, "vocab_size", None) or vocab_size,
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        normalization=getattr(args, "normalization", "LayerNorm"),
+        norm_epsilon=getattr(args, "norm_epsilon", 1e-5),
+        swiglu=getattr(args, "swiglu", False),
+        position_embedding_type=getattr(args, "position_embedding_type", "learned_absolute"),
+        rotary_base=getattr(args, "rotary_base", 10000),
+        num_query_groups=(args.num_query_groups if getattr(args, "group_query_attention", False)
+                          else None),
+        kv_channels=getattr(args, "kv_channels", None),
+        add_bias_linear=not getattr(args, "disable_bias_linear", False),
+    )
 
 
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.")

@@ -20,7 +20,9 @@ __all__ = [
     "EOD_TOKEN",
     "DomainStats",
     "iter_documents",
+    "eod_token_id",
     "load_tokenizer",
+    "tokenizer_file",
     "train_tokenizer",
     "write_domain",
     "write_manifest",
@@ -127,17 +129,68 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str):
     return tokenizer
 
 
-def load_tokenizer(path: str):
-    """Load a Hugging Face ``tokenizer.json`` that has the ``<|endoftext|>`` token.
+def tokenizer_file(path: str) -> str:
+    """``path`` itself, or ``path/tokenizer.json`` when ``path`` is a folder."""
+    return os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+
+
+def _config_eos(path: str) -> Optional[str]:
+    """The ``eos_token`` of the ``tokenizer_config.json`` beside a ``tokenizer.json``."""
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer_config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config, encoding="utf-8") as f:
+        eos = json.load(f).get("eos_token")
+    if isinstance(eos, dict):  # older transformers: an AddedToken as a dict
+        eos = eos.get("content")
+    return eos if isinstance(eos, str) else None
+
+
+def eod_token_id(tokenizer, path: str, eod_token: Optional[str] = None) -> int:
+    """The end-of-document token id each document ends with.
+
+    Args:
+        tokenizer (tokenizers.Tokenizer): the loaded tokenizer.
+        path (str): where it was loaded from (its ``tokenizer_config.json`` is read from there).
+        eod_token (Optional[str]): the token to use (``--tokenizer-eod-token``); default
+            ``<|endoftext|>`` when the tokenizer has it (the demo's BPE, GPT-2, SmolLM2), else
+            the ``eos_token`` of the ``tokenizer_config.json`` beside it (Llama's ``</s>``,
+            Llama-3's ``<|end_of_text|>``), as Megatron-LM's Hugging Face tokenizer does.
+
+    Returns:
+        int: the token id.
+
+    Raises:
+        ValueError: no such token in the vocabulary, or none can be found.
+    """
+    path = tokenizer_file(path)
+    candidates = [eod_token] if eod_token else [EOD_TOKEN, _config_eos(path)]
+    for token in candidates:
+        if token is not None and tokenizer.token_to_id(token) is not None:
+            return tokenizer.token_to_id(token)
+    if eod_token:
+        raise ValueError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
+    raise ValueError(
+        f"{path}: no end-of-document token: the tokenizer has no {EOD_TOKEN!r} and no "
+        "tokenizer_config.json with an eos_token lies beside it (name one with "
+        "--tokenizer-eod-token)"
+    )
+
+
+def load_tokenizer(path: str, eod_token: Optional[str] = None):
+    """Load a Hugging Face ``tokenizer.json`` that has an end-of-document token.
+
+    Args:
+        path (str): a ``tokenizer.json`` or the folder holding it.
+        eod_token (Optional[str]): see :func:`eod_token_id`.
 
     Returns:
         tokenizers.Tokenizer: the tokenizer.
     """
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(path)
-    if tokenizer.token_to_id(EOD_TOKEN) is None:
-        raise ValueError(f"{path}: tokenizer has no end-of-document token {EOD_TOKEN!r}")
+    tokenizer = Tokenizer.from_file(tokenizer_file(path))
+    eod_token_id(tokenizer, path, eod_token)  # fail early, naming the file
     return tokenizer
 
 
@@ -148,6 +201,7 @@ def write_domain(
     prefix: str,
     batch_size: int = 256,
     on_batch: Optional[Callable[[int], None]] = None,
+    eod_id: Optional[int] = None,
 ) -> DomainStats:
     """Tokenize documents and write them as one Megatron indexed dataset.
 
@@ -159,13 +213,15 @@ def write_domain(
         batch_size (int): documents tokenized per call (the Rust tokenizer runs them in parallel).
         on_batch (Optional[Callable[[int], None]]): called with the bytes of each batch
             (a progress bar's ``update``).
+        eod_id (Optional[int]): the end-of-document token id (default ``<|endoftext|>``'s; see
+            :func:`eod_token_id`).
 
     Returns:
         DomainStats: what was written.
     """
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    eod = tokenizer.token_to_id(EOD_TOKEN)
+    eod = tokenizer.token_to_id(EOD_TOKEN) if eod_id is None else eod_id
     dtype = np.uint16 if tokenizer.get_vocab_size() < 65500 else np.int32
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)

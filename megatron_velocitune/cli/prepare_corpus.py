@@ -10,13 +10,16 @@ Prints each domain's documents and tokens, the token-proportional default weight
 
 import argparse
 import os
+import shutil
 import sys
 from typing import List, Optional, Tuple
 
 from megatron_velocitune.corpus import (
+    eod_token_id,
     iter_documents,
     load_tokenizer,
     token_proportional_weights,
+    tokenizer_file,
     train_tokenizer,
     write_domain,
     write_manifest,
@@ -43,9 +46,14 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "or a .jsonl file with a 'text' field. Repeat per domain, in blend order.")
     parser.add_argument("--output-dir", required=True, help="Where the .bin/.idx files go.")
     tok = parser.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--tokenizer-model", help="An existing Hugging Face tokenizer.json.")
+    tok.add_argument("--tokenizer-model",
+                     help="An existing Hugging Face tokenizer.json (or the folder holding it, "
+                     "e.g. a converted model's checkpoint folder).")
     tok.add_argument("--vocab-size", type=int,
                      help="Train a byte-level BPE of this size on the corpus itself.")
+    parser.add_argument("--tokenizer-eod-token", default=None,
+                        help="Token appended to every document (default: '<|endoftext|>' when "
+                        "the tokenizer has it, else its tokenizer_config.json's eos_token).")
     parser.add_argument("--max-bytes-per-domain", type=int, default=None,
                         help="Cap each domain's text (bytes); default: all of it.")
     return parser.parse_args(argv)
@@ -71,19 +79,31 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
     tokenizer_path = os.path.join(args.output_dir, "tokenizer.json")
     if args.tokenizer_model:
-        tokenizer = load_tokenizer(args.tokenizer_model)
-        if os.path.abspath(args.tokenizer_model) != os.path.abspath(tokenizer_path):
+        try:
+            tokenizer = load_tokenizer(args.tokenizer_model, args.tokenizer_eod_token)
+            eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions
+            print(f"error: --tokenizer-model: {e}", file=sys.stderr)
+            return 2
+        source = tokenizer_file(args.tokenizer_model)
+        if os.path.abspath(source) != os.path.abspath(tokenizer_path):
             tokenizer.save(tokenizer_path)
+            # The model's tokenizer_config.json (eos token, chat template) travels with it.
+            config = os.path.join(os.path.dirname(os.path.abspath(source)), "tokenizer_config.json")
+            if os.path.isfile(config):
+                shutil.copyfile(config, os.path.join(args.output_dir, "tokenizer_config.json"))
     else:
         print(f"training a {args.vocab_size}-token byte-level BPE on the corpus ...")
         tokenizer = train_tokenizer((d for docs in texts.values() for d in docs),
                                     args.vocab_size, tokenizer_path)
+        eod = eod_token_id(tokenizer, tokenizer_path, args.tokenizer_eod_token)
     stats = []
     for name, docs in texts.items():
         total = sum(len(d.encode("utf-8")) for d in docs)
         with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stdout) as bar:
             prefix = os.path.join(args.output_dir, name)
-            stats.append(write_domain(name, docs, tokenizer, prefix, on_batch=bar.update))
+            stats.append(write_domain(name, docs, tokenizer, prefix, on_batch=bar.update,
+                                      eod_id=eod))
     manifest = write_manifest(os.path.join(args.output_dir, "corpus.json"), stats, tokenizer_path)
     weights = token_proportional_weights(stats)
     print(f"\n{'domain':<12}{'documents':>12}{'tokens':>14}{'weight':>10}")

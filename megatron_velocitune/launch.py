@@ -1,0 +1,64 @@
+"""Run a Megatron-LM training script with Velocitune installed, without editing the script.
+
+    torchrun --nproc-per-node 8 ... -m megatron_velocitune.launch pretrain_gpt.py \\
+        <Megatron-LM args> --velocitune-target-loss-file targets.json ...
+
+Everything after the script path goes to the script, unchanged. The script runs as ``__main__``
+(``runpy``) with ``sys.argv`` and ``sys.path[0]`` set as ``python pretrain_gpt.py ...`` would
+set them, so a Megatron-LM checkout next to the script shadows any installed ``megatron`` as it
+does without the launcher, and ``install()`` (which imports Megatron-LM) comes after that.
+"""
+
+import os
+import runpy
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+__all__ = ["main", "split_argv"]
+
+USAGE = (
+    "usage: python -m megatron_velocitune.launch [--] SCRIPT.py [script args ...]\n"
+    "  runs SCRIPT.py (e.g. Megatron-LM's pretrain_gpt.py) with megatron_velocitune.megatron_lm "
+    "installed"
+)
+
+
+def split_argv(argv: Sequence[str]) -> Tuple[str, List[str]]:
+    """Split the launcher's arguments into the script and the script's ``sys.argv``.
+
+    Args:
+        argv (Sequence[str]): ``sys.argv[1:]`` of the launcher.
+
+    Returns:
+        Tuple[str, List[str]]: the script path and ``[script, *script_args]``.
+
+    Raises:
+        SystemExit: no script, ``-h``/``--help`` before it, or a script that does not exist.
+    """
+    argv = list(argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(USAGE)
+    script = argv[0]
+    if script.startswith("-"):
+        raise SystemExit(f"{USAGE}\nerror: the first argument must be the script, got {script!r}")
+    if not os.path.isfile(script):
+        raise SystemExit(f"{USAGE}\nerror: no such script: {script!r}")
+    return script, [script, *argv[1:]]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Install the plugin and run the script as ``__main__``."""
+    script, script_argv = split_argv(sys.argv[1:] if argv is None else argv)
+    sys.argv = script_argv
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+
+    from megatron_velocitune.megatron_lm import install
+
+    install()
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

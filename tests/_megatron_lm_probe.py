@@ -1,0 +1,235 @@
+"""Drive the adapter through a real Megatron-LM checkout's functions, in one process.
+
+Run by tests/test_megatron_lm.py as ``python tests/_megatron_lm_probe.py OUT.json CORPUS_DIR
+NAMES...`` with ``PYTHONPATH=$MEGATRON_LM_PATH`` first, so ``import megatron`` is the checkout
+(a pytest process has already imported the pip megatron-core). Importing Megatron-LM costs
+~15 s of CPU here, so every check shares this one process and writes its findings to OUT.json,
+which the tests assert on one by one. One gloo rank on the CPU (Megatron-LM's ``train()`` itself
+needs CUDA: that part runs on a GPU machine, examples/megatron_lm/).
+
+Checks, in order:
+1. ``install()``: the release detected, every integration point wrapped.
+2. Megatron-LM's own ``parse_args`` with the ``--velocitune-*`` flags, and a refusal (cyclic).
+3. ``validate_args``, then Megatron-LM's ``build_train_valid_test_datasets`` running
+   ``pretrain_gpt.py``'s real provider on a real blend: the train split is a
+   ``VelocityBlendedDataset``, validation/test are megatron-core's static ones.
+4. The run: ``plugin.start`` (a stub evaluator stands in for the model), the *wrapped*
+   ``checkpoint_and_decide_exit`` at iteration m updating the blend and restarting Megatron-LM's
+   ``RerunDataIterator`` at the consumed position, the sidecar, and a resume that replays it.
+"""
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+
+class StubEvaluator:
+    """Per-domain held-out losses that fall a little at every call (no model needed)."""
+
+    def __init__(self, num_domains):
+        self.calls = 0
+        self.num_domains = num_domains
+
+    def evaluate(self, full=False):
+        from megatron_velocitune.evaluation import DomainSums
+
+        self.calls += 1
+        loss = np.array([3.4, 3.2, 5.0][: self.num_domains]) - 0.1 * self.calls
+        tokens = np.full(self.num_domains, 1000.0)
+        return DomainSums(loss * tokens, tokens)
+
+
+def megatron_argv(corpus, names, workdir, extra=()):
+    weights = ["0.5", "0.3", "0.2"][: len(names)]
+    data_path = [t for w, n in zip(weights, names) for t in (w, os.path.join(corpus, n))]
+    return [
+        "pretrain_gpt.py",
+        "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+        "--seq-length", "32", "--max-position-embeddings", "32",
+        "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "20",
+        "--lr", "1e-3", "--transformer-impl", "local", "--no-gradient-accumulation-fusion",
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", "1024",
+        "--data-path", *data_path, "--split", "90,10,0", "--num-workers", "0",
+        "--eval-iters", "2", "--eval-interval", "10",
+        "--tensorboard-dir", os.path.join(workdir, "tb"),
+        "--data-cache-path", os.path.join(workdir, "cache"),
+        "--velocitune-update-interval", "5", "--velocitune-initial-loss", "3.5", "4.5", "5.5",
+        "--velocitune-target-loss", "2.0", "3.0", "4.0", "--velocitune-log-dir", workdir,
+        *extra,
+    ]
+
+
+def main(out_path, corpus, names):
+    result = {}
+    workdir = tempfile.mkdtemp(prefix="vt_probe_")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+
+    # 1. install
+    from megatron_velocitune.megatron_lm import install
+    from megatron_velocitune.megatron_lm.patching import is_wrapped
+
+    evaluators = []
+
+    def factory(model, held_out, num_domains, args, config):
+        evaluators.append((held_out, num_domains))
+        return StubEvaluator(num_domains)
+
+    plugin = install(evaluator_factory=factory)
+    import megatron.core
+    import megatron.core.datasets.utils as dataset_utils
+    import megatron.training.arguments as arguments
+    import megatron.training.training as training
+
+    result["megatron_core_file"] = megatron.core.__file__
+    result["version"] = list(plugin.compat.version)
+    result["compat"] = {k: v for k, v in vars(plugin.compat).items() if k != "version"}
+    result["wrapped"] = {
+        "arguments.add_megatron_arguments": is_wrapped(arguments.add_megatron_arguments),
+        "training.build_train_valid_test_datasets": is_wrapped(
+            training.build_train_valid_test_datasets
+        ),
+        "training.train": is_wrapped(training.train),
+        "training.checkpoint_and_decide_exit": is_wrapped(training.checkpoint_and_decide_exit),
+        "training.save_checkpoint": is_wrapped(training.save_checkpoint),
+        "datasets.utils.compile_helpers": is_wrapped(dataset_utils.compile_helpers),
+    }
+    result["install_idempotent"] = install() is plugin
+
+    # 2. argument parsing through Megatron-LM's parse_args
+    sys.argv = megatron_argv(corpus, names, workdir)
+    args = arguments.parse_args()
+    result["parsed"] = {
+        "update_interval": args.velocitune_update_interval,
+        "policy": args.velocitune_policy,
+        "initial_loss": args.velocitune_initial_loss,
+        "target_loss": args.velocitune_target_loss,
+        "num_layers": args.num_layers,
+    }
+    sys.argv = megatron_argv(corpus, names, workdir, ["--dataloader-type", "cyclic"])
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            arguments.parse_args()
+            result["refusal"] = {"exit": None}
+        except SystemExit as e:
+            result["refusal"] = {"exit": e.code, "message": stderr.getvalue().strip()}
+
+    # 3. validate, set Megatron-LM's globals, build the datasets with pretrain_gpt's provider
+    import torch
+    from megatron.core import parallel_state
+    from megatron.training import global_vars
+
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel()
+    sys.argv = megatron_argv(corpus, names, workdir)
+    args = arguments.parse_args()
+    arguments.validate_args(args, {})
+    global_vars.set_global_variables(args, build_tokenizer=False)
+
+    import pretrain_gpt
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+    from megatron_velocitune.dataset import VelocityBlendedDataset
+
+    pretrain_gpt.train_valid_test_datasets_provider.is_distributed = True
+    num_samples = training.get_train_valid_test_num_samples()
+    train_ds, valid_ds, test_ds = training.build_train_valid_test_datasets(
+        pretrain_gpt.train_valid_test_datasets_provider, num_samples
+    )
+    data = plugin.registry.data
+    result["datasets"] = {
+        "num_samples": list(num_samples),
+        "train_type": type(train_ds).__name__,
+        "train_is_velocity": isinstance(train_ds, VelocityBlendedDataset),
+        "train_len": len(train_ds),
+        "train_weights": [float(w) for w in train_ds.weights],
+        "valid_type": type(valid_ds).__name__,
+        "valid_is_static_blend": type(valid_ds) is BlendedDataset,
+        "valid_len": len(valid_ds),
+        "valid_size_requested": num_samples[1],
+        "test": None if test_ds is None else type(test_ds).__name__,
+        "held_out_lengths": [len(d) for d in data.valid],
+        "prefixes": [os.path.basename(p) for p in data.prefixes],
+        "builder_restored": not is_wrapped(
+            __import__(
+                "megatron.core.datasets.blended_megatron_dataset_builder", fromlist=["x"]
+            ).BlendedMegatronDatasetBuilder.build
+        ),
+    }
+    # Megatron-LM's static blend of the same config, for comparison of validation samples.
+    valid_first = valid_ds[0]["tokens"].tolist()
+    result["datasets"]["valid_first_tokens_len"] = len(valid_first)
+
+    # 4. the run through the wrapped train-loop functions
+    from megatron.core.rerun_state_machine import RerunDataIterator
+
+    loader = training.build_pretraining_data_loader(train_ds, 0)
+    train_iter = RerunDataIterator(iter(loader))
+    args.iteration, args.consumed_train_samples = 0, 0
+    # train()'s wrapper runs plugin.start; train() itself needs CUDA, so call the hook directly.
+    plugin.start([torch.nn.Linear(1, 1)], None, train_iter)
+    controller = plugin.controller
+    first = next(train_iter)
+    m, gbs = args.velocitune_update_interval, args.global_batch_size
+    iteration = m
+    args.consumed_train_samples = iteration * gbs
+    ids = lambda ds, n: [int(ds[i]["dataset_id"]) for i in range(n)]  # noqa: E731
+    before = ids(train_ds, args.consumed_train_samples)
+    should_exit = training.checkpoint_and_decide_exit(
+        [torch.nn.Linear(1, 1)], None, None, iteration, 0.0, {}, train_iter
+    )
+    after = ids(train_ds, args.consumed_train_samples)
+    batch = next(train_iter)
+    consumed = args.consumed_train_samples
+    expected = [train_ds[consumed + j]["tokens"].tolist() for j in range(args.micro_batch_size)]
+    result["run"] = {
+        "evaluator_held_out": evaluators[0][0] is not None,
+        "evaluator_domains": evaluators[0][1],
+        "first_batch_ids": first["dataset_id"].tolist(),
+        "first_batch_matches": first["tokens"].tolist()
+        == [train_ds[j]["tokens"].tolist() for j in range(args.micro_batch_size)],
+        "should_exit": bool(should_exit),
+        "updates": len(controller.history),
+        "weights": controller.weights.tolist(),
+        "dataset_weights": [float(w) for w in train_ds.weights],
+        "prefix_unchanged": before == after,
+        "next_batch_is_consumed_position": batch["tokens"].tolist() == expected,
+        "iterator_type": type(train_iter.iterable).__name__,
+        "tensorboard": getattr(controller.tensorboard_writer, "tensorboard", None) is not None,
+        "trajectory": os.path.exists(os.path.join(workdir, "velocitune_trajectory.jsonl")),
+    }
+
+    # Sidecar at a save, then a resume from it replays the history into a fresh blend.
+    args.save = os.path.join(workdir, "ckpt")
+    path = plugin.after_save(iteration, non_persistent=False)
+    index_after_update = ids(train_ds, len(train_ds))
+    train_ds2, _, _ = training.build_train_valid_test_datasets(
+        pretrain_gpt.train_valid_test_datasets_provider, num_samples
+    )
+    loader2 = training.build_pretraining_data_loader(train_ds2, consumed)
+    train_iter2 = RerunDataIterator(iter(loader2))
+    args.load, args.iteration, args.consumed_train_samples = args.save, iteration, consumed
+    plugin.start([torch.nn.Linear(1, 1)], None, train_iter2)
+    batch2 = next(train_iter2)
+    result["resume"] = {
+        "sidecar": path,
+        "sidecar_exists": bool(path) and os.path.exists(path),
+        "history": len(plugin.controller.history),
+        "weights": plugin.controller.weights.tolist(),
+        "same_index": ids(train_ds2, len(train_ds2)) == index_after_update,
+        "same_next_batch": batch2["tokens"].tolist() == batch["tokens"].tolist(),
+    }
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

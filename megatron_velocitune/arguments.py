@@ -87,6 +87,14 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="One name per domain, in blend order (default: the data prefixes' base names).",
     )
     group.add_argument(
+        "--velocitune-loss-source",
+        default="eval",
+        choices=["eval", "train"],
+        help="Per-domain loss the policy reads: eval (held-out evaluation every m iterations, "
+        "as the paper) or train (the training stream's per-domain loss over the last m "
+        "iterations: no extra forward passes; fit targets on a proxy run with the same source).",
+    )
+    group.add_argument(
         "--velocitune-log-dir",
         default=None,
         help="Directory for the JSONL weight/loss trajectory (default: --tensorboard-dir or "
@@ -175,4 +183,5 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         domain_names=names,
         seed=getattr(args, "seed", 1234),
         log_dir=args.velocitune_log_dir,
+        loss_source=getattr(args, "velocitune_loss_source", "eval"),
     )

@@ -25,16 +25,20 @@ def _device() -> torch.device:
 
 
 def broadcast_batch(
-    batch: Optional[Dict[str, torch.Tensor]], micro_batch_size: int, seq_length: int
+    batch: Optional[Dict[str, torch.Tensor]],
+    micro_batch_size: int,
+    seq_length: int,
+    with_domain: bool = False,
 ) -> Optional[Dict[str, torch.Tensor]]:
     """Share a micro-batch from tensor-parallel rank 0 with its tensor-parallel group.
 
     Args:
         batch (Optional[Dict[str, torch.Tensor]]): the micro-batch on TP rank 0 of the first
-            and last pipeline stages (extra keys such as ``dataset_id`` are dropped), None on
-            other ranks.
+            and last pipeline stages (other keys are dropped), None on other ranks.
         micro_batch_size (int): samples per micro-batch.
         seq_length (int): tokens per sample.
+        with_domain (bool): also share ``dataset_id`` (``[micro_batch_size]``, each sample's
+            domain: the training-stream loss estimate needs it on the last stage).
 
     Returns:
         Optional[Dict[str, torch.Tensor]]: the batch on the device (this context-parallel rank's
@@ -43,19 +47,27 @@ def broadcast_batch(
     if not (parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()):
         return None
     device = _device()
+    keys = BATCH_KEYS + (("dataset_id",) if with_domain else ())
     if batch is None:
         shape = (micro_batch_size, seq_length)
         batch = {k: torch.empty(shape, dtype=_DTYPES[k], device=device) for k in BATCH_KEYS}
+        if with_domain:
+            batch["dataset_id"] = torch.empty(micro_batch_size, dtype=torch.int64, device=device)
     else:
-        batch = {k: torch.as_tensor(batch[k]).to(device=device, dtype=_DTYPES[k]) for k in BATCH_KEYS}
+        batch = {k: torch.as_tensor(batch[k]).to(device=device, dtype=_DTYPES.get(k, torch.int64))
+                 for k in keys}
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         src = parallel_state.get_tensor_model_parallel_src_rank()
         group = parallel_state.get_tensor_model_parallel_group()
-        for k in BATCH_KEYS:
+        for k in keys:
             dist.broadcast(batch[k], src, group=group)
     # Context parallelism: this rank's two sequence chunks, as Megatron-LM's get_batch (a no-op
     # at CP=1; reductions over the DP+CP group then add up the chunks' sums).
-    return get_batch_on_this_cp_rank(batch)
+    domain = batch.pop("dataset_id", None)  # per sample, not per token: not sliced
+    batch = get_batch_on_this_cp_rank(batch)
+    if domain is not None:
+        batch["dataset_id"] = domain
+    return batch
 
 
 def gpt_forward(model: torch.nn.Module, batch: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:

@@ -20,6 +20,9 @@ __all__ = [
 ]
 
 
+LOSS_SOURCES = ("eval", "train")
+
+
 class VelocituneConfigError(ValueError):
     """A configuration value is invalid; the message is one line naming the flag and value."""
 
@@ -88,6 +91,9 @@ class VelocituneConfig:
         domain_names (Optional[List[str]]): one name per domain, for logs and loss files.
         seed (int): seed of the blend (and of the evaluation subsets).
         log_dir (Optional[str]): where the JSONL trajectory is written.
+        loss_source (str): ``eval`` (held-out evaluation every ``m`` iterations, the paper) or
+            ``train`` (the per-domain training loss of the last ``m`` iterations: no extra
+            forward passes; see :mod:`megatron_velocitune.train_stream`).
     """
 
     policy: str = "velocity"
@@ -101,11 +107,16 @@ class VelocituneConfig:
     domain_names: Optional[List[str]] = None
     seed: int = 1234
     log_dir: Optional[str] = None
+    loss_source: str = "eval"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise VelocituneConfigError(
                 f"{_flag('policy')}: {self.policy!r} is not one of {sorted(POLICIES)}"
+            )
+        if self.loss_source not in LOSS_SOURCES:
+            raise VelocituneConfigError(
+                f"{_flag('loss_source')}: {self.loss_source!r} is not one of {list(LOSS_SOURCES)}"
             )
         for name in ("update_interval", "eval_iters"):
             value = getattr(self, name)

@@ -187,6 +187,7 @@ class VelocituneController:
         iteration: int,
         consumed_samples: int,
         domain_tokens: Optional[Sequence[int]] = None,
+        extra: Optional[Dict[str, Any]] = None,
     ) -> Optional[UpdateDecision]:
         """Update the blend if ``iteration`` is a multiple of ``m`` (call on every rank).
 
@@ -199,6 +200,8 @@ class VelocituneController:
                 ``consumed_samples``, for the trajectory; when None, taken from the dataset's
                 ``domain_counts(consumed_samples) * seq_length`` where the logging rank holds
                 a dataset that has it.
+            extra (Optional[Dict[str, Any]]): more JSON-able fields for this update's
+                trajectory record (diagnostics, e.g. the other loss estimator).
 
         Returns:
             Optional[UpdateDecision]: the decision (identical on every rank), or None when no
@@ -212,14 +215,22 @@ class VelocituneController:
             return None  # already done (a resumed run replaying its last iteration)
         sums = self.evaluator.evaluate(full=False)
         decision = synchronize_update(
-            sums, self.weights, self._decide, iteration, consumed_samples, self.groups
+            sums, self.weights, self._decide, iteration, consumed_samples, self.groups,
+            fallback=self._last_estimate() if self.config.loss_source == "train" else None,
         )
         if not decision.skipped:
             self.weights = decision.weights
             for sink in self.sinks:
                 sink(self.weights.copy(), consumed_samples)
-        self._record(decision, iteration, consumed_samples, domain_tokens)
+        self._record(decision, iteration, consumed_samples, domain_tokens, extra)
         return decision
+
+    def _last_estimate(self) -> Optional[np.ndarray]:
+        """The latest per-domain loss estimate (a domain absent from a window keeps it)."""
+        for record in reversed(self.history):
+            if not record["skipped"]:
+                return np.asarray(record["eval_loss"], np.float64)
+        return self.initial_loss
 
     def velocity(self, eval_loss: np.ndarray) -> Optional[np.ndarray]:
         """Velocity of each domain (None without initial and target losses)."""
@@ -300,6 +311,7 @@ class VelocituneController:
         iteration: int,
         consumed_samples: int,
         domain_tokens: Optional[Sequence[int]],
+        extra: Optional[Dict[str, Any]] = None,
     ) -> None:
         eval_loss = decision.eval_loss
         vel = self.velocity(eval_loss)
@@ -331,10 +343,12 @@ class VelocituneController:
                         None if domain_tokens is None else [int(t) for t in domain_tokens]
                     ),
                     "eval_loss": record["eval_loss"],
+                    "eval_tokens": record["eval_tokens"],
                     "velocity": record["velocity"],
                     "weights": record["weights"],
                     "start_sample": record["start_sample"],
                     "skipped": record["skipped"],
+                    **(extra or {}),
                 }
             )
         self._log_scalars("eval-loss", eval_loss, iteration, consumed_samples)
@@ -363,6 +377,7 @@ class VelocituneController:
             "update_interval": self.config.update_interval,
             "eval_iters": self.config.eval_iters,
             "min_weight": self.config.min_weight,
+            "loss_source": self.config.loss_source,
             "seed": self.config.seed,
         }
         if self.seq_length is not None:

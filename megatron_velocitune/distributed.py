@@ -139,17 +139,20 @@ class UpdateDecision:
         sums (DomainSums): the globally reduced per-domain loss sums and token counts.
         skipped (bool): the update was skipped (non-finite loss somewhere); weights kept.
         reason (str): why it was skipped ("" when applied).
+        fallback (Optional[np.ndarray]): loss used for a domain with no tokens (see
+            :func:`synchronize_update`).
     """
 
     weights: np.ndarray
     sums: DomainSums
     skipped: bool
     reason: str = ""
+    fallback: Optional[np.ndarray] = None
 
     @property
     def eval_loss(self) -> np.ndarray:
-        """Reduced mean held-out loss per domain."""
-        return self.sums.mean()
+        """Reduced mean loss per domain (the policy's input)."""
+        return self.sums.mean(self.fallback)
 
 
 def reduce_domain_sums(local: DomainSums, groups: UpdateGroups) -> DomainSums:
@@ -175,6 +178,7 @@ def synchronize_update(
     iteration: int,
     consumed_samples: int,
     groups: UpdateGroups,
+    fallback: Optional[np.ndarray] = None,
 ) -> UpdateDecision:
     """Reduce the losses, decide the blend on one rank, broadcast it, check every rank agrees.
 
@@ -188,6 +192,10 @@ def synchronize_update(
         iteration (int): the training iteration of this update.
         consumed_samples (int): global samples consumed so far (where the new blend starts).
         groups (UpdateGroups): process groups, from :meth:`UpdateGroups.from_parallel_state`.
+        fallback (Optional[np.ndarray]): the loss to use for a domain that has no tokens after
+            the reduction (the training-stream source keeps the previous estimate of a domain
+            absent from the window); identical on every rank. None: such a domain's loss is
+            NaN and the update is skipped.
 
     Returns:
         UpdateDecision: identical on every rank.
@@ -212,7 +220,7 @@ def synchronize_update(
     error = ""
     if groups.is_decider:
         status, new = UpdateStatus.APPLIED, weights
-        mean = reduced.mean()
+        mean = reduced.mean(fallback)
         if not np.isfinite(mean).all():
             status = UpdateStatus.SKIPPED
         else:
@@ -261,13 +269,13 @@ def synchronize_update(
 
     if status is UpdateStatus.SKIPPED or any_bad:
         reason = (
-            "non-finite held-out loss "
-            + (f"{sums.mean().tolist()}" if status is UpdateStatus.SKIPPED else "on some rank")
+            "non-finite loss "
+            + (f"{sums.mean(fallback).tolist()}" if status is UpdateStatus.SKIPPED else "on some rank")
         )
         warnings.warn(
             f"velocitune: update at iteration {iteration} skipped ({reason}); weights kept",
             RuntimeWarning,
             stacklevel=2,
         )
-        return UpdateDecision(weights.copy(), sums, skipped=True, reason=reason)
-    return UpdateDecision(candidate, sums, skipped=False)
+        return UpdateDecision(weights.copy(), sums, skipped=True, reason=reason, fallback=fallback)
+    return UpdateDecision(candidate, sums, skipped=False, fallback=fallback)

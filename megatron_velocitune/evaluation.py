@@ -68,10 +68,16 @@ class DomainSums:
     def num_domains(self) -> int:
         return int(self.loss_sum.shape[0])
 
-    def mean(self) -> np.ndarray:
-        """Mean loss per token, per domain (NaN where a domain has no tokens)."""
+    def mean(self, fallback: Optional[np.ndarray] = None) -> np.ndarray:
+        """Mean loss per token, per domain.
+
+        Args:
+            fallback (Optional[np.ndarray]): the value of a domain without tokens (the
+                previous estimate, for the training-stream source); NaN when None.
+        """
+        missing = np.nan if fallback is None else np.asarray(fallback, np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.tokens > 0, self.loss_sum / np.maximum(self.tokens, 1), np.nan)
+            return np.where(self.tokens > 0, self.loss_sum / np.maximum(self.tokens, 1), missing)
 
     def to_vector(self) -> np.ndarray:
         """``[loss_sum..., tokens...]``, the layout reduced and broadcast on the wire."""

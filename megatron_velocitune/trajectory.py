@@ -6,11 +6,14 @@ Line 1 is a header; each later line is one evaluation/update event::
      "initial_loss": [...] | null, "target_loss": [...] | null, "seq_length": 256,
      "global_batch_size": 16, "train_iters": 1000, "update_interval": 150, ...}
     {"type": "update", "iteration": 150, "consumed_samples": 2400, "consumed_tokens": 614400,
-     "domain_tokens": [...], "eval_loss": [...], "velocity": [...] | null,
+     "domain_tokens": [...], "eval_loss": [...], "eval_tokens": [...], "velocity": [...] | null,
      "weights": [...], "start_sample": 2400, "skipped": false}
 
 ``weights`` in an update is the blend in force from global sample ``start_sample`` on (the
-header's ``weights`` apply from sample 0). ``domain_tokens[i]`` counts the training tokens drawn
+header's ``weights`` apply from sample 0). ``eval_loss`` is the per-domain loss the policy read
+(held-out, or the training stream's with ``"loss_source": "train"`` in the header) over
+``eval_tokens`` tokens; held-out runs also carry the training stream's ``train_loss`` and
+``train_tokens`` for comparison. ``domain_tokens[i]`` counts the training tokens drawn
 from domain ``i`` before ``consumed_samples``. A resumed run appends to the same file; readers
 keep the last record per iteration, so a replayed stretch never counts twice.
 """

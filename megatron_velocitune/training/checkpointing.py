@@ -83,6 +83,7 @@ def save_checkpoint(
     consumed_samples: int,
     velocitune_state: Optional[Dict[str, Any]],
     args: Dict[str, Any],
+    train_stream: Optional[torch.Tensor] = None,
 ) -> str:
     """Save every rank's shard, the Velocitune sidecar, then the tracker (call on all ranks).
 
@@ -95,12 +96,20 @@ def save_checkpoint(
         consumed_samples (int): global samples consumed.
         velocitune_state (Optional[Dict[str, Any]]): the controller's ``state_dict()``.
         args (Dict[str, Any]): the run's arguments, stored for reference.
+        train_stream (Optional[torch.Tensor]): this rank's open training-stream window
+            (``DomainLossAccumulator.state()``); gathered over data-parallel ranks so each
+            resumes its own sums exactly.
 
     Returns:
         str: the checkpoint directory.
     """
     from megatron_velocitune.state import save_state, sidecar_path
 
+    streams = None
+    if train_stream is not None:
+        group = parallel_state.get_data_parallel_group()
+        streams = [torch.empty_like(train_stream) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(streams, train_stream, group=group)
     if parallel_state.get_data_parallel_rank() == 0:
         _atomic_torch_save(
             {
@@ -110,6 +119,7 @@ def save_checkpoint(
                 "optimizer": optimizer.state_dict(),
                 "opt_param_scheduler": scheduler.state_dict(),
                 "rng_state": _rng_state(),
+                "train_stream": streams,
                 "args": args,
             },
             _shard_path(root, iteration),
@@ -134,6 +144,7 @@ def load_checkpoint(
     finetune: bool = False,
     load_optim: bool = True,
     load_rng: bool = True,
+    train_stream=None,
 ) -> Tuple[int, int, Optional[Dict[str, Any]]]:
     """Load the latest checkpoint under ``root`` into this rank's model (and optimizer, ...).
 
@@ -146,6 +157,7 @@ def load_checkpoint(
             state start fresh (continual pre-training from a base model).
         load_optim (bool): restore optimizer and scheduler state.
         load_rng (bool): restore the RNG states.
+        train_stream (Optional[DomainLossAccumulator]): gets this rank's saved window.
 
     Returns:
         Tuple[int, int, Optional[Dict]]: (iteration, consumed samples, Velocitune state or None).
@@ -169,6 +181,8 @@ def load_checkpoint(
         scheduler.load_state_dict(ckpt["opt_param_scheduler"])
     if load_rng:
         _set_rng_state(ckpt["rng_state"])
+    if train_stream is not None and ckpt.get("train_stream") is not None:
+        train_stream.load_state(ckpt["train_stream"][parallel_state.get_data_parallel_rank()])
     sidecar = sidecar_path(root, iteration)
     state = load_state(sidecar) if os.path.isfile(sidecar) else None
     return int(ckpt["iteration"]), int(ckpt["consumed_train_samples"]), state

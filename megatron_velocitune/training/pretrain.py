@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         pretrain(args)
-    except (VelocituneConfigError, FileNotFoundError) as e:
+    except (VelocituneConfigError, FileNotFoundError, ValueError) as e:
         print(f"pretrain_gpt.py: error: {e}", file=sys.stderr)
         return 2
     return 0

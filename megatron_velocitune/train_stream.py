@@ -1,0 +1,104 @@
+"""Per-domain loss from the training stream itself: velocity at zero extra forward passes.
+
+The training batches already carry each sample's domain (``BlendedDataset`` returns
+``dataset_id``) and their per-token losses are computed anyway. :class:`DomainLossAccumulator`
+adds each micro-batch's per-domain (loss sum, token count) into a small on-device tensor inside
+the loss function (an ``index_add_``: no collective, no host synchronisation), and
+:class:`TrainStreamEvaluator` hands the window's sums to the controller in place of a held-out
+evaluation, so the one DP(+CP) reduction of an update stays the only communication.
+
+The estimate is the token-weighted mean training loss of each domain over the ``m`` iterations
+since the last update. Two differences from the held-out loss, and how they are handled:
+
+- *Lag*: the window mean describes the model on average ``m / 2`` iterations ago, so it reads
+  slightly high while the loss falls; the held-out loss measures the model now.
+- *Footing*: each training sample is scored before the model trains on it, so while a domain is
+  within its first epoch the stream is an unbiased sample of that domain's held-out loss. The
+  initial loss is measured on the held-out sets at iteration 0, where both agree. Targets must
+  be fitted on the same estimator: run the proxy with the same ``--velocitune-loss-source``.
+  A domain repeated for several epochs reads lower on its training stream (memorisation).
+
+A domain that drew no sample in a window keeps its previous estimate (the controller passes it
+as the fallback of :func:`~megatron_velocitune.distributed.synchronize_update`).
+"""
+
+from typing import Optional
+
+import torch
+
+from megatron_velocitune.evaluation import DomainSums
+
+__all__ = ["DomainLossAccumulator", "TrainStreamEvaluator"]
+
+
+class DomainLossAccumulator:
+    """Per-domain (loss sum, token count) of the training micro-batches since the last take.
+
+    Args:
+        num_domains (int): number of domains.
+        device (Optional[torch.device]): where the sums live (the losses' device).
+    """
+
+    def __init__(self, num_domains: int, device: Optional[torch.device] = None) -> None:
+        self.num_domains = num_domains
+        self.device = device
+        self._sums: Optional[torch.Tensor] = None
+
+    def add(self, domain_ids: torch.Tensor, per_token_loss: torch.Tensor,
+            loss_mask: torch.Tensor) -> None:
+        """Add one micro-batch (call on the last pipeline stage, inside the loss function).
+
+        Args:
+            domain_ids (torch.Tensor): ``[b]`` domain of each sample.
+            per_token_loss (torch.Tensor): ``[b, s]`` per-token losses.
+            loss_mask (torch.Tensor): ``[b, s]`` 1 for tokens that count.
+        """
+        mask = loss_mask.detach().reshape(per_token_loss.shape[0], -1).double()
+        losses = per_token_loss.detach().reshape(mask.shape).double()
+        per_sample = torch.stack([(losses * mask).sum(1), mask.sum(1)])
+        if self._sums is None:
+            self._sums = torch.zeros(2, self.num_domains, dtype=torch.float64,
+                                     device=per_sample.device)
+        self._sums.index_add_(1, domain_ids.to(per_sample.device).long(), per_sample)
+
+    def state(self) -> torch.Tensor:
+        """This rank's window so far, ``[2, k]`` float64 on the CPU (checkpointed per rank)."""
+        if self._sums is None:
+            return torch.zeros(2, self.num_domains, dtype=torch.float64)
+        return self._sums.detach().cpu().clone()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        """Continue a window saved by :meth:`state` (a resumed run reads the same estimate)."""
+        self._sums = state.to(dtype=torch.float64, device=self.device).clone()
+
+    def take(self) -> DomainSums:
+        """The sums since the last take (zeros if none), and start a new window."""
+        if self._sums is None:
+            return DomainSums.zeros(self.num_domains)
+        # One host transfer per update; a copy, since on the CPU .numpy() shares the memory.
+        sums = self._sums.cpu().numpy().copy()
+        self._sums.zero_()
+        return DomainSums(sums[0], sums[1])
+
+
+class TrainStreamEvaluator:
+    """The controller's evaluator for ``--velocitune-loss-source train``.
+
+    Updates read the training window; the initial loss (``full=True``) still comes from the
+    held-out sets, once, at iteration 0.
+
+    Args:
+        heldout: a :class:`~megatron_velocitune.evaluation.DomainEvaluator`.
+        accumulator (DomainLossAccumulator): fed by the training loss function.
+    """
+
+    def __init__(self, heldout, accumulator: DomainLossAccumulator) -> None:
+        self.heldout = heldout
+        self.accumulator = accumulator
+
+    def evaluate(self, full: bool = False) -> DomainSums:
+        """This rank's local sums: the held-out sets (``full``) or the training window."""
+        if full:
+            return self.heldout.evaluate(full=True)
+        return self.accumulator.take()
+

@@ -63,6 +63,9 @@ class RunSummary:
         final_loss (Optional[List[float]]): per-domain held-out loss at the end (full sets).
         lm_losses (Dict[int, float]): training loss per iteration (last pipeline stage).
         trajectory (Optional[str]): the JSONL trajectory file.
+        loop_seconds (float): wall time of the training loop (updates, validation and saves
+            included; start-up, the initial and the final evaluation excluded).
+        loop_cpu_seconds (float): CPU time of this process in the same span.
     """
 
     iteration: int
@@ -73,6 +76,8 @@ class RunSummary:
     final_loss: Optional[List[float]] = None
     lm_losses: Dict[int, float] = field(default_factory=dict)
     trajectory: Optional[str] = None
+    loop_seconds: float = 0.0
+    loop_cpu_seconds: float = 0.0
 
 
 def _print_rank_last(message: str) -> None:
@@ -239,6 +244,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
                          else controller.initial_loss.tolist(), trajectory=trajectory)
     module.train()
     timer = time.time()
+    loop_start, loop_cpu_start, start_iteration = time.perf_counter(), time.process_time(), iteration
     while iteration < args.train_iters:
         optimizer.zero_grad()
         losses = forward_backward(
@@ -299,6 +305,14 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
 
     if train_iter is not None:
         train_iter.close()
+    summary.loop_seconds = time.perf_counter() - loop_start
+    summary.loop_cpu_seconds = time.process_time() - loop_cpu_start
+    done = max(iteration - start_iteration, 1)
+    _print_rank_last(
+        f" training loop: {iteration - start_iteration} iterations in {summary.loop_seconds:.1f} s"
+        f" ({1000 * summary.loop_seconds / done:.1f} ms/iteration wall, "
+        f"{1000 * summary.loop_cpu_seconds / done:.1f} ms/iteration CPU of this process)"
+    )
     final = reduce_domain_sums(validator.evaluate(full=True), groups)
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed

@@ -176,6 +176,11 @@ def load_checkpoint(
     model.load_state_dict(ckpt["model"])
     if finetune:
         return 0, 0, None
+    if load_optim and "optimizer" not in ckpt:
+        raise FileNotFoundError(
+            f"--load {root}: {path} holds model weights only (a converted checkpoint, e.g. "
+            "tools/convert_hf_llama.py): start from it with --finetune"
+        )
     if load_optim:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["opt_param_scheduler"])

@@ -96,6 +96,8 @@ class VelocitunePlugin:
             forward pre-hook helpers).
         evaluator_factory (Optional[EvaluatorFactory]): builds the held-out evaluator (tests
             substitute one); default :class:`~megatron_velocitune.evaluation.DomainEvaluator`.
+        writers (Callable[[], Optional[Any]]): this rank's scalar writer (default: Megatron-LM's
+            TensorBoard and wandb writers, see :func:`~.writers.megatron_writers`).
     """
 
     def __init__(
@@ -105,12 +107,14 @@ class VelocitunePlugin:
         get_args: Callable[[], Any],
         training_module: Any,
         evaluator_factory: Optional[EvaluatorFactory] = None,
+        writers: Callable[[], Optional[Any]] = megatron_writers,
     ) -> None:
         self.compat = compat
         self.registry = registry
         self.get_args = get_args
         self.training = training_module
         self.evaluator_factory = evaluator_factory or _default_evaluator
+        self.writers = writers
         self.controller: Optional[VelocituneController] = None
 
     # ------------------------------------------------------------------ train() start
@@ -141,7 +145,7 @@ class VelocitunePlugin:
             evaluator,
             dataset=data.train,
             seq_length=args.seq_length,
-            tensorboard_writer=megatron_writers(),
+            tensorboard_writer=self.writers(),
             trajectory_path=os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None,
             header_extra={
                 "global_batch_size": args.global_batch_size,

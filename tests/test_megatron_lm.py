@@ -1,0 +1,512 @@
+"""The Megatron-LM adapter (megatron_velocitune.megatron_lm) and the launcher.
+
+Two kinds of tests:
+
+- Without a checkout (always): the pure parts (release facts from a version string, the
+  refusals, the launcher's argv handling, the writers' fan-out, the patcher), the dataset
+  substitution on megatron-core's own builder (pip megatron-core, real .bin/.idx from the
+  ``corpus`` fixture), and the plugin's start / update / sidecar / resume with stand-ins for
+  Megatron-LM's loader and train loop (a one-process gloo world).
+- With ``MEGATRON_LM_PATH`` set to a Megatron-LM checkout (core_v0.16.x on this machine's
+  Python 3.11; its dataset helpers compiled: ``make -C $MEGATRON_LM_PATH/megatron/core/datasets``):
+  tests/_megatron_lm_probe.py imports the checkout in a subprocess (this process already holds
+  the pip megatron-core) and drives the adapter through Megatron-LM's real ``parse_args``,
+  ``validate_args``, ``build_train_valid_test_datasets`` with ``pretrain_gpt.py``'s provider,
+  ``build_pretraining_data_loader``, ``RerunDataIterator`` and ``checkpoint_and_decide_exit``.
+  Megatron-LM's ``train()`` needs CUDA: examples/megatron_lm/run_single_gpu.sh runs it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.megatron_lm.checks import check_args, check_dataset_config
+from megatron_velocitune.megatron_lm.compat import (
+    MegatronLMNotFound,
+    compat_for_version,
+    parse_version,
+)
+from megatron_velocitune.megatron_lm.patching import Patcher, is_wrapped, original_of
+from megatron_velocitune.megatron_lm.writers import MegatronWriters
+from tests._multiproc import free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MEGATRON_LM_PATH = os.environ.get("MEGATRON_LM_PATH")
+
+
+# ------------------------------------------------------------------------ release facts
+@pytest.mark.parametrize(
+    "version, expected",
+    [
+        ("0.14.0", (0, 14, 0)),
+        ("0.16.1", (0, 16, 1)),
+        ("0.20.0rc0", (0, 20, 0)),
+        ("core_v0.15.3", (0, 15, 3)),
+        ("0.17.0.dev0+abc123", (0, 17, 0)),
+        ("0.19", (0, 19, 0)),
+    ],
+)
+def test_parse_version(version, expected):
+    assert parse_version(version) == expected
+
+
+def test_parse_version_rejects_garbage():
+    with pytest.raises(ValueError, match="not a megatron-core version"):
+        parse_version("main")
+
+
+@pytest.mark.parametrize(
+    "version, args_entry, samplers, hook_optimizer, fast_cache, python",
+    [
+        ("0.14.0", "parse_args", "megatron.legacy.data.data_samplers", False, False, (3, 10)),
+        ("0.15.3", "parse_args", "megatron.legacy.data.data_samplers", False, False, (3, 10)),
+        ("0.16.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 10)),
+        ("0.17.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 12)),
+        ("0.18.0", "parse_and_validate_args", "megatron.training.datasets.data_samplers", False,
+         True, (3, 12)),
+        ("0.19.0", "parse_and_validate_args", "megatron.training.datasets.data_samplers", True,
+         True, (3, 12)),
+        ("0.20.0rc0", "parse_and_validate_args", "megatron.training.datasets.data_samplers", True,
+         True, (3, 12)),
+    ],
+)
+def test_compat_for_version(version, args_entry, samplers, hook_optimizer, fast_cache, python):
+    compat = compat_for_version(version)
+    assert compat.args_entry == args_entry
+    assert compat.pretrain_takes_config_container == (args_entry == "parse_and_validate_args")
+    assert compat.data_samplers_module == samplers
+    assert compat.forward_pre_hook_takes_optimizer is hook_optimizer
+    assert compat.has_fast_cache_load is fast_cache
+    assert compat.has_phase_transitions is fast_cache
+    assert compat.min_python == python
+
+
+def test_compat_refuses_old_releases():
+    with pytest.raises(MegatronLMNotFound, match="older than core_v0.14.0"):
+        compat_for_version("0.13.1")
+
+
+# ------------------------------------------------------------------------ refusals
+def _args(**overrides):
+    """A Megatron-LM namespace as parse_args leaves it (only the fields the checks read)."""
+    base = dict(
+        dataloader_type=None, dataloader_fast_cache_load=False,
+        dataloader_defer_npy_index_mmap=False, phase_transition_iterations=None,
+        num_layers_per_virtual_pipeline_stage=None, num_virtual_stages_per_pipeline_rank=None,
+        hybrid_context_parallel=False, non_persistent_ckpt_type=None, mock_data=False, sft=False,
+        fim_data=False, train_data_path=None, valid_data_path=None, test_data_path=None,
+        per_split_data_args_path=None, velocitune_loss_source="eval",
+        data_path=["0.5", "data/a", "0.5", "data/b"],
+    )
+    base.update(overrides)
+    return argparse.Namespace(**base)
+
+
+def test_check_args_accepts_a_weighted_blend():
+    check_args(_args())
+    check_args(_args(dataloader_type="single", data_path=["0.7 data/a 0.3 data/b"]))
+    check_args(_args(data_path=None))  # --data-args-path: checked once the blend is read
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"dataloader_type": "cyclic"}, "--dataloader-type cyclic"),
+        ({"dataloader_type": "external"}, "--dataloader-type external"),
+        ({"dataloader_fast_cache_load": True}, "--dataloader-fast-cache-load"),
+        ({"dataloader_defer_npy_index_mmap": True}, "--dataloader-defer-npy-index-mmap"),
+        ({"phase_transition_iterations": "100,200"}, "--phase-transition-iterations"),
+        ({"num_layers_per_virtual_pipeline_stage": 2}, "virtual pipeline"),
+        ({"num_virtual_stages_per_pipeline_rank": 2}, "virtual pipeline"),
+        ({"hybrid_context_parallel": True}, "--hybrid-context-parallel"),
+        ({"non_persistent_ckpt_type": "local"}, "--non-persistent-ckpt-type local"),
+        ({"mock_data": True}, "--mock-data"),
+        ({"sft": True}, "--sft"),
+        ({"fim_data": True}, "--fim-data"),
+        ({"train_data_path": ["0.5", "a"]}, "--train-data-path"),
+        ({"per_split_data_args_path": "x.json"}, "--per-split-data-args-path"),
+        ({"velocitune_loss_source": "train"}, "dataset_id"),
+        ({"data_path": ["data/a"]}, "single-prefix blend"),
+        ({"data_path": ["1.0", "data/a"]}, "single-prefix blend"),
+        ({"data_path": ["data/a", "data/b"]}, "needs the starting weights"),
+    ],
+)
+def test_check_args_refuses(overrides, match):
+    with pytest.raises(VelocituneConfigError, match=match):
+        check_args(_args(**overrides))
+
+
+def _dataset_config(tmp_path, blend, split="90,10,0", **kwargs):
+    from megatron_velocitune.builder import DatasetTokenizer, gpt_dataset_config
+
+    return gpt_dataset_config(
+        blend, split, 32, 1234, DatasetTokenizer(1024, 0),
+        path_to_cache=str(tmp_path / "cache"), **kwargs,
+    )
+
+
+def test_check_dataset_config(tmp_path):
+    from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
+
+    good = _dataset_config(tmp_path, (["a", "b"], [0.5, 0.5]))
+    check_dataset_config(GPTDataset, good)
+    cases = [
+        (MockGPTDataset, good, "MockGPTDataset"),
+        (GPTDataset, _dataset_config(tmp_path, (["a"], None)), "single-prefix"),
+        (GPTDataset, _dataset_config(tmp_path, (["a", "b"], None)), "without weights"),
+        (GPTDataset, _dataset_config(tmp_path, (["a", "b"], [0.5, 0.5]), "100,0,0"),
+         "validation split"),
+    ]
+    for cls, config, match in cases:
+        with pytest.raises(VelocituneConfigError, match=match):
+            check_dataset_config(cls, config)
+
+
+# ------------------------------------------------------------------------ launcher
+def test_split_argv():
+    from megatron_velocitune.launch import split_argv
+
+    script = os.path.abspath(__file__)
+    assert split_argv([script, "--lr", "1e-4"]) == (script, [script, "--lr", "1e-4"])
+    assert split_argv(["--", script, "--x"]) == (script, [script, "--x"])
+    for bad, match in (([], "usage"), (["--help"], "usage"), (["--lr", script], "must be the "
+                       "script"), (["/no/such/pretrain_gpt.py"], "no such script")):
+        with pytest.raises(SystemExit, match=match):
+            split_argv(bad)
+
+
+def test_launcher_installs_then_runs_the_script_as_main(tmp_path, monkeypatch):
+    import megatron_velocitune.megatron_lm as adapter
+    from megatron_velocitune import launch
+
+    out = tmp_path / "seen.json"
+    script = tmp_path / "pretrain_gpt.py"
+    script.write_text(
+        "import json, sys\n"
+        "import megatron_velocitune.megatron_lm as a\n"
+        f"json.dump({{'name': __name__, 'argv': sys.argv, 'path0': sys.path[0], "
+        f"'installed': a.installed() == 'stub'}}, open({str(out)!r}, 'w'))\n"
+    )
+    calls = []
+    monkeypatch.setattr(adapter, "install", lambda: calls.append(1))
+    monkeypatch.setattr(adapter, "installed", lambda: "stub" if calls else None)
+    monkeypatch.setattr(sys, "argv", ["launch"])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    launch.main([str(script), "--num-layers", "2", "--velocitune-policy", "static"])
+    seen = json.loads(out.read_text())
+    assert calls == [1]
+    assert seen == {
+        "name": "__main__",
+        "argv": [str(script), "--num-layers", "2", "--velocitune-policy", "static"],
+        "path0": str(tmp_path),
+        "installed": True,
+    }
+
+
+# ------------------------------------------------------------------------ small pieces
+def test_writers_fan_out_like_megatron_lm():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, *a):
+            self.calls.append(a)
+
+        def log(self, *a):
+            self.calls.append(a)
+
+    tb, wandb = Recorder(), Recorder()
+    writers = MegatronWriters(tb, wandb)
+    writers.add_scalar("velocitune/weight/code", 0.5, 150)
+    writers.add_scalar("velocitune/weight/code vs samples", 0.5, 614400)
+    assert tb.calls == [("velocitune/weight/code", 0.5, 150),
+                        ("velocitune/weight/code vs samples", 0.5, 614400)]
+    # wandb's step only grows: iterations only, as Megatron-LM logs it.
+    assert wandb.calls == [({"velocitune/weight/code": 0.5}, 150)]
+    MegatronWriters(None, wandb).add_scalar("x", 1.0, 1)
+
+
+def test_patcher_wraps_once_and_restores():
+    module = SimpleNamespace(f=lambda x: x + 1)
+    original = module.f
+    patcher = Patcher()
+    patcher.wrap(module, "f", lambda orig: lambda x: orig(x) * 10)
+    patcher.wrap(module, "f", lambda orig: lambda x: orig(x) * 100)  # already ours: no-op
+    assert module.f(1) == 20 and is_wrapped(module.f) and original_of(module.f) is original
+    assert len(patcher) == 1
+    with pytest.raises(AttributeError):
+        patcher.wrap(module, "missing", lambda orig: orig)
+    patcher.restore()
+    assert module.f is original and not is_wrapped(module.f)
+
+
+# ------------------------------------------------------------------------ dataset substitution
+@pytest.fixture
+def world():
+    """A one-process gloo world with megatron-core's parallel state (torn down after)."""
+    from megatron_velocitune.training import ParallelConfig, destroy_parallel, initialize_parallel
+
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+    try:
+        yield initialize_parallel(ParallelConfig(), seed=1234)
+    finally:
+        destroy_parallel()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _blend_config(corpus, tmp_path, weights=(0.5, 0.3, 0.2)):
+    return _dataset_config(
+        tmp_path, (list(corpus.prefixes), list(weights)), create_attention_mask=False
+    )
+
+
+def test_velocity_build_replaces_the_train_split_only(world, corpus, tmp_path):
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    from megatron_velocitune.dataset import VelocityBlendedDataset
+    from megatron_velocitune.megatron_lm.datasets import (
+        BuildRequest,
+        DatasetRegistry,
+        velocity_build,
+    )
+
+    config = _blend_config(corpus, tmp_path)
+    sizes = [400, 40, 8]
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config)
+    static_train, static_valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, sizes, lambda: True, config
+    ).build()
+    registry = DatasetRegistry()
+    original = BlendedMegatronDatasetBuilder.build
+    # Outside Megatron-LM's dataset building, the builder is left alone.
+    assert type(velocity_build(builder, original, registry)[0]) is BlendedDataset
+    registry.request = BuildRequest(update_window=80)
+    train, valid, test = velocity_build(builder, original, registry)
+
+    assert isinstance(train, VelocityBlendedDataset) and len(train) == 400
+    assert np.allclose(train.weights, [0.5, 0.3, 0.2])
+    # Until an update, the blend draws exactly megatron-core's static blend.
+    for i in (0, 1, 57, 399):
+        assert int(train[i]["dataset_id"]) == int(static_train[i]["dataset_id"])
+        assert np.array_equal(train[i]["tokens"], static_train[i]["tokens"])
+    # Validation is megatron-core's own static blend of the held-out split, unchanged.
+    assert type(valid) is BlendedDataset and len(valid) == len(static_valid)
+    for i in (0, len(valid) - 1):
+        assert np.array_equal(valid[i]["tokens"], static_valid[i]["tokens"])
+    assert test is None  # --split 90,10,0 holds out no test documents
+    # The held-out sets for the controller: each domain's validation split, one epoch.
+    held_out = registry.held_out()
+    assert [type(d) for d in held_out] == [GPTDataset] * 3
+    assert [d.index_split.name for d in held_out] == ["valid"] * 3
+    assert registry.data.prefixes == list(corpus.prefixes)
+    # A weight far above a domain's static share wraps its epochs instead of IndexError.
+    train.update_weights([0.02, 0.02, 0.96], 200)
+    assert int(train[399]["dataset_id"]) in (0, 1, 2)
+
+    registry.request = BuildRequest(update_window=80)
+    single = _dataset_config(tmp_path, ([corpus.prefixes[0]], None))
+    with pytest.raises(VelocituneConfigError, match="single-prefix"):
+        velocity_build(
+            BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, single), original,
+            registry,
+        )
+
+
+# ------------------------------------------------------------------------ the plugin's run
+class _StubEvaluator:
+    """Held-out losses that fall at each call, different velocities per domain."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def evaluate(self, full=False):
+        from megatron_velocitune.evaluation import DomainSums
+
+        self.calls += 1
+        loss = np.array([3.4, 3.2, 5.0]) - 0.1 * self.calls
+        return DomainSums(loss * 1000.0, np.full(3, 1000.0))
+
+
+def _plugin(corpus, tmp_path, args):
+    """A plugin over a real blend, with Megatron-LM's loader and iterator stood in for."""
+    from megatron_velocitune.builder import build_velocity_datasets
+    from megatron_velocitune.loader import build_pretraining_data_loader
+    from megatron_velocitune.megatron_lm.compat import compat_for_version
+    from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
+    from megatron_velocitune.megatron_lm.plugin import VelocitunePlugin
+
+    registry = DatasetRegistry()
+    registry.data = build_velocity_datasets(
+        _blend_config(corpus, tmp_path), train_samples=args.train_iters * args.global_batch_size,
+        update_window=5 * args.global_batch_size,
+    )
+    training = SimpleNamespace(
+        build_pretraining_data_loader=lambda ds, consumed: build_pretraining_data_loader(
+            ds, consumed, args.micro_batch_size, 0, 1, num_workers=0
+        )
+    )
+    return VelocitunePlugin(
+        compat_for_version("0.16.1"), registry, lambda: args, training,
+        evaluator_factory=lambda *a: _StubEvaluator(), writers=lambda: None,
+    )
+
+
+def _megatron_args(tmp_path, **overrides):
+    values = dict(
+        velocitune_policy="velocity", velocitune_update_interval=5, velocitune_eval_iters=2,
+        velocitune_initial_loss=[3.5, 4.5, 5.5], velocitune_initial_loss_file=None,
+        velocitune_target_loss=[2.0, 3.0, 4.0], velocitune_target_loss_file=None,
+        velocitune_min_weight=0.0, velocitune_domain_names=None, velocitune_loss_source="eval",
+        velocitune_log_dir=str(tmp_path / "logs"), seed=1234, seq_length=32, micro_batch_size=2,
+        global_batch_size=4, train_iters=20, tensorboard_dir=None, save=str(tmp_path / "ckpt"),
+        load=None, finetune=False, iteration=0, consumed_train_samples=0,
+        non_persistent_global_ckpt_dir=None,
+    )
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_path):
+    args = _megatron_args(tmp_path)
+    plugin = _plugin(corpus, tmp_path, args)
+    data = plugin.registry.data
+    iterator = SimpleNamespace(iterable=iter(plugin.training.build_pretraining_data_loader(
+        data.train, 0)))
+    plugin.start([], None, iterator)
+    assert plugin.controller.names == [os.path.basename(p) for p in corpus.prefixes]
+
+    plugin.after_iteration([], None, 4, iterator)  # not an update iteration
+    assert plugin.controller.history == []
+    args.consumed_train_samples = 5 * args.global_batch_size
+    before = [int(data.train[i]["dataset_id"]) for i in range(args.consumed_train_samples)]
+    plugin.after_iteration([], None, 5, iterator)
+    weights = plugin.controller.weights
+    assert len(plugin.controller.history) == 1 and not np.allclose(weights, [0.5, 0.3, 0.2])
+    assert np.allclose(data.train.weights, weights)
+    # Samples before the update never change; the loader restarts at the consumed position.
+    assert [int(data.train[i]["dataset_id"]) for i in range(20)] == before
+    batch = next(iterator.iterable)
+    assert [int(d) for d in batch["dataset_id"]] == [int(data.train[20 + j]["dataset_id"])
+                                                      for j in range(2)]
+    path = plugin.after_save(5, non_persistent=False)
+    assert path == os.path.join(args.save, "iter_0000005", "velocitune_state.json")
+    assert os.path.exists(os.path.join(args.velocitune_log_dir, "velocitune_trajectory.jsonl"))
+
+    # Resume from that checkpoint: the history is replayed into a fresh blend.
+    resumed_args = _megatron_args(tmp_path, load=args.save, iteration=5,
+                                  consumed_train_samples=20)
+    resumed = _plugin(corpus, tmp_path, resumed_args)
+    iterator2 = SimpleNamespace(iterable=iter(resumed.training.build_pretraining_data_loader(
+        resumed.registry.data.train, 20)))
+    resumed.start([], None, iterator2)
+    assert np.array_equal(resumed.controller.weights, weights)
+    assert [int(resumed.registry.data.train[i]["dataset_id"]) for i in range(80)] == [
+        int(data.train[i]["dataset_id"]) for i in range(80)]
+    assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
+
+
+def test_plugin_without_a_velocitune_build_says_why(world, corpus, tmp_path):
+    plugin = _plugin(corpus, tmp_path, _megatron_args(tmp_path))
+    plugin.registry.data = None
+    with pytest.raises(RuntimeError, match="BlendedMegatronDatasetBuilder"):
+        plugin.start([], None, None)
+
+
+# ------------------------------------------------------------------------ a real checkout
+needs_checkout = pytest.mark.skipif(
+    not MEGATRON_LM_PATH,
+    reason="MEGATRON_LM_PATH is unset: these run against a real Megatron-LM checkout; set it to a "
+    "core_v0.16.x checkout (pip install -e '.[megatron-lm]'; make -C "
+    "$MEGATRON_LM_PATH/megatron/core/datasets), or run them on a GPU machine",
+)
+
+
+@pytest.fixture(scope="module")
+def probe(corpus, tmp_path_factory):
+    """Run tests/_megatron_lm_probe.py against the checkout once; its findings as a dict."""
+    out = tmp_path_factory.mktemp("probe") / "probe.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [MEGATRON_LM_PATH, os.path.dirname(HERE), env.get("PYTHONPATH", "")]
+    )
+    env.update(OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
+    names = [os.path.basename(p) for p in corpus.prefixes]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "_megatron_lm_probe.py"), str(out), corpus.root,
+         *names],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"probe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-6000:]}")
+    return json.loads(out.read_text())
+
+
+@needs_checkout
+def test_checkout_is_the_megatron_imported(probe):
+    assert probe["megatron_core_file"].startswith(os.path.abspath(MEGATRON_LM_PATH))
+    assert tuple(probe["version"]) >= (0, 14, 0)
+
+
+@needs_checkout
+def test_checkout_every_integration_point_is_wrapped(probe):
+    assert probe["wrapped"] and all(probe["wrapped"].values()), probe["wrapped"]
+    assert probe["install_idempotent"]
+
+
+@needs_checkout
+def test_checkout_parse_args_takes_the_flags_and_refuses_cyclic(probe):
+    assert probe["parsed"] == {
+        "update_interval": 5, "policy": "velocity", "initial_loss": [3.5, 4.5, 5.5],
+        "target_loss": [2.0, 3.0, 4.0], "num_layers": 2,
+    }
+    assert probe["refusal"]["exit"] == 2
+    assert "velocitune: --dataloader-type cyclic" in probe["refusal"]["message"]
+    assert "usage:" not in probe["refusal"]["message"]
+
+
+@needs_checkout
+def test_checkout_pretrain_gpt_provider_builds_a_velocity_blend(probe):
+    d = probe["datasets"]
+    assert d["train_is_velocity"] and d["train_len"] == d["num_samples"][0]
+    assert d["train_weights"] == [0.5, 0.3, 0.2]
+    assert d["valid_is_static_blend"] and d["valid_len"] >= d["valid_size_requested"]
+    assert d["prefixes"] == ["code", "docs", "legal"] and min(d["held_out_lengths"]) > 0
+    assert d["builder_restored"]
+
+
+@needs_checkout
+def test_checkout_update_swaps_the_rerun_iterator_at_the_consumed_position(probe):
+    run = probe["run"]
+    assert run["evaluator_held_out"] and run["evaluator_domains"] == 3
+    assert run["first_batch_matches"] and not run["should_exit"]
+    assert run["updates"] == 1 and run["weights"] == run["dataset_weights"]
+    assert run["weights"] != [0.5, 0.3, 0.2]
+    assert run["prefix_unchanged"] and run["next_batch_is_consumed_position"]
+    assert run["tensorboard"] and run["trajectory"]
+
+
+@needs_checkout
+def test_checkout_sidecar_and_resume(probe):
+    resume = probe["resume"]
+    assert resume["sidecar_exists"] and resume["sidecar"].endswith(
+        "iter_0000005/velocitune_state.json")
+    assert resume["history"] == 1 and resume["weights"] == probe["run"]["weights"]
+    assert resume["same_index"] and resume["same_next_batch"]

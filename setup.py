@@ -21,6 +21,11 @@ setup(
         "tensorboard",
     ],
     extras_require={
+        # What a Megatron-LM checkout (core_v0.16.x, Python 3.11) needs to import
+        # megatron.training and pretrain_gpt.py as a library; pybind11 builds its dataset
+        # helpers (Megatron-LM compiles them at start-up when they are missing). NGC images
+        # have all of these.
+        "megatron-lm": ["triton", "six", "regex", "einops", "pyyaml", "pydantic", "pybind11"],
         "dev": [
             "pytest",
             "pytest-timeout",

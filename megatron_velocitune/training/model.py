@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -200,7 +201,23 @@ def build_gpt_model(config: GPTConfig) -> GPTModel:
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
+    elif isinstance(getattr(model, "rotary_pos_emb", None), RotaryEmbedding):
+        model.rotary_pos_emb.__class__ = _HostRotaryEmbedding
     return model
+
+
+class _HostRotaryEmbedding(RotaryEmbedding):
+    """megatron-core's RoPE without its move of ``inv_freq`` to CUDA (CPU runs; same maths)."""
+
+    def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
+        freqs = self.get_freqs_non_repeated(max_seq_len, offset)
+        if not self.rotary_interleaved:
+            emb = torch.cat((freqs, freqs), dim=-1)
+        else:
+            emb = torch.stack((freqs.view(-1, 1), freqs.view(-1, 1)), dim=-1).view(
+                freqs.shape[0], -1
+            )
+        return emb[:, None, None, :]
 
 
 def gpt_config_from_args(args, vocab_size: int, tensor_model_parallel_size: int,

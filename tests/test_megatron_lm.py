@@ -247,6 +247,60 @@ def test_patcher_wraps_once_and_restores():
     assert module.f is original and not is_wrapped(module.f)
 
 
+def test_hook_wrappers_bind_megatron_lm_signatures(tmp_path):
+    """The wrappers find their arguments by name in Megatron-LM's signatures (0.14 .. main)."""
+    from megatron_velocitune.megatron_lm import (
+        _checkpoint_and_decide_exit_wrapper,
+        _compile_helpers_wrapper,
+        _save_checkpoint_wrapper,
+        _train_wrapper,
+    )
+
+    seen = []
+    plugin = SimpleNamespace(
+        start=lambda model, optimizer, it: seen.append(("start", model, optimizer, it)),
+        after_iteration=lambda model, opt, iteration, it: seen.append(("iter", iteration, it)),
+        after_save=lambda iteration, non_persistent: seen.append(("save", iteration,
+                                                                   non_persistent)),
+    )
+
+    def checkpoint_and_decide_exit(model, optimizer, opt_param_scheduler, iteration,
+                                   num_floating_point_operations_so_far, checkpointing_context,
+                                   train_data_iterator):
+        return "exit?"
+
+    def save_checkpoint(iteration, model, optimizer, opt_param_scheduler,
+                        num_floating_point_operations_so_far, checkpointing_context=None,
+                        pipeline_rank=None, expert_rank=None, tensor_rank=None,
+                        pipeline_parallel=None, expert_parallel=None, non_persistent_ckpt=False,
+                        train_data_iterator=None):
+        return "saved"
+
+    def train(forward_step_func, model, optimizer, opt_param_scheduler, train_data_iterator,
+              valid_data_iterator, process_non_loss_data_func, config, checkpointing_context,
+              non_loss_data_func, inference_model=None):
+        return 7, 0.0
+
+    assert _checkpoint_and_decide_exit_wrapper(checkpoint_and_decide_exit, plugin)(
+        "m", "o", "s", 150, 0.0, {}, "it") == "exit?"
+    assert _save_checkpoint_wrapper(save_checkpoint, plugin)(
+        300, "m", "o", "s", 0.0, {}, non_persistent_ckpt=True) == "saved"
+    assert _save_checkpoint_wrapper(save_checkpoint, plugin)(450, "m", "o", "s", 0.0) == "saved"
+    assert _train_wrapper(train, plugin)("f", "m", "o", "s", "it", None, None, None, {}, None,
+                                         None) == (7, 0.0)
+    assert seen == [("iter", 150, "it"), ("save", 300, True), ("save", 450, False),
+                    ("start", "m", "o", "it")]
+
+    # A wheel (no Makefile beside the helpers) skips `make`; a checkout compiles as usual.
+    calls = []
+    wheel = SimpleNamespace(__file__=str(tmp_path / "utils.py"))
+    _compile_helpers_wrapper(lambda: calls.append("make"), wheel)()
+    assert calls == []
+    (tmp_path / "Makefile").write_text("default:\n")
+    _compile_helpers_wrapper(lambda: calls.append("make"), wheel)()
+    assert calls == ["make"]
+
+
 # ------------------------------------------------------------------------ dataset substitution
 @pytest.fixture
 def world():

@@ -203,7 +203,9 @@ class VelocitunePlugin:
         if decision is None:
             return
         _print_rank_last(format_update(controller, decision, iteration))
-        if not decision.skipped and iteration < args.train_iters:
+        # After the last iteration there is nothing left to draw (train_iters is set from
+        # --train-samples by Megatron-LM before train() starts).
+        if not decision.skipped and (args.train_iters is None or iteration < args.train_iters):
             self._rebuild_train_iterator(train_data_iterator, consumed)
 
     def _rebuild_train_iterator(self, train_data_iterator: Any, consumed: int) -> None:

@@ -1,0 +1,354 @@
+"""Pure maths of the policy comparison (``benchmarks/compare_policies.py``): no processes, no files.
+
+* :func:`stabilisation_iteration` - when a run's weights stop moving.
+* :func:`replay_share_blend` - a static blend with a given replay share, the new domains split
+  in their token-proportional ratio.
+* :func:`summarise_method` / :func:`render_table` - mean and spread over seeds, the one table.
+* :func:`parse_final_losses` - the end-of-run loss table that ``examples/pretrain_gpt.py`` prints.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "STABLE_TOLERANCE",
+    "MethodRuns",
+    "MethodSummary",
+    "Stat",
+    "is_real_difference",
+    "mean_std",
+    "parse_final_losses",
+    "parse_loop_time",
+    "render_mae_table",
+    "render_table",
+    "replay_share_blend",
+    "stabilisation_iteration",
+    "summarise_method",
+]
+
+#: A run's weights are stable once no later update moves any weight by more than this (absolute).
+STABLE_TOLERANCE = 0.01
+
+
+def stabilisation_iteration(
+    iterations: Sequence[int],
+    weights: Sequence[Sequence[float]],
+    initial: Sequence[float],
+    tolerance: float = STABLE_TOLERANCE,
+) -> Optional[int]:
+    """The iteration after which no update moves any domain weight by more than ``tolerance``.
+
+    With ``w_0`` the starting blend and ``w_k`` the blend chosen at update ``k`` (at iteration
+    ``t_k``), the change of update ``k`` is ``max_i |w_k[i] - w_{k-1}[i]|``. The weights are
+    stable from the last update whose change exceeds ``tolerance``: the result is that update's
+    iteration, 0 when no update ever exceeds it (a static run), and None when the run's last
+    update still exceeds it (never stable within the run).
+
+    Args:
+        iterations (Sequence[int]): iteration of each applied update, increasing.
+        weights (Sequence[Sequence[float]]): the blend chosen at each update.
+        initial (Sequence[float]): the blend before the first update.
+        tolerance (float): largest absolute per-domain move counted as "not moving".
+
+    Returns:
+        Optional[int]: the stabilisation iteration, or None.
+    """
+    if len(iterations) != len(weights):
+        raise ValueError(f"{len(iterations)} iterations but {len(weights)} weight vectors")
+    if not weights:
+        return 0
+    w = np.vstack([np.asarray(initial, np.float64)] + [np.asarray(x, np.float64) for x in weights])
+    change = np.abs(np.diff(w, axis=0)).max(axis=1)
+    moving = np.flatnonzero(change > tolerance)
+    if moving.size == 0:
+        return 0
+    last = int(moving[-1])
+    if last == len(iterations) - 1:
+        return None
+    return int(iterations[last])
+
+
+def replay_share_blend(
+    tokens: Sequence[float], replay: Sequence[int], replay_share: float
+) -> np.ndarray:
+    """A static blend whose replay domains get ``replay_share`` in all.
+
+    The replay domains split ``replay_share`` in their token-proportional ratio, the other
+    (new) domains split ``1 - replay_share`` in theirs. With one replay domain and
+    ``replay_share`` = Velocitune's time-averaged replay weight, this blend differs from CPT
+    only in how much replay it has, not in changing over time.
+
+    Args:
+        tokens (Sequence[float]): each domain's token count (the CPT blend's basis).
+        replay (Sequence[int]): indices of the replay domains.
+        replay_share (float): total weight of the replay domains, in (0, 1).
+
+    Returns:
+        np.ndarray: the blend, summing to 1.
+    """
+    t = np.asarray(tokens, np.float64)
+    if t.ndim != 1 or t.size < 2 or np.any(t <= 0):
+        raise ValueError(f"tokens must be >= 2 positive counts, got {list(tokens)}")
+    if not 0.0 < replay_share < 1.0:
+        raise ValueError(f"replay share {replay_share} must be in (0, 1)")
+    is_replay = np.zeros(t.size, bool)
+    is_replay[list(replay)] = True
+    if not is_replay.any() or is_replay.all():
+        raise ValueError(f"replay indices {list(replay)} must name some but not all domains")
+    out = np.empty_like(t)
+    out[is_replay] = replay_share * t[is_replay] / t[is_replay].sum()
+    out[~is_replay] = (1.0 - replay_share) * t[~is_replay] / t[~is_replay].sum()
+    return out / out.sum()
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof=1; nan for one value) over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+    def fmt(self, digits: int = 4) -> str:
+        """``mean ± std`` (just the mean for one seed)."""
+        if math.isnan(self.mean):
+            return "-"
+        if self.n < 2 or math.isnan(self.std):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def mean_std(values: Sequence[float]) -> Stat:
+    """:class:`Stat` of ``values`` (nan values are dropped)."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
+    if v.size == 0:
+        return Stat(float("nan"), float("nan"), 0)
+    std = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    return Stat(float(v.mean()), std, int(v.size))
+
+
+def is_real_difference(a: Stat, b: Stat) -> bool:
+    """True when ``|a.mean - b.mean|`` exceeds the seed spread ``a.std + b.std``.
+
+    Two runs' mean ± std intervals then do not overlap. With fewer than two seeds on either
+    side there is no spread, and no difference is called real.
+    """
+    if a.n < 2 or b.n < 2:
+        return False
+    return abs(a.mean - b.mean) > a.std + b.std
+
+
+@dataclass
+class MethodRuns:
+    """One method's finished runs (one entry per seed, same order everywhere).
+
+    Attributes:
+        name (str): the method's label in the table.
+        final_loss (List[List[float]]): per seed, each domain's final held-out loss.
+        stable_at (List[Optional[int]]): per seed, :func:`stabilisation_iteration`.
+        wall_s (List[float]): per seed, the run's wall time in seconds.
+        dynamic (bool): the policy changes weights (stabilisation is meaningful).
+        cpu_ms (List[float]): per seed, the training loop's CPU time per iteration (ms) of the
+            last rank (evaluations inside the loop included; start-up and final evaluation
+            not), nan when the run did not report it.
+    """
+
+    name: str
+    final_loss: List[List[float]]
+    stable_at: List[Optional[int]] = field(default_factory=list)
+    wall_s: List[float] = field(default_factory=list)
+    dynamic: bool = False
+    cpu_ms: List[float] = field(default_factory=list)
+
+
+@dataclass
+class MethodSummary:
+    """A method's row: every column as a :class:`Stat` over seeds."""
+
+    name: str
+    per_domain: List[Stat]
+    mean_all: Stat
+    mean_new: Stat
+    worst_domain: str
+    worst_delta: Stat
+    stable_at: Stat
+    never_stable: int
+    wall_s: Stat
+    seeds: int
+    dynamic: bool
+    cpu_ms: Stat = Stat(float("nan"), float("nan"), 0)
+
+
+def summarise_method(
+    runs: MethodRuns,
+    domains: Sequence[str],
+    replay: Sequence[int],
+    reference: Optional[np.ndarray] = None,
+) -> MethodSummary:
+    """Mean ± std over seeds of every column of the table.
+
+    Args:
+        runs (MethodRuns): the method's runs.
+        domains (Sequence[str]): domain names in blend order.
+        replay (Sequence[int]): indices of the replay domains ("new" = all others).
+        reference (Optional[np.ndarray]): the reference method's (CPT) per-domain mean loss;
+            the worst domain is the one this method loses most on against it (largest
+            ``loss - reference``). None: the method is the reference (worst = largest 0).
+
+    Returns:
+        MethodSummary: the row.
+    """
+    loss = np.asarray(runs.final_loss, np.float64)
+    if loss.ndim != 2 or loss.shape[1] != len(domains):
+        raise ValueError(f"final_loss must be seeds x {len(domains)} domains, got {loss.shape}")
+    new = [i for i in range(len(domains)) if i not in set(replay)]
+    per_domain = [mean_std(loss[:, i]) for i in range(len(domains))]
+    ref = np.asarray(reference, np.float64) if reference is not None else loss.mean(axis=0)
+    delta = loss - ref[None, :]
+    worst = int(np.argmax(delta.mean(axis=0)))
+    stable = [s for s in runs.stable_at if s is not None]
+    return MethodSummary(
+        name=runs.name,
+        per_domain=per_domain,
+        mean_all=mean_std(loss.mean(axis=1)),
+        mean_new=mean_std(loss[:, new].mean(axis=1)),
+        worst_domain=domains[worst],
+        worst_delta=mean_std(delta[:, worst]),
+        stable_at=mean_std([float(s) for s in stable]),
+        never_stable=sum(1 for s in runs.stable_at if s is None),
+        wall_s=mean_std(runs.wall_s),
+        seeds=loss.shape[0],
+        dynamic=runs.dynamic,
+        cpu_ms=mean_std(runs.cpu_ms),
+    )
+
+
+def _mark(row: Stat, ref: Stat, better_low: bool = True) -> str:
+    """``*`` when the row differs from the reference by more than the seed spread."""
+    return "*" if is_real_difference(row, ref) else ""
+
+
+def render_table(
+    rows: Sequence[MethodSummary], domains: Sequence[str], reference: int = 0,
+    overhead_base: Optional[Stat] = None, overhead_label: str = "CPT",
+) -> str:
+    """The comparison as one Markdown table.
+
+    Loss cells are ``mean ± std`` over seeds; ``*`` marks a cell whose difference from the
+    reference row (CPT) exceeds the seed spread (see :func:`is_real_difference`). The overhead
+    compares mean training-loop CPU time per iteration (when every row has it, else mean wall
+    time) with ``overhead_base`` (default: the reference row's).
+    """
+    ref = rows[reference]
+    use_cpu = all(r.cpu_ms.n for r in rows)
+    if overhead_base is None:
+        overhead_base = ref.cpu_ms if use_cpu else ref.wall_s
+    base = overhead_base
+    head = (["method", "seeds"] + [f"{d}" for d in domains]
+            + ["mean (all)", "mean (new)", "worst vs CPT", "stable at (iter)", "wall (s)",
+               "loop CPU (ms/iter)", f"overhead vs {overhead_label}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.name, str(r.seeds)]
+        for s, rs in zip(r.per_domain, ref.per_domain):
+            cells.append(s.fmt() + _mark(s, rs))
+        cells.append(r.mean_all.fmt() + _mark(r.mean_all, ref.mean_all))
+        cells.append(r.mean_new.fmt() + _mark(r.mean_new, ref.mean_new))
+        cells.append("-" if r is ref else f"{r.worst_domain} {r.worst_delta.mean:+.4f}")
+        if not r.dynamic:
+            cells.append("static")
+        else:
+            stable = "-" if r.stable_at.n == 0 else r.stable_at.fmt(0)
+            if r.never_stable:
+                stable += f" ({r.never_stable}/{r.seeds} never)"
+            cells.append(stable)
+        cells.append(r.wall_s.fmt(0))
+        cells.append(r.cpu_ms.fmt(0) if r.cpu_ms.n else "-")
+        cost = r.cpu_ms if use_cpu else r.wall_s
+        if math.isnan(base.mean) or base.mean <= 0:
+            cells.append("-")
+        else:
+            cells.append(f"{100.0 * (cost.mean / base.mean - 1.0):+.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_mae_table(
+    domains: Sequence[str], per_seed: Dict[str, List[float]], pooled: Dict[str, float]
+) -> str:
+    """Target-fit held-out error: per domain, each CPT seed's MAE, their mean, the pooled fit's."""
+    seeds = len(next(iter(per_seed.values()))) if per_seed else 0
+    head = ["domain"] + [f"seed {i + 1}" for i in range(seeds)] + ["mean ± std", "pooled fit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in domains:
+        vals = per_seed.get(d, [])
+        s = mean_std(vals)
+        cells = [d] + [f"{v:.2e}" if not math.isnan(v) else "-" for v in vals]
+        cells.append("-" if s.n == 0 else (f"{s.mean:.2e}" if s.n < 2
+                                          else f"{s.mean:.2e} ± {s.std:.1e}"))
+        p = pooled.get(d, float("nan"))
+        cells.append("-" if math.isnan(p) else f"{p:.2e}")
+        lines.append("| " + " | ".join(cells) + " |")
+    allv = [v for d in domains for v in per_seed.get(d, []) if not math.isnan(v)]
+    if allv:
+        pooled_all = [pooled[d] for d in domains if d in pooled and not math.isnan(pooled[d])]
+        lines.append("| all domains | " + " | ".join([""] * seeds)
+                     + f" | {np.mean(allv):.2e} | "
+                     + (f"{np.mean(pooled_all):.2e}" if pooled_all else "-") + " |")
+    return "\n".join(lines)
+
+
+_LOOP = re.compile(r"training loop: (\d+) iterations in ([\d.]+) s \(([\d.]+) ms/iteration wall, "
+                   r"([\d.]+) ms/iteration CPU")
+
+
+def parse_loop_time(text: str) -> Optional[Tuple[int, float, float, float]]:
+    """``(iterations, wall s, wall ms/iter, CPU ms/iter)`` of the run's ``training loop:`` line.
+
+    None when the run printed none (older entries).
+    """
+    found = _LOOP.findall(text)
+    if not found:
+        return None
+    it, wall, wall_ms, cpu_ms = found[-1]
+    return int(it), float(wall), float(wall_ms), float(cpu_ms)
+
+
+_ROW = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+([+-]?[\d.]+|nan)\s+([\d.]+)\s*$")
+
+
+def parse_final_losses(text: str) -> Tuple[List[str], List[float], List[float], List[float]]:
+    """The last end-of-run table ``held-out loss per domain ... start -> end`` in a run's output.
+
+    Returns:
+        Tuple[List[str], List[float], List[float], List[float]]: domains, start losses, end
+        losses and final weights, in the printed order.
+
+    Raises:
+        ValueError: no such table in ``text``.
+    """
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if "held-out loss per domain (full held-out sets)" in line]
+    if not starts:
+        raise ValueError("no 'held-out loss per domain' table in the run's output")
+    names: List[str] = []
+    start: List[float] = []
+    end: List[float] = []
+    weight: List[float] = []
+    for line in lines[starts[-1] + 2:]:
+        m = _ROW.match(line)
+        if not m:
+            break
+        names.append(m.group(1))
+        start.append(float(m.group(2)))
+        end.append(float(m.group(3)))
+        weight.append(float(m.group(5)))
+    if not names:
+        raise ValueError("the 'held-out loss per domain' table has no rows")
+    return names, start, end, weight

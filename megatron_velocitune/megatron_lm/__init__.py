@@ -23,8 +23,9 @@ while it runs)
 ``megatron.training.training.checkpoint_and_decide_exit``   update every m iterations, loader
                                                             restarted at the consumed position
 ``megatron.training.training.save_checkpoint``              ``velocitune_state.json`` sidecar
-``megatron.core.datasets.utils.compile_helpers``            skipped when a wheel's prebuilt
-                                                            helpers import (no Makefile there)
+``megatron.core.datasets.utils.compile_helpers``            skipped when the dataset helpers
+                                                            already import (a wheel has no
+                                                            Makefile to run)
 ==========================================================  ===================================
 
 With the plugin installed, Velocitune is on: the default policy (``velocity``) needs target
@@ -32,7 +33,6 @@ losses (``--velocitune-target-loss-file``); ``--velocitune-policy static`` obser
 """
 
 import inspect
-import os
 from typing import Optional
 
 from megatron_velocitune.arguments import add_velocitune_args
@@ -99,11 +99,7 @@ def install(evaluator_factory: Optional[EvaluatorFactory] = None) -> VelocituneP
             lambda original: _checkpoint_and_decide_exit_wrapper(original, plugin),
         )
         patcher.wrap(training, "save_checkpoint", lambda o: _save_checkpoint_wrapper(o, plugin))
-        patcher.wrap(
-            dataset_utils,
-            "compile_helpers",
-            lambda original: _compile_helpers_wrapper(original, dataset_utils),
-        )
+        patcher.wrap(dataset_utils, "compile_helpers", _compile_helpers_wrapper)
     except AttributeError:
         patcher.restore()
         raise
@@ -208,18 +204,17 @@ def _save_checkpoint_wrapper(original, plugin: VelocitunePlugin):
     return save_checkpoint
 
 
-def _compile_helpers_wrapper(original, dataset_utils):
+def _compile_helpers_wrapper(original):
     def compile_helpers():
-        # A megatron-core wheel ships the helpers prebuilt and no Makefile: `make` would fail
-        # and rank 0 exit. A checkout (Makefile present) compiles as usual.
-        folder = os.path.dirname(os.path.abspath(dataset_utils.__file__))
-        if not os.path.exists(os.path.join(folder, "Makefile")):
-            try:
-                import megatron.core.datasets.helpers_cpp  # noqa: F401
+        # Megatron-LM runs `make` in megatron/core/datasets on rank 0 at every start. A wheel has
+        # no Makefile there (rank 0 would exit), and a checkout carried to a machine without
+        # pybind11 or python3-config cannot build: when the helpers already import, there is
+        # nothing to build. Otherwise Megatron-LM's own build runs.
+        try:
+            import megatron.core.datasets.helpers_cpp  # noqa: F401
 
-                return None
-            except ImportError:
-                pass
-        return original()
+            return None
+        except ImportError:
+            return original()
 
     return compile_helpers

@@ -1,8 +1,9 @@
 """What differs between the Megatron-LM releases the adapter supports, in one place.
 
 Read from NVIDIA/Megatron-LM's tags core_v0.14.0, core_v0.15.0, core_v0.16.1, core_v0.17.0,
-core_v0.18.0, core_v0.19.0 and main (0.20.0 in development, 2026-08). The integration points the
-adapter wraps are the same module-level names in every one of them, which is why it wraps those
+core_v0.18.0, core_v0.19.0 and main (0.20.0 in development, snapshot of 2026-08-22); all of these
+tags were in the snapshot. Exercised against a core_v0.16.1 checkout (tests/test_megatron_lm.py).
+The integration points the adapter wraps are the same module-level names in every one of them, which is why it wraps those
 and nothing else (each is looked up at call time by its caller, so wrapping the module attribute
 reaches every call):
 
@@ -27,7 +28,9 @@ reaches every call):
   .data_samplers`` from 0.16, imported by name into ``training`` in both.
 - ``megatron.core.datasets.blended_megatron_dataset_builder.BlendedMegatronDatasetBuilder
   .build``: a class attribute, so every import of the class sees it.
-- ``megatron.core.datasets.utils.compile_helpers``: imported inside ``initialize`` at call time.
+- ``megatron.core.datasets.utils.compile_helpers``: imported inside ``initialize`` at call time
+  (every release runs ``make`` there on rank 0; the 0.17+ wheels ship the helpers prebuilt and no
+  Makefile).
 
 What does differ is below (:class:`MegatronLMCompat`): where the sampler module lives, whether
 ``disable_forward_pre_hook`` takes the optimizer (0.19+: it prepares the distributed optimizer's
@@ -90,7 +93,7 @@ class MegatronLMCompat:
 
 
 def parse_version(version: str) -> Tuple[int, int, int]:
-    """``"0.16.1"``, ``"0.20.0rc0"``, ``"core_v0.15.0"``, ``"0.17.0.dev0+abc"`` -> (major, minor, patch).
+    """``"0.16.1"``, ``"0.20.0rc0"``, ``"core_v0.15.0"``, ``"0.17.0.dev0+g1"`` -> a version tuple.
 
     Raises:
         ValueError: no ``major.minor`` in the string.

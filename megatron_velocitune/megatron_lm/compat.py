@@ -3,9 +3,9 @@
 Read from NVIDIA/Megatron-LM's tags core_v0.14.0, core_v0.15.0, core_v0.16.1, core_v0.17.0,
 core_v0.18.0, core_v0.19.0 and main (0.20.0 in development, snapshot of 2026-08-22); all of these
 tags were in the snapshot. Exercised against a core_v0.16.1 checkout (tests/test_megatron_lm.py).
-The integration points the adapter wraps are the same module-level names in every one of them, which is why it wraps those
-and nothing else (each is looked up at call time by its caller, so wrapping the module attribute
-reaches every call):
+The integration points the adapter wraps are the same module-level names in every one of them,
+which is why it wraps those and nothing else (each is looked up at call time by its caller, so
+wrapping the module attribute reaches every call):
 
 - ``megatron.training.arguments.add_megatron_arguments(parser)``: called by ``parse_args`` in
   every release; from core_v0.18 ``pretrain_gpt.py`` calls ``parse_and_validate_args`` (which calls

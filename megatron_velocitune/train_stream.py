@@ -12,11 +12,12 @@ since the last update. Two differences from the held-out loss, and how they are 
 
 - *Lag*: the window mean describes the model on average ``m / 2`` iterations ago, so it reads
   slightly high while the loss falls; the held-out loss measures the model now.
-- *Footing*: each training sample is scored before the model trains on it, so while a domain is
-  within its first epoch the stream is an unbiased sample of that domain's held-out loss. The
-  initial loss is measured on the held-out sets at iteration 0, where both agree. Targets must
-  be fitted on the same estimator: run the proxy with the same ``--velocitune-loss-source``.
-  A domain repeated for several epochs reads lower on its training stream (memorisation).
+- *Footing*: each training sample is scored before the model trains on it, but a domain the
+  base model was trained on (the replay domain) or one repeated for several epochs reads lower
+  on its training stream than on held-out data (memorisation). So every number the velocity
+  divides must be on the stream's footing: the initial loss is the base model's loss on the
+  first samples the stream draws from each domain (measured at iteration 0), and the targets are
+  fitted on a proxy run with the same ``--velocitune-loss-source train``.
 
 A domain that drew no sample in a window keeps its previous estimate (the controller passes it
 as the fallback of :func:`~megatron_velocitune.distributed.synchronize_update`).
@@ -84,21 +85,22 @@ class DomainLossAccumulator:
 class TrainStreamEvaluator:
     """The controller's evaluator for ``--velocitune-loss-source train``.
 
-    Updates read the training window; the initial loss (``full=True``) still comes from the
-    held-out sets, once, at iteration 0.
+    Updates read the training window; the initial loss (``full=True``, once, at iteration 0)
+    is the base model's loss on the first samples the stream will draw from each domain.
 
     Args:
-        heldout: a :class:`~megatron_velocitune.evaluation.DomainEvaluator`.
+        first_draws: a :class:`~megatron_velocitune.evaluation.DomainEvaluator` over the
+            per-domain *training* datasets (its fixed subset is their first samples).
         accumulator (DomainLossAccumulator): fed by the training loss function.
     """
 
-    def __init__(self, heldout, accumulator: DomainLossAccumulator) -> None:
-        self.heldout = heldout
+    def __init__(self, first_draws, accumulator: DomainLossAccumulator) -> None:
+        self.first_draws = first_draws
         self.accumulator = accumulator
 
     def evaluate(self, full: bool = False) -> DomainSums:
-        """This rank's local sums: the held-out sets (``full``) or the training window."""
+        """This rank's local sums: the stream's first draws (``full``) or the training window."""
         if full:
-            return self.heldout.evaluate(full=True)
+            return self.first_draws.evaluate(full=False)
         return self.accumulator.take()
 

@@ -206,9 +206,16 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
                               args.micro_batch_size, vt_config.eval_iters)
     stream = DomainLossAccumulator(len(prefixes), torch.device(
         f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
+    evaluator = heldout
+    if vt_config.loss_source == "train":
+        # L_init on the stream's own footing: the base model on the first samples the stream
+        # draws from each domain (the j-th draw of domain d is train dataset d's sample j).
+        first_draws = DomainEvaluator(
+            module, data.train_per_domain if info.holds_data else None, len(prefixes),
+            args.seq_length, args.micro_batch_size, vt_config.eval_iters)
+        evaluator = TrainStreamEvaluator(first_draws, stream)
     controller = VelocituneController(
-        vt_config, weights,
-        TrainStreamEvaluator(heldout, stream) if vt_config.loss_source == "train" else heldout,
+        vt_config, weights, evaluator,
         dataset=data.train, seq_length=args.seq_length, tensorboard_writer=writer,
         trajectory_path=trajectory,
         header_extra={"global_batch_size": args.global_batch_size, "train_iters": args.train_iters,
@@ -317,7 +324,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed
     summary.weights = controller.weights.tolist()
-    _print_rank_last(_format_loss_table(summary))
+    _print_rank_last(_format_loss_table(summary, vt_config.loss_source))
     if writer is not None:
         writer.flush()
         writer.close()
@@ -335,8 +342,10 @@ def _format_update(controller: VelocituneController, decision, iteration: int) -
     return f" velocitune update at iteration {iteration} {status} | " + " | ".join(cells)
 
 
-def _format_loss_table(summary: RunSummary) -> str:
-    rows = [" held-out loss per domain (full held-out sets), start of this run -> end:",
+def _format_loss_table(summary: RunSummary, loss_source: str = "eval") -> str:
+    start = "start of this run" if loss_source == "eval" else (
+        "start: L_init on the training stream's first draws (not held-out)")
+    rows = [f" held-out loss per domain (full held-out sets), {start} -> end:",
             f"   {'domain':<12}{'start':>10}{'end':>10}{'change':>10}{'weight':>10}"]
     start = summary.initial_loss or [float("nan")] * len(summary.domains)
     for name, a, b, w in zip(summary.domains, start, summary.final_loss, summary.weights):

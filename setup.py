@@ -48,6 +48,7 @@ setup(
             "velocitune-fit-dcpt=megatron_velocitune.cli.fit_dcpt_law:main",
             "velocitune-prepare-corpus=megatron_velocitune.cli.prepare_corpus:main",
             "velocitune-plot-weights=megatron_velocitune.cli.plot_weights:main",
+            "velocitune-measure-initial-loss=megatron_velocitune.cli.measure_initial_loss:main",
             "velocitune-average-weights=megatron_velocitune.cli.average_weights:main",
             "velocitune-convert-hf-llama=megatron_velocitune.cli.convert_hf_llama:main",
         ],

@@ -104,3 +104,28 @@ def test_bad_values_name_the_flag(capsys, corpus, tmp_path, flag, value, match):
     with pytest.raises(SystemExit):
         parse_args(base_argv(corpus, str(tmp_path)) + [flag, value])
     assert match in capsys.readouterr().err
+
+
+def measure_worker(rank, world_size, argv, output):
+    from megatron_velocitune.cli.measure_initial_loss import main
+
+    return main(argv + ["--output", output])
+
+
+@pytest.mark.slow
+def test_measure_initial_loss_writes_what_a_run_measures(corpus, tmp_path):
+    argv = base_argv(corpus, str(tmp_path / "run"), train_iters=3)
+    drop = {"--train-iters", "--lr", "--global-batch-size", "--velocitune-target-loss"}
+    tool_argv, skip = [], 0
+    for a in argv:  # the tool needs no training flags: leave them out
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in drop
+        if not skip:
+            tool_argv.append(a)
+    out = str(tmp_path / "initial.json")
+    assert run_distributed(measure_worker, 2, (tool_argv, out), timeout=300) == [0, 0]
+    measured = json.load(open(out))
+    run = run_distributed(train_worker, 2, (argv,), timeout=300)[0]["summary"]
+    assert list(measured["losses"]) == ["code", "docs", "legal"]
+    assert list(measured["losses"].values()) == run.initial_loss

@@ -162,6 +162,9 @@ def _check(parser: _Parser, args: argparse.Namespace) -> None:
         parser.error(f"--lr {args.lr} / --min-lr {args.min_lr}: need 0 <= min-lr <= lr, lr > 0")
     if args.lr_warmup_fraction is not None and not 0 <= args.lr_warmup_fraction < 1:
         parser.error(f"--lr-warmup-fraction: {args.lr_warmup_fraction} must be in [0, 1)")
+    if args.lr_warmup_iters and args.lr_warmup_iters >= args.train_iters:
+        parser.error(f"--lr-warmup-iters {args.lr_warmup_iters} must be below --train-iters "
+                     f"{args.train_iters}")
     if args.save_interval is not None and args.save_interval < 1:
         parser.error(f"--save-interval: {args.save_interval} must be >= 1")
     if args.save_interval and not args.save:

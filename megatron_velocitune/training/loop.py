@@ -24,7 +24,7 @@ from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_velocitune.arguments import config_from_args
+from megatron_velocitune.arguments import config_from_args, write_loss_file
 from megatron_velocitune.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.builder import (
     DatasetTokenizer,
@@ -130,13 +130,17 @@ def _reduce_lm_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[float]:
     return float(total[0] / total[1])
 
 
-def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
+def pretrain(args, batch_hook: Optional[BatchHook] = None,
+             initial_loss_output: Optional[str] = None) -> RunSummary:
     """Run (or resume) one pretraining job as configured by :func:`parse_args`.
 
     Args:
         args (argparse.Namespace): from :func:`megatron_velocitune.training.arguments.parse_args`.
         batch_hook (Optional[BatchHook]): called with ``(dp_rank, micro_batch)`` for every
             training micro-batch read (tests use it to record what was trained on).
+        initial_loss_output (Optional[str]): measure the initial loss (the model as loaded, on
+            every domain's full held-out set), write it as a ``--velocitune-initial-loss-file``
+            JSON here, and return without training.
 
     Returns:
         RunSummary: the run's end state.
@@ -239,6 +243,16 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
                          f" (consumed samples {consumed})")
     controller.initialize(iteration, consumed)
     groups = controller.groups  # found once (a world collective); validation reuses them
+    if initial_loss_output is not None:
+        if dist.get_rank() == 0:
+            write_loss_file(initial_loss_output, controller.names, controller.initial_loss.tolist(),
+                            source="measure_initial_loss", checkpoint=args.load,
+                            loss_source=vt_config.loss_source)
+        _print_rank_last(" initial loss per domain: " + " | ".join(
+            f"{n}: {v:.4f}" for n, v in zip(controller.names, controller.initial_loss))
+            + f" -> {initial_loss_output}")
+        return RunSummary(iteration, consumed, controller.names, controller.weights.tolist(),
+                          initial_loss=controller.initial_loss.tolist())
 
     train_iter = None
     if data.train is not None:

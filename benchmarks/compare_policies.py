@@ -256,6 +256,33 @@ def _claim(run_dir: str, result: str) -> bool:
         return True
 
 
+def _run_dir(out: str, key: str, seed: int) -> str:
+    return os.path.join(out, "runs", key, f"seed{seed}")
+
+
+def _result(out: str, key: str, seed: int) -> Optional[dict]:
+    """A finished run's ``result.json``, or None."""
+    path = os.path.join(_run_dir(out, key, seed), "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _try_claim(run_dir: str) -> bool:
+    """Claim ``run_dir`` without waiting: False when another live process holds it."""
+    claim = os.path.join(run_dir, ".claim")
+    if os.path.exists(claim):
+        try:
+            with open(claim, encoding="utf-8") as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            return False
+    return _claim(run_dir, os.path.join(run_dir, "result.json"))
+
+
 def _write_json_atomic(path: str, obj) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -563,30 +590,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     fit = fit_targets(out, py, results["cpt"], s)
     init = {r["seed"]: initial_loss_file(out, r) for r in results["cpt"]}
-
-    def dynamic(key: str, policy: str, seed: int) -> None:
-        extra = ["--velocitune-initial-loss-file", init[seed]]
-        if policy != "ratio":
-            extra += ["--velocitune-target-loss-file", fit["targets"]]
-        results[key].append(cpt_run(out, py, corpus, s, key, seed, policy, cpt_blend,
-                                    s.update_interval, extra))
-
-    # Velocitune first (the static ablations need its average), then seed by seed, so that a
-    # run cut short still has whole seeds of every method.
-    for seed in order:
-        dynamic("velocitune", "velocity", seed)
-    avg = time_averaged(results["velocitune"])
     replay = DOMAINS.index(REPLAY_DOMAIN)
-    blends["reweighted"] = avg.tolist()
-    blends["replay_matched"] = replay_share_blend(tokens, [replay], float(avg[replay])).tolist()
+
+    # Work list in priority order; a worker takes the first task nobody has claimed whose
+    # inputs exist (the static ablations need every Velocitune run's average), so workers
+    # sharing --out never wait while there is something to run.
+    tasks = ([("velocitune", x) for x in order] + [("dbl", x) for x in order]
+             + [(k, x) for x in order for k in ("reweighted", "replay_matched")]
+             + [("ratio", x) for x in order])
+    policies = {"velocitune": "velocity", "dbl": "dbl", "ratio": "ratio",
+                "reweighted": "static", "replay_matched": "static"}
+
+    def static_blends() -> Optional[Dict[str, List[float]]]:
+        vt = [_result(out, "velocitune", x) for x in s.seeds]
+        if any(r is None for r in vt):
+            return None
+        avg = time_averaged(vt)
+        return {"reweighted": avg.tolist(),
+                "replay_matched": replay_share_blend(tokens, [replay], float(avg[replay])).tolist()}
+
+    pending = list(tasks)
+    while pending:
+        picked = None
+        for key, seed in pending:
+            if _result(out, key, seed) is not None or key in DYNAMIC or static_blends():
+                if _result(out, key, seed) is not None or _try_claim(_run_dir(out, key, seed)):
+                    picked = (key, seed)
+                    break
+        if picked is None:
+            time.sleep(10)
+            continue
+        pending.remove(picked)
+        key, seed = picked
+        extra = ["--velocitune-initial-loss-file", init[seed]]
+        if key in ("velocitune", "dbl"):
+            extra += ["--velocitune-target-loss-file", fit["targets"]]
+        if key in DYNAMIC:
+            cpt_run(out, py, corpus, s, key, seed, policies[key], cpt_blend, s.update_interval,
+                    extra)
+        else:
+            blends.update(static_blends() or {})
+            cpt_run(out, py, corpus, s, key, seed, "static", blends[key], s.cpt_iters, extra)
+    blends.update(static_blends() or {})
     _write_json_atomic(os.path.join(out, "blends.json"), blends)
-    for seed in order:
-        dynamic("dbl", "dbl", seed)
-        for key in ("reweighted", "replay_matched"):
-            results[key].append(cpt_run(out, py, corpus, s, key, seed, "static", blends[key],
-                                        s.cpt_iters,
-                                        ["--velocitune-initial-loss-file", init[seed]]))
-        dynamic("ratio", "ratio", seed)
+    for key, seed in tasks:  # runs another worker still has in hand
+        while _result(out, key, seed) is None:
+            time.sleep(10)
+        results[key].append(_result(out, key, seed))
     for key in results:
         results[key].sort(key=lambda r: r["seed"])
     written = plots(out, py, results)
@@ -630,6 +680,12 @@ def _report_finished(out: str, s: Setting, corpus: dict, base: dict, py: str,
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             blends.update(json.load(f))
+    elif len(results.get("velocitune", [])) == len(s.seeds):
+        avg = time_averaged(results["velocitune"])
+        tokens = [d["tokens"] for d in corpus["domains"]]
+        replay = DOMAINS.index(REPLAY_DOMAIN)
+        blends["reweighted"] = avg.tolist()
+        blends["replay_matched"] = replay_share_blend(tokens, [replay], float(avg[replay])).tolist()
     fit = fit_targets(out, py, results["cpt"], s)
     written = plots(out, py, results) if results.get("velocitune") else []
     print(report(out, s, corpus, base, results, fit, blends, written))

@@ -2,6 +2,7 @@
 machine), tokenized with a byte-level BPE trained on it and written as Megatron .bin/.idx files."""
 
 import ast
+import contextlib
 import glob
 import os
 import sysconfig
@@ -69,3 +70,24 @@ def build_corpus(root: str, vocab_size: int = 1024) -> Corpus:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Corpus:
     return build_corpus(str(tmp_path_factory.mktemp("corpus")))
+
+
+@contextlib.contextmanager
+def one_process_world():
+    """A one-process gloo world with megatron-core's parallel state, torn down after."""
+    from megatron_velocitune.training import ParallelConfig, destroy_parallel, initialize_parallel
+
+    from ._multiproc import free_port
+
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+    try:
+        yield initialize_parallel(ParallelConfig(), seed=1234)
+    finally:
+        destroy_parallel()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ._multiproc import free_port
+from .conftest import one_process_world
 from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
 from megatron_velocitune.distributed import UpdateGroups, synchronize_update
@@ -35,20 +35,8 @@ WEIGHTS = [0.5, 0.3, 0.2]
 @pytest.fixture(scope="module")
 def world():
     """A one-process gloo world with megatron-core's parallel state (torn down after)."""
-    from megatron_velocitune.training import ParallelConfig, destroy_parallel, initialize_parallel
-
-    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
-    try:
-        yield initialize_parallel(ParallelConfig(), seed=1234)
-    finally:
-        destroy_parallel()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with one_process_world() as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from megatron_velocitune.megatron_lm.compat import (
 from megatron_velocitune.megatron_lm.patching import Patcher, is_wrapped, original_of
 from megatron_velocitune.megatron_lm.writers import MegatronWriters
 from tests._multiproc import free_port
+from tests.conftest import one_process_world
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEGATRON_LM_PATH = os.environ.get("MEGATRON_LM_PATH")
@@ -301,20 +302,8 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
 @pytest.fixture
 def world():
     """A one-process gloo world with megatron-core's parallel state (torn down after)."""
-    from megatron_velocitune.training import ParallelConfig, destroy_parallel, initialize_parallel
-
-    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
-    try:
-        yield initialize_parallel(ParallelConfig(), seed=1234)
-    finally:
-        destroy_parallel()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with one_process_world() as info:
+        yield info
 
 
 def _blend_config(corpus, tmp_path, weights=(0.5, 0.3, 0.2)):

@@ -233,11 +233,7 @@ def _claim(run_dir: str, result: str) -> bool:
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                with open(claim, encoding="utf-8") as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
+            pid = _claim_holder(claim)
             if pid and pid != os.getpid() and _pid_alive(pid):
                 if not waited:
                     _log(f"waiting for {run_dir} (run by process {pid})")
@@ -256,6 +252,15 @@ def _claim(run_dir: str, result: str) -> bool:
         return True
 
 
+def _claim_holder(claim: str) -> int:
+    """The process id written in a claim file (0: none, unreadable or gone)."""
+    try:
+        with open(claim, encoding="utf-8") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def _run_dir(out: str, key: str, seed: int) -> str:
     return os.path.join(out, "runs", key, f"seed{seed}")
 
@@ -271,15 +276,9 @@ def _result(out: str, key: str, seed: int) -> Optional[dict]:
 
 def _try_claim(run_dir: str) -> bool:
     """Claim ``run_dir`` without waiting: False when another live process holds it."""
-    claim = os.path.join(run_dir, ".claim")
-    if os.path.exists(claim):
-        try:
-            with open(claim, encoding="utf-8") as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        if pid and pid != os.getpid() and _pid_alive(pid):
-            return False
+    pid = _claim_holder(os.path.join(run_dir, ".claim"))
+    if pid and pid != os.getpid() and _pid_alive(pid):
+        return False
     return _claim(run_dir, os.path.join(run_dir, "result.json"))
 
 

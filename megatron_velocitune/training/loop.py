@@ -297,16 +297,14 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
                 writer.add_scalar("lm loss vs samples", lm_loss, consumed)
                 writer.add_scalar("learning-rate", lr, iteration)
 
-        domain_tokens = None
-        if data.train is not None:
-            domain_tokens = (data.train.domain_counts(consumed) * args.seq_length).tolist()
         extra = None
         if vt_config.loss_source == "eval" and controller.is_update_iteration(iteration):
             # Diagnostic only (the training-stream estimate beside the held-out one, for the
             # estimator comparison): one more 2k-float reduction per update.
             window = reduce_domain_sums(stream.take(), groups)
             extra = {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}
-        decision = controller.maybe_update(iteration, consumed, domain_tokens, extra)
+        # The controller reads domain tokens from the dataset itself, on update iterations only.
+        decision = controller.maybe_update(iteration, consumed, extra=extra)
         if decision is not None:
             _print_rank_last(_format_update(controller, decision, iteration))
             if not decision.skipped and train_iter is not None and iteration < args.train_iters:

@@ -9,13 +9,17 @@ Uses the CPU demo's corpus and base model (``examples/cpu_demo/run.sh`` builds t
 1. two proxy runs (static blend, first half of the budget), one per estimator;
 2. targets fitted on each (the Chinchilla fit of tools/fit_target_loss.py), so each estimator
    is compared with its own initial loss and targets;
-3. three runs of the full budget: ``static`` (no evaluation at all: the cost floor),
-   ``eval`` (Velocitune as in the paper, evaluating every m iterations) and ``train``
-   (Velocitune reading the training stream: no extra forward passes).
+3. three runs of the full budget: ``static`` (megatron-core's static path: no evaluation, no
+   training-stream accumulation: the cost floor), ``eval`` (Velocitune as in the paper,
+   evaluating every m iterations) and ``train`` (Velocitune reading the training stream: no
+   extra forward passes); ``--repeats`` times each, interleaved (static, eval, train, static,
+   ...), so a drift of the machine's speed hits all three alike.
 
-It prints one table: per-iteration time of each run against static (wall and CPU), the
-correlation of the two estimators' velocities over the eval run's updates, the weight
-trajectories' distance, and each run's final per-domain held-out loss.
+It prints one table: per-iteration time of each kind against static (wall and CPU; the overhead
+is the mean ± std over repeats of each repeat's ratio to the static run beside it; the first log
+interval, the warm-up, is left out), the correlation of the two estimators' velocities over the
+eval run's updates, the weight trajectories' distance, and each run's final per-domain held-out
+loss (identical across repeats: the runs are deterministic).
 """
 
 import argparse
@@ -39,9 +43,10 @@ GBS, SEQ = 32, 128
 MODEL = ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4",
          "--seq-length", str(SEQ), "--micro-batch-size", "8", "--global-batch-size", str(GBS),
          "--hidden-dropout", "0", "--attention-dropout", "0", "--split", "90,10,0",
-         "--num-workers", "1", "--log-interval", "50", "--seed", "1234", "--lr", "1e-3",
+         "--num-workers", "1", "--log-interval", "10", "--seed", "1234", "--lr", "1e-3",
          "--lr-decay-style", "constant", "--lr-warmup-iters", "10", "--eval-interval", "0",
          "--velocitune-eval-iters", "4"]
+INTERVAL = re.compile(r"elapsed time per iteration \(ms\): ([\d.]+)")
 LOOP = re.compile(r"training loop: (\d+) iterations in ([\d.]+) s \(([\d.]+) ms/iteration wall, "
                   r"([\d.]+) ms/iteration CPU")
 ROW = re.compile(r"^\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)\s+([\d.]+)\s*$")
@@ -68,8 +73,16 @@ def parse_run(text: str) -> Dict:
         if not r:
             break
         rows[r.group(1)] = float(r.group(3))
-    return {"iters": int(m.group(1)), "wall_ms": float(m.group(3)), "cpu_ms": float(m.group(4)),
-            "final": rows}
+    steady = [float(x) for x in INTERVAL.findall(text)[1:]]
+    return {"iters": int(m.group(1)), "wall_ms": float(np.mean(steady)) if steady
+            else float(m.group(3)), "cpu_ms": float(m.group(4)), "final": rows}
+
+
+def overhead(runs: List[Dict], static: List[Dict], key: str) -> str:
+    """Mean ± std over repeats of each run's ``key`` against the static run of its repeat."""
+    ratios = [100.0 * (r[key] / s[key] - 1.0) for r, s in zip(runs, static)]
+    spread = f" ± {np.std(ratios, ddof=1):.1f}" if len(ratios) > 1 else ""
+    return f"{np.mean(ratios):+.1f}%{spread}"
 
 
 def main(argv=None) -> int:
@@ -82,6 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=200, help="Continual pre-training budget.")
     p.add_argument("--update-interval", type=int, default=20)
     p.add_argument("--nproc", type=int, default=2, help="Processes (GPUs on a GPU machine).")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="Timing runs of each kind, interleaved (default: %(default)s).")
     p.add_argument("--python", default=sys.executable)
     args = p.parse_args(argv)
 
@@ -127,14 +142,16 @@ def main(argv=None) -> int:
                   "--velocitune-loss-source", "train",
                   "--velocitune-update-interval", str(args.update_interval)],
     }
-    results = {}
-    for name, extra in runs.items():
-        tb = os.path.join(args.out, name)
-        shutil.rmtree(tb, ignore_errors=True)
-        text = run(launch + extra + ["--tensorboard-dir", tb], os.path.join(args.out, f"{name}.log"),
-                   env)
-        results[name] = parse_run(text)
-        results[name]["trajectory"] = os.path.join(tb, "velocitune_trajectory.jsonl")
+    repeats: Dict[str, List[Dict]] = {name: [] for name in runs}
+    for i in range(args.repeats):
+        for name, extra in runs.items():
+            tb = os.path.join(args.out, f"{name}{i}")
+            shutil.rmtree(tb, ignore_errors=True)
+            text = run(launch + extra + ["--tensorboard-dir", tb],
+                       os.path.join(args.out, f"{name}{i}.log"), env)
+            repeats[name].append(parse_run(text))
+            repeats[name][-1]["trajectory"] = os.path.join(tb, "velocitune_trajectory.jsonl")
+    results = {name: rs[0] for name, rs in repeats.items()}
 
     # Velocities of both estimators on the eval run's updates, each against its own targets.
     ev = read_trajectory(results["eval"]["trajectory"])
@@ -150,14 +167,16 @@ def main(argv=None) -> int:
     w_train = np.array([u["weights"] for u in tr.updates])
     w_gap = float(np.abs(w_eval - w_train).sum(1).max())
 
-    static_ms = results["static"]
-    lines = ["| run | ms/iter wall | vs static | ms/iter CPU | vs static | final held-out loss "
-             + " / ".join(ev.domains) + " | mean |", "|---|---:|---:|---:|---:|---|---:|"]
-    for name, r in results.items():
-        final = [r["final"][d] for d in ev.domains]
+    lines = [f"| run | ms/iter wall (mean of {args.repeats}) | vs static | ms/iter CPU | vs static "
+             "| final held-out loss " + " / ".join(ev.domains) + " | mean |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for name, rs in repeats.items():
+        final = [results[name]["final"][d] for d in ev.domains]
         lines.append(
-            f"| {name} | {r['wall_ms']:.1f} | {100 * (r['wall_ms'] / static_ms['wall_ms'] - 1):+.1f}% "
-            f"| {r['cpu_ms']:.1f} | {100 * (r['cpu_ms'] / static_ms['cpu_ms'] - 1):+.1f}% | "
+            f"| {name} | {np.mean([r['wall_ms'] for r in rs]):.1f} "
+            f"| {overhead(rs, repeats['static'], 'wall_ms')} "
+            f"| {np.mean([r['cpu_ms'] for r in rs]):.1f} "
+            f"| {overhead(rs, repeats['static'], 'cpu_ms')} | "
             + " / ".join(f"{x:.4f}" for x in final) + f" | {np.mean(final):.4f} |")
     per_domain = [f"{float(np.corrcoef(v_eval[:, i], v_train[:, i])[0, 1]):.3f}"
                   if v_eval[:, i].std() > 0 and v_train[:, i].std() > 0 else "constant"

@@ -209,6 +209,23 @@ def test_fit_dcpt_given_blend_sets_the_targets(tmp_path, two_domain_runs, capsys
     assert meta["losses"]["web"] == pytest.approx(WEB_LAW(1e9, 0.25), rel=0.01)
 
 
+def test_fit_dcpt_fit_fraction_extrapolates_in_D(tmp_path, two_domain_runs, capsys):
+    # Fitted on the first half of every run only, the law still predicts the full-budget
+    # losses (the left-out run is scored on all its evaluations, the second half included).
+    budget = 1000 * GBS * SEQ
+    out = tmp_path / "half.json"
+    rc = fit_dcpt_law.main([*two_domain_runs, "--replay", "web", "--fit-fraction", "0.5",
+                            "--blend", "code=0.3", "--blend", "web=0.7",
+                            "--rising-domains", "hold-initial", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and f"fit on points <= {budget / 2:.6g} tokens (0.5)" in text
+    row = next(x for x in text.splitlines() if x.startswith("code "))
+    assert float(row.split()[9]) < 1e-2 and float(row.split()[10]) < 2e-2
+    meta = json.loads(out.read_text())
+    assert meta["fit_fraction"] == 0.5
+    assert meta["losses"]["code"] == pytest.approx(CODE_LAW(budget, 0.3), rel=0.01)
+
+
 def test_fit_dcpt_three_domains_blend(tmp_path, capsys):
     blends = [(0.3, 0.3, 0.4), (0.5, 0.2, 0.3), (0.2, 0.6, 0.2), (0.6, 0.3, 0.1), (0.1, 0.2, 0.7)]
     paths = [write_run(tmp_path / f"b{i}.jsonl", ["code", "math", "web"], list(w),
@@ -241,6 +258,7 @@ def test_fit_dcpt_errors(tmp_path, two_domain_runs, capsys):
     assert "needs static runs" in err([*two_domain_runs[:2], moving])
     # The replay target is above the initial loss (the tolerance lets it rise): refused.
     assert "--blend needs" in err([*two_domain_runs, "--blend", "code=1"])
+    assert "--fit-fraction 0.0 must be in (0, 1]" in err([*two_domain_runs, "--fit-fraction", "0"])
     assert "not below the initial loss" in err(
         [*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
          "-o", str(tmp_path / "x.json")])

@@ -3,8 +3,10 @@
 Each trajectory is one static run (``--velocitune-policy static``) at its own blend. Every
 domain's held-out loss is fitted with ``L(D, r) = E + B r^eta / D^beta + C / (r + eps)^gamma``
 (Que et al. 2024; ``r`` = that domain's share of the run's blend, ``D`` = training tokens). The
-tool reports R^2 and the Huber loss of each fit, the error on a run left out of the fit, and
-answers the practical questions:
+tool reports R^2 and the Huber loss of each fit, the error on a run left out of the fit (with
+``--fit-fraction`` the laws see only the evaluations up to that fraction of the budget, like the
+Chinchilla target fit, and the left-out run is scored on all of its), and answers the practical
+questions:
 
 * the blend minimising the new domains' loss at the budget while each replay (general) domain's
   loss stays within ``--tolerance`` of its initial value (one new domain: the paper's ratio);
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Token budget of the real run (default: the largest header budget).")
     p.add_argument("--min-tokens", type=float, default=0.0,
                    help="Ignore evaluations before this many tokens (e.g. the LR warmup).")
+    p.add_argument("--fit-fraction", type=float, default=1.0,
+                   help="Fit on the evaluations up to this fraction of the budget, as "
+                   "velocitune-fit-targets does (the left-out run is scored on all of its "
+                   "evaluations; default: %(default)s).")
     p.add_argument("--held-out-run", type=int, default=-1,
                    help="Index of the run left out of the validation fit (default: the last); "
                    "the reported laws are fitted on every run.")
@@ -211,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"--margin {args.margin} must be in (0, 1)")
     if args.tolerance < 0:
         raise ToolError(f"--tolerance {args.tolerance} must be >= 0")
+    if not 0.0 < args.fit_fraction <= 1.0:
+        raise ToolError(f"--fit-fraction {args.fit_fraction} must be in (0, 1]")
     runs = []
     for path in args.trajectories:
         try:
@@ -247,8 +255,10 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"replay domains {no_init} have no initial loss: pass "
                         f"--initial-loss-file (or record one at iteration 0)")
 
+    cutoff = args.fit_fraction * budget
+    fitted = [{n: (d[d <= cutoff], y[d <= cutoff]) for n, (d, y) in p.items()} for p in points]
     eta = (-2.0, 2.0) if args.allow_negative_eta else ETA_BOUNDS
-    laws = {n: fit_domain(n, ratios, points, range(len(runs)), args.eps, eta) for n in names}
+    laws = {n: fit_domain(n, ratios, fitted, range(len(runs)), args.eps, eta) for n in names}
 
     # Validation: refit without one run and predict it.
     held = args.held_out_run % len(runs)
@@ -257,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     if len({tuple(np.round(ratios[i], 9)) for i in rest}) >= 2:
         for n in names:
             try:
-                law = fit_domain(n, ratios, points, rest, args.eps, eta)
+                law = fit_domain(n, ratios, fitted, rest, args.eps, eta)
             except ToolError:
                 continue
             d, y = points[held][n]
@@ -265,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
                 err = np.abs(law.predict(d, ratios[held, names.index(n)]) - y)
                 validation[n] = (float(err.mean()), float(err[np.argmax(d)]))
 
-    print(f"{len(runs)} static runs; budget {budget:.6g} tokens; eps {args.eps:g}")
+    print(f"{len(runs)} static runs; budget {budget:.6g} tokens; fit on points <= "
+          f"{cutoff:.6g} tokens ({args.fit_fraction:g}); eps {args.eps:g}")
     print(f"{'domain':<14}{'E':>8}{'B':>10}{'eta':>7}{'beta':>7}{'C':>8}{'gamma':>7}"
           f"{'R2':>8}{'Huber':>10}{'left-out MAE':>14}{'final err':>11}")
     for n in names:
@@ -350,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
             args.output, names, targets, source="fit_dcpt_law",
             law="L(D, r) = E + B r^eta / D^beta + C / (r + eps)^gamma",
             trajectories=list(args.trajectories), budget_tokens=budget,
+            fit_fraction=args.fit_fraction,
             blend={n: float(w) for n, w in zip(names, weights)},
             rising_domains=args.rising_domains, margin=args.margin,
             fits={n: {k: getattr(laws[n], k) for k in

@@ -86,11 +86,12 @@ def _print_rank_last(message: str) -> None:
         print(message, flush=True)
 
 
-def _loss_func(batch: Dict[str, torch.Tensor], stream: DomainLossAccumulator,
+def _loss_func(batch: Dict[str, torch.Tensor], stream: Optional[DomainLossAccumulator],
                output_tensor: torch.Tensor):
     loss_mask = batch["loss_mask"]
-    # Per-domain sums of the training stream, kept on the device: no collective, no host sync.
-    stream.add(batch["dataset_id"], output_tensor, loss_mask)
+    if stream is not None:
+        # Per-domain sums of the training stream, kept on the device: no collective, no sync.
+        stream.add(batch["dataset_id"], output_tensor, loss_mask)
     losses = output_tensor.float().reshape(-1)
     mask = loss_mask.float().reshape(-1)
     loss_sum = (losses * mask).sum()
@@ -98,8 +99,8 @@ def _loss_func(batch: Dict[str, torch.Tensor], stream: DomainLossAccumulator,
     return loss_sum / tokens.clamp(min=1), {"lm loss": torch.stack([loss_sum.detach(), tokens])}
 
 
-def _make_forward_step(micro_batch_size: int, seq_length: int, stream: DomainLossAccumulator,
-                       batch_hook: Optional[BatchHook]):
+def _make_forward_step(micro_batch_size: int, seq_length: int,
+                       stream: Optional[DomainLossAccumulator], batch_hook: Optional[BatchHook]):
     def forward_step(data_iterator, model):
         batch = None
         reads = parallel_state.get_tensor_model_parallel_rank() == 0 and (
@@ -109,7 +110,8 @@ def _make_forward_step(micro_batch_size: int, seq_length: int, stream: DomainLos
             batch = next(data_iterator)
             if batch_hook is not None:
                 batch_hook(parallel_state.get_data_parallel_rank(), batch)
-        batch = broadcast_batch(batch, micro_batch_size, seq_length, with_domain=True)
+        batch = broadcast_batch(batch, micro_batch_size, seq_length,
+                                with_domain=stream is not None)
         output = gpt_forward(model, batch)
         return output, lambda out: _loss_func(batch, stream, out)
 
@@ -208,8 +210,13 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
     trajectory = os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None
     heldout = DomainEvaluator(module, valid, len(prefixes), args.seq_length,
                               args.micro_batch_size, vt_config.eval_iters)
-    stream = DomainLossAccumulator(len(prefixes), torch.device(
-        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
+    # The training stream is read when it feeds the policy, and logged beside the held-out
+    # estimate in dynamic runs; a static run with held-out evaluation is megatron-core's static
+    # path untouched (the estimator benchmark's baseline).
+    stream = None
+    if vt_config.loss_source == "train" or vt_config.policy != "static":
+        stream = DomainLossAccumulator(len(prefixes), torch.device(
+            f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
     evaluator = heldout
     if vt_config.loss_source == "train":
         # L_init on the stream's own footing: the base model on the first samples the stream
@@ -298,7 +305,8 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
                 writer.add_scalar("learning-rate", lr, iteration)
 
         extra = None
-        if vt_config.loss_source == "eval" and controller.is_update_iteration(iteration):
+        if (stream is not None and vt_config.loss_source == "eval"
+                and controller.is_update_iteration(iteration)):
             # Diagnostic only (the training-stream estimate beside the held-out one, for the
             # estimator comparison): one more 2k-float reduction per update.
             window = reduce_domain_sums(stream.take(), groups)
@@ -316,7 +324,8 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
         if args.save and ((args.save_interval and iteration % args.save_interval == 0)
                           or stop or iteration == args.train_iters):
             save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed,
-                            controller.state_dict(), _plain_args(args), stream.state())
+                            controller.state_dict(), _plain_args(args),
+                            None if stream is None else stream.state())
             _print_rank_last(f" saved checkpoint at iteration {iteration:7d} to {args.save}")
         if stop:
             _print_rank_last(f" exiting program at iteration {iteration}")

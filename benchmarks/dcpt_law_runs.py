@@ -1,0 +1,274 @@
+"""The D-CPT Law on real short CPU runs, and its targets against the Chinchilla fit's (issue 11).
+
+It shares the corpus, base model, budget and Velocitune runs of ``compare_policies.py`` (same
+``--out``; what is missing there is run first, resumably):
+
+  1. **ratio runs**: static continual pre-training from the base at several replay shares
+     ``g`` (``--replay-shares``; the new domains split ``1 - g`` in their token-proportional
+     ratio), one dataset seed, every domain evaluated every ``--eval-interval`` iterations;
+  2. **the law**: ``tools/fit_dcpt_law.py`` on the ratio runs with one share left out
+     (``--held-out-share``): fit table, the left-out run's error, the plot of predicted vs
+     observed loss over ``D`` for every share; then each share left out in turn (the error of
+     its final evaluation), and the CPT run's own blend predicted from the ratio runs;
+  3. **targets**: the law fitted on the first ``fit_fraction`` of every ratio run (the window
+     the Chinchilla fit of ``compare_policies.py`` sees on its CPT runs), predicted at the
+     budget for Velocitune's starting blend (the CPT blend); ``hold-initial`` for a domain
+     predicted to rise, as for the Chinchilla targets;
+  4. **Velocitune with the D-CPT targets** on the seeds of the Chinchilla-target Velocitune
+     runs, everything else identical; one table compares targets, final losses and weights.
+
+Usage::
+
+    .venv/bin/python benchmarks/dcpt_law_runs.py --out /tmp/compare     # after compare_policies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import compare_policies as cp  # noqa: E402
+from policy_stats import mean_std, replay_share_blend  # noqa: E402
+
+from megatron_velocitune.cli.fit_dcpt_law import fit_domain, gather  # noqa: E402
+
+REPLAY_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def ratio_key(share: float) -> str:
+    """Run folder name of the ratio run at replay share ``share``."""
+    return f"dcpt_g{share:.2f}"
+
+
+def check_setting(out: str, s: cp.Setting) -> None:
+    """Stop when ``out`` holds compare_policies runs of another setting (seeds aside)."""
+    path = os.path.join(out, "setting.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    mine = json.loads(json.dumps(asdict(s)))
+    diff = {k: (old.get(k), v) for k, v in mine.items() if k != "seeds" and old.get(k) != v}
+    if diff:
+        raise SystemExit(f"{out} holds runs of another setting {diff} (--quick?)")
+
+
+def ensure_policy_runs(out: str, python: str, s: cp.Setting, quick: bool) -> None:
+    """Run ``compare_policies.py`` on ``out`` for ``s.seeds`` unless its runs are there."""
+    need = [("cpt", x) for x in s.seeds] + [("velocitune", x) for x in s.seeds]
+    if all(cp._result(out, k, x) is not None for k, x in need) and os.path.exists(
+            os.path.join(out, "targets.json")):
+        return
+    cp._log("compare_policies.py runs missing: running them first")
+    argv = ["--out", out, "--python", python, "--seeds", *map(str, s.seeds)]
+    cp.main(argv + (["--quick"] if quick else []))
+
+
+def ratio_runs(out: str, python: str, corpus: dict, s: cp.Setting, shares: Sequence[float],
+               seed: int, interval: int) -> List[dict]:
+    """Step 1: one static run per replay share (cached under ``out/runs``)."""
+    tokens = [d["tokens"] for d in corpus["domains"]]
+    replay = cp.DOMAINS.index(cp.REPLAY_DOMAIN)
+    init = cp.initial_loss_file(out, cp._result(out, "cpt", seed))
+    return [cp.cpt_run(out, python, corpus, s, ratio_key(g), seed, "static",
+                       replay_share_blend(tokens, [replay], g).tolist(), interval,
+                       ["--velocitune-initial-loss-file", init])
+            for g in shares]
+
+
+def run_tool(out: str, python: str, name: str, args: Sequence[str]) -> str:
+    """``tools/fit_dcpt_law.py`` with ``args``; its output is kept in ``out/<name>.txt``."""
+    log = os.path.join(out, f"{name}.txt")
+    cp._run([python, "tools/fit_dcpt_law.py", *args], log)
+    with open(log, encoding="utf-8") as f:
+        return f.read()
+
+
+def leave_each_out(runs: List[dict], min_tokens: float) -> Dict[str, List[float]]:
+    """Each ratio run left out in turn: |law(D_final) - last evaluation| per domain."""
+    paths = [r["trajectory"] for r in runs]
+    trajs = [cp._read_traj(p) for p in paths]
+    ratios, points = gather(paths, trajs, cp.DOMAINS, min_tokens)
+    errors: Dict[str, List[float]] = {n: [] for n in cp.DOMAINS}
+    for held in range(len(runs)):
+        rest = [i for i in range(len(runs)) if i != held]
+        for j, n in enumerate(cp.DOMAINS):
+            law = fit_domain(n, ratios, points, rest, eps=0.01)
+            d, y = points[held][n]
+            last = int(np.argmax(d))
+            errors[n].append(float(law.predict(d[last], ratios[held, j]) - y[last]))
+    return errors
+
+
+def predict_blend(runs: List[dict], blend: Sequence[float], at_tokens: float,
+                  min_tokens: float) -> Dict[str, float]:
+    """Every domain's loss at ``at_tokens`` for ``blend``, the law fitted on all ratio runs."""
+    paths = [r["trajectory"] for r in runs]
+    ratios, points = gather(paths, [cp._read_traj(p) for p in paths], cp.DOMAINS, min_tokens)
+    return {n: float(fit_domain(n, ratios, points, range(len(runs)), eps=0.01).predict(
+        at_tokens, blend[j])) for j, n in enumerate(cp.DOMAINS)}
+
+
+def last_eval(result: dict) -> Dict[str, float]:
+    """A run's last held-out-subset evaluation per domain (the footing the laws are fitted on)."""
+    t = cp._read_traj(result["trajectory"])
+    rec = [u for u in t.updates if u.get("eval_loss") is not None][-1]
+    return {n: float(rec["eval_loss"][t.domains.index(n)]) for n in cp.DOMAINS}
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def report(out: str, s: cp.Setting, shares: Sequence[float], held_share: float,
+           runs: List[dict], fit_text: str, target_text: str, loo: Dict[str, List[float]],
+           cpt_pred: Dict[str, float], chin: dict, dcpt: dict,
+           vt: Dict[str, List[dict]], cpt_blend: Sequence[float]) -> str:
+    """The Markdown report (printed and written to ``out/dcpt_law.md``)."""
+    budget = s.cpt_iters * s.global_batch * s.seq_length
+    lines = [f"## D-CPT Law on real runs: {len(shares)} replay shares, budget {s.cpt_iters} "
+             f"iterations = {budget:,} tokens, seed {runs[0]['seed']}", ""]
+    lines += ["Ratio runs (static, new domains split the rest in token proportion), final "
+              "held-out loss on the full held-out sets:", "",
+              _row(["replay share g", *cp.DOMAINS, "wall (s)"]),
+              _row(["---"] * (len(cp.DOMAINS) + 2))]
+    for g, r in zip(shares, runs):
+        lines.append(_row([f"{g:.2f}", *(f"{x:.4f}" for x in r["final_loss"]),
+                           f"{r['wall_s']:.0f}"]))
+    lines += ["", f"`velocitune-fit-dcpt`, every evaluation of every run, g = {held_share:.2f} "
+              "left out of the validation fit:", "", "```", fit_text.strip(), "```", ""]
+    lines += ["Each share left out in turn: predicted minus observed loss at the budget (last "
+              "evaluation, the footing of the fit), nats:", "",
+              _row(["left out g", *cp.DOMAINS]), _row(["---"] * (len(cp.DOMAINS) + 1))]
+    for i, g in enumerate(shares):
+        lines.append(_row([f"{g:.2f}", *(f"{loo[n][i]:+.4f}" for n in cp.DOMAINS)]))
+    mae = {n: float(np.mean(np.abs(loo[n]))) for n in cp.DOMAINS}
+    lines.append(_row(["mean abs", *(f"{mae[n]:.4f}" for n in cp.DOMAINS)]))
+    cpt_obs = [last_eval(r) for r in chin["cpt"]]
+    lines += ["", f"CPT blend (g = {cpt_blend[0]:.2f}, not among the ratio runs) predicted by "
+              "the law on all ratio runs vs the CPT runs' last evaluation (mean over "
+              f"{len(cpt_obs)} seeds): "
+              + ", ".join(f"{n} {cpt_pred[n]:.4f} vs {np.mean([o[n] for o in cpt_obs]):.4f}"
+                          for n in cp.DOMAINS), ""]
+    lines += ["### Targets: D-CPT Law vs Chinchilla fit, and Velocitune run with each", "",
+              "D-CPT targets: `velocitune-fit-dcpt` on the ratio runs' evaluations up to "
+              f"{s.fit_fraction:g} of the budget, predicted at the budget for the CPT blend "
+              "(`--blend`, `--rising-domains hold-initial`). Chinchilla targets: "
+              "`velocitune-fit-targets` on the CPT runs' evaluations up to the same fraction "
+              "(compare_policies.py). Observed: the CPT runs' last evaluation (mean over seeds). "
+              "Velocitune final: full held-out sets, mean ± std over seeds.", "",
+              "```", target_text.strip(), "```", ""]
+    head = ["domain", "initial", "Chinchilla target", "D-CPT target", "CPT observed",
+            "VT (Chinchilla) final", "VT (D-CPT) final"]
+    lines += [_row(head), _row(["---"] * len(head))]
+    init = cp._read_traj(vt["chinchilla"][0]["trajectory"]).header["initial_loss"]
+    for j, n in enumerate(cp.DOMAINS):
+        a = mean_std([r["final_loss"][j] for r in vt["chinchilla"]])
+        b = mean_std([r["final_loss"][j] for r in vt["dcpt"]])
+        lines.append(_row([n, f"{init[j]:.4f}", f"{chin['targets'][n]:.4f}",
+                           f"{dcpt[n]:.4f}", f"{np.mean([o[n] for o in cpt_obs]):.4f}",
+                           f"{a.mean:.4f} ± {a.std:.4f}", f"{b.mean:.4f} ± {b.std:.4f}"]))
+    for key, label in (("chinchilla", "Chinchilla"), ("dcpt", "D-CPT")):
+        rs = vt[key]
+        new = mean_std([float(np.mean(r["final_loss"][1:])) for r in rs])
+        avg = cp.time_averaged(rs)
+        lines.append("")
+        lines.append(f"- Velocitune with {label} targets ({len(rs)} seeds): mean new-domain "
+                     f"loss {new.mean:.4f} ± {new.std:.4f}; time-averaged blend "
+                     + ", ".join(f"{n} {w:.3f}" for n, w in zip(cp.DOMAINS, avg)))
+    text = "\n".join(lines)
+    with open(os.path.join(out, "dcpt_law.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="dcpt_law_runs.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True,
+                   help="compare_policies.py output folder (its missing runs are run first).")
+    p.add_argument("--quick", action="store_true", help="compare_policies.py's --quick setting.")
+    p.add_argument("--replay-shares", type=float, nargs="+", default=list(REPLAY_SHARES),
+                   help="Replay shares of the ratio runs (default: %(default)s).")
+    p.add_argument("--held-out-share", type=float, default=0.5,
+                   help="Share left out of the validation fit (default: %(default)s).")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="Velocitune seeds (default: compare_policies' seeds); the ratio runs "
+                        "use the first.")
+    p.add_argument("--eval-interval", type=int, default=None,
+                   help="Evaluation interval of the ratio runs (default: the dynamic "
+                        "policies' update interval).")
+    p.add_argument("--python", default=os.path.join(cp.REPO, ".venv", "bin", "python"),
+                   help="Interpreter with this package and megatron-core (default .venv).")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run (or resume) the ratio runs, the fits and the Velocitune runs; print the report."""
+    args = build_parser().parse_args(argv)
+    s = cp.QUICK if args.quick else cp.Setting()
+    if args.seeds:
+        s = replace(s, seeds=tuple(args.seeds))
+    shares = sorted(set(args.replay_shares))
+    if len(shares) < 4 or not all(0.0 < g < 1.0 for g in shares):
+        raise SystemExit(f"--replay-shares {shares}: need 4 or more distinct shares in (0, 1)")
+    if args.held_out_share not in shares:
+        raise SystemExit(f"--held-out-share {args.held_out_share} is not one of {shares}")
+    out, py, t0 = os.path.abspath(args.out), args.python, time.time()
+    check_setting(out, s)
+    ensure_policy_runs(out, py, s, args.quick)
+    corpus = cp.prepare_corpus(out, py)
+    interval = args.eval_interval or s.update_interval
+    runs = ratio_runs(out, py, corpus, s, shares, s.seeds[0], interval)
+
+    min_tokens = s.warmup * s.global_batch * s.seq_length
+    budget = s.cpt_iters * s.global_batch * s.seq_length
+    trajs = [r["trajectory"] for r in runs]
+    common = ["--replay", cp.REPLAY_DOMAIN, "--budget-tokens", str(budget),
+              "--min-tokens", str(min_tokens)]
+    fit_text = run_tool(out, py, "dcpt_fit", [
+        *trajs, *common, "--held-out-run", str(shares.index(args.held_out_share)),
+        "--plot", os.path.join(out, "dcpt_fit.png")])
+    loo = leave_each_out(runs, min_tokens)
+    tokens = [d["tokens"] for d in corpus["domains"]]
+    cpt_blend = (np.asarray(tokens, np.float64) / sum(tokens)).tolist()
+    cpt_pred = predict_blend(runs, cpt_blend, budget, min_tokens)
+
+    targets = os.path.join(out, "dcpt_targets.json")
+    target_text = run_tool(out, py, "dcpt_targets", [
+        *trajs, *common, "--fit-fraction", str(s.fit_fraction), "--rising-domains",
+        "hold-initial", "--blend", *(f"{n}={w}" for n, w in zip(cp.DOMAINS, cpt_blend)),
+        "-o", targets])
+    with open(targets, encoding="utf-8") as f:
+        dcpt = json.load(f)["losses"]
+    with open(os.path.join(out, "targets.json"), encoding="utf-8") as f:
+        chin_targets = json.load(f)["losses"]
+
+    vt_dcpt = []
+    for seed in s.seeds:
+        extra = ["--velocitune-initial-loss-file",
+                 cp.initial_loss_file(out, cp._result(out, "cpt", seed)),
+                 "--velocitune-target-loss-file", targets]
+        vt_dcpt.append(cp.cpt_run(out, py, corpus, s, "velocitune_dcpt", seed, "velocity",
+                                  cpt_blend, s.update_interval, extra))
+    chin = {"targets": chin_targets, "cpt": [cp._result(out, "cpt", x) for x in s.seeds]}
+    vt = {"chinchilla": [cp._result(out, "velocitune", x) for x in s.seeds], "dcpt": vt_dcpt}
+    print(report(out, s, shares, args.held_out_share, runs, fit_text, target_text, loo,
+                 cpt_pred, chin, dcpt, vt, cpt_blend))
+    print(f"\nwrote {os.path.join(out, 'dcpt_law.md')} and {os.path.join(out, 'dcpt_fit.png')}; "
+          f"this call took {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

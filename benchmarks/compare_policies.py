@@ -550,21 +550,27 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
     return s
 
 
+def check_setting(out: str, s: Setting) -> None:
+    """Stop when ``out`` holds runs of another setting than ``s`` (the seeds may differ)."""
+    path = os.path.join(out, "setting.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    mine = json.loads(json.dumps(asdict(s)))
+    diff = {k: (old.get(k), v) for k, v in mine.items() if k != "seeds" and old.get(k) != v}
+    if diff:
+        raise SystemExit(f"{out} holds runs of another setting {diff}: use another --out")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run (or resume) the whole comparison and print the tables."""
     args = build_parser().parse_args(argv)
     s = setting_from_args(args)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    setting_file = os.path.join(out, "setting.json")
-    if os.path.exists(setting_file):
-        with open(setting_file, encoding="utf-8") as f:
-            old = json.load(f)
-        mine = json.loads(json.dumps(asdict(s)))
-        diff = {k: (old.get(k), v) for k, v in mine.items() if k != "seeds" and old.get(k) != v}
-        if diff:
-            raise SystemExit(f"{out} holds runs of another setting {diff}: use another --out")
-    with open(setting_file, "w", encoding="utf-8") as f:
+    check_setting(out, s)
+    with open(os.path.join(out, "setting.json"), "w", encoding="utf-8") as f:
         json.dump(asdict(s), f, indent=1)
     t0 = time.time()
     py = args.python

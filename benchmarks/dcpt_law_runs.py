@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -47,19 +47,6 @@ REPLAY_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 def ratio_key(share: float) -> str:
     """Run folder name of the ratio run at replay share ``share``."""
     return f"dcpt_g{share:.2f}"
-
-
-def check_setting(out: str, s: cp.Setting) -> None:
-    """Stop when ``out`` holds compare_policies runs of another setting (seeds aside)."""
-    path = os.path.join(out, "setting.json")
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-    mine = json.loads(json.dumps(asdict(s)))
-    diff = {k: (old.get(k), v) for k, v in mine.items() if k != "seeds" and old.get(k) != v}
-    if diff:
-        raise SystemExit(f"{out} holds runs of another setting {diff} (--quick?)")
 
 
 def ensure_policy_runs(out: str, python: str, s: cp.Setting, quick: bool) -> None:
@@ -225,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.held_out_share not in shares:
         raise SystemExit(f"--held-out-share {args.held_out_share} is not one of {shares}")
     out, py, t0 = os.path.abspath(args.out), args.python, time.time()
-    check_setting(out, s)
+    cp.check_setting(out, s)
     ensure_policy_runs(out, py, s, args.quick)
     corpus = cp.prepare_corpus(out, py)
     interval = args.eval_interval or s.update_interval

@@ -445,7 +445,7 @@ def report(out: str, s: Setting, corpus: dict, base: dict, results: Dict[str, Li
         f"Dynamic policies update every {s.update_interval} iterations (floor "
         f"{s.min_weight}); CPT evaluates every {s.cpt_eval_interval} for the target fit; the "
         "two static ablations evaluate only at the end. Wall time is the whole 2-rank run "
-        "(start-up, data, training, evaluations) on a shared machine; loop CPU is the training "
+        "(start-up, data, training, evaluations); loop CPU is the training "
         "loop's CPU time per iteration on the last rank (periodic evaluations included), and "
         "the overhead compares it with the static runs that evaluate only at the end.",
         "",

@@ -112,6 +112,12 @@ def last_eval(result: dict) -> Dict[str, float]:
     return {n: float(rec["eval_loss"][t.domains.index(n)]) for n in cp.DOMAINS}
 
 
+def _pm(values: Sequence[float]) -> str:
+    """``mean ± std`` (the mean alone for one value)."""
+    st = mean_std(values)
+    return f"{st.mean:.4f}" if st.n < 2 else f"{st.mean:.4f} ± {st.std:.4f}"
+
+
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -143,7 +149,7 @@ def report(out: str, s: cp.Setting, shares: Sequence[float], held_share: float,
     cpt_obs = [last_eval(r) for r in chin["cpt"]]
     lines += ["", f"CPT blend (g = {cpt_blend[0]:.2f}, not among the ratio runs) predicted by "
               "the law on all ratio runs vs the CPT runs' last evaluation (mean over "
-              f"{len(cpt_obs)} seeds): "
+              f"{len(cpt_obs)} seed(s)): "
               + ", ".join(f"{n} {cpt_pred[n]:.4f} vs {np.mean([o[n] for o in cpt_obs]):.4f}"
                           for n in cp.DOMAINS), ""]
     lines += ["### Targets: D-CPT Law vs Chinchilla fit, and Velocitune run with each", "",
@@ -159,18 +165,17 @@ def report(out: str, s: cp.Setting, shares: Sequence[float], held_share: float,
     lines += [_row(head), _row(["---"] * len(head))]
     init = cp._read_traj(vt["chinchilla"][0]["trajectory"]).header["initial_loss"]
     for j, n in enumerate(cp.DOMAINS):
-        a = mean_std([r["final_loss"][j] for r in vt["chinchilla"]])
-        b = mean_std([r["final_loss"][j] for r in vt["dcpt"]])
         lines.append(_row([n, f"{init[j]:.4f}", f"{chin['targets'][n]:.4f}",
                            f"{dcpt[n]:.4f}", f"{np.mean([o[n] for o in cpt_obs]):.4f}",
-                           f"{a.mean:.4f} ± {a.std:.4f}", f"{b.mean:.4f} ± {b.std:.4f}"]))
+                           _pm([r["final_loss"][j] for r in vt["chinchilla"]]),
+                           _pm([r["final_loss"][j] for r in vt["dcpt"]])]))
     for key, label in (("chinchilla", "Chinchilla"), ("dcpt", "D-CPT")):
         rs = vt[key]
-        new = mean_std([float(np.mean(r["final_loss"][1:])) for r in rs])
         avg = cp.time_averaged(rs)
         lines.append("")
-        lines.append(f"- Velocitune with {label} targets ({len(rs)} seeds): mean new-domain "
-                     f"loss {new.mean:.4f} ± {new.std:.4f}; time-averaged blend "
+        lines.append(f"- Velocitune with {label} targets ({len(rs)} seed(s)): mean new-domain "
+                     f"loss {_pm([float(np.mean(r['final_loss'][1:])) for r in rs])}; "
+                     "time-averaged blend "
                      + ", ".join(f"{n} {w:.3f}" for n, w in zip(cp.DOMAINS, avg)))
     text = "\n".join(lines)
     with open(os.path.join(out, "dcpt_law.md"), "w", encoding="utf-8") as f:
@@ -232,9 +237,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cpt_pred = predict_blend(runs, cpt_blend, budget, min_tokens)
 
     targets = os.path.join(out, "dcpt_targets.json")
+    blend_args = [x for n, w in zip(cp.DOMAINS, cpt_blend) for x in ("--blend", f"{n}={w}")]
     target_text = run_tool(out, py, "dcpt_targets", [
-        *trajs, *common, "--fit-fraction", str(s.fit_fraction), "--rising-domains",
-        "hold-initial", "--blend", *(f"{n}={w}" for n, w in zip(cp.DOMAINS, cpt_blend)),
+        *trajs, *common, "--held-out-run", str(shares.index(args.held_out_share)),
+        "--fit-fraction", str(s.fit_fraction), "--rising-domains", "hold-initial", *blend_args,
         "-o", targets])
     with open(targets, encoding="utf-8") as f:
         dcpt = json.load(f)["losses"]

@@ -82,6 +82,8 @@ def test_stop_and_resume_equals_uninterrupted_run(corpus, tmp_path):
     # The trajectory of the resumed run holds each update once.
     traj = read_trajectory(os.path.join(parts, "tb", "velocitune_trajectory.jsonl"))
     assert [u["iteration"] for u in traj.updates] == [2, 4, 6, 8]
+    # A dynamic held-out run logs the training-stream estimate beside its own.
+    assert all(len(u["train_loss"]) == 3 for u in traj.updates)
     np.testing.assert_array_equal(traj.updates[-1]["weights"], a.weights)
 
 
@@ -114,7 +116,9 @@ def measure_worker(rank, world_size, argv, output):
 
 @pytest.mark.slow
 def test_measure_initial_loss_writes_what_a_run_measures(corpus, tmp_path):
-    argv = base_argv(corpus, str(tmp_path / "run"), train_iters=3)
+    # A static run: its steps are megatron-core's static path (no training-stream sums).
+    argv = base_argv(corpus, str(tmp_path / "run"), train_iters=3,
+                     extra=("--velocitune-policy", "static"))
     drop = {"--train-iters", "--lr", "--global-batch-size", "--velocitune-target-loss"}
     tool_argv, skip = [], 0
     for a in argv:  # the tool needs no training flags: leave them out
@@ -129,3 +133,6 @@ def test_measure_initial_loss_writes_what_a_run_measures(corpus, tmp_path):
     run = run_distributed(train_worker, 2, (argv,), timeout=300)[0]["summary"]
     assert list(measured["losses"]) == ["code", "docs", "legal"]
     assert list(measured["losses"].values()) == run.initial_loss
+    traj = read_trajectory(os.path.join(tmp_path, "run", "tb", "velocitune_trajectory.jsonl"))
+    assert [u["iteration"] for u in traj.updates] == [2]
+    assert traj.updates[0]["eval_loss"] and "train_loss" not in traj.updates[0]

@@ -14,7 +14,10 @@ It shares the corpus, base model, budget and Velocitune runs of ``compare_polici
      the Chinchilla fit of ``compare_policies.py`` sees on its CPT runs), predicted at the
      budget for Velocitune's starting blend (the CPT blend); ``hold-initial`` for a domain
      predicted to rise, as for the Chinchilla targets;
-  4. **Velocitune with the D-CPT targets** on the seeds of the Chinchilla-target Velocitune
+  4. **the recommended blend**: the blend the law chooses (``choose_blend``, as the tool does:
+     the new domains' loss minimised with the replay loss within 1% of its initial value), run
+     and compared with its prediction;
+  5. **Velocitune with the D-CPT targets** on the seeds of the Chinchilla-target Velocitune
      runs, everything else identical; one table compares targets, final losses and weights.
 
 Usage::
@@ -30,7 +33,7 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,6 +43,7 @@ import compare_policies as cp  # noqa: E402
 from policy_stats import mean_std, replay_share_blend  # noqa: E402
 
 from megatron_velocitune.cli.fit_dcpt_law import fit_domain, gather  # noqa: E402
+from megatron_velocitune.dcpt_law import DcptFit, choose_blend  # noqa: E402
 
 REPLAY_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -96,13 +100,17 @@ def leave_each_out(runs: List[dict], min_tokens: float) -> Dict[str, List[float]
     return errors
 
 
-def predict_blend(runs: List[dict], blend: Sequence[float], at_tokens: float,
-                  min_tokens: float) -> Dict[str, float]:
-    """Every domain's loss at ``at_tokens`` for ``blend``, the law fitted on all ratio runs."""
+def fit_laws(runs: List[dict], min_tokens: float) -> Tuple[Dict[str, DcptFit], np.ndarray]:
+    """Each domain's law fitted on every evaluation of every ratio run, and the runs' blends."""
     paths = [r["trajectory"] for r in runs]
     ratios, points = gather(paths, [cp._read_traj(p) for p in paths], cp.DOMAINS, min_tokens)
-    return {n: float(fit_domain(n, ratios, points, range(len(runs)), eps=0.01).predict(
-        at_tokens, blend[j])) for j, n in enumerate(cp.DOMAINS)}
+    return {n: fit_domain(n, ratios, points, range(len(runs)), eps=0.01)
+            for n in cp.DOMAINS}, ratios
+
+
+def predict(laws: Dict[str, DcptFit], blend: Sequence[float], tokens: float) -> Dict[str, float]:
+    """Every domain's predicted loss after ``tokens`` of ``blend``."""
+    return {n: float(laws[n].predict(tokens, blend[j])) for j, n in enumerate(cp.DOMAINS)}
 
 
 def last_eval(result: dict) -> Dict[str, float]:
@@ -124,7 +132,7 @@ def _row(cells: Sequence[str]) -> str:
 
 def report(out: str, s: cp.Setting, shares: Sequence[float], held_share: float,
            runs: List[dict], fit_text: str, target_text: str, loo: Dict[str, List[float]],
-           cpt_pred: Dict[str, float], chin: dict, dcpt: dict,
+           cpt_pred: Dict[str, float], recommended: dict, chin: dict, dcpt: dict,
            vt: Dict[str, List[dict]], cpt_blend: Sequence[float]) -> str:
     """The Markdown report (printed and written to ``out/dcpt_law.md``)."""
     budget = s.cpt_iters * s.global_batch * s.seq_length
@@ -152,6 +160,15 @@ def report(out: str, s: cp.Setting, shares: Sequence[float], held_share: float,
               f"{len(cpt_obs)} seed(s)): "
               + ", ".join(f"{n} {cpt_pred[n]:.4f} vs {np.mean([o[n] for o in cpt_obs]):.4f}"
                           for n in cp.DOMAINS), ""]
+    rec, obs = recommended, last_eval(recommended["run"])
+    lines += ["The blend the law recommends (new domains' mean relative loss minimised, "
+              f"`{cp.REPLAY_DOMAIN}` at most {rec['limit']:.4f} = its initial loss + 1%): "
+              + ", ".join(f"{n} {w:.4f}" for n, w in zip(cp.DOMAINS, rec["weights"]))
+              + f"; run at the budget (seed {rec['run']['seed']}), predicted vs observed last "
+              "evaluation (full held-out set): "
+              + ", ".join(f"{n} {rec['predicted'][n]:.4f} vs {obs[n]:.4f} "
+                          f"({rec['run']['final_loss'][j]:.4f})"
+                          for j, n in enumerate(cp.DOMAINS)), ""]
     lines += ["### Targets: D-CPT Law vs Chinchilla fit, and Velocitune run with each", "",
               "D-CPT targets: `velocitune-fit-dcpt` on the ratio runs' evaluations up to "
               f"{s.fit_fraction:g} of the budget, predicted at the budget for the CPT blend "
@@ -234,7 +251,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     loo = leave_each_out(runs, min_tokens)
     tokens = [d["tokens"] for d in corpus["domains"]]
     cpt_blend = (np.asarray(tokens, np.float64) / sum(tokens)).tolist()
-    cpt_pred = predict_blend(runs, cpt_blend, budget, min_tokens)
+    laws, ratios = fit_laws(runs, min_tokens)
+    cpt_pred = predict(laws, cpt_blend, budget)
+    # The blend the law recommends (as velocitune-fit-dcpt chooses it), run and checked.
+    init = cp._read_traj(runs[0]["trajectory"]).header["initial_loss"]
+    replay = cp.DOMAINS.index(cp.REPLAY_DOMAIN)
+    choice = choose_blend(laws, budget, replay=[cp.REPLAY_DOMAIN],
+                          initial={cp.REPLAY_DOMAIN: init[replay]}, start=ratios[0])
+    chosen = cp.cpt_run(out, py, corpus, s, "dcpt_chosen", s.seeds[0], "static",
+                        choice.weights.tolist(), interval,
+                        ["--velocitune-initial-loss-file",
+                         cp.initial_loss_file(out, cp._result(out, "cpt", s.seeds[0]))])
+    recommended = {"weights": choice.weights.tolist(), "limit": choice.limits[cp.REPLAY_DOMAIN],
+                   "predicted": predict(laws, choice.weights, budget), "run": chosen}
 
     targets = os.path.join(out, "dcpt_targets.json")
     blend_args = [x for n, w in zip(cp.DOMAINS, cpt_blend) for x in ("--blend", f"{n}={w}")]
@@ -257,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     chin = {"targets": chin_targets, "cpt": [cp._result(out, "cpt", x) for x in s.seeds]}
     vt = {"chinchilla": [cp._result(out, "velocitune", x) for x in s.seeds], "dcpt": vt_dcpt}
     print(report(out, s, shares, args.held_out_share, runs, fit_text, target_text, loo,
-                 cpt_pred, chin, dcpt, vt, cpt_blend))
+                 cpt_pred, recommended, chin, dcpt, vt, cpt_blend))
     print(f"\nwrote {os.path.join(out, 'dcpt_law.md')} and {os.path.join(out, 'dcpt_fit.png')}; "
           f"this call took {time.time() - t0:.0f} s")
     return 0

@@ -13,16 +13,18 @@
 #
 # Usage: examples/smollm2/run.sh [OUT_DIR]   (default outputs/smollm2; finished steps are kept)
 # Tiny on purpose (seq 256, 4 sequences per iteration, ITERS=24): a 135M model on 2 CPU cores.
+# On one GPU (not run yet): NPROC=1 SEQ=2048 GBS=32 MBS=4 ITERS=600 INTERVAL=50 examples/smollm2/run.sh OUT
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-outputs/smollm2}
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore HF_HUB_OFFLINE=1
-RUN="$PY -m torch.distributed.run --nproc-per-node 2 --master-port ${MASTER_PORT:-29565}"
+RUN="$PY -m torch.distributed.run --nproc-per-node ${NPROC:-2} --master-port ${MASTER_PORT:-29565}"
 ITERS=${ITERS:-24}
 INTERVAL=${INTERVAL:-4}
-SEQ=256
-GBS=4
+SEQ=${SEQ:-256}
+GBS=${GBS:-4}
+MBS=${MBS:-1}
 
 step() { printf '\n=== %s ===\n' "$*"; }
 done_at() { [ -f "$1/latest_checkpointed_iteration.txt" ] && [ "$(cat "$1/latest_checkpointed_iteration.txt")" = "$2" ]; }
@@ -46,7 +48,7 @@ fi
 BLEND=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['data_path'])" "$OUT/corpus/corpus.json")
 
 CPT=("${FLAGS[@]}" --load "$OUT/base" --finetune --data-path $BLEND --split 90,10,0
-     --seq-length $SEQ --micro-batch-size 1 --global-batch-size $GBS --train-iters $ITERS
+     --seq-length $SEQ --micro-batch-size $MBS --global-batch-size $GBS --train-iters $ITERS
      --lr 2e-4 --lr-decay-style constant --lr-warmup-iters 2 --weight-decay 0.0
      --eval-interval 0 --log-interval 4 --num-workers 1 --seed 1234 --velocitune-eval-iters 2)
 

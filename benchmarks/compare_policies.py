@@ -104,6 +104,16 @@ class Setting:
     seeds: tuple = (1, 2, 3)
     base_seed: int = 1234
 
+    @property
+    def budget_tokens(self) -> int:
+        """Tokens of the continual pre-training budget."""
+        return self.cpt_iters * self.global_batch * self.seq_length
+
+    @property
+    def warmup_tokens(self) -> int:
+        """Tokens of the LR warmup (evaluations before it are left out of the fits)."""
+        return self.warmup * self.global_batch * self.seq_length
+
 
 QUICK = Setting(base_iters=150, cpt_iters=60, warmup=5, cpt_eval_interval=2, update_interval=6,
                 seeds=(1,))
@@ -148,6 +158,12 @@ def _model_args(corpus: str, s: Setting) -> List[str]:
             "--attention-dropout", "0", "--tokenizer-model", os.path.join(corpus, "tokenizer.json"),
             "--split", "90,10,0", "--num-workers", "1", "--log-interval", "25",
             "--eval-interval", "0"]
+
+
+def token_blend(corpus: dict) -> List[float]:
+    """The token-proportional blend of the corpus's domains (CPT's static blend)."""
+    tokens = np.asarray([d["tokens"] for d in corpus["domains"]], np.float64)
+    return (tokens / tokens.sum()).tolist()
 
 
 def data_path(prefixes: Sequence[str], weights: Sequence[float]) -> List[str]:
@@ -342,8 +358,7 @@ def fit_targets(out: str, python: str, cpt: List[dict], s: Setting) -> Dict[str,
     """Stage 3: targets from the pooled CPT trajectories; each seed's held-out fit error."""
     from megatron_velocitune.scaling_law import held_out_error, loss_points
 
-    budget = s.cpt_iters * s.global_batch * s.seq_length
-    min_tokens = s.warmup * s.global_batch * s.seq_length  # skip the LR warmup
+    budget, min_tokens = s.budget_tokens, s.warmup_tokens
     targets = os.path.join(out, "targets.json")
     cpt = sorted(cpt, key=lambda r: r["seed"])
     trajs = [r["trajectory"] for r in cpt]
@@ -431,7 +446,7 @@ def report(out: str, s: Setting, corpus: dict, base: dict, results: Dict[str, Li
     table = render_table(rows, DOMAINS, overhead_base=static_plain if static_plain.n else None,
                          overhead_label="static (no periodic eval)" if static_plain.n else "CPT")
     mae = render_mae_table(DOMAINS, fit["per_seed"], fit["pooled"])
-    budget = s.cpt_iters * s.global_batch * s.seq_length
+    budget = s.budget_tokens
     tokens = {d["name"]: d["tokens"] for d in corpus["domains"]}
     lines = [
         f"## Policy comparison: {len(s.seeds)} seed(s) {list(s.seeds)}, budget {s.cpt_iters} "
@@ -581,7 +596,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.stop_after == "base":
         return 0
     tokens = [d["tokens"] for d in corpus["domains"]]
-    cpt_blend = (np.asarray(tokens, np.float64) / sum(tokens)).tolist()
+    cpt_blend = token_blend(corpus)
     results: Dict[str, List[dict]] = {k: [] for k, _, _ in METHODS}
     blends: Dict[str, List[float]] = {"cpt": cpt_blend}
     if args.report_only:

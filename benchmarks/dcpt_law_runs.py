@@ -43,7 +43,7 @@ import compare_policies as cp  # noqa: E402
 from policy_stats import mean_std, replay_share_blend  # noqa: E402
 
 from megatron_velocitune.cli.fit_dcpt_law import fit_domain, gather  # noqa: E402
-from megatron_velocitune.dcpt_law import DcptFit, choose_blend  # noqa: E402
+from megatron_velocitune.dcpt_law import DEFAULT_EPS, DcptFit, choose_blend  # noqa: E402
 
 REPLAY_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -65,11 +65,10 @@ def ensure_policy_runs(out: str, python: str, s: cp.Setting, quick: bool) -> Non
 
 
 def ratio_runs(out: str, python: str, corpus: dict, s: cp.Setting, shares: Sequence[float],
-               seed: int, interval: int) -> List[dict]:
+               seed: int, interval: int, init: str) -> List[dict]:
     """Step 1: one static run per replay share (cached under ``out/runs``)."""
     tokens = [d["tokens"] for d in corpus["domains"]]
     replay = cp.DOMAINS.index(cp.REPLAY_DOMAIN)
-    init = cp.initial_loss_file(out, cp._result(out, "cpt", seed))
     return [cp.cpt_run(out, python, corpus, s, ratio_key(g), seed, "static",
                        replay_share_blend(tokens, [replay], g).tolist(), interval,
                        ["--velocitune-initial-loss-file", init])
@@ -84,28 +83,29 @@ def run_tool(out: str, python: str, name: str, args: Sequence[str]) -> str:
         return f.read()
 
 
-def leave_each_out(runs: List[dict], min_tokens: float) -> Dict[str, List[float]]:
-    """Each ratio run left out in turn: |law(D_final) - last evaluation| per domain."""
+def ratio_points(runs: List[dict], min_tokens: float) -> Tuple[np.ndarray, list]:
+    """The ratio runs' blends (runs x domains) and per-domain (tokens, losses) from ``min_tokens``."""
     paths = [r["trajectory"] for r in runs]
-    trajs = [cp._read_traj(p) for p in paths]
-    ratios, points = gather(paths, trajs, cp.DOMAINS, min_tokens)
+    return gather(paths, [cp._read_traj(p) for p in paths], cp.DOMAINS, min_tokens)
+
+
+def leave_each_out(ratios: np.ndarray, points: list) -> Dict[str, List[float]]:
+    """Each ratio run left out in turn: law(D_final) - last evaluation, per domain (signed)."""
     errors: Dict[str, List[float]] = {n: [] for n in cp.DOMAINS}
-    for held in range(len(runs)):
-        rest = [i for i in range(len(runs)) if i != held]
+    for held in range(len(points)):
+        rest = [i for i in range(len(points)) if i != held]
         for j, n in enumerate(cp.DOMAINS):
-            law = fit_domain(n, ratios, points, rest, eps=0.01)
+            law = fit_domain(n, ratios, points, rest, eps=DEFAULT_EPS)
             d, y = points[held][n]
             last = int(np.argmax(d))
             errors[n].append(float(law.predict(d[last], ratios[held, j]) - y[last]))
     return errors
 
 
-def fit_laws(runs: List[dict], min_tokens: float) -> Tuple[Dict[str, DcptFit], np.ndarray]:
-    """Each domain's law fitted on every evaluation of every ratio run, and the runs' blends."""
-    paths = [r["trajectory"] for r in runs]
-    ratios, points = gather(paths, [cp._read_traj(p) for p in paths], cp.DOMAINS, min_tokens)
-    return {n: fit_domain(n, ratios, points, range(len(runs)), eps=0.01)
-            for n in cp.DOMAINS}, ratios
+def fit_laws(ratios: np.ndarray, points: list) -> Dict[str, DcptFit]:
+    """Each domain's law fitted on every evaluation of every ratio run."""
+    return {n: fit_domain(n, ratios, points, range(len(points)), eps=DEFAULT_EPS)
+            for n in cp.DOMAINS}
 
 
 def predict(laws: Dict[str, DcptFit], blend: Sequence[float], tokens: float) -> Dict[str, float]:
@@ -135,7 +135,7 @@ def report(out: str, s: cp.Setting, shares: Sequence[float], held_share: float,
            cpt_pred: Dict[str, float], recommended: dict, chin: dict, dcpt: dict,
            vt: Dict[str, List[dict]], cpt_blend: Sequence[float]) -> str:
     """The Markdown report (printed and written to ``out/dcpt_law.md``)."""
-    budget = s.cpt_iters * s.global_batch * s.seq_length
+    budget = s.budget_tokens
     lines = [f"## D-CPT Law on real runs: {len(shares)} replay shares, budget {s.cpt_iters} "
              f"iterations = {budget:,} tokens, seed {runs[0]['seed']}", ""]
     lines += ["Ratio runs (static, new domains split the rest in token proportion), final "
@@ -238,20 +238,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ensure_policy_runs(out, py, s, args.quick)
     corpus = cp.prepare_corpus(out, py)
     interval = args.eval_interval or s.update_interval
-    runs = ratio_runs(out, py, corpus, s, shares, s.seeds[0], interval)
+    # The base model's initial loss per seed, as the CPT run of that seed measured it.
+    init_files = {x: cp.initial_loss_file(out, cp._result(out, "cpt", x)) for x in s.seeds}
+    runs = ratio_runs(out, py, corpus, s, shares, s.seeds[0], interval, init_files[s.seeds[0]])
 
-    min_tokens = s.warmup * s.global_batch * s.seq_length
-    budget = s.cpt_iters * s.global_batch * s.seq_length
+    min_tokens, budget = s.warmup_tokens, s.budget_tokens
     trajs = [r["trajectory"] for r in runs]
     common = ["--replay", cp.REPLAY_DOMAIN, "--budget-tokens", str(budget),
-              "--min-tokens", str(min_tokens)]
+              "--min-tokens", str(min_tokens),
+              "--held-out-run", str(shares.index(args.held_out_share))]
     fit_text = run_tool(out, py, "dcpt_fit", [
-        *trajs, *common, "--held-out-run", str(shares.index(args.held_out_share)),
-        "--plot", os.path.join(out, "dcpt_fit.png")])
-    loo = leave_each_out(runs, min_tokens)
-    tokens = [d["tokens"] for d in corpus["domains"]]
-    cpt_blend = (np.asarray(tokens, np.float64) / sum(tokens)).tolist()
-    laws, ratios = fit_laws(runs, min_tokens)
+        *trajs, *common, "--plot", os.path.join(out, "dcpt_fit.png")])
+    ratios, points = ratio_points(runs, min_tokens)
+    loo = leave_each_out(ratios, points)
+    cpt_blend = cp.token_blend(corpus)
+    laws = fit_laws(ratios, points)
     cpt_pred = predict(laws, cpt_blend, budget)
     # The blend the law recommends (as velocitune-fit-dcpt chooses it), run and checked.
     init = cp._read_traj(runs[0]["trajectory"]).header["initial_loss"]
@@ -260,16 +261,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           initial={cp.REPLAY_DOMAIN: init[replay]}, start=ratios[0])
     chosen = cp.cpt_run(out, py, corpus, s, "dcpt_chosen", s.seeds[0], "static",
                         choice.weights.tolist(), interval,
-                        ["--velocitune-initial-loss-file",
-                         cp.initial_loss_file(out, cp._result(out, "cpt", s.seeds[0]))])
+                        ["--velocitune-initial-loss-file", init_files[s.seeds[0]]])
     recommended = {"weights": choice.weights.tolist(), "limit": choice.limits[cp.REPLAY_DOMAIN],
                    "predicted": predict(laws, choice.weights, budget), "run": chosen}
 
     targets = os.path.join(out, "dcpt_targets.json")
     blend_args = [x for n, w in zip(cp.DOMAINS, cpt_blend) for x in ("--blend", f"{n}={w}")]
     target_text = run_tool(out, py, "dcpt_targets", [
-        *trajs, *common, "--held-out-run", str(shares.index(args.held_out_share)),
-        "--fit-fraction", str(s.fit_fraction), "--rising-domains", "hold-initial", *blend_args,
+        *trajs, *common, "--fit-fraction", str(s.fit_fraction), "--rising-domains", "hold-initial", *blend_args,
         "-o", targets])
     with open(targets, encoding="utf-8") as f:
         dcpt = json.load(f)["losses"]
@@ -278,8 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     vt_dcpt = []
     for seed in s.seeds:
-        extra = ["--velocitune-initial-loss-file",
-                 cp.initial_loss_file(out, cp._result(out, "cpt", seed)),
+        extra = ["--velocitune-initial-loss-file", init_files[seed],
                  "--velocitune-target-loss-file", targets]
         vt_dcpt.append(cp.cpt_run(out, py, corpus, s, "velocitune_dcpt", seed, "velocity",
                                   cpt_blend, s.update_interval, extra))

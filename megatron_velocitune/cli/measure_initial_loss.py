@@ -15,9 +15,8 @@ import os
 import sys
 from typing import List, Optional
 
-from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.training.arguments import parse_args
-from megatron_velocitune.training.loop import pretrain
+from megatron_velocitune.training.pretrain import run_pretrain
 
 PROG = "velocitune-measure-initial-loss"
 
@@ -52,13 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: --output needs a path", file=sys.stderr)
         return 2
     del argv[i:i + 2]
-    args = parse_args(_with_defaults(argv))
-    try:
-        pretrain(args, initial_loss_output=output)
-    except (VelocituneConfigError, FileNotFoundError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_pretrain(PROG, parse_args(_with_defaults(argv)), initial_loss_output=output)
 
 
 if __name__ == "__main__":

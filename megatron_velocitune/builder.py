@@ -13,6 +13,7 @@ holds out for its (blended) validation set.
 """
 
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -113,8 +114,18 @@ def gpt_dataset_config(
 
 
 def blend_from_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
-    """Megatron-LM's ``--data-path w1 p1 w2 p2 ...`` (or ``p1 p2 ...``) as (prefixes, weights)."""
-    return get_blend_from_list(list(data_path))
+    """Megatron-LM's ``--data-path w1 p1 w2 p2 ...`` (or ``p1 p2 ...``) as (prefixes, weights).
+
+    Raises:
+        FileNotFoundError: a prefix without its ``.bin`` or ``.idx`` (checked here, before any
+            model is built, so the run stops with one line instead of deep in megatron-core).
+    """
+    prefixes, weights = get_blend_from_list(list(data_path))
+    for prefix in prefixes:
+        missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+        if missing:
+            raise FileNotFoundError(f"--data-path {prefix}: no {' or '.join(missing)}")
+    return prefixes, weights
 
 
 def domain_train_samples(weights: Sequence[float], train_samples: int, surplus: float) -> List[int]:

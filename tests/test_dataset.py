@@ -77,6 +77,10 @@ def test_builder_gives_train_blend_and_per_domain_held_out_sets(corpus, tmp_path
     # A Megatron-LM --data-path list works as the blend.
     prefixes, weights = blend_from_data_path(["0.5", corpus.prefixes[0], "0.5", corpus.prefixes[1]])
     assert prefixes == corpus.prefixes[:2] and weights == [0.5, 0.5]
+    # A prefix without its files is one error naming the flag and the file.
+    missing = str(tmp_path / "no_such_domain")
+    with pytest.raises(FileNotFoundError, match=f"--data-path {missing}: no {missing}.bin or "):
+        blend_from_data_path(["0.5", corpus.prefixes[0], "0.5", missing])
 
 
 def test_no_update_matches_megatron_static_blended_dataset(corpus, tmp_path, built):

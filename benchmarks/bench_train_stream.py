@@ -37,12 +37,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
 
-from megatron_velocitune.builder import (  # noqa: E402
-    DatasetTokenizer,
-    build_velocity_datasets,
-    gpt_dataset_config,
-)
-from megatron_velocitune.corpus import eod_token_id, load_tokenizer  # noqa: E402
 from megatron_velocitune.distributed import UpdateGroups, reduce_domain_sums  # noqa: E402
 from megatron_velocitune.evaluation import DomainEvaluator  # noqa: E402
 from megatron_velocitune.loader import RebuildableDataIterator  # noqa: E402
@@ -50,9 +44,11 @@ from megatron_velocitune.train_stream import DomainLossAccumulator  # noqa: E402
 from megatron_velocitune.training import ParallelConfig, initialize_parallel  # noqa: E402
 from megatron_velocitune.training.arguments import parse_args  # noqa: E402
 # The training loop's own forward step, so both paths are exactly what a run executes.
-from megatron_velocitune.training.loop import _make_forward_step  # noqa: E402
-from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args  # noqa: E402
-from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer  # noqa: E402
+from megatron_velocitune.training.loop import (  # noqa: E402
+    _make_forward_step,
+    build_data,
+    build_model_and_optimizer,
+)
 
 
 def _sync() -> None:
@@ -98,24 +94,13 @@ def main(argv=None) -> int:
         "--micro-batch-size", str(a.micro_batch_size),
         "--global-batch-size", str(a.global_batch_size), "--hidden-dropout", "0",
         "--attention-dropout", "0", "--tokenizer-model", os.path.join(a.corpus, "tokenizer.json"),
-        "--data-path", *data_path, "--split", "90,10,0", "--train-iters", str(steps),
+        "--data-path", *data_path, "--split", "90,10,0", "--train-iters", str(4 * steps),
         "--lr", "1e-4", "--velocitune-policy", "static"])
 
     info = initialize_parallel(ParallelConfig(), seed=1234)
-    tokenizer = load_tokenizer(args.tokenizer_model, args.tokenizer_eod_token)
-    vocab = tokenizer.get_vocab_size()
-    model = build_gpt_model(gpt_config_from_args(args, vocab, info.tp_size, info.pp_size))
-    module, optimizer = build_optimizer(model, OptimizerSettings(lr=1e-4))
-    data = build_velocity_datasets(
-        gpt_dataset_config(blend=(prefixes, weights), split=args.split,
-                           seq_length=a.seq_length, seed=1234,
-                           tokenizer=DatasetTokenizer(vocab, eod_token_id(
-                               tokenizer, args.tokenizer_model, args.tokenizer_eod_token)),
-                           create_attention_mask=False),
-        train_samples=steps * a.global_batch_size * 4,
-        update_window=a.update_interval * a.global_batch_size,
-        is_built_on_rank=lambda: info.holds_data,
-    )
+    # The training entry's own builders: the same model, optimizer and data a run gets.
+    _, module, optimizer, tokenizer = build_model_and_optimizer(args, info)
+    data = build_data(args, info, (prefixes, weights), tokenizer, a.update_interval)
     k = len(prefixes)
     consumed = 0
     it = RebuildableDataIterator(data.train, consumed, a.micro_batch_size, info.dp_rank,
@@ -148,7 +133,7 @@ def main(argv=None) -> int:
         order = ("static", "stream") if i % 2 == 0 else ("stream", "static")
         for name in order:
             times[name].append(_timed(lambda: step(name)))
-    consumed = (2 * a.pairs + 8) * a.global_batch_size
+    consumed = steps * a.global_batch_size
 
     heldout = DomainEvaluator(module, data.valid if info.holds_data else None, k, a.seq_length,
                               a.micro_batch_size, a.eval_iters)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from megatron_velocitune.arguments import config_from_args, write_loss_file
 from megatron_velocitune.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.builder import (
     DatasetTokenizer,
+    VelocityDatasets,
     blend_from_data_path,
     build_velocity_datasets,
     gpt_dataset_config,
@@ -41,9 +42,13 @@ from megatron_velocitune.train_stream import DomainLossAccumulator, TrainStreamE
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
 from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer
-from megatron_velocitune.training.parallel import ParallelConfig, initialize_parallel
+from megatron_velocitune.training.parallel import (
+    ParallelConfig,
+    ParallelInfo,
+    initialize_parallel,
+)
 
-__all__ = ["RunSummary", "pretrain"]
+__all__ = ["RunSummary", "build_data", "build_model_and_optimizer", "pretrain"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +137,56 @@ def _reduce_lm_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[float]:
     return float(total[0] / total[1])
 
 
+def build_model_and_optimizer(args, info: ParallelInfo):
+    """The GPTModel, its (DDP-wrapped) module and optimizer, and the dataset tokenizer.
+
+    Args:
+        args (argparse.Namespace): from :func:`parse_args`.
+        info (ParallelInfo): this rank's position (from :func:`initialize_parallel`).
+
+    Returns:
+        tuple: ``(model, module, optimizer, DatasetTokenizer)``.
+    """
+    tokenizer = load_tokenizer(args.tokenizer_model, args.tokenizer_eod_token)
+    vocab_size = tokenizer.get_vocab_size()
+    eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
+    if args.vocab_size is not None and args.vocab_size < vocab_size:
+        raise ValueError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
+    model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
+    module, optimizer = build_optimizer(model, OptimizerSettings(
+        lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+    ))
+    return model, module, optimizer, DatasetTokenizer(vocab_size, eod)
+
+
+def build_data(args, info: ParallelInfo, blend: Tuple[List[str], List[float]],
+               tokenizer: DatasetTokenizer, update_interval: int) -> VelocityDatasets:
+    """The dynamic train blend and each domain's held-out set, on data-holding ranks only.
+
+    Args:
+        args (argparse.Namespace): from :func:`parse_args` (split, sizes, seed, cache).
+        info (ParallelInfo): this rank's position.
+        blend (Tuple[List[str], List[float]]): prefixes and normalised weights.
+        tokenizer (DatasetTokenizer): from :func:`build_model_and_optimizer`.
+        update_interval (int): ``m``, which sets the blend's index window.
+
+    Returns:
+        VelocityDatasets: the datasets (None on ranks that hold no data).
+    """
+    return build_velocity_datasets(
+        gpt_dataset_config(
+            blend=blend, split=args.split, seq_length=args.seq_length, seed=args.seed,
+            tokenizer=tokenizer, path_to_cache=args.data_cache_path,
+            create_attention_mask=False,
+        ),
+        train_samples=args.train_iters * args.global_batch_size,
+        update_window=update_interval * args.global_batch_size,
+        is_built_on_rank=lambda: info.holds_data,
+    )
+
+
 def pretrain(args, batch_hook: Optional[BatchHook] = None,
              initial_loss_output: Optional[str] = None) -> RunSummary:
     """Run (or resume) one pretraining job as configured by :func:`parse_args`.
@@ -163,17 +218,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
                          "--untie-embeddings-and-output-weights (megatron-core moves the tied "
                          "embedding of the last stage to CUDA)")
 
-    tokenizer = load_tokenizer(args.tokenizer_model, args.tokenizer_eod_token)
-    vocab_size = tokenizer.get_vocab_size()
-    eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
-    if args.vocab_size is not None and args.vocab_size < vocab_size:
-        raise ValueError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
-    model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
-    module, optimizer = build_optimizer(model, OptimizerSettings(
-        lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad,
-    ))
+    model, module, optimizer, tokenizer = build_model_and_optimizer(args, info)
     warmup = args.lr_warmup_iters or int((args.lr_warmup_fraction or 0.0) * args.train_iters)
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0 if warmup else args.lr, max_lr=args.lr, min_lr=args.min_lr,
@@ -189,16 +234,7 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
     names = _domain_names(args, prefixes)
     args.velocitune_domain_names = names
     vt_config = config_from_args(args)
-    data = build_velocity_datasets(
-        gpt_dataset_config(
-            blend=(prefixes, weights), split=args.split, seq_length=args.seq_length,
-            seed=args.seed, tokenizer=DatasetTokenizer(vocab_size, eod),
-            path_to_cache=args.data_cache_path, create_attention_mask=False,
-        ),
-        train_samples=args.train_iters * args.global_batch_size,
-        update_window=vt_config.update_interval * args.global_batch_size,
-        is_built_on_rank=lambda: info.holds_data,
-    )
+    data = build_data(args, info, (prefixes, weights), tokenizer, vt_config.update_interval)
     valid = data.valid if info.holds_data else None
 
     log_dir = vt_config.log_dir or args.tensorboard_dir or args.save

@@ -71,16 +71,54 @@ from policy_stats import (  # noqa: E402
 REPLAY_DOMAIN = "general"
 DOMAINS = ["general", "man", "pydocs", "code"]
 
-#: (key, label, policy) in table order; "static" policies with a blend chosen later.
+#: The forgetting tolerance of the ``vt-tolerance`` method and the headroom floor of the
+#: ``-floor`` methods.
+TOLERANCE = "5%"
+MIN_HEADROOM = 0.1
+#: Replay shares of the static frontier (CPT's token-proportional share is a point of it too).
+FRONTIER = (0.1, 0.4, 0.6, 0.8)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the comparison.
+
+    Attributes:
+        key (str): folder name under ``runs/``.
+        label (str): its row in the table.
+        policy (str): ``--velocitune-policy``.
+        rule (Optional[str]): ``--velocitune-rising-rule`` (and the targets fitted with it).
+        floor (bool): with ``--velocitune-min-headroom MIN_HEADROOM``.
+        share (Optional[float]): a static frontier point: the replay domain's share.
+    """
+
+    key: str
+    label: str
+    policy: str
+    rule: Optional[str] = None
+    floor: bool = False
+    share: Optional[float] = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.policy != "static"
+
+
 METHODS = [
-    ("cpt", "CPT (static, token-proportional)", "static"),
-    ("dbl", "DBL", "dbl"),
-    ("velocitune", "Velocitune", "velocity"),
-    ("ratio", "Velocitune w/o target (ratio)", "ratio"),
-    ("reweighted", "reweighted static (VT time-avg)", "static"),
-    ("replay_matched", "static, VT's replay share", "static"),
-]
-DYNAMIC = {"dbl", "velocitune", "ratio"}
+    Method("cpt", "CPT (static, token-proportional)", "static"),
+    Method("vt-budget", "Velocitune, budget", "velocity", "budget"),
+    Method("vt-tolerance", f"Velocitune, tolerance {TOLERANCE}", "velocity", "tolerance"),
+    Method("vt-hold-initial", "Velocitune, hold-initial", "velocity", "hold-initial"),
+    Method("vt-hold-initial-floor", f"Velocitune, hold-initial, floor {MIN_HEADROOM}",
+           "velocity", "hold-initial", floor=True),
+    Method("dbl", "DBL", "dbl", "budget"),
+    Method("ratio", "Velocitune w/o target (ratio)", "ratio"),
+    Method("reweighted", "reweighted static (VT-budget time-avg)", "static"),
+] + [Method(f"frontier-{g:.2f}", f"static, replay {g:.2f}", "static", share=g) for g in FRONTIER]
+BY_KEY = {m.key: m for m in METHODS}
+DYNAMIC = {m.key for m in METHODS if m.dynamic}
+#: The Velocitune method whose time-averaged blend is the reweighted static one.
+REWEIGHT_FROM = "vt-budget"
 
 
 @dataclass(frozen=True)
@@ -103,6 +141,9 @@ class Setting:
     seq_length: int = 128
     seeds: tuple = (1, 2, 3)
     base_seed: int = 1234
+    #: The base model's blend: the replay domain's share, the new domains splitting the rest in
+    #: their token ratio (a pretrained LM has seen a little of everything); None: replay only.
+    base_replay_share: Optional[float] = 0.85
 
     @property
     def budget_tokens(self) -> int:
@@ -194,18 +235,30 @@ def prepare_corpus(out: str, python: str) -> dict:
 
 
 def train_base(out: str, python: str, corpus: dict, s: Setting) -> dict:
-    """Stage 1: the base model on the replay domain alone (cosine decay to ``base_min_lr``)."""
+    """Stage 1: the base model (cosine decay to ``base_min_lr``).
+
+    On a replay-heavy blend of every domain (``base_replay_share``), or on the replay domain
+    alone when that is None.
+    """
     base = os.path.join(out, "base")
     result = os.path.join(base, "result.json")
     if os.path.exists(result):
         with open(result, encoding="utf-8") as f:
             return json.load(f)
-    _log(f"base model: {s.base_iters} iterations on {REPLAY_DOMAIN}")
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
-    general = next(d["prefix"] for d in corpus["domains"] if d["name"] == REPLAY_DOMAIN)
-    cmd = _torchrun(python) + _model_args(os.path.dirname(general), s) + [
-        "--data-path", general, "--train-iters", str(s.base_iters), "--seed", str(s.base_seed),
+    prefixes = [d["prefix"] for d in corpus["domains"]]
+    replay = DOMAINS.index(REPLAY_DOMAIN)
+    if s.base_replay_share is None:
+        _log(f"base model: {s.base_iters} iterations on {REPLAY_DOMAIN}")
+        blend = [prefixes[replay]]
+    else:
+        weights = replay_share_blend([d["tokens"] for d in corpus["domains"]], [replay],
+                                     s.base_replay_share)
+        _log(f"base model: {s.base_iters} iterations, {REPLAY_DOMAIN} {s.base_replay_share}")
+        blend = data_path(prefixes, weights)
+    cmd = _torchrun(python) + _model_args(os.path.dirname(prefixes[0]), s) + [
+        "--data-path", *blend, "--train-iters", str(s.base_iters), "--seed", str(s.base_seed),
         "--lr", str(s.base_lr), "--min-lr", str(s.base_min_lr), "--lr-decay-style", "cosine",
         "--lr-warmup-iters", str(max(1, s.base_iters // 10)),
         "--velocitune-policy", "static",
@@ -214,10 +267,14 @@ def train_base(out: str, python: str, corpus: dict, s: Setting) -> dict:
         "--save", base, "--tensorboard-dir", os.path.join(base, "tb")]
     wall = _run(cmd, os.path.join(base, "log.txt"))
     with open(os.path.join(base, "log.txt"), encoding="utf-8") as f:
-        _, start, end, _ = parse_final_losses(f.read())
-    curve = [(u["iteration"], u["eval_loss"][0])
-             for u in _read_traj(os.path.join(base, "tb", "velocitune_trajectory.jsonl")).updates]
-    res = {"wall_s": wall, "start_loss": start[0], "final_loss": end[0], "curve": curve}
+        names, start, end, _ = parse_final_losses(f.read())
+    at = names.index(REPLAY_DOMAIN)
+    updates = _read_traj(os.path.join(base, "tb", "velocitune_trajectory.jsonl")).updates
+    curve = [(u["iteration"], u["eval_loss"][at]) for u in updates]
+    curves = {d: [(u["iteration"], u["eval_loss"][i]) for u in updates]
+              for i, d in enumerate(names)}
+    res = {"wall_s": wall, "start_loss": start[at], "final_loss": end[at], "curve": curve,
+           "domains": names, "start_losses": start, "final_losses": end, "curves": curves}
     with open(result, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
     return res
@@ -354,23 +411,27 @@ def cpt_run(out: str, python: str, corpus: dict, s: Setting, key: str, seed: int
     return res
 
 
-def fit_targets(out: str, python: str, cpt: List[dict], s: Setting) -> Dict[str, object]:
-    """Stage 3: targets from the pooled CPT trajectories; each seed's held-out fit error."""
+def fit_targets(out: str, python: str, cpt: List[dict], s: Setting,
+                rule: str = "budget") -> Dict[str, object]:
+    """Stage 3: targets by ``rule`` from the pooled CPT trajectories; each seed's fit error."""
     from megatron_velocitune.scaling_law import held_out_error, loss_points
 
     budget, min_tokens = s.budget_tokens, s.warmup_tokens
-    targets = os.path.join(out, "targets.json")
+    targets = os.path.join(out, f"targets-{rule}.json")
     cpt = sorted(cpt, key=lambda r: r["seed"])
     trajs = [r["trajectory"] for r in cpt]
     tmp = f".{os.getpid()}.tmp"
+    png = os.path.join(out, f"target_fit-{rule}.png")
+    log = os.path.join(out, f"fit_targets-{rule}.txt")
     cmd = [python, "tools/fit_target_loss.py", *trajs, "--fit-fraction", str(s.fit_fraction),
            "--budget-tokens", str(budget), "--min-tokens", str(min_tokens),
-           "--rising-domains", "hold-initial", "-o", targets + tmp,
-           "--plot", os.path.join(out, "target_fit" + tmp + ".png")]
-    _run(cmd, os.path.join(out, "fit_targets.txt" + tmp))
+           "--rising-domains", rule, "-o", targets + tmp, "--plot", png + tmp + ".png"]
+    if rule == "tolerance":
+        cmd += ["--forgetting-tolerance", TOLERANCE]
+    _run(cmd, log + tmp)
     os.replace(targets + tmp, targets)
-    os.replace(os.path.join(out, "target_fit" + tmp + ".png"), os.path.join(out, "target_fit.png"))
-    os.replace(os.path.join(out, "fit_targets.txt" + tmp), os.path.join(out, "fit_targets.txt"))
+    os.replace(png + tmp + ".png", png)
+    os.replace(log + tmp, log)
     cutoff = s.fit_fraction * budget
     per_seed: Dict[str, List[float]] = {d: [] for d in DOMAINS}
     spans: List[float] = []
@@ -597,7 +658,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     tokens = [d["tokens"] for d in corpus["domains"]]
     cpt_blend = token_blend(corpus)
-    results: Dict[str, List[dict]] = {k: [] for k, _, _ in METHODS}
+    results: Dict[str, List[dict]] = {m.key: [] for m in METHODS}
     blends: Dict[str, List[float]] = {"cpt": cpt_blend}
     if args.report_only:
         return _report_finished(out, s, corpus, base, py, blends)
@@ -608,32 +669,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       s.cpt_eval_interval))
     if args.stop_after == "cpt":
         return 0
-    fit = fit_targets(out, py, results["cpt"], s)
+    rules = sorted({m.rule for m in METHODS if m.rule})
+    fits = {rule: fit_targets(out, py, results["cpt"], s, rule) for rule in rules}
+    fit = fits["budget"]
     init = {r["seed"]: initial_loss_file(out, r) for r in results["cpt"]}
     replay = DOMAINS.index(REPLAY_DOMAIN)
 
     # Work list in priority order; a worker takes the first task nobody has claimed whose
-    # inputs exist (the static ablations need every Velocitune run's average), so workers
-    # sharing --out never wait while there is something to run.
-    tasks = ([("velocitune", x) for x in order] + [("dbl", x) for x in order]
-             + [(k, x) for x in order for k in ("reweighted", "replay_matched")]
-             + [("ratio", x) for x in order])
-    policies = {"velocitune": "velocity", "dbl": "dbl", "ratio": "ratio",
-                "reweighted": "static", "replay_matched": "static"}
+    # inputs exist (the reweighted blend needs every REWEIGHT_FROM run), so workers sharing
+    # --out never wait while there is something to run.
+    priority = ["vt-budget"] + [m.key for m in METHODS if m.share is not None] + [
+        m.key for m in METHODS if m.key not in ("cpt", "vt-budget") and m.share is None]
+    tasks = [(k, x) for k in priority for x in order]
 
     def static_blends() -> Optional[Dict[str, List[float]]]:
-        vt = [_result(out, "velocitune", x) for x in s.seeds]
+        vt = [_result(out, REWEIGHT_FROM, x) for x in s.seeds]
         if any(r is None for r in vt):
             return None
-        avg = time_averaged(vt)
-        return {"reweighted": avg.tolist(),
-                "replay_matched": replay_share_blend(tokens, [replay], float(avg[replay])).tolist()}
+        return {"reweighted": time_averaged(vt).tolist()}
 
+    for m in METHODS:
+        if m.share is not None:
+            blends[m.key] = replay_share_blend(tokens, [replay], m.share).tolist()
     pending = list(tasks)
     while pending:
         picked = None
         for key, seed in pending:
-            if _result(out, key, seed) is not None or key in DYNAMIC or static_blends():
+            if _result(out, key, seed) is not None or key != "reweighted" or static_blends():
                 if _result(out, key, seed) is not None or _try_claim(_run_dir(out, key, seed)):
                     picked = (key, seed)
                     break
@@ -642,12 +704,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         pending.remove(picked)
         key, seed = picked
+        m = BY_KEY[key]
         extra = ["--velocitune-initial-loss-file", init[seed]]
-        if key in ("velocitune", "dbl"):
-            extra += ["--velocitune-target-loss-file", fit["targets"]]
-        if key in DYNAMIC:
-            cpt_run(out, py, corpus, s, key, seed, policies[key], cpt_blend, s.update_interval,
-                    extra)
+        if m.rule:
+            extra += ["--velocitune-target-loss-file", fits[m.rule]["targets"],
+                      "--velocitune-rising-rule", m.rule]
+            if m.rule == "tolerance":
+                extra += ["--velocitune-forgetting-tolerance", TOLERANCE]
+            if m.floor:
+                extra += ["--velocitune-min-headroom", str(MIN_HEADROOM)]
+        if m.dynamic:
+            cpt_run(out, py, corpus, s, key, seed, m.policy, cpt_blend, s.update_interval, extra)
         else:
             blends.update(static_blends() or {})
             cpt_run(out, py, corpus, s, key, seed, "static", blends[key], s.cpt_iters, extra)
@@ -656,7 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for key, seed in tasks:  # runs another worker still has in hand
         while _result(out, key, seed) is None:
             time.sleep(10)
-        results[key].append(_result(out, key, seed))
+        results.setdefault(key, []).append(_result(out, key, seed))
     for key in results:
         results[key].sort(key=lambda r: r["seed"])
     written = plots(out, py, results)

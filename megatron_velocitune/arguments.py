@@ -15,7 +15,13 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
-from megatron_velocitune.policy import POLICIES
+from megatron_velocitune.policy import (
+    DEFAULT_RISING_RULE,
+    DEFAULT_TARGET_MARGIN,
+    POLICIES,
+    RISING_RULES,
+    Tolerance,
+)
 
 __all__ = ["add_velocitune_args", "config_from_args", "read_loss_file", "write_loss_file"]
 
@@ -75,6 +81,38 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="JSON file of target losses per domain (tools/fit_target_loss.py writes it).",
     )
     group.add_argument(
+        "--velocitune-rising-rule",
+        default=DEFAULT_RISING_RULE,
+        choices=list(RISING_RULES),
+        help="Target of a domain whose given target is not below its initial loss (a replay "
+        "domain that forgets): budget (keep it: the velocity is the share of that forgetting "
+        "budget used, 0 at the start, 1 once it has forgotten that much), tolerance "
+        "(L_init + --velocitune-forgetting-tolerance, same velocity), hold-initial "
+        "(L_init * (1 - --velocitune-target-margin): any forgetting reads velocity 1) or "
+        "refuse (an error). Default: %(default)s (README, Results).",
+    )
+    group.add_argument(
+        "--velocitune-target-margin",
+        type=float,
+        default=DEFAULT_TARGET_MARGIN,
+        help="hold-initial's relative margin below the initial loss (default: %(default)s).",
+    )
+    group.add_argument(
+        "--velocitune-forgetting-tolerance",
+        type=_tolerance,
+        default=None,
+        help="The tolerance rule's forgetting budget: nats (0.05) or a share of the initial "
+        "loss (2%%).",
+    )
+    group.add_argument(
+        "--velocitune-min-headroom",
+        type=float,
+        default=0.0,
+        help="Smallest headroom |L_init - L_target| (nats) the velocity divides by, so that "
+        "evaluation noise on a domain with a tiny gap cannot hold its velocity at 0 or 1 "
+        "(default: 0, the paper's rule).",
+    )
+    group.add_argument(
         "--velocitune-min-weight",
         type=float,
         default=0.0,
@@ -101,6 +139,13 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--save).",
     )
     return parser
+
+
+def _tolerance(text: str) -> Tolerance:
+    try:
+        return Tolerance.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def read_loss_file(path: str, names: Optional[Sequence[str]], flag: str) -> List[float]:
@@ -184,4 +229,8 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         seed=getattr(args, "seed", 1234),
         log_dir=args.velocitune_log_dir,
         loss_source=getattr(args, "velocitune_loss_source", "eval"),
+        rising_rule=getattr(args, "velocitune_rising_rule", DEFAULT_RISING_RULE),
+        target_margin=getattr(args, "velocitune_target_margin", DEFAULT_TARGET_MARGIN),
+        forgetting_tolerance=getattr(args, "velocitune_forgetting_tolerance", None),
+        min_headroom=getattr(args, "velocitune_min_headroom", 0.0),
     )

@@ -9,13 +9,21 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from megatron_velocitune.policy import POLICIES
+from megatron_velocitune.policy import (
+    DEFAULT_RISING_RULE,
+    DEFAULT_TARGET_MARGIN,
+    POLICIES,
+    RISING_RULES,
+    ResolvedTargets,
+    TargetRuleError,
+    Tolerance,
+    resolve_targets,
+)
 
 __all__ = [
     "VelocituneConfig",
     "VelocituneConfigError",
     "check_losses",
-    "check_targets_below_initial",
     "check_weights",
 ]
 
@@ -94,6 +102,13 @@ class VelocituneConfig:
         loss_source (str): ``eval`` (held-out evaluation every ``m`` iterations, the paper) or
             ``train`` (the per-domain training loss of the last ``m`` iterations: no extra
             forward passes; see :mod:`megatron_velocitune.train_stream`).
+        rising_rule (str): the target of a domain whose given target is not below its initial
+            loss: ``budget`` (kept, a forgetting budget), ``tolerance``, ``hold-initial`` or
+            ``refuse`` (see :func:`megatron_velocitune.policy.resolve_targets`).
+        target_margin (float): hold-initial's relative margin below ``L_init``.
+        forgetting_tolerance (Optional[Tolerance]): the tolerance rule's budget.
+        min_headroom (float): the velocity never divides by a headroom ``|L_init - L_target|``
+            smaller than this (nats): a floor against evaluation noise.
     """
 
     policy: str = "velocity"
@@ -108,6 +123,10 @@ class VelocituneConfig:
     seed: int = 1234
     log_dir: Optional[str] = None
     loss_source: str = "eval"
+    rising_rule: str = DEFAULT_RISING_RULE
+    target_margin: float = DEFAULT_TARGET_MARGIN
+    forgetting_tolerance: Optional[Tolerance] = None
+    min_headroom: float = 0.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -122,6 +141,28 @@ class VelocituneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise VelocituneConfigError(f"{_flag(name)}: {value!r} must be an integer >= 1")
+        if self.rising_rule not in RISING_RULES:
+            raise VelocituneConfigError(
+                f"{_flag('rising_rule')}: {self.rising_rule!r} is not one of {list(RISING_RULES)}"
+            )
+        if not 0.0 < self.target_margin < 1.0:
+            raise VelocituneConfigError(
+                f"{_flag('target_margin')}: {self.target_margin} must be in (0, 1)"
+            )
+        if self.rising_rule == "tolerance" and self.forgetting_tolerance is None:
+            raise VelocituneConfigError(
+                f"{_flag('rising_rule')} tolerance needs {_flag('forgetting_tolerance')} "
+                f"(nats, e.g. 0.05, or a share of the initial loss, e.g. 2%)"
+            )
+        if self.rising_rule != "tolerance" and self.forgetting_tolerance is not None:
+            raise VelocituneConfigError(
+                f"{_flag('forgetting_tolerance')}: {self.forgetting_tolerance} is read only by "
+                f"{_flag('rising_rule')} tolerance, not {self.rising_rule!r}"
+            )
+        if not math.isfinite(self.min_headroom) or self.min_headroom < 0.0:
+            raise VelocituneConfigError(
+                f"{_flag('min_headroom')}: {self.min_headroom} must be finite and >= 0"
+            )
         if not math.isfinite(self.min_weight) or self.min_weight < 0.0:
             raise VelocituneConfigError(
                 f"{_flag('min_weight')}: {self.min_weight} must be finite and >= 0"
@@ -169,24 +210,28 @@ class VelocituneConfig:
                 f"(--velocitune-target-loss or --velocitune-target-loss-file)"
             )
         if self.initial_loss is not None and self.target_loss is not None:
-            check_targets_below_initial(self.initial_loss, self.target_loss, target_flag, names)
+            self.resolve_targets(self.initial_loss, self.target_loss, target_flag, names)
+
+    def resolve_targets(
+        self,
+        initial: Sequence[float],
+        target: Sequence[float],
+        flag: str,
+        names: Optional[Sequence[str]] = None,
+    ) -> ResolvedTargets:
+        """Each domain's target under :attr:`rising_rule` (see ``policy.resolve_targets``).
+
+        Raises:
+            VelocituneConfigError: one line naming ``flag``, the rule, the domain and the values.
+        """
+        try:
+            return resolve_targets(
+                initial, target, self.rising_rule, self.target_margin,
+                self.forgetting_tolerance, names,
+            )
+        except TargetRuleError as e:
+            raise VelocituneConfigError(f"{flag}: {e} ({_flag('rising_rule')})") from None
 
     def names(self, num_domains: int) -> List[str]:
         """Domain names, defaulting to ``domain0 .. domain{k-1}``."""
         return list(self.domain_names or [f"domain{i}" for i in range(num_domains)])
-
-
-def check_targets_below_initial(
-    initial: Sequence[float],
-    target: Sequence[float],
-    flag: str,
-    names: Optional[Sequence[str]] = None,
-) -> None:
-    """Velocity is undefined unless ``L_target < L_init`` for every domain (see README)."""
-    for i, (ini, tgt) in enumerate(zip(initial, target)):
-        if not tgt < ini:
-            name = names[i] if names else str(i)
-            raise VelocituneConfigError(
-                f"{flag}: target loss {tgt} for domain {name!r} is not below its initial "
-                f"loss {ini}"
-            )

@@ -17,7 +17,10 @@ update:
    ``velocitune/velocity/<domain>`` (each also ``... vs samples``).
 
 The initial loss ``L_init`` is measured at iteration 0 on the full held-out sets when the config
-does not give it; targets must then lie below it, or the run stops with a clear error.
+does not give it. Each domain's target is then resolved against it by the config's rising-domain
+rule (``--velocitune-rising-rule``): a target above ``L_init`` is a forgetting budget under
+``budget`` and ``tolerance``, held below it under ``hold-initial``, an error under ``refuse``;
+the trajectory header records each domain's rule.
 :meth:`state_dict` / :meth:`load_state_dict` carry the history and the losses as JSON-able data
 (:mod:`megatron_velocitune.state` writes them next to a checkpoint).
 """
@@ -28,14 +31,10 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from megatron_velocitune.config import (
-    VelocituneConfig,
-    VelocituneConfigError,
-    check_targets_below_initial,
-)
+from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.distributed import UpdateDecision, UpdateGroups, synchronize_update
 from megatron_velocitune.evaluation import DomainSums
-from megatron_velocitune.policy import normalize, update_weights, velocity
+from megatron_velocitune.policy import domain_velocity, normalize, update_weights
 from megatron_velocitune.trajectory import TrajectoryWriter
 
 __all__ = ["STATE_VERSION", "TRAJECTORY_FILE", "VelocituneController", "WeightSink"]
@@ -103,9 +102,13 @@ class VelocituneController:
         self.initial_loss = (
             None if config.initial_loss is None else np.asarray(config.initial_loss, np.float64)
         )
-        self.target_loss = (
+        # The targets as given (a fit's predictions); ``target_loss`` holds them resolved by
+        # the rising-domain rule once the initial loss is known.
+        self.given_target = (
             None if config.target_loss is None else np.asarray(config.target_loss, np.float64)
         )
+        self.target_loss: Optional[np.ndarray] = None
+        self.target_rules: Optional[List[str]] = None
         self.evaluator = evaluator
         self.dataset = dataset
         self.sinks: List[WeightSink] = list(sinks)
@@ -169,15 +172,18 @@ class VelocituneController:
             self.initial_loss = loss
             measured = True
             logger.info("velocitune: measured initial held-out losses %s", loss.tolist())
-        if self.target_loss is not None:
+        if self.given_target is not None:
             flag = self.config.target_loss_file or "--velocitune-target-loss"
             if measured:
                 flag += " (vs. the initial loss measured at iteration 0)"
-            check_targets_below_initial(
-                self.initial_loss.tolist(), self.target_loss.tolist(), flag, self.names
+            resolved = self.config.resolve_targets(
+                self.initial_loss.tolist(), self.given_target.tolist(), flag, self.names
             )
+            self.target_loss = np.asarray(resolved.targets, np.float64)
+            self.target_rules = resolved.rules
         self.initialized = True
         self._write_header()
+        self._log_rules()
         if measured:
             self._log_scalars("eval-loss", self.initial_loss, iteration, consumed_samples)
         self._log_scalars("weight", self.weights, iteration, consumed_samples)
@@ -236,7 +242,9 @@ class VelocituneController:
         """Velocity of each domain (None without initial and target losses)."""
         if self.initial_loss is None or self.target_loss is None:
             return None
-        return velocity(eval_loss, self.initial_loss, self.target_loss)
+        return domain_velocity(
+            eval_loss, self.initial_loss, self.target_loss, self.config.min_headroom
+        )
 
     def replay(self, sink: WeightSink) -> int:
         """Feed every applied update of the history, in order, to ``sink`` (e.g. a rebuilt dataset).
@@ -262,6 +270,8 @@ class VelocituneController:
             "weights": self.weights.tolist(),
             "initial_loss": _floats(self.initial_loss),
             "target_loss": _floats(self.target_loss),
+            "target_given": _floats(self.given_target),
+            "target_rules": self.target_rules,
             "history": [dict(r) for r in self.history],
         }
 
@@ -288,9 +298,11 @@ class VelocituneController:
         self.weights = np.asarray(state["weights"], np.float64)
         if state.get("initial_loss") is not None:
             self.initial_loss = np.asarray(state["initial_loss"], np.float64)
-        # A target given on the command line wins over the saved one (a re-fit target).
-        if self.config.target_loss is None and state.get("target_loss") is not None:
-            self.target_loss = np.asarray(state["target_loss"], np.float64)
+        # A target given on the command line wins over the saved one (a re-fit target); either
+        # is resolved again against the restored initial loss by :meth:`initialize`.
+        saved = state.get("target_given") or state.get("target_loss")
+        if self.config.target_loss is None and saved is not None:
+            self.given_target = np.asarray(saved, np.float64)
         self.history = [dict(r) for r in state["history"]]
 
     # ------------------------------------------------------------------ internals
@@ -303,6 +315,7 @@ class VelocituneController:
             self.initial_loss,
             self.target_loss,
             self.config.min_weight,
+            self.config.min_headroom,
         )
 
     def _record(
@@ -374,6 +387,10 @@ class VelocituneController:
             "weights": self.initial_weights.tolist(),
             "initial_loss": _floats(self.initial_loss),
             "target_loss": _floats(self.target_loss),
+            "target_given": _floats(self.given_target),
+            "rising_rule": self.config.rising_rule,
+            "target_rules": self.target_rules,
+            "rule_knobs": self._rule_knobs(),
             "update_interval": self.config.update_interval,
             "eval_iters": self.config.eval_iters,
             "min_weight": self.config.min_weight,
@@ -384,6 +401,32 @@ class VelocituneController:
             header["seq_length"] = self.seq_length
         header.update(self.header_extra)
         self._trajectory().write(header)
+
+    def _rule_knobs(self) -> Dict[str, Any]:
+        """The knobs of the rising-domain rule and the headroom floor, as the header holds them."""
+        knobs: Dict[str, Any] = {"min_headroom": self.config.min_headroom}
+        if self.config.rising_rule == "hold-initial":
+            knobs["target_margin"] = self.config.target_margin
+        if self.config.forgetting_tolerance is not None:
+            knobs["forgetting_tolerance"] = str(self.config.forgetting_tolerance)
+        return knobs
+
+    def describe_rules(self) -> str:
+        """One line: each domain's target rule, e.g. ``general=budget man=progress``."""
+        if self.target_rules is None:
+            return "no targets"
+        return " ".join(f"{n}={r}" for n, r in zip(self.names, self.target_rules))
+
+    def _log_rules(self) -> None:
+        """Each domain's target rule in the log and, as text, in TensorBoard."""
+        if self.target_rules is None:
+            return
+        line = f"rule {self.config.rising_rule}: {self.describe_rules()}"
+        if self.groups.is_decider:
+            logger.info("velocitune: target rules %s", line)
+        writer = self.tensorboard_writer
+        if writer is not None and hasattr(writer, "add_text"):
+            writer.add_text("velocitune/target-rules", line, 0)
 
     def _log_scalars(self, kind: str, values: np.ndarray, iteration: int, samples: int) -> None:
         writer = self.tensorboard_writer

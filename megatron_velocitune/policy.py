@@ -5,24 +5,47 @@ per-domain losses (float64 arrays of length k, one entry per domain, in blend or
 a new weight vector on the probability simplex.
 
     velocity(L_t, L_init, L_target) = clamp((L_t - L_target) / (L_init - L_target), 0, 1)
+    forgetting_velocity(L_t, L_init, L_target) = clamp((L_t - L_init) / (L_target - L_init), 0, 1)
+    domain_velocity:  each domain by its rule (target below L_init: Algorithm 1; above: the
+                      forgetting budget), the headroom |L_init - L_target| floored
     velocity_update:  w <- normalize(w * exp(V))                      (Velocitune, Algorithm 1)
     dbl_update:       w <- normalize(w * exp(max(L_t - L_target, 0))) (Sheared LLaMA's DBL)
     ratio_update:     w <- normalize(w * exp(L_t / L_init))           ("without target loss")
     static_update:    w <- w                                          (CPT baseline)
+
+Targets for domains with little or negative headroom (a replay domain whose proxy loss rose) come
+from one of :data:`RISING_RULES` (:func:`resolve_targets`): ``hold-initial`` (the target is
+``L_init * (1 - margin)``, below the start), ``budget`` (the fit's prediction above ``L_init`` is
+kept: a forgetting budget), ``tolerance`` (``L_init + tolerance``, a budget the user gives) or
+``refuse``. Only ``budget`` and ``tolerance`` accept a target above ``L_init``; the velocity of
+such a domain is the share of its forgetting budget used so far.
 
 With ``min_weight == 0`` (the default of these functions) the results are the formulas above to
 the last bit. A positive ``min_weight`` mixes the result towards uniform just enough that every
 domain keeps at least ``min_weight``: ``w <- (1 - k * min_weight) * w + min_weight``.
 """
 
-from typing import Callable, Dict, Optional
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = [
+    "DEFAULT_RISING_RULE",
+    "DEFAULT_TARGET_MARGIN",
     "POLICIES",
+    "RISING_RULES",
+    "ResolvedTargets",
+    "TargetRuleError",
+    "Tolerance",
     "apply_floor",
     "dbl_update",
+    "domain_velocity",
+    "forgetting_velocity",
+    "hold_initial_target",
+    "resolve_targets",
+    "tolerance_target",
     "normalize",
     "ratio_update",
     "static_update",
@@ -84,20 +107,68 @@ def velocity(current: np.ndarray, initial: np.ndarray, target: np.ndarray) -> np
     return np.clip((current - target) / (initial - target), 0.0, 1.0)
 
 
+def forgetting_velocity(current: np.ndarray, initial: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Share of a forgetting budget used so far (a domain whose target lies above ``L_init``).
+
+    ``V = 0`` at the start (no forgetting yet), ``V = 1`` once the domain has forgotten as much
+    as the budget allows (``L_t >= L_target``, e.g. what the static blend forgets by the end).
+
+    Args:
+        current (np.ndarray): held-out loss now, ``L_t``.
+        initial (np.ndarray): held-out loss of the base model, ``L_init``.
+        target (np.ndarray): the budget's loss, ``L_target`` (> ``L_init``).
+
+    Returns:
+        np.ndarray: ``clamp((L_t - L_init) / (L_target - L_init), 0, 1)``.
+    """
+    current, initial, target = (np.asarray(a, dtype=np.float64) for a in (current, initial, target))
+    return np.clip((current - initial) / (target - initial), 0.0, 1.0)
+
+
+def domain_velocity(
+    current: np.ndarray, initial: np.ndarray, target: np.ndarray, min_headroom: float = 0.0
+) -> np.ndarray:
+    """Each domain's velocity under its rule, with a floor on the headroom.
+
+    A domain whose target lies below ``L_init`` gets Algorithm 1's :func:`velocity`; one whose
+    target lies above (a forgetting budget) gets :func:`forgetting_velocity`. Either divides by
+    the headroom ``|L_init - L_target|``, taken no smaller than ``min_headroom``: a gap within
+    the evaluation's noise would otherwise turn noise into ``V = 0`` or ``V = 1``. With
+    ``min_headroom == 0`` and every target below ``L_init`` this is :func:`velocity` to the bit.
+
+    Args:
+        current (np.ndarray): held-out loss now, ``L_t``.
+        initial (np.ndarray): ``L_init``.
+        target (np.ndarray): ``L_target`` (never equal to ``L_init``).
+        min_headroom (float): smallest headroom the velocity divides by, in nats (>= 0).
+
+    Returns:
+        np.ndarray: velocities in ``[0, 1]``.
+    """
+    current, initial, target = (np.asarray(a, dtype=np.float64) for a in (current, initial, target))
+    falling = target < initial
+    headroom = np.maximum(np.abs(initial - target), min_headroom)
+    start = np.where(falling, target, initial)
+    return np.clip((current - start) / headroom, 0.0, 1.0)
+
+
 def velocity_update(
     weights: np.ndarray,
     current: np.ndarray,
     initial: np.ndarray,
     target: np.ndarray,
     min_weight: float = 0.0,
+    min_headroom: float = 0.0,
 ) -> np.ndarray:
     """Velocitune's update: slow domains (large velocity) gain weight.
 
     Returns:
-        np.ndarray: ``normalize(w * exp(velocity(L_t, L_init, L_target)))``, floored.
+        np.ndarray: ``normalize(w * exp(V))``, floored, with ``V`` from :func:`domain_velocity`
+        (Algorithm 1's :func:`velocity` when every target is below ``L_init`` and
+        ``min_headroom == 0``).
     """
-    new = np.asarray(weights, dtype=np.float64) * np.exp(velocity(current, initial, target))
-    return apply_floor(normalize(new), min_weight)
+    v = domain_velocity(current, initial, target, min_headroom)
+    return apply_floor(normalize(np.asarray(weights, dtype=np.float64) * np.exp(v)), min_weight)
 
 
 def dbl_update(
@@ -135,10 +206,10 @@ def static_update(weights: np.ndarray) -> np.ndarray:
 
 # Each policy in one signature, so callers pick a rule by name without caring which losses it reads.
 POLICIES: Dict[str, Callable[..., np.ndarray]] = {
-    "velocity": lambda w, cur, ini, tgt, f: velocity_update(w, cur, ini, tgt, f),
-    "dbl": lambda w, cur, ini, tgt, f: dbl_update(w, cur, tgt, f),
-    "ratio": lambda w, cur, ini, tgt, f: ratio_update(w, cur, ini, f),
-    "static": lambda w, cur, ini, tgt, f: static_update(w),
+    "velocity": lambda w, cur, ini, tgt, f, h: velocity_update(w, cur, ini, tgt, f, h),
+    "dbl": lambda w, cur, ini, tgt, f, h: dbl_update(w, cur, tgt, f),
+    "ratio": lambda w, cur, ini, tgt, f, h: ratio_update(w, cur, ini, f),
+    "static": lambda w, cur, ini, tgt, f, h: static_update(w),
 }
 
 
@@ -149,6 +220,7 @@ def update_weights(
     initial: Optional[np.ndarray],
     target: Optional[np.ndarray],
     min_weight: float = 0.0,
+    min_headroom: float = 0.0,
 ) -> np.ndarray:
     """Apply the named policy (one of :data:`POLICIES`).
 
@@ -159,10 +231,165 @@ def update_weights(
         initial (Optional[np.ndarray]): initial loss (``velocity``, ``ratio``).
         target (Optional[np.ndarray]): target loss (``velocity``, ``dbl``).
         min_weight (float): weight floor.
+        min_headroom (float): headroom floor of the velocity (``velocity`` only).
 
     Returns:
         np.ndarray: the new blend.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
-    return POLICIES[policy](weights, current, initial, target, min_weight)
+    return POLICIES[policy](weights, current, initial, target, min_weight, min_headroom)
+
+
+# ----------------------------------------------------------------------------- target rules
+
+#: What a domain whose predicted target is not below its initial loss (a replay domain that
+#: forgets under the static proxy) gets; see :func:`resolve_targets`.
+RISING_RULES = ("budget", "tolerance", "hold-initial", "refuse")
+
+#: The rule the policy comparison favours (README, "Results").
+DEFAULT_RISING_RULE = "budget"
+
+#: hold-initial's default margin: the target sits 1% below the initial loss.
+DEFAULT_TARGET_MARGIN = 0.01
+
+
+class TargetRuleError(ValueError):
+    """A target rule cannot apply to a domain (the message names the domain and the values)."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How much a domain may forget, in nats or relative to its initial loss.
+
+    Attributes:
+        value (float): the tolerance, > 0 (a fraction when ``relative``).
+        relative (bool): ``value`` is a fraction of ``L_init`` (written ``2%`` on the command line).
+    """
+
+    value: float
+    relative: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Tolerance":
+        """``"0.05"`` (nats) or ``"2%"`` (of the initial loss).
+
+        Raises:
+            ValueError: not a number, or not finite and positive.
+        """
+        text = str(text).strip()
+        relative = text.endswith("%")
+        try:
+            value = float(text[:-1] if relative else text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of nats or a percentage") from None
+        if not math.isfinite(value) or value <= 0.0:
+            raise ValueError(f"{text!r} must be finite and > 0")
+        return cls(value / 100.0 if relative else value, relative)
+
+    def nats(self, initial: float) -> float:
+        """The tolerance in nats for a domain starting at ``initial``."""
+        return self.value * initial if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
+
+
+def hold_initial_target(initial: float, margin: float = DEFAULT_TARGET_MARGIN) -> float:
+    """hold-initial: the target ``L_init * (1 - margin)``; any forgetting reads ``V = 1``."""
+    return initial * (1.0 - margin)
+
+
+def tolerance_target(initial: float, tolerance: Tolerance) -> float:
+    """tolerance: the forgetting budget ``L_init + tolerance`` the user gives."""
+    return initial + tolerance.nats(initial)
+
+
+@dataclass(frozen=True)
+class ResolvedTargets:
+    """Each domain's target and the rule that set it.
+
+    Attributes:
+        targets (List[float]): the targets the velocity uses (never equal to ``L_init``;
+            above it only under ``budget`` and ``tolerance``).
+        rules (List[str]): per domain, ``progress`` (the prediction, below ``L_init``:
+            Algorithm 1), ``hold-initial``, ``budget`` or ``tolerance``.
+    """
+
+    targets: List[float]
+    rules: List[str]
+
+
+def resolve_targets(
+    initial: Sequence[float],
+    predicted: Sequence[float],
+    rule: str = DEFAULT_RISING_RULE,
+    margin: float = DEFAULT_TARGET_MARGIN,
+    tolerance: Optional[Tolerance] = None,
+    names: Optional[Sequence[str]] = None,
+) -> ResolvedTargets:
+    """Apply a rising-domain rule to predicted targets.
+
+    A domain whose prediction lies below its initial loss keeps it (``progress``), except under
+    ``hold-initial``, which lifts no target but caps every one at ``L_init * (1 - margin)``. A
+    domain whose prediction is not below ``L_init`` gets, by ``rule``:
+
+    - ``budget``: the prediction itself, a forgetting budget (refused if equal to ``L_init``);
+    - ``tolerance``: ``L_init + tolerance``;
+    - ``hold-initial``: ``L_init * (1 - margin)``;
+    - ``refuse``: an error.
+
+    The result does not depend on whether ``predicted`` was already resolved by the same rule,
+    except that a target already held by ``hold-initial`` reads as ``progress``.
+
+    Args:
+        initial (Sequence[float]): ``L_init`` per domain.
+        predicted (Sequence[float]): the fit's loss at the budget per domain.
+        rule (str): one of :data:`RISING_RULES`.
+        margin (float): hold-initial's relative margin, in (0, 1).
+        tolerance (Optional[Tolerance]): the ``tolerance`` rule's budget.
+        names (Optional[Sequence[str]]): domain names, for messages.
+
+    Returns:
+        ResolvedTargets: the targets and each domain's rule.
+
+    Raises:
+        TargetRuleError: an unknown rule, a bad margin or tolerance, a non-finite prediction, or
+            a prediction the rule cannot take (one line naming the domain and the values).
+    """
+    if rule not in RISING_RULES:
+        raise TargetRuleError(f"rule {rule!r} is not one of {list(RISING_RULES)}")
+    if rule == "hold-initial" and not 0.0 < margin < 1.0:
+        raise TargetRuleError(f"hold-initial margin {margin} must be in (0, 1)")
+    if rule == "tolerance" and tolerance is None:
+        raise TargetRuleError("the tolerance rule needs a tolerance (nats, or % of L_init)")
+    targets, rules = [], []
+    for i, (ini, pred) in enumerate(zip(initial, predicted)):
+        ini, pred = float(ini), float(pred)
+        name = names[i] if names else str(i)
+        if not math.isfinite(pred):
+            raise TargetRuleError(f"target {pred} for domain {name!r} is not finite")
+        if rule == "hold-initial":
+            held = hold_initial_target(ini, margin)
+            targets.append(min(pred, held))
+            rules.append("hold-initial" if pred > held else "progress")
+        elif pred < ini:
+            targets.append(pred)
+            rules.append("progress")
+        elif rule == "budget":
+            if pred == ini:
+                raise TargetRuleError(
+                    f"target {pred} for domain {name!r} equals its initial loss: no headroom "
+                    f"either way (rule budget; try tolerance)"
+                )
+            targets.append(pred)
+            rules.append("budget")
+        elif rule == "tolerance":
+            targets.append(tolerance_target(ini, tolerance))
+            rules.append("tolerance")
+        else:
+            raise TargetRuleError(
+                f"target {pred} for domain {name!r} is not below the initial loss {ini} "
+                f"(rule refuse; budget, tolerance or hold-initial accept it)"
+            )
+    return ResolvedTargets(targets, rules)

@@ -12,9 +12,8 @@ by L-BFGS-B from a grid of starts, inside bounds ``E > 0``, ``B >= 0`` and ``bet
 ``[0.01, 2]``. ``B >= 0`` is deliberate: the law describes learning, so a rising curve (a replay
 domain that forgets) fits as flat, ``B ~ 0`` and ``E ~`` its mean loss, and its predicted target
 lands at or above the initial loss. :func:`resolve_target` turns that into a clear error, or, on
-request, into the *hold-initial* rule: ``L_target = L_init * (1 - margin)``. With that target,
-any forgetting (``L_t >= L_init``) gives velocity 1, the largest weight boost, and the domain's
-velocity reaches 0 only once it beats its initial loss by the margin.
+request, into one of the rising-domain rules of :mod:`megatron_velocitune.policy` (a forgetting
+budget, a tolerance, or *hold-initial*: ``L_target = L_init * (1 - margin)``).
 
 Pure numpy/scipy, no I/O.
 """
@@ -31,6 +30,13 @@ from megatron_velocitune.fitting import (
     huber_log_loss,
     r_squared,
     start_grid,
+)
+from megatron_velocitune.policy import (
+    DEFAULT_TARGET_MARGIN,
+    RISING_RULES,
+    TargetRuleError,
+    Tolerance,
+    resolve_targets,
 )
 from megatron_velocitune.trajectory import Trajectory
 
@@ -61,14 +67,9 @@ BETA_BOUNDS: Tuple[float, float] = (0.01, 2.0)
 # Three parameters: at least one more point than parameters, so the fit is over-determined.
 MIN_FIT_POINTS = 4
 
-# The hold-initial rule's default: the target sits 1% below the initial loss (~0.02-0.03 nats on
-# a 2-3 nat domain), about the size of a new domain's gain in a short run, so a replay domain's
-# velocity moves across [0, 1] on the scale of real changes rather than eval noise.
-DEFAULT_TARGET_MARGIN = 0.01
-
-# "refuse": a target at or above the initial loss is an error. "hold-initial": every target is
-# at most ``L_init * (1 - margin)``.
-TARGET_RULES = ("refuse", "hold-initial")
+# "refuse": a target at or above the initial loss is an error; the other rules are those of
+# :func:`megatron_velocitune.policy.resolve_targets`, the one home of the rules.
+TARGET_RULES = RISING_RULES
 
 
 class TooFewPointsError(ValueError):
@@ -153,8 +154,10 @@ class TargetDecision:
         target (float): the target to use (``< initial`` whenever ``initial`` is known).
         predicted (float): the law's prediction at the budget.
         initial (Optional[float]): the domain's initial loss, if known.
-        rule_applied (bool): whether the hold-initial rule replaced the prediction.
+        rule_applied (bool): whether a rising-domain rule set the target (not Algorithm 1's
+            plain prediction below ``L_init``).
         note (str): one line for the user ("" when the prediction is used as is).
+        rule (str): ``progress``, ``hold-initial``, ``budget`` or ``tolerance``.
     """
 
     target: float
@@ -162,6 +165,7 @@ class TargetDecision:
     initial: Optional[float]
     rule_applied: bool
     note: str
+    rule: str = "progress"
 
 
 def _model(params: np.ndarray, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -177,6 +181,7 @@ def fit_chinchilla(
     losses: Sequence[float],
     delta: float = DEFAULT_HUBER_DELTA,
     beta_bounds: Tuple[float, float] = BETA_BOUNDS,
+    rising: bool = False,
 ) -> ChinchillaFit:
     """Fit ``L(D) = E + B / D^beta`` to one domain's (tokens, loss) points.
 
@@ -185,6 +190,9 @@ def fit_chinchilla(
         losses (Sequence[float]): held-out loss at each evaluation, > 0.
         delta (float): Huber threshold on log-loss residuals.
         beta_bounds (Tuple[float, float]): bounds of ``beta``.
+        rising (bool): fit the mirrored law of a domain that forgets, ``B <= 0`` and ``E``
+            at or above the highest loss: the curve rises and levels off at ``E`` (the
+            forgetting-budget rule's prediction); ``B >= 0`` otherwise.
 
     Returns:
         ChinchillaFit: the best fit over the start grid.
@@ -214,10 +222,17 @@ def fit_chinchilla(
     # Starts: asymptotes from well below to just under the lowest loss; b so that the curve
     # passes near the last observed point (the prediction at x = 1 is E + b).
     starts = []
-    for frac, beta in start_grid((0.5, 0.85, 0.97), (0.1, 0.3, 0.8)):
-        e0 = frac * y_min
-        starts.append(np.array([e0, max(y_last - e0, 1e-3 * y_min), beta]))
-    bounds = [(1e-6, y_max), (0.0, 1e3 * y_max), beta_bounds]
+    if rising:
+        # Mirrored: asymptotes from just over the highest loss up; b < 0 through the last point.
+        for frac, beta in start_grid((1.001, 1.03, 1.15), (0.1, 0.3, 0.8)):
+            e0 = frac * y_max
+            starts.append(np.array([e0, min(y_last - e0, -1e-3 * y_max), beta]))
+        bounds = [(y_min, 10.0 * y_max), (-1e3 * y_max, 0.0), beta_bounds]
+    else:
+        for frac, beta in start_grid((0.5, 0.85, 0.97), (0.1, 0.3, 0.8)):
+            e0 = frac * y_min
+            starts.append(np.array([e0, max(y_last - e0, 1e-3 * y_min), beta]))
+        bounds = [(1e-6, y_max), (0.0, 1e3 * y_max), beta_bounds]
     outcome = fit_huber_log(_model, x, y, starts, bounds, delta=delta)
     e, b, beta = (float(v) for v in outcome.params)
     pred, _ = _model(outcome.params, x)
@@ -239,6 +254,7 @@ def held_out_error(
     losses: Sequence[float],
     cutoff_tokens: float,
     delta: float = DEFAULT_HUBER_DELTA,
+    rising: bool = False,
 ) -> HeldOutError:
     """Fit on the points up to ``cutoff_tokens`` and measure the error on the later ones.
 
@@ -248,6 +264,7 @@ def held_out_error(
         cutoff_tokens (float): points with ``tokens <= cutoff_tokens`` are fitted, the rest
             held out (the paper: half the budget).
         delta (float): Huber threshold.
+        rising (bool): fit the mirrored law of a forgetting domain (see :func:`fit_chinchilla`).
 
     Returns:
         HeldOutError: the fit and its absolute errors on the held-out points.
@@ -259,7 +276,7 @@ def held_out_error(
     y = np.asarray(losses, dtype=np.float64)
     early = d <= cutoff_tokens
     try:
-        fit = fit_chinchilla(d[early], y[early], delta=delta)
+        fit = fit_chinchilla(d[early], y[early], delta=delta, rising=rising)
     except TooFewPointsError as e:
         raise TooFewPointsError(f"{e} at or before {cutoff_tokens:.4g} tokens") from None
     order = np.argsort(d[~early], kind="stable")
@@ -283,31 +300,30 @@ def resolve_target(
     rule: str = "refuse",
     margin: float = DEFAULT_TARGET_MARGIN,
     name: str = "",
+    tolerance: Optional[Tolerance] = None,
 ) -> TargetDecision:
-    """Turn a predicted loss at the budget into a usable target (strictly below ``L_init``).
+    """One domain's target under a rising-domain rule, with a note for the user.
 
-    Velocity ``(L_t - L_target) / (L_init - L_target)`` needs ``L_target < L_init``. A domain
-    whose loss rises or stays flat (a replay domain that forgets) predicts a target at or above
-    its initial loss. ``rule="refuse"`` raises then; ``rule="hold-initial"`` sets every target
-    to at most ``L_init * (1 - margin)``: the goal for such a domain is to not forget. Forgetting
-    (``L_t >= L_init``) then gives velocity 1 and raises the domain's weight at every update,
-    while a loss already ``margin`` below its start gives velocity 0. (Anchoring on the lowest
-    observed loss instead would tie the target to one noisy evaluation, and on a curve that
-    dips then rises would make the domain look slow while it is merely back at its start.)
+    The rules are :func:`megatron_velocitune.policy.resolve_targets`'s: a prediction below the
+    initial loss is kept (``hold-initial`` caps it at ``L_init * (1 - margin)``); one at or
+    above it is kept as a forgetting budget (``budget``), replaced by ``L_init + tolerance``
+    (``tolerance``) or by ``L_init * (1 - margin)`` (``hold-initial``), or refused.
 
     Args:
         predicted (float): the law's loss at the full budget.
-        initial (Optional[float]): the domain's initial loss; None skips the check.
+        initial (Optional[float]): the domain's initial loss; None skips the rule.
         rule (str): one of :data:`TARGET_RULES`.
-        margin (float): relative gap below ``initial`` for the hold-initial rule, in (0, 1).
+        margin (float): hold-initial's relative margin below ``initial``, in (0, 1).
         name (str): domain name for messages.
+        tolerance (Optional[Tolerance]): the tolerance rule's budget.
 
     Returns:
         TargetDecision: the target and a note.
 
     Raises:
-        TargetAboveInitialError: ``rule == "refuse"`` and ``predicted >= initial``.
-        ValueError: an unknown rule, a margin outside (0, 1), or a non-finite prediction.
+        TargetAboveInitialError: the rule cannot take the prediction (``refuse`` and a
+            prediction at or above ``initial``, or ``budget`` and one equal to it).
+        ValueError: an unknown rule, a bad margin or tolerance, or a non-finite prediction.
     """
     if rule not in TARGET_RULES:
         raise ValueError(f"target rule {rule!r} must be one of {TARGET_RULES}")
@@ -325,32 +341,30 @@ def resolve_target(
             "initial loss unknown: the target is not checked against it (give the initial loss)",
         )
     initial = float(initial)
-    held = initial * (1.0 - margin)
-    if rule == "refuse":
-        if predicted >= initial:
-            raise TargetAboveInitialError(
-                f"domain {name!r}: predicted target {predicted:.4f} is not below the initial "
-                f"loss {initial:.4f} (a rising or flat curve, e.g. a replay domain that "
-                f"forgets); use the hold-initial rule to target {held:.4f} "
-                f"(= initial * (1 - {margin:g}))"
-            )
+    try:
+        resolved = resolve_targets([initial], [predicted], rule, margin, tolerance, [name])
+    except TargetRuleError as e:
+        if rule in ("refuse", "budget") and predicted >= initial:
+            raise TargetAboveInitialError(str(e)) from None
+        raise ValueError(str(e)) from None
+    target, applied = resolved.targets[0], resolved.rules[0]
+    if applied == "progress":
         note = ""
-        if predicted > held:
+        if predicted > initial * (1.0 - margin):
             note = (
                 f"target {predicted:.4f} is within {margin:g} of the initial loss "
                 f"{initial:.4f}: velocity will be sensitive to eval noise"
             )
-        return TargetDecision(predicted, predicted, initial, False, note)
-    if predicted > held:
-        return TargetDecision(
-            held,
-            predicted,
-            initial,
-            True,
-            f"hold-initial: predicted {predicted:.4f} is not {margin:g} below the initial loss "
-            f"{initial:.4f}; target set to {held:.4f}",
-        )
-    return TargetDecision(predicted, predicted, initial, False, "")
+        return TargetDecision(target, predicted, initial, False, note)
+    notes = {
+        "hold-initial": f"hold-initial: predicted {predicted:.4f} is not {margin:g} below the "
+        f"initial loss {initial:.4f}; target set to {target:.4f}",
+        "budget": f"budget: predicted {predicted:.4f} is above the initial loss "
+        f"{initial:.4f}; kept as a forgetting budget of {target - initial:.4f} nats",
+        "tolerance": f"tolerance: predicted {predicted:.4f} is not below the initial loss "
+        f"{initial:.4f}; target set to {target:.4f} (+{tolerance})",
+    }
+    return TargetDecision(target, predicted, initial, True, notes[applied], applied)
 
 
 @dataclass(frozen=True)

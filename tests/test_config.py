@@ -61,12 +61,13 @@ def test_target_not_below_initial():
             "--velocitune-initial-loss", "2.0", "3.0",
             "--velocitune-target-loss", "1.5", "3.0",
             "--velocitune-domain-names", "code", "web",
+            "--velocitune-rising-rule", "refuse",
         )
     )
     one_line_error(
         lambda: cfg.validate(2),
-        r"--velocitune-target-loss: target loss 3.0 for domain 'web' is not below its initial "
-        r"loss 3.0",
+        r"--velocitune-target-loss: target 3.0 for domain 'web' is not below the initial "
+        r"loss 3.0 \(rule refuse",
     )
 
 
@@ -118,6 +119,7 @@ def test_target_file_named_in_error(tmp_path):
     write_loss_file(path, ["a", "b"], [1.0, 5.0])
     cfg = config_from_args(parse("--velocitune-target-loss-file", path,
                                  "--velocitune-initial-loss", "2", "3",
-                                 "--velocitune-domain-names", "a", "b"))
-    msg = one_line_error(lambda: cfg.validate(2), "not below its initial")
+                                 "--velocitune-domain-names", "a", "b",
+                                 "--velocitune-rising-rule", "refuse"))
+    msg = one_line_error(lambda: cfg.validate(2), "not below the initial")
     assert path in msg

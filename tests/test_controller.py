@@ -181,10 +181,27 @@ def test_initial_loss_measured_then_policy_updates(setup, tmp_path):
 
 def test_target_not_below_measured_initial_loss_fails_clearly(setup):
     _, _, evaluator = setup
-    controller = VelocituneController(_config(target_loss=[6.0, 99.0, 6.0]), WEIGHTS, evaluator)
+    controller = VelocituneController(
+        _config(target_loss=[6.0, 99.0, 6.0], rising_rule="refuse"), WEIGHTS, evaluator
+    )
     with pytest.raises(VelocituneConfigError,
-                       match=r"target loss 99.0 for domain 'docs' is not below"):
+                       match=r"target 99.0 for domain 'docs' is not below .*rule refuse"):
         controller.maybe_update(0, 0)
+
+
+def test_target_above_measured_initial_loss_is_a_budget(setup, tmp_path):
+    _, _, evaluator = setup
+    controller = VelocituneController(
+        _config(target_loss=[6.0, 99.0, 6.0], rising_rule="budget", log_dir=str(tmp_path)),
+        WEIGHTS, evaluator,
+    )
+    controller.initialize(0, 0)
+    assert controller.target_rules == ["progress", "budget", "progress"]
+    assert controller.describe_rules() == "code=progress docs=budget legal=progress"
+    header = read_trajectory(str(tmp_path / "velocitune_trajectory.jsonl")).header
+    assert header["rising_rule"] == "budget"
+    assert header["target_rules"] == ["progress", "budget", "progress"]
+    assert header["target_loss"] == [6.0, 99.0, 6.0]
 
 
 def test_no_initial_loss_at_a_resumed_iteration_fails_clearly(world):

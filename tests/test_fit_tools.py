@@ -86,13 +86,41 @@ def test_fit_targets_hold_initial_end_to_end(tmp_path, proxy, capsys):
     config_from_args(args).validate(3, [0.4, 0.4, 0.2])
 
 
-def test_fit_targets_refuses_a_rising_domain_by_default(tmp_path, proxy, capsys):
+def test_fit_targets_refuse_rejects_a_rising_domain(tmp_path, proxy, capsys):
     out = tmp_path / "targets.json"
-    assert fit_target_loss.main([proxy, "-o", str(out)]) == 2
+    assert fit_target_loss.main([proxy, "-o", str(out), "--rising-domains", "refuse"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'web'" in err[0] and "not below the initial loss" in err[0]
-    assert "--rising-domains hold-initial" in err[0]
+    assert "--rising-domains" in err[0] and "rule refuse" in err[0]
     assert not out.exists()
+
+
+def test_fit_targets_budget_keeps_the_rise_by_default(tmp_path, capsys):
+    # A replay domain that forgets and levels off: 3.0 + 0.3 * (1 - (D / 1e5)^-0.3).
+    def forgets(d):
+        return 3.3 - 0.3 * (d / 1e5) ** -0.3
+
+    proxy = write_run(tmp_path / "proxy.jsonl", ["code", "web"], [0.8, 0.2],
+                      [chin(*CODE), forgets], initial=[4.0, 3.0])
+    out = tmp_path / "targets.json"
+    assert fit_target_loss.main([proxy, "-o", str(out)]) == 0
+    assert "kept as a forgetting budget" in capsys.readouterr().out
+    meta = json.loads(out.read_text())
+    budget = 1000 * GBS * SEQ
+    # The mirrored law extrapolates the rise: the budget is what the proxy forgets by the end.
+    assert meta["losses"]["web"] == pytest.approx(forgets(budget), abs=5e-3)
+    assert meta["losses"]["web"] > 3.0 and meta["fits"]["web"]["B"] < 0
+    assert meta["rules"] == {"code": "progress", "web": "budget"}
+    assert meta["rising_domains"] == "budget"
+
+
+def test_fit_targets_tolerance_rule(tmp_path, proxy):
+    out = tmp_path / "targets.json"
+    argv = [proxy, "-o", str(out), "--rising-domains", "tolerance"]
+    assert fit_target_loss.main([*argv, "--forgetting-tolerance", "2%"]) == 0
+    meta = json.loads(out.read_text())
+    assert meta["losses"]["web"] == pytest.approx(3.0 * 1.02)
+    assert meta["rules"]["web"] == "tolerance" and meta["forgetting_tolerance"] == "2%"
 
 
 def test_fit_targets_subset_pooling_fraction_and_budget(tmp_path, proxy, capsys):
@@ -113,7 +141,8 @@ def test_fit_targets_initial_loss_file_overrides_header(tmp_path, proxy, capsys)
     init = tmp_path / "init.json"
     init.write_text(json.dumps({"losses": {"code": 1.9, "math": 3.5, "web": 3.5}}))
     # code's target (~2.02) is now above its initial loss 1.9: refused; web passes (3.06 < 3.5).
-    rc = fit_target_loss.main([proxy, "--initial-loss-file", str(init)])
+    rc = fit_target_loss.main([proxy, "--initial-loss-file", str(init),
+                               "--rising-domains", "refuse"])
     err = capsys.readouterr().err
     assert rc == 2 and "'code'" in err and "'web'" not in err
 
@@ -124,6 +153,8 @@ def test_fit_targets_initial_loss_file_overrides_header(tmp_path, proxy, capsys)
         (["--fit-fraction", "0.1"], "need at least 4 points"),
         (["--fit-fraction", "1.5"], "--fit-fraction"),
         (["--margin", "0"], "--margin"),
+        (["--rising-domains", "tolerance"], "--forgetting-tolerance None goes with"),
+        (["--forgetting-tolerance", "0.1"], "goes with, and only with, --rising-domains"),
         (["--domains", "stack"], "no domains ['stack']"),
         (["--min-tokens", "1.7e6"], "need at least 4 points"),
     ],
@@ -261,7 +292,7 @@ def test_fit_dcpt_errors(tmp_path, two_domain_runs, capsys):
     assert "--fit-fraction 0.0 must be in (0, 1]" in err([*two_domain_runs, "--fit-fraction", "0"])
     assert "not below the initial loss" in err(
         [*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
-         "-o", str(tmp_path / "x.json")])
+         "--rising-domains", "refuse", "-o", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
 
 

@@ -50,6 +50,49 @@ def run_tool(prog: str, run: Callable[[], int]) -> int:
         return 2
 
 
+def add_rising_rule_args(parser, what: str = "") -> None:
+    """``--rising-domains``, ``--margin`` and ``--forgetting-tolerance``: the target of a domain
+    whose prediction is not below its initial loss (the entry's ``--velocitune-rising-rule``)."""
+    import argparse
+
+    from megatron_velocitune.policy import (
+        DEFAULT_RISING_RULE,
+        DEFAULT_TARGET_MARGIN,
+        RISING_RULES,
+        Tolerance,
+    )
+
+    def tolerance(text: str) -> Tolerance:
+        try:
+            return Tolerance.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parser.add_argument(
+        "--rising-domains", choices=RISING_RULES, default=DEFAULT_RISING_RULE,
+        help=f"{what}What a domain whose predicted target is not below its initial loss gets: "
+        "budget (keep the prediction of its rise at the budget as a forgetting budget; the "
+        "default), tolerance (initial + --forgetting-tolerance), hold-initial (initial * "
+        "(1 - --margin): any forgetting then reads velocity 1) or refuse (an error). Run the "
+        "entry with the same --velocitune-rising-rule.")
+    parser.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,
+                        help="Relative margin of the hold-initial rule (default: %(default)s).")
+    parser.add_argument("--forgetting-tolerance", type=tolerance, default=None,
+                        help="The tolerance rule's forgetting budget: nats (0.05) or a share "
+                        "of the initial loss (2%%).")
+
+
+def check_rising_rule_args(args) -> None:
+    """The one-line errors of :func:`add_rising_rule_args`'s flags."""
+    if not 0.0 < args.margin < 1.0:
+        raise ToolError(f"--margin {args.margin} must be in (0, 1)")
+    if (args.rising_domains == "tolerance") != (args.forgetting_tolerance is not None):
+        raise ToolError(
+            f"--forgetting-tolerance {args.forgetting_tolerance} goes with, and only with, "
+            f"--rising-domains tolerance (got --rising-domains {args.rising_domains})"
+        )
+
+
 def parse_name_value(flag: str, cast: Callable[[str], object] = str) -> Callable[[str], tuple]:
     """An argparse type for ``NAME=VALUE``, the value passed through ``cast``."""
     import argparse

@@ -31,7 +31,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megatron_velocitune.arguments import read_loss_file, write_loss_file
-from megatron_velocitune.cli._common import ToolError, parse_name_value, run_tool
+from megatron_velocitune.cli._common import (
+    ToolError,
+    add_rising_rule_args,
+    check_rising_rule_args,
+    parse_name_value,
+    run_tool,
+)
 from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.dcpt_law import (
     DEFAULT_EPS,
@@ -44,8 +50,6 @@ from megatron_velocitune.dcpt_law import (
     ratio_for_limited_domain,
 )
 from megatron_velocitune.scaling_law import (
-    DEFAULT_TARGET_MARGIN,
-    TARGET_RULES,
     TargetAboveInitialError,
     TooFewPointsError,
     header_budget,
@@ -107,11 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "effective-tokens reading); the paper's form keeps eta >= 0.")
     p.add_argument("--output", "-o", default=None,
                    help="Write the targets JSON (losses at the budget for the chosen blend).")
-    p.add_argument("--rising-domains", choices=TARGET_RULES, default="refuse",
-                   help="For the targets JSON: a predicted target not below the initial loss is "
-                   "an error (refuse) or becomes initial * (1 - margin) (hold-initial).")
-    p.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,
-                   help="Relative margin of the hold-initial rule (default: %(default)s).")
+    add_rising_rule_args(p, "For the targets JSON: ")
     p.add_argument("--plot", default=None,
                    help="PNG of predicted vs observed loss over D, per domain and run.")
     return p
@@ -213,8 +213,7 @@ def _plot(path, names, ratios, points, laws, held):
 
 def run(args: argparse.Namespace) -> int:
     """Fit, answer, print and write; raises :class:`ToolError` on a user error."""
-    if not 0.0 < args.margin < 1.0:
-        raise ToolError(f"--margin {args.margin} must be in (0, 1)")
+    check_rising_rule_args(args)
     if args.tolerance < 0:
         raise ToolError(f"--tolerance {args.tolerance} must be >= 0")
     if not 0.0 < args.fit_fraction <= 1.0:
@@ -347,12 +346,13 @@ def run(args: argparse.Namespace) -> int:
         for j, n in enumerate(names):
             pred = float(laws[n].predict(budget, weights[j]))
             try:
-                dec = resolve_target(pred, initial[n], args.rising_domains, args.margin, n)
+                dec = resolve_target(pred, initial[n], args.rising_domains, args.margin, n,
+                                     args.forgetting_tolerance)
                 targets.append(dec.target)
                 if dec.note:
                     print(f"note: domain {n!r}: {dec.note}")
             except TargetAboveInitialError as e:
-                errors.append(f"{e} (--rising-domains hold-initial)")
+                errors.append(f"{e} (--rising-domains)")
         if errors:
             for e in errors:
                 print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -364,6 +364,9 @@ def run(args: argparse.Namespace) -> int:
             fit_fraction=args.fit_fraction,
             blend={n: float(w) for n, w in zip(names, weights)},
             rising_domains=args.rising_domains, margin=args.margin,
+            forgetting_tolerance=(
+                None if args.forgetting_tolerance is None else str(args.forgetting_tolerance)
+            ),
             fits={n: {k: getattr(laws[n], k) for k in
                       ("E", "B", "eta", "beta", "C", "gamma", "eps", "r2", "huber_loss")}
                   for n in names},

@@ -6,8 +6,11 @@ budget, prints the parameters, the predicted loss at the full budget and the abs
 the later (held-out) evaluations, and writes the targets JSON that
 ``--velocitune-target-loss-file`` reads.
 
-A domain whose fitted target is not below its initial loss (a replay domain that forgets) is an
-error unless ``--rising-domains hold-initial``, which gives it ``L_init * (1 - margin)``.
+A domain whose fitted target is not below its initial loss (a replay domain that forgets) gets
+the ``--rising-domains`` rule: ``budget`` (the default) keeps the prediction as a forgetting
+budget, refitting a rising curve with the mirrored law ``E - B / D^beta`` so the budget is what
+the static blend forgets by the end; ``tolerance`` gives ``L_init + --forgetting-tolerance``;
+``hold-initial`` gives ``L_init * (1 - margin)``; ``refuse`` makes it an error.
 
 Example::
 
@@ -22,11 +25,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_velocitune.arguments import read_loss_file, write_loss_file
-from megatron_velocitune.cli._common import ToolError, run_tool
+from megatron_velocitune.cli._common import (
+    ToolError,
+    add_rising_rule_args,
+    check_rising_rule_args,
+    run_tool,
+)
 from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.scaling_law import (
-    DEFAULT_TARGET_MARGIN,
-    TARGET_RULES,
     TargetAboveInitialError,
     TooFewPointsError,
     header_budget,
@@ -64,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-loss-file", default=None,
                    help="Initial losses JSON (default: the header's initial_loss, else an "
                    "evaluation at 0 tokens).")
-    p.add_argument("--rising-domains", choices=TARGET_RULES, default="refuse",
-                   help="What a domain whose predicted target is not below its initial loss "
-                   "gets: refuse (an error, the default) or hold-initial (target = initial * "
-                   "(1 - margin): forgetting then gives velocity 1 and raises its weight).")
-    p.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,
-                   help="Relative margin of the hold-initial rule (default: %(default)s).")
+    add_rising_rule_args(p)
     p.add_argument("--plot", default=None, help="Write a PNG of every domain's fit here.")
     return p
 
@@ -126,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
     """Fit, print and write; raises :class:`ToolError` on a user error."""
     if not 0.0 < args.fit_fraction <= 1.0:
         raise ToolError(f"--fit-fraction {args.fit_fraction} must be in (0, 1]")
-    if not 0.0 < args.margin < 1.0:
-        raise ToolError(f"--margin {args.margin} must be in (0, 1)")
+    check_rising_rule_args(args)
     trajectories = []
     for path in args.trajectories:
         try:
@@ -159,10 +159,15 @@ def run(args: argparse.Namespace) -> int:
             raise ToolError(f"domain {n!r}: {e} (fit fraction {args.fit_fraction:g} of "
                             f"{budget:.4g} tokens)") from None
         predicted = float(held.fit.predict(budget))
+        if args.rising_domains == "budget" and initial[n] is not None and predicted >= initial[n]:
+            # The learning law fits a rising curve as flat; the budget is its rise, extrapolated.
+            held = held_out_error(d, y, cutoff, rising=True)
+            predicted = float(held.fit.predict(budget))
         try:
-            decision = resolve_target(predicted, initial[n], args.rising_domains, args.margin, n)
+            decision = resolve_target(predicted, initial[n], args.rising_domains, args.margin, n,
+                                      args.forgetting_tolerance)
         except TargetAboveInitialError as e:
-            errors.append(f"{e} (--rising-domains hold-initial)")
+            errors.append(f"{e} (--rising-domains)")
             decision = None
         results.append(dict(name=n, tokens=d, losses=y, held=held, predicted=predicted,
                             initial=initial[n], decision=decision,
@@ -208,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
             cutoff_tokens=cutoff,
             rising_domains=args.rising_domains,
             margin=args.margin,
+            forgetting_tolerance=(
+                None if args.forgetting_tolerance is None else str(args.forgetting_tolerance)
+            ),
+            rules={r["name"]: r["decision"].rule for r in results},
             fits={
                 r["name"]: dict(
                     E=r["held"].fit.E, B=r["held"].fit.B, beta=r["held"].fit.beta,
@@ -216,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
                     held_out_mae=None if math.isnan(r["held"].mae) else r["held"].mae,
                     held_out_points=int(r["held"].tokens.size),
                     rule_applied=bool(r["decision"].rule_applied),
+                    rule=r["decision"].rule,
                 )
                 for r in results
             },

@@ -45,6 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "velocitune-fit-targets=megatron_velocitune.cli.fit_target_loss:main",
+            "velocitune-compare=megatron_velocitune.cli.compare_policies:main",
             "velocitune-fit-dcpt=megatron_velocitune.cli.fit_dcpt_law:main",
             "velocitune-prepare-corpus=megatron_velocitune.cli.prepare_corpus:main",
             "velocitune-plot-weights=megatron_velocitune.cli.plot_weights:main",

@@ -40,12 +40,19 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import compare_policies as cp  # noqa: E402
-from policy_stats import mean_std, replay_share_blend  # noqa: E402
+from megatron_velocitune.comparison import mean_std, replay_share_blend  # noqa: E402
 
 from megatron_velocitune.cli.fit_dcpt_law import fit_domain, gather  # noqa: E402
 from megatron_velocitune.dcpt_law import DEFAULT_EPS, DcptFit, choose_blend  # noqa: E402
 
 REPLAY_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+#: The compare_policies setting, Velocitune run and Chinchilla targets this benchmark reads: the
+#: replay-only base and the hold-initial rule its published figures were measured with.
+SETTING = "replay-only"
+VT_KEY = "vt-hold-initial"
+CHINCHILLA_TARGETS = "targets-hold-initial.json"
 
 
 def ratio_key(share: float) -> str:
@@ -55,12 +62,13 @@ def ratio_key(share: float) -> str:
 
 def ensure_policy_runs(out: str, python: str, s: cp.Setting, quick: bool) -> None:
     """Run ``compare_policies.py`` on ``out`` for ``s.seeds`` unless its runs are there."""
-    need = [("cpt", x) for x in s.seeds] + [("velocitune", x) for x in s.seeds]
+    need = [("cpt", x) for x in s.seeds] + [(VT_KEY, x) for x in s.seeds]
     if all(cp._result(out, k, x) is not None for k, x in need) and os.path.exists(
-            os.path.join(out, "targets.json")):
+            os.path.join(out, CHINCHILLA_TARGETS)):
         return
     cp._log("compare_policies.py runs missing: running them first")
-    argv = ["--out", out, "--python", python, "--seeds", *map(str, s.seeds)]
+    argv = ["--out", out, "--python", python, "--seeds", *map(str, s.seeds),
+            "--setting", SETTING, "--methods", VT_KEY]
     cp.main(argv + (["--quick"] if quick else []))
 
 
@@ -225,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run (or resume) the ratio runs, the fits and the Velocitune runs; print the report."""
     args = build_parser().parse_args(argv)
-    s = cp.QUICK if args.quick else cp.Setting()
+    s = replace(cp.QUICK if args.quick else cp.Setting(),
+                base_replay_share=cp.SETTINGS[SETTING])
     if args.seeds:
         s = replace(s, seeds=tuple(args.seeds))
     shares = sorted(set(args.replay_shares))
@@ -272,17 +281,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "-o", targets])
     with open(targets, encoding="utf-8") as f:
         dcpt = json.load(f)["losses"]
-    with open(os.path.join(out, "targets.json"), encoding="utf-8") as f:
+    with open(os.path.join(out, CHINCHILLA_TARGETS), encoding="utf-8") as f:
         chin_targets = json.load(f)["losses"]
 
     vt_dcpt = []
     for seed in s.seeds:
         extra = ["--velocitune-initial-loss-file", init_files[seed],
-                 "--velocitune-target-loss-file", targets]
+                 "--velocitune-target-loss-file", targets, "--velocitune-rising-rule",
+                 "hold-initial"]
         vt_dcpt.append(cp.cpt_run(out, py, corpus, s, "velocitune_dcpt", seed, "velocity",
                                   cpt_blend, s.update_interval, extra))
     chin = {"targets": chin_targets, "cpt": [cp._result(out, "cpt", x) for x in s.seeds]}
-    vt = {"chinchilla": [cp._result(out, "velocitune", x) for x in s.seeds], "dcpt": vt_dcpt}
+    vt = {"chinchilla": [cp._result(out, VT_KEY, x) for x in s.seeds], "dcpt": vt_dcpt}
     print(report(out, s, shares, args.held_out_share, runs, fit_text, target_text, loo,
                  cpt_pred, recommended, chin, dcpt, vt, cpt_blend))
     print(f"\nwrote {os.path.join(out, 'dcpt_law.md')} and {os.path.join(out, 'dcpt_fit.png')}; "

@@ -11,7 +11,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, BENCH)
 
 import compare_policies as cp  # noqa: E402
-from policy_stats import (  # noqa: E402
+from megatron_velocitune.comparison import (  # noqa: E402
     MethodRuns,
     Stat,
     is_real_difference,
@@ -170,7 +170,7 @@ class TestArguments:
 
 
 def test_parse_loop_time():
-    from policy_stats import parse_loop_time
+    from megatron_velocitune.comparison import parse_loop_time
 
     line = (" training loop: 60 iterations in 241.5 s (4025.7 ms/iteration wall, "
             "686.2 ms/iteration CPU of this process)\n")

@@ -1,10 +1,12 @@
-"""Pure maths of the policy comparison (``benchmarks/compare_policies.py``): no processes, no files.
+"""Pure maths of the policy comparison (``velocitune-compare``): no processes, no files.
 
 * :func:`stabilisation_iteration` - when a run's weights stop moving.
 * :func:`replay_share_blend` - a static blend with a given replay share, the new domains split
   in their token-proportional ratio.
 * :func:`summarise_method` / :func:`render_table` - mean and spread over seeds, the one table.
 * :func:`parse_final_losses` - the end-of-run loss table that ``examples/pretrain_gpt.py`` prints.
+* :class:`ParetoPoint`, :func:`dominated_by`, :func:`frontier_margin` - a method against the
+  static frontier (replay-domain loss vs mean new-domain loss, both lower is better).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ __all__ = [
     "STABLE_TOLERANCE",
     "MethodRuns",
     "MethodSummary",
+    "ParetoPoint",
+    "dominated_by",
+    "frontier_margin",
     "Stat",
     "is_real_difference",
     "mean_std",
@@ -352,3 +357,53 @@ def parse_final_losses(text: str) -> Tuple[List[str], List[float], List[float], 
     if not names:
         raise ValueError("the 'held-out loss per domain' table has no rows")
     return names, start, end, weight
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """A method in the (replay loss, mean new-domain loss) plane, each a :class:`Stat`."""
+
+    name: str
+    replay: Stat
+    new: Stat
+
+
+def dominated_by(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Optional[str]:
+    """The frontier point that beats ``point`` on both axes beyond the seed spread, if any.
+
+    A frontier point ``F`` dominates ``P`` when it is lower on both axes and each difference
+    is real (:func:`is_real_difference`: larger than the two seed spreads together).
+
+    Returns:
+        Optional[str]: the dominating point's name (the one with the largest summed margin),
+        or None.
+    """
+    best, best_margin = None, 0.0
+    for f in frontier:
+        if f.name == point.name:
+            continue
+        if (f.replay.mean < point.replay.mean and f.new.mean < point.new.mean
+                and is_real_difference(f.replay, point.replay)
+                and is_real_difference(f.new, point.new)):
+            margin = (point.replay.mean - f.replay.mean) + (point.new.mean - f.new.mean)
+            if best is None or margin > best_margin:
+                best, best_margin = f.name, margin
+    return best
+
+
+def frontier_margin(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Optional[float]:
+    """How far below the frontier's line ``point`` lies on the new-domain axis (nats).
+
+    The frontier's points, sorted by replay loss, are joined by straight lines; the result is
+    that line's new-domain loss at ``point``'s replay loss minus ``point``'s own: positive
+    when the method beats every static blend of the same replay loss, negative when it lies
+    above the line. None outside the frontier's replay-loss range (nothing to compare with).
+    """
+    pts = sorted((f.replay.mean, f.new.mean) for f in frontier if f.name != point.name)
+    if len(pts) < 2:
+        return None
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    x = point.replay.mean
+    if not xs[0] <= x <= xs[-1]:
+        return None
+    return float(np.interp(x, xs, ys) - point.new.mean)

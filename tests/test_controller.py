@@ -92,6 +92,9 @@ class RecordingWriter:
     def __init__(self):
         self.scalars = []
 
+    def add_text(self, tag, text, step):
+        self.texts = getattr(self, "texts", []) + [(tag, text, step)]
+
     def add_scalar(self, tag, value, step):
         self.scalars.append((tag, value, step))
 
@@ -191,11 +194,14 @@ def test_target_not_below_measured_initial_loss_fails_clearly(setup):
 
 def test_target_above_measured_initial_loss_is_a_budget(setup, tmp_path):
     _, _, evaluator = setup
+    tb = RecordingWriter()
     controller = VelocituneController(
         _config(target_loss=[6.0, 99.0, 6.0], rising_rule="budget", log_dir=str(tmp_path)),
-        WEIGHTS, evaluator,
+        WEIGHTS, evaluator, tensorboard_writer=tb,
     )
     controller.initialize(0, 0)
+    assert tb.texts == [("velocitune/target-rules",
+                         "rule budget: code=progress docs=budget legal=progress", 0)]
     assert controller.target_rules == ["progress", "budget", "progress"]
     assert controller.describe_rules() == "code=progress docs=budget legal=progress"
     header = read_trajectory(str(tmp_path / "velocitune_trajectory.jsonl")).header

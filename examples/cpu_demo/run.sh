@@ -2,12 +2,15 @@
 # The CPU demo (`make demo`): continual pre-training of a tiny GPT with Velocitune, on 2 gloo ranks.
 #
 #   0. real text by domain (Debian packages), tokenized with a 4k BPE into .bin/.idx
-#   1. base model: pre-trained on the general domain (the King James Bible) only
+#   1. base model: pre-trained on a replay-heavy blend that holds a little of every domain
+#      (general = the King James Bible 0.85, man + pydocs + code sharing 0.15), as a pretrained
+#      LM has seen a little code and documentation
 #   2. proxy run: continued on general (replay) + man + pydocs + code with the static,
 #      token-proportional blend, for the first half of the budget, recording each domain's
 #      held-out loss (--velocitune-policy static)
 #   3. target losses: the Chinchilla fit L(D) = E + B / D^beta on the proxy run, predicted at
-#      the full budget (a rising replay domain gets L_init * (1 - margin), see README)
+#      the full budget; a replay domain whose loss rose keeps the prediction of its rise as a
+#      forgetting budget (the default rising-domain rule, see README)
 #   4. the Velocitune run: the same continual pre-training, weights updated every 20 iterations
 #   5. a plot of the weights, eval losses and velocities, and the before/after loss table
 #
@@ -35,6 +38,15 @@ if [ ! -f "$CORPUS/corpus.json" ]; then
     --domain pydocs="$OUT/text/pydocs" --domain code="$OUT/text/code"
 fi
 BLEND=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['data_path'])" "$CORPUS/corpus.json")
+# The base model's blend: general 0.85, the other domains sharing 0.15 in their token ratio.
+BASE_BLEND=$($PY - "$CORPUS/corpus.json" <<'PY'
+import json, sys
+from megatron_velocitune.comparison import replay_share_blend
+domains = json.load(open(sys.argv[1]))["domains"]
+w = replay_share_blend([d["tokens"] for d in domains], [0], 0.85)
+print(" ".join(f"{x:.6f} {d['prefix']}" for x, d in zip(w, domains)))
+PY
+)
 
 MODEL=(--num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length $SEQ
        --micro-batch-size 8 --global-batch-size $GBS --hidden-dropout 0 --attention-dropout 0
@@ -44,9 +56,9 @@ CPT=(--load "$OUT/base" --finetune --data-path $BLEND --train-iters $CPT_ITERS
      --lr 1e-3 --lr-decay-style constant --lr-warmup-iters 10 --eval-interval 0
      --velocitune-eval-iters 4)
 
-step "1. base model on the general domain"
+step "1. base model: general 0.85, a little of every other domain"
 if ! done_at "$OUT/base" 300; then
-  $RUN examples/pretrain_gpt.py "${MODEL[@]}" --data-path "$CORPUS/general" --train-iters 300 \
+  $RUN examples/pretrain_gpt.py "${MODEL[@]}" --data-path $BASE_BLEND --train-iters 300 \
     --lr 2e-3 --min-lr 2e-4 --lr-warmup-iters 30 --eval-interval 100 --eval-iters 4 \
     --velocitune-policy static --velocitune-update-interval 50 --velocitune-eval-iters 4 \
     --save "$OUT/base" --tensorboard-dir "$OUT/base/tb" 2>&1 | quiet
@@ -62,7 +74,7 @@ fi
 
 step "3. target losses from the proxy run"
 $PY tools/fit_target_loss.py "$OUT/proxy/tb/velocitune_trajectory.jsonl" \
-  --budget-tokens $((CPT_ITERS * GBS * SEQ)) --rising-domains hold-initial \
+  --budget-tokens $((CPT_ITERS * GBS * SEQ)) --rising-domains budget \
   --output "$OUT/targets.json" --plot "$OUT/target_fit.png"
 
 step "4. continual pre-training with Velocitune"
@@ -70,7 +82,7 @@ if ! done_at "$OUT/velocitune" $CPT_ITERS; then
   rm -rf "$OUT/velocitune"
   $RUN examples/pretrain_gpt.py "${MODEL[@]}" "${CPT[@]}" \
     --velocitune-policy velocity --velocitune-target-loss-file "$OUT/targets.json" \
-    --velocitune-update-interval 20 --velocitune-min-weight 0.01 \
+    --velocitune-rising-rule budget --velocitune-update-interval 20 --velocitune-min-weight 0.01 \
     --save "$OUT/velocitune" --tensorboard-dir "$OUT/velocitune/tb" 2>&1 | quiet
 fi
 

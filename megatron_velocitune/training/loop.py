@@ -285,6 +285,9 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
         _print_rank_last(f" loaded checkpoint from {args.load} at iteration {iteration}"
                          f" (consumed samples {consumed})")
     controller.initialize(iteration, consumed)
+    if controller.target_rules is not None:
+        _print_rank_last(f" velocitune target rules (--velocitune-rising-rule "
+                         f"{vt_config.rising_rule}): {controller.describe_rules()}")
     groups = controller.groups  # found once (a world collective); validation reuses them
     if initial_loss_output is not None:
         if dist.get_rank() == 0:

@@ -99,7 +99,7 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     group.add_argument(
         "--velocitune-forgetting-tolerance",
-        type=_tolerance,
+        type=tolerance_arg,
         default=None,
         help="The tolerance rule's forgetting budget: nats (0.05) or a share of the initial "
         "loss (2%%).",
@@ -141,7 +141,8 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def _tolerance(text: str) -> Tolerance:
+def tolerance_arg(text: str) -> Tolerance:
+    """An argparse type for a forgetting tolerance: nats (``0.05``) or a percentage (``2%``)."""
     try:
         return Tolerance.parse(text)
     except ValueError as e:

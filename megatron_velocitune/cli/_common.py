@@ -53,20 +53,8 @@ def run_tool(prog: str, run: Callable[[], int]) -> int:
 def add_rising_rule_args(parser, what: str = "") -> None:
     """``--rising-domains``, ``--margin`` and ``--forgetting-tolerance``: the target of a domain
     whose prediction is not below its initial loss (the entry's ``--velocitune-rising-rule``)."""
-    import argparse
-
-    from megatron_velocitune.policy import (
-        DEFAULT_RISING_RULE,
-        DEFAULT_TARGET_MARGIN,
-        RISING_RULES,
-        Tolerance,
-    )
-
-    def tolerance(text: str) -> Tolerance:
-        try:
-            return Tolerance.parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+    from megatron_velocitune.arguments import tolerance_arg
+    from megatron_velocitune.policy import DEFAULT_RISING_RULE, DEFAULT_TARGET_MARGIN, RISING_RULES
 
     parser.add_argument(
         "--rising-domains", choices=RISING_RULES, default=DEFAULT_RISING_RULE,
@@ -77,7 +65,7 @@ def add_rising_rule_args(parser, what: str = "") -> None:
         "entry with the same --velocitune-rising-rule.")
     parser.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,
                         help="Relative margin of the hold-initial rule (default: %(default)s).")
-    parser.add_argument("--forgetting-tolerance", type=tolerance, default=None,
+    parser.add_argument("--forgetting-tolerance", type=tolerance_arg, default=None,
                         help="The tolerance rule's forgetting budget: nats (0.05) or a share "
                         "of the initial loss (2%%).")
 

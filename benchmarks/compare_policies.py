@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpt-iters", type=int, help="Continual pre-training budget in iterations.")
     p.add_argument("--update-interval", type=int, help="m of the dynamic policies.")
     p.add_argument("--methods", nargs="+", help="velocitune-compare --methods.")
+    p.add_argument("--frontier", type=float, nargs="+", help="velocitune-compare --frontier.")
     p.add_argument("--python", default=os.path.join(REPO, ".venv", "bin", "python"),
                    help="Interpreter with this package and megatron-core (default .venv).")
     p.add_argument("--report-only", action="store_true",
@@ -298,6 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = (["--quick"] if args.quick else []) + (["--report-only"] if args.report_only else [])
     if args.methods:
         extra += ["--methods", *args.methods]
+    if args.frontier:
+        extra += ["--frontier", *map(str, args.frontier)]
     return compare.main(compare_argv(out, s, corpus, py, extra))
 
 

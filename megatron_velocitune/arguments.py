@@ -86,7 +86,9 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         choices=list(RISING_RULES),
         help="Target of a domain whose given target is not below its initial loss (a replay "
         "domain that forgets): budget (keep it: the velocity is the share of that forgetting "
-        "budget used, 0 at the start, 1 once it has forgotten that much), tolerance "
+        "budget used, 0 at the start, 1 once it has forgotten that much), budget-hold (the "
+        "same target; at its budget the domain keeps pace with the others' mean velocity, "
+        "past it it gains weight, below it it gives weight away), tolerance "
         "(L_init + --velocitune-forgetting-tolerance, same velocity), hold-initial "
         "(L_init * (1 - --velocitune-target-margin): any forgetting reads velocity 1) or "
         "refuse (an error). Default: %(default)s (README, Results).",

@@ -34,7 +34,12 @@ import numpy as np
 from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.distributed import UpdateDecision, UpdateGroups, synchronize_update
 from megatron_velocitune.evaluation import DomainSums
-from megatron_velocitune.policy import domain_velocity, normalize, update_weights
+from megatron_velocitune.policy import (
+    domain_velocity,
+    held_budget_velocity,
+    normalize,
+    update_weights,
+)
 from megatron_velocitune.trajectory import TrajectoryWriter
 
 __all__ = ["STATE_VERSION", "TRAJECTORY_FILE", "VelocituneController", "WeightSink"]
@@ -99,6 +104,8 @@ class VelocituneController:
         config.validate(self.num_domains, self.initial_weights.tolist())
         self.names = config.names(self.num_domains)
         self.weights = self.initial_weights.copy()
+        # The blend in force when the latest losses were measured (budget-hold's pace).
+        self._measured_under = self.weights.copy()
         self.initial_loss = (
             None if config.initial_loss is None else np.asarray(config.initial_loss, np.float64)
         )
@@ -220,6 +227,7 @@ class VelocituneController:
         if self.history and self.history[-1]["iteration"] >= iteration:
             return None  # already done (a resumed run replaying its last iteration)
         sums = self.evaluator.evaluate(full=False)
+        self._measured_under = self.weights.copy()
         decision = synchronize_update(
             sums, self.weights, self._decide, iteration, consumed_samples, self.groups,
             fallback=self._last_estimate() if self.config.loss_source == "train" else None,
@@ -242,6 +250,11 @@ class VelocituneController:
         """Velocity of each domain (None without initial and target losses)."""
         if self.initial_loss is None or self.target_loss is None:
             return None
+        if self.config.rising_rule == "budget-hold":
+            return held_budget_velocity(
+                eval_loss, self.initial_loss, self.target_loss, self._measured_under,
+                self.config.min_headroom,
+            )
         return domain_velocity(
             eval_loss, self.initial_loss, self.target_loss, self.config.min_headroom
         )
@@ -316,6 +329,7 @@ class VelocituneController:
             self.target_loss,
             self.config.min_weight,
             self.config.min_headroom,
+            self.config.rising_rule == "budget-hold",
         )
 
     def _record(

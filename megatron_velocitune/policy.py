@@ -8,6 +8,7 @@ a new weight vector on the probability simplex.
     forgetting_velocity(L_t, L_init, L_target) = clamp((L_t - L_init) / (L_target - L_init), 0, 1)
     domain_velocity:  each domain by its rule (target below L_init: Algorithm 1; above: the
                       forgetting budget), the headroom |L_init - L_target| floored
+    held_budget_velocity: a budget domain at its budget keeps pace with the others
     velocity_update:  w <- normalize(w * exp(V))                      (Velocitune, Algorithm 1)
     dbl_update:       w <- normalize(w * exp(max(L_t - L_target, 0))) (Sheared LLaMA's DBL)
     ratio_update:     w <- normalize(w * exp(L_t / L_init))           ("without target loss")
@@ -16,8 +17,8 @@ a new weight vector on the probability simplex.
 Targets for domains with little or negative headroom (a replay domain whose proxy loss rose) come
 from one of :data:`RISING_RULES` (:func:`resolve_targets`): ``hold-initial`` (the target is
 ``L_init * (1 - margin)``, below the start), ``budget`` (the fit's prediction above ``L_init`` is
-kept: a forgetting budget), ``tolerance`` (``L_init + tolerance``, a budget the user gives) or
-``refuse``. Only ``budget`` and ``tolerance`` accept a target above ``L_init``; the velocity of
+kept: a forgetting budget; ``budget-hold`` holds the domain at it), ``tolerance`` (``L_init + tolerance``, a budget the user gives) or
+``refuse``. Only ``budget``, ``budget-hold`` and ``tolerance`` accept a target above ``L_init``; the velocity of
 such a domain is the share of its forgetting budget used so far.
 
 With ``min_weight == 0`` (the default of these functions) the results are the formulas above to
@@ -43,6 +44,7 @@ __all__ = [
     "dbl_update",
     "domain_velocity",
     "forgetting_velocity",
+    "held_budget_velocity",
     "hold_initial_target",
     "resolve_targets",
     "tolerance_target",
@@ -152,6 +154,47 @@ def domain_velocity(
     return np.clip((current - start) / headroom, 0.0, 1.0)
 
 
+def held_budget_velocity(
+    current: np.ndarray,
+    initial: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray,
+    min_headroom: float = 0.0,
+) -> np.ndarray:
+    """Velocities that hold each forgetting-budget domain at its budget (rule ``budget-hold``).
+
+    Domains whose target lies below ``L_init`` get Algorithm 1's velocity. A domain whose target
+    lies above it (a budget) gets the blend-weighted mean velocity of those domains, its *pace*,
+    plus how far it is past its budget in units of the budget:
+    ``clamp(pace + (L_t - L_target) / (L_target - L_init), 0, 1)``. Exactly at its budget its
+    weight keeps pace with the others (``V`` equals their mean); below the budget it gives weight
+    away, and at the start (``L_t = L_init``) it reads ``pace - 1``, so the new domains go first.
+    The budget rule's ``V = 1`` at the budget would instead raise its weight at every update for
+    as long as it stays there, which under continual pre-training is from the first spike on.
+
+    Args:
+        current (np.ndarray): ``L_t``.
+        initial (np.ndarray): ``L_init``.
+        target (np.ndarray): ``L_target`` (above ``L_init`` for budget domains).
+        weights (np.ndarray): the blend in force (weights the pace).
+        min_headroom (float): floor of every headroom ``|L_init - L_target|`` (nats).
+
+    Returns:
+        np.ndarray: velocities in ``[0, 1]``.
+    """
+    current, initial, target, weights = (
+        np.asarray(a, dtype=np.float64) for a in (current, initial, target, weights)
+    )
+    v = domain_velocity(current, initial, target, min_headroom)
+    budget = target > initial
+    if not budget.any() or budget.all():
+        return v
+    pace = float(np.sum(weights[~budget] * v[~budget]) / np.sum(weights[~budget]))
+    headroom = np.maximum(target - initial, min_headroom)
+    past = (current - target) / headroom
+    return np.where(budget, np.clip(pace + past, 0.0, 1.0), v)
+
+
 def velocity_update(
     weights: np.ndarray,
     current: np.ndarray,
@@ -159,15 +202,19 @@ def velocity_update(
     target: np.ndarray,
     min_weight: float = 0.0,
     min_headroom: float = 0.0,
+    hold_budget: bool = False,
 ) -> np.ndarray:
     """Velocitune's update: slow domains (large velocity) gain weight.
 
     Returns:
         np.ndarray: ``normalize(w * exp(V))``, floored, with ``V`` from :func:`domain_velocity`
         (Algorithm 1's :func:`velocity` when every target is below ``L_init`` and
-        ``min_headroom == 0``).
+        ``min_headroom == 0``), or from :func:`held_budget_velocity` with ``hold_budget``.
     """
-    v = domain_velocity(current, initial, target, min_headroom)
+    if hold_budget:
+        v = held_budget_velocity(current, initial, target, weights, min_headroom)
+    else:
+        v = domain_velocity(current, initial, target, min_headroom)
     return apply_floor(normalize(np.asarray(weights, dtype=np.float64) * np.exp(v)), min_weight)
 
 
@@ -206,10 +253,10 @@ def static_update(weights: np.ndarray) -> np.ndarray:
 
 # Each policy in one signature, so callers pick a rule by name without caring which losses it reads.
 POLICIES: Dict[str, Callable[..., np.ndarray]] = {
-    "velocity": lambda w, cur, ini, tgt, f, h: velocity_update(w, cur, ini, tgt, f, h),
-    "dbl": lambda w, cur, ini, tgt, f, h: dbl_update(w, cur, tgt, f),
-    "ratio": lambda w, cur, ini, tgt, f, h: ratio_update(w, cur, ini, f),
-    "static": lambda w, cur, ini, tgt, f, h: static_update(w),
+    "velocity": lambda w, cur, ini, tgt, f, h, hb: velocity_update(w, cur, ini, tgt, f, h, hb),
+    "dbl": lambda w, cur, ini, tgt, f, h, hb: dbl_update(w, cur, tgt, f),
+    "ratio": lambda w, cur, ini, tgt, f, h, hb: ratio_update(w, cur, ini, f),
+    "static": lambda w, cur, ini, tgt, f, h, hb: static_update(w),
 }
 
 
@@ -221,6 +268,7 @@ def update_weights(
     target: Optional[np.ndarray],
     min_weight: float = 0.0,
     min_headroom: float = 0.0,
+    hold_budget: bool = False,
 ) -> np.ndarray:
     """Apply the named policy (one of :data:`POLICIES`).
 
@@ -232,20 +280,24 @@ def update_weights(
         target (Optional[np.ndarray]): target loss (``velocity``, ``dbl``).
         min_weight (float): weight floor.
         min_headroom (float): headroom floor of the velocity (``velocity`` only).
+        hold_budget (bool): budget domains held at their budget (``velocity`` only; the
+            ``budget-hold`` rule).
 
     Returns:
         np.ndarray: the new blend.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
-    return POLICIES[policy](weights, current, initial, target, min_weight, min_headroom)
+    return POLICIES[policy](
+        weights, current, initial, target, min_weight, min_headroom, hold_budget
+    )
 
 
 # ----------------------------------------------------------------------------- target rules
 
 #: What a domain whose predicted target is not below its initial loss (a replay domain that
 #: forgets under the static proxy) gets; see :func:`resolve_targets`.
-RISING_RULES = ("budget", "tolerance", "hold-initial", "refuse")
+RISING_RULES = ("budget", "budget-hold", "tolerance", "hold-initial", "refuse")
 
 #: The rule the policy comparison favours (README, "Results").
 DEFAULT_RISING_RULE = "budget"
@@ -335,6 +387,7 @@ def resolve_targets(
     domain whose prediction is not below ``L_init`` gets, by ``rule``:
 
     - ``budget``: the prediction itself, a forgetting budget (refused if equal to ``L_init``);
+    - ``budget-hold``: the same target, its velocity from :func:`held_budget_velocity`;
     - ``tolerance``: ``L_init + tolerance``;
     - ``hold-initial``: ``L_init * (1 - margin)``;
     - ``refuse``: an error.
@@ -376,14 +429,14 @@ def resolve_targets(
         elif pred < ini:
             targets.append(pred)
             rules.append("progress")
-        elif rule == "budget":
+        elif rule in ("budget", "budget-hold"):
             if pred == ini:
                 raise TargetRuleError(
                     f"target {pred} for domain {name!r} equals its initial loss: no headroom "
-                    f"either way (rule budget; try tolerance)"
+                    f"either way (rule {rule}; try tolerance)"
                 )
             targets.append(pred)
-            rules.append("budget")
+            rules.append(rule)
         elif rule == "tolerance":
             targets.append(tolerance_target(ini, tolerance))
             rules.append("tolerance")

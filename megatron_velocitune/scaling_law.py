@@ -344,7 +344,7 @@ def resolve_target(
     try:
         resolved = resolve_targets([initial], [predicted], rule, margin, tolerance, [name])
     except TargetRuleError as e:
-        if rule in ("refuse", "budget") and predicted >= initial:
+        if rule in ("refuse", "budget", "budget-hold") and predicted >= initial:
             raise TargetAboveInitialError(str(e)) from None
         raise ValueError(str(e)) from None
     target, applied = resolved.targets[0], resolved.rules[0]
@@ -361,6 +361,8 @@ def resolve_target(
         f"initial loss {initial:.4f}; target set to {target:.4f}",
         "budget": f"budget: predicted {predicted:.4f} is above the initial loss "
         f"{initial:.4f}; kept as a forgetting budget of {target - initial:.4f} nats",
+        "budget-hold": f"budget-hold: predicted {predicted:.4f} is above the initial loss "
+        f"{initial:.4f}; kept as a forgetting budget of {target - initial:.4f} nats to hold",
         "tolerance": f"tolerance: predicted {predicted:.4f} is not below the initial loss "
         f"{initial:.4f}; target set to {target:.4f} (+{tolerance})",
     }

@@ -151,3 +151,33 @@ class TestConfig:
         with pytest.raises(VelocituneConfigError, match=r"target 4.0 for domain 'general' "
                            r"equals its initial loss"):
             cfg.validate(2, [0.5, 0.5])
+
+
+class TestHeldBudget:
+    def test_at_the_budget_it_keeps_pace(self):
+        from megatron_velocitune.policy import held_budget_velocity
+
+        # new domains: V = (5.0 - 4.5) / 1.5 = 1/3 and (5.5 - 4.5) / 1.5 = 2/3, weights 0.2 / 0.6:
+        # pace = (0.2 / 3 + 0.6 * 2 / 3) / 0.8 = 0.5833; the replay domain at its budget 4.2.
+        init, tgt = [4.0, 6.0, 6.0], [4.2, 4.5, 4.5]
+        w = [0.2, 0.2, 0.6]
+        pace = (0.2 / 3 + 0.6 * 2 / 3) / 0.8
+        v = held_budget_velocity([4.2, 5.0, 5.5], init, tgt, w)
+        assert v == pytest.approx([pace, 1 / 3, 2 / 3])
+        # 0.05 past the budget (a quarter of it): pace + 0.25; at the start: pace - 1 -> 0.
+        assert held_budget_velocity([4.25, 5.0, 5.5], init, tgt, w)[0] == pytest.approx(pace + 0.25)
+        assert held_budget_velocity([4.0, 5.0, 5.5], init, tgt, w)[0] == 0.0
+        # At the budget the update leaves its weight's ratio to the pace-weighted others as is.
+        new = update_weights("velocity", w, [4.2, 5.0, 5.5], init, tgt, hold_budget=True)
+        e = np.array(w) * np.exp([pace, 1 / 3, 2 / 3])
+        assert new == pytest.approx(e / e.sum())
+
+    def test_without_budget_domains_it_is_the_domain_velocity(self):
+        from megatron_velocitune.policy import held_budget_velocity
+
+        args = ([5.0, 5.5], [6.0, 6.0], [4.5, 4.5])
+        assert held_budget_velocity(*args, [0.5, 0.5]) == pytest.approx(domain_velocity(*args))
+
+    def test_resolves_like_budget(self):
+        r = resolve_targets(INITIAL, [4.2, 4.5], "budget-hold", names=["general", "code"])
+        assert r.targets == [4.2, 4.5] and r.rules == ["budget-hold", "progress"]

@@ -60,7 +60,7 @@ def add_rising_rule_args(parser, what: str = "") -> None:
         "--rising-domains", choices=RISING_RULES, default=DEFAULT_RISING_RULE,
         help=f"{what}What a domain whose predicted target is not below its initial loss gets: "
         "budget (keep the prediction of its rise at the budget as a forgetting budget; the "
-        "default), tolerance (initial + --forgetting-tolerance), hold-initial (initial * "
+        "default), budget-hold (the same target, the domain held at it), tolerance (initial + --forgetting-tolerance), hold-initial (initial * "
         "(1 - --margin): any forgetting then reads velocity 1) or refuse (an error). Run the "
         "entry with the same --velocitune-rising-rule.")
     parser.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             raise ToolError(f"domain {n!r}: {e} (fit fraction {args.fit_fraction:g} of "
                             f"{budget:.4g} tokens)") from None
         predicted = float(held.fit.predict(budget))
-        if args.rising_domains == "budget" and initial[n] is not None and predicted >= initial[n]:
+        if args.rising_domains in ("budget", "budget-hold") and initial[n] is not None and predicted >= initial[n]:
             # The learning law fits a rising curve as flat; the budget is its rise, extrapolated.
             held = held_out_error(d, y, cutoff, rising=True)
             predicted = float(held.fit.predict(budget))

@@ -300,7 +300,7 @@ def update_weights(
 RISING_RULES = ("budget", "budget-hold", "tolerance", "hold-initial", "refuse")
 
 #: The rule the policy comparison favours (README, "Results").
-DEFAULT_RISING_RULE = "budget"
+DEFAULT_RISING_RULE = "budget-hold"
 
 #: hold-initial's default margin: the target sits 1% below the initial loss.
 DEFAULT_TARGET_MARGIN = 0.01

@@ -104,14 +104,14 @@ def test_fit_targets_budget_keeps_the_rise_by_default(tmp_path, capsys):
                       [chin(*CODE), forgets], initial=[4.0, 3.0])
     out = tmp_path / "targets.json"
     assert fit_target_loss.main([proxy, "-o", str(out)]) == 0
-    assert "kept as a forgetting budget" in capsys.readouterr().out
+    assert "kept as a forgetting budget" in capsys.readouterr().out  # budget-hold's target
     meta = json.loads(out.read_text())
     budget = 1000 * GBS * SEQ
     # The mirrored law extrapolates the rise: the budget is what the proxy forgets by the end.
     assert meta["losses"]["web"] == pytest.approx(forgets(budget), abs=5e-3)
     assert meta["losses"]["web"] > 3.0 and meta["fits"]["web"]["B"] < 0
-    assert meta["rules"] == {"code": "progress", "web": "budget"}
-    assert meta["rising_domains"] == "budget"
+    assert meta["rules"] == {"code": "progress", "web": "budget-hold"}
+    assert meta["rising_domains"] == "budget-hold"
 
 
 def test_fit_targets_tolerance_rule(tmp_path, proxy):

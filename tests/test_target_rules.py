@@ -117,9 +117,9 @@ class TestConfig:
         return VelocituneConfig(initial_loss=INITIAL, target_loss=[4.2, 4.5],
                                 domain_names=["general", "code"], **kw)
 
-    def test_budget_is_the_default_and_accepts_a_target_above(self):
+    def test_budget_hold_is_the_default_and_accepts_a_target_above(self):
         self.cfg().validate(2, [0.5, 0.5])
-        assert VelocituneConfig().rising_rule == "budget"
+        assert VelocituneConfig().rising_rule == "budget-hold"
 
     def test_refuse_names_flag_domain_and_values(self):
         with pytest.raises(VelocituneConfigError) as e:
@@ -149,7 +149,7 @@ class TestConfig:
         cfg = VelocituneConfig(initial_loss=INITIAL, target_loss=[4.0, 4.5],
                                domain_names=["general", "code"])
         with pytest.raises(VelocituneConfigError, match=r"target 4.0 for domain 'general' "
-                           r"equals its initial loss"):
+                           r"equals its initial loss: no headroom either way \(rule budget-hold"):
             cfg.validate(2, [0.5, 0.5])
 
 

@@ -63,14 +63,14 @@ from megatron_velocitune.comparison import (
     stabilisation_iteration,
     summarise_method,
 )
-from megatron_velocitune.policy import RISING_RULES, Tolerance
+from megatron_velocitune.policy import DEFAULT_RISING_RULE, RISING_RULES, Tolerance
 
 PROG = "velocitune-compare"
 TRAJECTORY = "velocitune_trajectory.jsonl"
 DEFAULT_FRONTIER = (0.1, 0.4, 0.6, 0.8)
-DEFAULT_METHODS = ("cpt", "vt-budget", "vt-tolerance", "vt-hold-initial",
-                   "vt-hold-initial-floor", "dbl", "ratio", "reweighted")
-QUICK_METHODS = ("cpt", "vt-budget", "vt-hold-initial")
+DEFAULT_METHODS = ("cpt", f"vt-{DEFAULT_RISING_RULE}", "vt-budget", "vt-tolerance",
+                   "vt-hold-initial", "vt-hold-initial-floor", "dbl", "ratio", "reweighted")
+QUICK_METHODS = ("cpt", f"vt-{DEFAULT_RISING_RULE}", "vt-hold-initial")
 QUICK_FRONTIER = (0.1, 0.6)
 VT_RULES = tuple(r for r in RISING_RULES if r != "refuse")
 
@@ -97,7 +97,7 @@ class Method:
     def dynamic(self) -> bool:
         return self.policy != "static"
 
-    def label(self, tolerance: str, min_headroom: float) -> str:
+    def label(self, tolerance: str, min_headroom: float, reweight_from: str = "") -> str:
         """The method's row name in the table."""
         if self.key == "cpt":
             return "CPT (static)"
@@ -107,7 +107,7 @@ class Method:
             rule = f"tolerance {tolerance}" if self.rule == "tolerance" else self.rule
             return f"Velocitune, {rule}" + (f", floor {min_headroom:g}" if self.floor else "")
         return {"dbl": "DBL", "ratio": "Velocitune w/o target (ratio)",
-                "reweighted": "reweighted static"}[self.key]
+                "reweighted": f"reweighted static ({reweight_from} time-avg)"}[self.key]
 
 
 def parse_method(key: str) -> Method:
@@ -430,8 +430,10 @@ def read_traj(path: str):
 
 
 def train_run(out: str, python: str, s: Setting, key: str, seed: int, policy: str,
-              weights: Sequence[float], interval: int, extra: Sequence[str] = ()) -> dict:
-    """One continual pre-training run from the base; returns (and keeps) its result."""
+              weights: Sequence[float], interval: int, extra: Sequence[str] = (),
+              **record) -> dict:
+    """One continual pre-training run from the base; returns (and keeps) its result (with
+    ``record``'s fields added)."""
     folder = run_dir(out, key, seed)
     result = os.path.join(folder, "result.json")
     if not claim(folder):
@@ -462,7 +464,7 @@ def train_run(out: str, python: str, s: Setting, key: str, seed: int, policy: st
            "final_loss": end, "final_weights": final_w, "wall_s": wall,
            "stable_at": stable if policy != "static" else 0,
            "updates": len(traj.updates), "skipped": len(traj.updates) - len(applied),
-           "blend": list(weights), "trajectory": os.path.join(tb, TRAJECTORY)}
+           "blend": list(weights), "trajectory": os.path.join(tb, TRAJECTORY), **record}
     _write_json_atomic(result, res)
     return res
 
@@ -586,9 +588,11 @@ def run_all(out: str, python: str, s: Setting, methods: List[Method], seeds: Seq
                 extra += ["--velocitune-min-headroom", str(s.min_headroom)]
         if m.dynamic:
             train_run(out, python, s, m.key, x, m.policy, s.weights, s.update_interval, extra)
+        elif m.key == "reweighted":
+            train_run(out, python, s, m.key, x, "static", reweighted_blend(), s.train_iters,
+                      extra, reweighted_from=reweight_from)
         else:
-            blend = (reweighted_blend() if m.key == "reweighted"
-                     else replay_share_blend(s.weights, [s.replay], m.share).tolist())
+            blend = replay_share_blend(s.weights, [s.replay], m.share).tolist()
             train_run(out, python, s, m.key, x, "static", blend, s.train_iters, extra)
     results: Dict[str, List[dict]] = {"cpt": cpt}
     for m, x in tasks:  # runs another worker still has in hand
@@ -624,10 +628,16 @@ def pareto_points(s: Setting, rows: Dict[str, object]) -> Dict[str, ParetoPoint]
     return {k: ParetoPoint(k, r.per_domain[s.replay], r.mean_new) for k, r in rows.items()}
 
 
+def labels_of(s: Setting, methods: List[Method], results: Dict[str, List[dict]]) -> Dict[str, str]:
+    """Each method's row name (the reweighted one names the run it averaged)."""
+    source = next((r.get("reweighted_from", "?") for r in results.get("reweighted", [])), "?")
+    return {m.key: m.label(s.tolerance, s.min_headroom, source) for m in methods}
+
+
 def report(out: str, s: Setting, methods: List[Method], results: Dict[str, List[dict]],
            fits: Dict[str, dict], seeds: Sequence[int]) -> str:
     """The tables as Markdown (also written to ``table.md`` / ``table.json``)."""
-    labels = {m.key: m.label(s.tolerance, s.min_headroom) for m in methods}
+    labels = labels_of(s, methods, results)
     keys = [m.key for m in methods if results.get(m.key)]
     by_key = {m.key: m for m in methods}
 
@@ -725,7 +735,7 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {m.key: m.label(s.tolerance, s.min_headroom) for m in methods}
+    labels = labels_of(s, methods, results)
     new = [i for i in range(len(s.domains)) if i != s.replay]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     front = []
@@ -814,8 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s).")
     p.add_argument("--min-headroom", type=float, default=0.1,
                    help="The -floor methods' --velocitune-min-headroom (default: 0.1 nats).")
-    p.add_argument("--reweight-from", default="vt-budget",
-                   help="The Velocitune method whose time-averaged blend 'reweighted' runs.")
+    p.add_argument("--reweight-from", default=f"vt-{DEFAULT_RISING_RULE}",
+                   help="The Velocitune method whose time-averaged blend 'reweighted' runs "
+                   "(default: %(default)s).")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                    help="Dataset seeds (default: 1 2 3).")
     p.add_argument("--nproc", type=int, default=2, help="Ranks per run (default: 2).")

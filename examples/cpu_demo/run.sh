@@ -10,7 +10,8 @@
 #      held-out loss (--velocitune-policy static)
 #   3. target losses: the Chinchilla fit L(D) = E + B / D^beta on the proxy run, predicted at
 #      the full budget; a replay domain whose loss rose keeps the prediction of its rise as a
-#      forgetting budget (the default rising-domain rule, see README)
+#      forgetting budget, and Velocitune holds it at that budget (the default rising-domain
+#      rule, budget-hold; see README)
 #   4. the Velocitune run: the same continual pre-training, weights updated every 20 iterations
 #   5. a plot of the weights, eval losses and velocities, and the before/after loss table
 #
@@ -74,7 +75,7 @@ fi
 
 step "3. target losses from the proxy run"
 $PY tools/fit_target_loss.py "$OUT/proxy/tb/velocitune_trajectory.jsonl" \
-  --budget-tokens $((CPT_ITERS * GBS * SEQ)) --rising-domains budget \
+  --budget-tokens $((CPT_ITERS * GBS * SEQ)) --rising-domains budget-hold \
   --output "$OUT/targets.json" --plot "$OUT/target_fit.png"
 
 step "4. continual pre-training with Velocitune"
@@ -82,7 +83,7 @@ if ! done_at "$OUT/velocitune" $CPT_ITERS; then
   rm -rf "$OUT/velocitune"
   $RUN examples/pretrain_gpt.py "${MODEL[@]}" "${CPT[@]}" \
     --velocitune-policy velocity --velocitune-target-loss-file "$OUT/targets.json" \
-    --velocitune-rising-rule budget --velocitune-update-interval 20 --velocitune-min-weight 0.01 \
+    --velocitune-rising-rule budget-hold --velocitune-update-interval 20 --velocitune-min-weight 0.01 \
     --save "$OUT/velocitune" --tensorboard-dir "$OUT/velocitune/tb" 2>&1 | quiet
 fi
 

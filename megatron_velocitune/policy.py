@@ -190,7 +190,8 @@ def held_budget_velocity(
     if not budget.any() or budget.all():
         return v
     pace = float(np.sum(weights[~budget] * v[~budget]) / np.sum(weights[~budget]))
-    headroom = np.maximum(target - initial, min_headroom)
+    # Only the budget domains' headroom is read (elsewhere 1 keeps the division finite).
+    headroom = np.where(budget, np.maximum(target - initial, min_headroom), 1.0)
     past = (current - target) / headroom
     return np.where(budget, np.clip(pace + past, 0.0, 1.0), v)
 

@@ -211,21 +211,16 @@ def _entry_sizes(entry_args: Sequence[str]) -> argparse.Namespace:
 
 
 def _blend(data_path: Sequence[str]) -> tuple:
-    """(prefixes, weights or None) of a Megatron ``--data-path``."""
-    words = list(data_path)
+    """(prefixes, weights or None) of a Megatron ``--data-path``, each prefix's files checked."""
+    from megatron_velocitune.builder import blend_from_data_path
+
     try:
-        float(words[0])
-    except ValueError:
-        return words, None
-    if len(words) % 2:
-        raise ToolError(f"--data-path {' '.join(words)}: weights and prefixes must alternate")
-    try:
-        weights = [float(w) for w in words[0::2]]
-    except ValueError as e:
-        raise ToolError(f"--data-path: {e}") from None
-    if any(not np.isfinite(w) or w <= 0 for w in weights):
+        prefixes, weights = blend_from_data_path(data_path)
+    except FileNotFoundError as e:
+        raise ToolError(str(e)) from None
+    if weights is not None and any(not np.isfinite(w) or w <= 0 for w in weights):
         raise ToolError(f"--data-path: weights {weights} must be finite and > 0")
-    return words[1::2], weights
+    return prefixes, weights
 
 
 def _token_counts(prefixes: Sequence[str]) -> List[float]:
@@ -249,10 +244,6 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
     names = [os.path.basename(p) for p in prefixes]
     if len(set(names)) != len(names):
         raise ToolError(f"--data-path: domain names {names} repeat (the prefixes' base names)")
-    for p in prefixes:
-        missing = [p + ext for ext in (".bin", ".idx") if not os.path.exists(p + ext)]
-        if missing:
-            raise ToolError(f"--data-path {p}: no {' / '.join(missing)}")
     if args.replay_domain not in names:
         raise ToolError(f"--replay-domain {args.replay_domain}: not a domain of --data-path "
                         f"{names}")

@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 DEMO_DIR ?= outputs/demo
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo test test-fast lint format clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ venv: $(VENV)/.installed
 demo: venv
 	PYTHON=$(PY) bash examples/cpu_demo/run.sh $(DEMO_DIR)
 
-test: venv
+test: venv lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# ruff at megatron-core's width (settings in pyproject.toml); `make format` rewrites in place.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_velocitune", "megatron_velocitune.*"]),
     # torch and megatron are left unpinned on purpose: clusters bring their own (an NGC build of
-    # torch, a Megatron-LM checkout on PYTHONPATH) and installing this package must not replace them.
+    # torch, a Megatron-LM checkout on PYTHONPATH); installing this package must not replace them.
     install_requires=[
         "torch",
         "megatron-core>=0.14",
@@ -28,6 +28,7 @@ setup(
         "megatron-lm": ["triton", "six", "regex", "einops", "pyyaml", "pydantic", "pybind11"],
         "dev": [
             "pytest",
+            "ruff==0.17.6",  # `make lint` (CI): lint + format, settings in pyproject.toml
             "pytest-timeout",
             "hypothesis",
             "tokenizers",

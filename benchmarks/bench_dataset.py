@@ -118,7 +118,8 @@ def bench_run_length(corpus, cache, size):
         static_bytes=(static.dataset_index.nbytes + static.dataset_sample_index.nbytes) / size,
         dynamic_bytes=(
             dynamic.dataset_index.nbytes + dynamic.dataset_sample_index.nbytes + seg_bytes
-        ) / size,
+        )
+        / size,
     )
 
 
@@ -142,7 +143,8 @@ def bench_updates(runs, rounds):
 def bench_getitem(static, dynamic, start, n, rounds, chunk=1000):
     """Samples/s of both over the same positions: per chunk of positions the best of
     ``rounds`` timings, the two datasets alternating (and swapping order) chunk by chunk, so
-    bursts of load from other processes hit both alike and drop out of the minimum."""
+    bursts of load from other processes hit both alike and drop out of the minimum.
+    """
     chunks = [range(i, min(i + chunk, start + n)) for i in range(start, start + n, chunk)]
     for ds in (static, dynamic):  # warm: page cache, lazy index, GPTDataset mask cache
         for i in range(start, start + n):
@@ -201,20 +203,49 @@ def main() -> None:
     update = f"weight update, {STEPS} steps x {GBS} samples (ms)"
     ratio = big["update_ms"] / small["update_ms"]
     rows = [
-        ("index build at construction (ms)", a, small["t_static"] * 1e3,
-         small["t_dynamic"] * 1e3, "dynamic builds one window"),
-        ("index build at construction (ms)", b, big["t_static"] * 1e3,
-         big["t_dynamic"] * 1e3, ""),
-        (update, a, small["t_static"] * 1e3, small["update_ms"],
-         f"static: full rebuild; dynamic: last update of the run, best of {args.rounds}"),
-        (update, b, big["t_static"] * 1e3, big["update_ms"],
-         f"ratio {b}/{a} = {ratio:.2f}x (limit 1.5x)"),
-        ("__getitem__ throughput (samples/s)", a, thr_static, thr_dynamic,
-         f"dynamic/static = {thr_dynamic / thr_static:.3f} (limit >= 0.95)"),
-        ("index bytes per sample (allocated)", b, big["static_bytes"], big["dynamic_bytes"],
-         "int16 + int64 per sample, + segments"),
-        ("index memory resident after construction (MB)", b, big["static_rss"],
-         big["dynamic_rss"], "np.empty: pages commit as windows build"),
+        (
+            "index build at construction (ms)",
+            a,
+            small["t_static"] * 1e3,
+            small["t_dynamic"] * 1e3,
+            "dynamic builds one window",
+        ),
+        ("index build at construction (ms)", b, big["t_static"] * 1e3, big["t_dynamic"] * 1e3, ""),
+        (
+            update,
+            a,
+            small["t_static"] * 1e3,
+            small["update_ms"],
+            f"static: full rebuild; dynamic: last update of the run, best of {args.rounds}",
+        ),
+        (
+            update,
+            b,
+            big["t_static"] * 1e3,
+            big["update_ms"],
+            f"ratio {b}/{a} = {ratio:.2f}x (limit 1.5x)",
+        ),
+        (
+            "__getitem__ throughput (samples/s)",
+            a,
+            thr_static,
+            thr_dynamic,
+            f"dynamic/static = {thr_dynamic / thr_static:.3f} (limit >= 0.95)",
+        ),
+        (
+            "index bytes per sample (allocated)",
+            b,
+            big["static_bytes"],
+            big["dynamic_bytes"],
+            "int16 + int64 per sample, + segments",
+        ),
+        (
+            "index memory resident after construction (MB)",
+            b,
+            big["static_rss"],
+            big["dynamic_rss"],
+            "np.empty: pages commit as windows build",
+        ),
     ]
     print(
         f"\nVelocityBlendedDataset vs megatron-core BlendedDataset: {len(WEIGHTS)} real-text "

@@ -43,6 +43,7 @@ from megatron_velocitune.loader import RebuildableDataIterator  # noqa: E402
 from megatron_velocitune.train_stream import DomainLossAccumulator  # noqa: E402
 from megatron_velocitune.training import ParallelConfig, initialize_parallel  # noqa: E402
 from megatron_velocitune.training.arguments import parse_args  # noqa: E402
+
 # The training loop's own forward step, so both paths are exactly what a run executes.
 from megatron_velocitune.training.loop import (  # noqa: E402
     _make_forward_step,
@@ -65,9 +66,11 @@ def _timed(fn: Callable[[], None]) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--corpus", required=True, help="Folder with corpus.json and tokenizer.json.")
     p.add_argument("--pairs", type=int, default=60, help="Timed (static, stream) step pairs.")
     p.add_argument("--update-interval", type=int, default=20, help="m (default: %(default)s).")
@@ -88,14 +91,38 @@ def main(argv=None) -> int:
     weights = list(manifest["weights"])
     steps = 2 * a.pairs + 8
     data_path = [x for w, pre in zip(weights, prefixes) for x in (f"{w:.6f}", pre)]
-    args = parse_args([
-        "--num-layers", str(a.num_layers), "--hidden-size", str(a.hidden_size),
-        "--num-attention-heads", str(a.num_attention_heads), "--seq-length", str(a.seq_length),
-        "--micro-batch-size", str(a.micro_batch_size),
-        "--global-batch-size", str(a.global_batch_size), "--hidden-dropout", "0",
-        "--attention-dropout", "0", "--tokenizer-model", os.path.join(a.corpus, "tokenizer.json"),
-        "--data-path", *data_path, "--split", "90,10,0", "--train-iters", str(4 * steps),
-        "--lr", "1e-4", "--velocitune-policy", "static"])
+    args = parse_args(
+        [
+            "--num-layers",
+            str(a.num_layers),
+            "--hidden-size",
+            str(a.hidden_size),
+            "--num-attention-heads",
+            str(a.num_attention_heads),
+            "--seq-length",
+            str(a.seq_length),
+            "--micro-batch-size",
+            str(a.micro_batch_size),
+            "--global-batch-size",
+            str(a.global_batch_size),
+            "--hidden-dropout",
+            "0",
+            "--attention-dropout",
+            "0",
+            "--tokenizer-model",
+            os.path.join(a.corpus, "tokenizer.json"),
+            "--data-path",
+            *data_path,
+            "--split",
+            "90,10,0",
+            "--train-iters",
+            str(4 * steps),
+            "--lr",
+            "1e-4",
+            "--velocitune-policy",
+            "static",
+        ]
+    )
 
     info = initialize_parallel(ParallelConfig(), seed=1234)
     # The training entry's own builders: the same model, optimizer and data a run gets.
@@ -103,22 +130,33 @@ def main(argv=None) -> int:
     data = build_data(args, info, (prefixes, weights), tokenizer, a.update_interval)
     k = len(prefixes)
     consumed = 0
-    it = RebuildableDataIterator(data.train, consumed, a.micro_batch_size, info.dp_rank,
-                                 info.dp_size, a.num_workers)
-    stream = DomainLossAccumulator(k, torch.device(
-        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
+    it = RebuildableDataIterator(
+        data.train, consumed, a.micro_batch_size, info.dp_rank, info.dp_size, a.num_workers
+    )
+    stream = DomainLossAccumulator(
+        k,
+        torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"),
+    )
     groups = UpdateGroups.from_parallel_state()
     fb = get_forward_backward_func()
     num_micro = a.global_batch_size // (a.micro_batch_size * info.dp_size)
-    paths = {"static": _make_forward_step(a.micro_batch_size, a.seq_length, None, None),
-             "stream": _make_forward_step(a.micro_batch_size, a.seq_length, stream, None)}
+    paths = {
+        "static": _make_forward_step(a.micro_batch_size, a.seq_length, None, None),
+        "stream": _make_forward_step(a.micro_batch_size, a.seq_length, stream, None),
+    }
     stream_steps = {"n": 0}
 
     def step(name: str) -> None:
         optimizer.zero_grad()
-        fb(forward_step_func=paths[name], data_iterator=it, model=module,
-           num_microbatches=num_micro, seq_length=a.seq_length,
-           micro_batch_size=a.micro_batch_size, forward_only=False)
+        fb(
+            forward_step_func=paths[name],
+            data_iterator=it,
+            model=module,
+            num_microbatches=num_micro,
+            seq_length=a.seq_length,
+            micro_batch_size=a.micro_batch_size,
+            forward_only=False,
+        )
         optimizer.step()
         if name == "stream":
             stream_steps["n"] += 1
@@ -135,8 +173,14 @@ def main(argv=None) -> int:
             times[name].append(_timed(lambda: step(name)))
     consumed = steps * a.global_batch_size
 
-    heldout = DomainEvaluator(module, data.valid if info.holds_data else None, k, a.seq_length,
-                              a.micro_batch_size, a.eval_iters)
+    heldout = DomainEvaluator(
+        module,
+        data.valid if info.holds_data else None,
+        k,
+        a.seq_length,
+        a.micro_batch_size,
+        a.eval_iters,
+    )
     evals = [_timed(heldout.evaluate) for _ in range(3)]
     rng = np.random.default_rng(0)
     rebuilds: List[float] = []
@@ -168,20 +212,30 @@ def main(argv=None) -> int:
     ev, rb = float(np.median(evals)) * 1e3, float(np.median(rebuilds)) * 1e3
     m = a.update_interval
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"{dev}, {dist.get_world_size()} rank(s), layers {a.num_layers}, hidden "
-          f"{a.hidden_size}, seq {a.seq_length}, micro-batch {a.micro_batch_size}, global batch "
-          f"{a.global_batch_size}; {a.pairs} step pairs (ABBA), m = {m}, {k} domains")
+    print(
+        f"{dev}, {dist.get_world_size()} rank(s), layers {a.num_layers}, hidden "
+        f"{a.hidden_size}, seq {a.seq_length}, micro-batch {a.micro_batch_size}, global batch "
+        f"{a.global_batch_size}; {a.pairs} step pairs (ABBA), m = {m}, {k} domains"
+    )
     print("| per training step | median ms | mean ms | vs static (mean of pairs, 95% CI) |")
     print("|---|---:|---:|---:|")
     print(f"| static (megatron-core path) | {step_ms:.1f} | {s.mean():.1f} | - |")
-    print(f"| + training-stream estimator (update reduction every {m}) | {np.median(t):.1f} "
-          f"| {t.mean():.1f} | {ratio.mean():+.2f}% ± {ci:.2f} |")
-    print(f"| accumulator add alone: {add_us:.1f} us per micro-batch x {num_micro} "
-          f"| {add_us * num_micro / 1e3:.3f} | | {100 * add_us * num_micro / 1e3 / step_ms:+.3f}% |")
-    print(f"| held-out evaluation at an update ({k} x {a.eval_iters} micro-batches), per "
-          f"step over m | {ev:.1f} / {m} | | {100 * ev / m / step_ms:+.2f}% |")
-    print(f"| iterator rebuild at a weight change (both estimators), per step over m "
-          f"| {rb:.1f} / {m} | | {100 * rb / m / step_ms:+.2f}% |")
+    print(
+        f"| + training-stream estimator (update reduction every {m}) | {np.median(t):.1f} "
+        f"| {t.mean():.1f} | {ratio.mean():+.2f}% ± {ci:.2f} |"
+    )
+    print(
+        f"| accumulator add alone: {add_us:.1f} us per micro-batch x {num_micro} "
+        f"| {add_us * num_micro / 1e3:.3f} | | {100 * add_us * num_micro / 1e3 / step_ms:+.3f}% |"
+    )
+    print(
+        f"| held-out evaluation at an update ({k} x {a.eval_iters} micro-batches), per "
+        f"step over m | {ev:.1f} / {m} | | {100 * ev / m / step_ms:+.2f}% |"
+    )
+    print(
+        f"| iterator rebuild at a weight change (both estimators), per step over m "
+        f"| {rb:.1f} / {m} | | {100 * rb / m / step_ms:+.2f}% |"
+    )
     return 0
 
 

@@ -87,9 +87,12 @@ def logic_alone(n: int, rounds: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
             w = synchronize_update(
-                evaluator.evaluate(), w,
+                evaluator.evaluate(),
+                w,
                 lambda mean: update_weights("velocity", w, mean, initial, target, 1e-3),
-                1, 0, groups,
+                1,
+                0,
+                groups,
             ).weights
         best = min(best, (time.perf_counter() - t0) / n)
     return best * 1e6
@@ -134,14 +137,22 @@ def worker(rank: int, world_size: int, tp: int, pp: int, n: int, rounds: int, lo
             local.loss_sum[:] = 0.0
             local.tokens[:] = 0.0
         w = synchronize_update(
-            local, w, lambda mean: update_weights("velocity", w, mean, initial, target, 1e-3),
-            1, 0, groups,
+            local,
+            w,
+            lambda mean: update_weights("velocity", w, mean, initial, target, 1e-3),
+            1,
+            0,
+            groups,
         ).weights
 
     def make_controller(with_log: bool, with_data: bool):
         config = VelocituneConfig(
-            policy="velocity", update_interval=1, eval_iters=1, initial_loss=initial.tolist(),
-            target_loss=target.tolist(), min_weight=1e-3,
+            policy="velocity",
+            update_interval=1,
+            eval_iters=1,
+            initial_loss=initial.tolist(),
+            target_loss=target.tolist(),
+            min_weight=1e-3,
             log_dir=os.path.join(log_dir, f"{with_log}-{with_data}") if with_log else None,
         )
         sinks = []
@@ -150,7 +161,11 @@ def worker(rank: int, world_size: int, tp: int, pp: int, n: int, rounds: int, lo
             index = BlendIndex(np.full(K, 1.0 / K), size, [10**9] * K, WINDOW)
             sinks.append(index.update)
         ctrl = VelocituneController(
-            config, np.full(K, 1.0 / K), PrecomputedEvaluator(rank), sinks=sinks, groups=groups,
+            config,
+            np.full(K, 1.0 / K),
+            PrecomputedEvaluator(rank),
+            sinks=sinks,
+            groups=groups,
             seq_length=4096,
         )
         ctrl.maybe_update(0, 0)
@@ -189,17 +204,31 @@ def main(argv=None) -> None:
             )[0]
         rows.append((world, name, r))
     logic = logic_alone(args.updates, args.rounds)
-    print(f"Velocitune update cost, k={K} domains, gloo on CPU ({os.cpu_count()} cores), "
-          f"best of {args.rounds} rounds x {args.updates} updates; microseconds per update")
-    cols = ["ranks", "layout     ", "bare collectives (floor)", "synchronize_update",
-            "controller", "+ log", "+ log + dataset"]
+    print(
+        f"Velocitune update cost, k={K} domains, gloo on CPU ({os.cpu_count()} cores), "
+        f"best of {args.rounds} rounds x {args.updates} updates; microseconds per update"
+    )
+    cols = [
+        "ranks",
+        "layout     ",
+        "bare collectives (floor)",
+        "synchronize_update",
+        "controller",
+        "+ log",
+        "+ log + dataset",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
-    print(f"| {1:>5d} | {'logic alone':<11s} | {'-':>24s} | {logic:18.0f} | {'-':>10s} "
-          f"| {'-':>5s} | {'-':>15s} |")
+    print(
+        f"| {1:>5d} | {'logic alone':<11s} | {'-':>24s} | {logic:18.0f} | {'-':>10s} "
+        f"| {'-':>5s} | {'-':>15s} |"
+    )
     for world, name, r in rows:
-        print(f"| {world:>5d} | {name:<11s} | {r['floor']:24.0f} | {r['sync']:18.0f} "
-              f"| {r['controller']:10.0f} | {r['log']:5.0f} | {r['log_data']:15.0f} |")
+        print(
+            f"| {world:>5d} | {name:<11s} | {r['floor']:24.0f} | {r['sync']:18.0f} "
+            f"| {r['controller']:10.0f} | {r['log']:5.0f} | {r['log_data']:15.0f} |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -97,8 +97,9 @@ class Setting:
         return self.warmup * self.global_batch * self.seq_length
 
 
-QUICK = Setting(base_iters=150, cpt_iters=60, warmup=5, cpt_eval_interval=2, update_interval=6,
-                seeds=(1,))
+QUICK = Setting(
+    base_iters=150, cpt_iters=60, warmup=5, cpt_eval_interval=2, update_interval=6, seeds=(1,)
+)
 
 
 def _run(cmd: Sequence[str], log_path: str) -> float:
@@ -111,18 +112,46 @@ def _torchrun(python: str) -> List[str]:
 
 
 def _model_args(corpus: str, s: Setting) -> List[str]:
-    return ["--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4",
-            "--seq-length", str(s.seq_length), "--micro-batch-size", str(s.micro_batch),
-            "--global-batch-size", str(s.global_batch), "--hidden-dropout", "0",
-            "--attention-dropout", "0", "--tokenizer-model", os.path.join(corpus, "tokenizer.json"),
-            "--split", "90,10,0", "--num-workers", "1", "--log-interval", "25",
-            "--eval-interval", "0"]
+    return [
+        "--num-layers",
+        "4",
+        "--hidden-size",
+        "128",
+        "--num-attention-heads",
+        "4",
+        "--seq-length",
+        str(s.seq_length),
+        "--micro-batch-size",
+        str(s.micro_batch),
+        "--global-batch-size",
+        str(s.global_batch),
+        "--hidden-dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+        "--tokenizer-model",
+        os.path.join(corpus, "tokenizer.json"),
+        "--split",
+        "90,10,0",
+        "--num-workers",
+        "1",
+        "--log-interval",
+        "25",
+        "--eval-interval",
+        "0",
+    ]
 
 
 def entry_args(corpus_dir: str, s: Setting) -> List[str]:
     """The training flags every continual pre-training run gets (after ``--``)."""
     return _model_args(corpus_dir, s) + [
-        "--lr", str(s.cpt_lr), "--lr-decay-style", "constant", "--lr-warmup-iters", str(s.warmup)]
+        "--lr",
+        str(s.cpt_lr),
+        "--lr-decay-style",
+        "constant",
+        "--lr-warmup-iters",
+        str(s.warmup),
+    ]
 
 
 def token_blend(corpus: dict) -> List[float]:
@@ -131,28 +160,61 @@ def token_blend(corpus: dict) -> List[float]:
     return (tokens / tokens.sum()).tolist()
 
 
-def compare_argv(out: str, s: Setting, corpus: dict, python: str,
-                 extra: Sequence[str] = ()) -> List[str]:
+def compare_argv(
+    out: str, s: Setting, corpus: dict, python: str, extra: Sequence[str] = ()
+) -> List[str]:
     """``velocitune-compare``'s command line for this corpus, base and setting."""
     prefixes = [d["prefix"] for d in corpus["domains"]]
-    return ["--out", out, "--data-path", *data_path(prefixes, token_blend(corpus)),
-            "--load", os.path.join(out, "base"), "--replay-domain", REPLAY_DOMAIN,
-            "--train-iters", str(s.cpt_iters), "--update-interval", str(s.update_interval),
-            "--cpt-eval-interval", str(s.cpt_eval_interval), "--eval-iters", str(s.eval_iters),
-            "--min-weight", str(s.min_weight), "--fit-fraction", str(s.fit_fraction),
-            "--seeds", *map(str, s.seeds), "--python", python, *extra,
-            "--", *entry_args(os.path.dirname(prefixes[0]), s)]
+    return [
+        "--out",
+        out,
+        "--data-path",
+        *data_path(prefixes, token_blend(corpus)),
+        "--load",
+        os.path.join(out, "base"),
+        "--replay-domain",
+        REPLAY_DOMAIN,
+        "--train-iters",
+        str(s.cpt_iters),
+        "--update-interval",
+        str(s.update_interval),
+        "--cpt-eval-interval",
+        str(s.cpt_eval_interval),
+        "--eval-iters",
+        str(s.eval_iters),
+        "--min-weight",
+        str(s.min_weight),
+        "--fit-fraction",
+        str(s.fit_fraction),
+        "--seeds",
+        *map(str, s.seeds),
+        "--python",
+        python,
+        *extra,
+        "--",
+        *entry_args(os.path.dirname(prefixes[0]), s),
+    ]
 
 
-def cpt_run(out: str, python: str, corpus: dict, s: Setting, key: str, seed: int,
-            policy: str, weights: Sequence[float], interval: int,
-            extra: Sequence[str] = ()) -> dict:
+def cpt_run(
+    out: str,
+    python: str,
+    corpus: dict,
+    s: Setting,
+    key: str,
+    seed: int,
+    policy: str,
+    weights: Sequence[float],
+    interval: int,
+    extra: Sequence[str] = (),
+) -> dict:
     """One continual pre-training run from the base, as ``velocitune-compare`` runs them."""
     own, entry = compare.split_argv(compare_argv(out, s, corpus, python))
     args = compare.build_parser().parse_args(own)
     args.entry_args = entry
-    return compare.train_run(out, python, compare.setting_from_args(args), key, seed, policy,
-                             weights, interval, extra)
+    return compare.train_run(
+        out, python, compare.setting_from_args(args), key, seed, policy, weights, interval, extra
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -163,10 +225,21 @@ def prepare_corpus(out: str, python: str) -> dict:
     corpus = os.path.join(out, "corpus")
     if not os.path.exists(os.path.join(corpus, "corpus.json")):
         _log("text and corpus")
-        subprocess.run(["bash", "examples/cpu_demo/get_text.sh", os.path.join(out, "text")],
-                       cwd=REPO, check=True)
-        cmd = [python, "tools/prepare_corpus.py", "--output-dir", corpus, "--vocab-size", "4096",
-               "--max-bytes-per-domain", "2500000"]
+        subprocess.run(
+            ["bash", "examples/cpu_demo/get_text.sh", os.path.join(out, "text")],
+            cwd=REPO,
+            check=True,
+        )
+        cmd = [
+            python,
+            "tools/prepare_corpus.py",
+            "--output-dir",
+            corpus,
+            "--vocab-size",
+            "4096",
+            "--max-bytes-per-domain",
+            "2500000",
+        ]
         for d in DOMAINS:
             cmd += ["--domain", f"{d}={os.path.join(out, 'text', d)}"]
         _run(cmd, os.path.join(out, "corpus.log"))
@@ -193,28 +266,60 @@ def train_base(out: str, python: str, corpus: dict, s: Setting) -> dict:
         _log(f"base model: {s.base_iters} iterations on {REPLAY_DOMAIN}")
         blend = [prefixes[replay]]
     else:
-        weights = replay_share_blend([d["tokens"] for d in corpus["domains"]], [replay],
-                                     s.base_replay_share)
+        weights = replay_share_blend(
+            [d["tokens"] for d in corpus["domains"]], [replay], s.base_replay_share
+        )
         _log(f"base model: {s.base_iters} iterations, {REPLAY_DOMAIN} {s.base_replay_share}")
         blend = data_path(prefixes, weights)
-    cmd = _torchrun(python) + _model_args(os.path.dirname(prefixes[0]), s) + [
-        "--data-path", *blend, "--train-iters", str(s.base_iters), "--seed", str(s.base_seed),
-        "--lr", str(s.base_lr), "--min-lr", str(s.base_min_lr), "--lr-decay-style", "cosine",
-        "--lr-warmup-iters", str(max(1, s.base_iters // 10)),
-        "--velocitune-policy", "static",
-        "--velocitune-update-interval", str(max(1, s.base_iters // 16)),
-        "--velocitune-eval-iters", str(s.eval_iters),
-        "--save", base, "--tensorboard-dir", os.path.join(base, "tb")]
+    cmd = (
+        _torchrun(python)
+        + _model_args(os.path.dirname(prefixes[0]), s)
+        + [
+            "--data-path",
+            *blend,
+            "--train-iters",
+            str(s.base_iters),
+            "--seed",
+            str(s.base_seed),
+            "--lr",
+            str(s.base_lr),
+            "--min-lr",
+            str(s.base_min_lr),
+            "--lr-decay-style",
+            "cosine",
+            "--lr-warmup-iters",
+            str(max(1, s.base_iters // 10)),
+            "--velocitune-policy",
+            "static",
+            "--velocitune-update-interval",
+            str(max(1, s.base_iters // 16)),
+            "--velocitune-eval-iters",
+            str(s.eval_iters),
+            "--save",
+            base,
+            "--tensorboard-dir",
+            os.path.join(base, "tb"),
+        ]
+    )
     wall = _run(cmd, os.path.join(base, "log.txt"))
     with open(os.path.join(base, "log.txt"), encoding="utf-8") as f:
         names, start, end, _ = parse_final_losses(f.read())
     at = names.index(REPLAY_DOMAIN)
     updates = _read_traj(os.path.join(base, "tb", "velocitune_trajectory.jsonl")).updates
     curve = [(u["iteration"], u["eval_loss"][at]) for u in updates]
-    curves = {d: [(u["iteration"], u["eval_loss"][i]) for u in updates]
-              for i, d in enumerate(names)}
-    res = {"wall_s": wall, "start_loss": start[at], "final_loss": end[at], "curve": curve,
-           "domains": names, "start_losses": start, "final_losses": end, "curves": curves}
+    curves = {
+        d: [(u["iteration"], u["eval_loss"][i]) for u in updates] for i, d in enumerate(names)
+    }
+    res = {
+        "wall_s": wall,
+        "start_loss": start[at],
+        "final_loss": end[at],
+        "curve": curve,
+        "domains": names,
+        "start_losses": start,
+        "final_losses": end,
+        "curves": curves,
+    }
     with open(result, "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1)
     return res
@@ -229,24 +334,40 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Default: ~1 hour per setting on 2 CPU cores; --quick: under 15 minutes.",
     )
     p.add_argument("--out", required=True, help="Output folder (finished runs in it are kept).")
-    p.add_argument("--setting", choices=sorted(SETTINGS), default="realistic",
-                   help="The base model: realistic (replay 0.85 + a little of every domain, "
-                        "the default) or replay-only.")
-    p.add_argument("--quick", action="store_true",
-                   help=f"Small sizes: base {QUICK.base_iters}, budget {QUICK.cpt_iters} "
-                        f"iterations, seeds {list(QUICK.seeds)}; velocitune-compare --quick.")
+    p.add_argument(
+        "--setting",
+        choices=sorted(SETTINGS),
+        default="realistic",
+        help="The base model: realistic (replay 0.85 + a little of every domain, "
+        "the default) or replay-only.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"Small sizes: base {QUICK.base_iters}, budget {QUICK.cpt_iters} "
+        f"iterations, seeds {list(QUICK.seeds)}; velocitune-compare --quick.",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="Dataset seeds (default 1 2 3; quick 1).")
     p.add_argument("--base-iters", type=int, help="Base model iterations.")
     p.add_argument("--cpt-iters", type=int, help="Continual pre-training budget in iterations.")
     p.add_argument("--update-interval", type=int, help="m of the dynamic policies.")
     p.add_argument("--methods", nargs="+", help="velocitune-compare --methods.")
     p.add_argument("--frontier", type=float, nargs="+", help="velocitune-compare --frontier.")
-    p.add_argument("--python", default=os.path.join(REPO, ".venv", "bin", "python"),
-                   help="Interpreter with this package and megatron-core (default .venv).")
-    p.add_argument("--report-only", action="store_true",
-                   help="Run nothing: print the tables from the runs finished under --out.")
-    p.add_argument("--stop-after", choices=["corpus", "base"],
-                   help="Stop after this stage (the rest runs on the next call).")
+    p.add_argument(
+        "--python",
+        default=os.path.join(REPO, ".venv", "bin", "python"),
+        help="Interpreter with this package and megatron-core (default .venv).",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Run nothing: print the tables from the runs finished under --out.",
+    )
+    p.add_argument(
+        "--stop-after",
+        choices=["corpus", "base"],
+        help="Stop after this stage (the rest runs on the next call).",
+    )
     return p
 
 

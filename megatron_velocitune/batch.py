@@ -16,12 +16,18 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 __all__ = ["BATCH_KEYS", "broadcast_batch", "gpt_forward"]
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
-_DTYPES = {"tokens": torch.int64, "labels": torch.int64, "loss_mask": torch.float32,
-           "position_ids": torch.int64}
+_DTYPES = {
+    "tokens": torch.int64,
+    "labels": torch.int64,
+    "loss_mask": torch.float32,
+    "position_ids": torch.int64,
+}
 
 
 def _device() -> torch.device:
-    return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    return torch.device(
+        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    )
 
 
 def broadcast_batch(
@@ -54,8 +60,10 @@ def broadcast_batch(
         if with_domain:
             batch["dataset_id"] = torch.empty(micro_batch_size, dtype=torch.int64, device=device)
     else:
-        batch = {k: torch.as_tensor(batch[k]).to(device=device, dtype=_DTYPES.get(k, torch.int64))
-                 for k in keys}
+        batch = {
+            k: torch.as_tensor(batch[k]).to(device=device, dtype=_DTYPES.get(k, torch.int64))
+            for k in keys
+        }
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         src = parallel_state.get_tensor_model_parallel_src_rank()
         group = parallel_state.get_tensor_model_parallel_group()

@@ -119,8 +119,12 @@ def greedy_blend(
     from megatron.core.datasets import helpers  # the prebuilt C++ extension of the wheel
 
     helpers.build_blending_indices(
-        dataset_index, dataset_sample_index, np.ascontiguousarray(weights, np.float64),
-        weights.shape[0], n, False,
+        dataset_index,
+        dataset_sample_index,
+        np.ascontiguousarray(weights, np.float64),
+        weights.shape[0],
+        n,
+        False,
     )
 
 
@@ -233,7 +237,7 @@ class BlendIndex:
         if position <= seg.start:
             return seg.counts.copy()
         self._build(k, position, cap=cap)
-        drawn = np.bincount(self.dataset_index[seg.start:position], minlength=self.num_datasets)
+        drawn = np.bincount(self.dataset_index[seg.start : position], minlength=self.num_datasets)
         return seg.counts + drawn.astype(np.int64)
 
     # ----------------------------------------------------------------------------------------
@@ -344,7 +348,7 @@ class BlendIndex:
                     f"segment {k} at sample {seg.start} carries counts {seg.counts.tolist()} "
                     f"but the blend drew {total.tolist()} before it"
                 )
-            part = self.dataset_index[seg.start:self.segment_end(k)]
+            part = self.dataset_index[seg.start : self.segment_end(k)]
             total += np.bincount(part, minlength=self.num_datasets).astype(np.int64)
 
     # ----------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import get_blend_from_list
@@ -270,8 +269,13 @@ def build_heldout_datasets(
     from megatron.core.datasets.utils import Split
 
     config = gpt_dataset_config(
-        None, None, seq_length, seed, DatasetTokenizer(vocab_size, eod_id),
-        path_to_cache=path_to_cache, create_attention_mask=False,
+        None,
+        None,
+        seq_length,
+        seed,
+        DatasetTokenizer(vocab_size, eod_id),
+        path_to_cache=path_to_cache,
+        create_attention_mask=False,
     )
     datasets = []
     for prefix in prefixes:

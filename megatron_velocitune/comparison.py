@@ -240,8 +240,11 @@ def _mark(row: Stat, ref: Stat, better_low: bool = True) -> str:
 
 
 def render_table(
-    rows: Sequence[MethodSummary], domains: Sequence[str], reference: int = 0,
-    overhead_base: Optional[Stat] = None, overhead_label: str = "CPT",
+    rows: Sequence[MethodSummary],
+    domains: Sequence[str],
+    reference: int = 0,
+    overhead_base: Optional[Stat] = None,
+    overhead_label: str = "CPT",
 ) -> str:
     """The comparison as one Markdown table.
 
@@ -255,9 +258,19 @@ def render_table(
     if overhead_base is None:
         overhead_base = ref.cpu_ms if use_cpu else ref.wall_s
     base = overhead_base
-    head = (["method", "seeds"] + [f"{d}" for d in domains]
-            + ["mean (all)", "mean (new)", "worst vs CPT", "stable at (iter)", "wall (s)",
-               "loop CPU (ms/iter)", f"overhead vs {overhead_label}"])
+    head = (
+        ["method", "seeds"]
+        + [f"{d}" for d in domains]
+        + [
+            "mean (all)",
+            "mean (new)",
+            "worst vs CPT",
+            "stable at (iter)",
+            "wall (s)",
+            "loop CPU (ms/iter)",
+            f"overhead vs {overhead_label}",
+        ]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.name, str(r.seeds)]
@@ -295,22 +308,29 @@ def render_mae_table(
         vals = per_seed.get(d, [])
         s = mean_std(vals)
         cells = [d] + [f"{v:.2e}" if not math.isnan(v) else "-" for v in vals]
-        cells.append("-" if s.n == 0 else (f"{s.mean:.2e}" if s.n < 2
-                                          else f"{s.mean:.2e} ± {s.std:.1e}"))
+        cells.append(
+            "-" if s.n == 0 else (f"{s.mean:.2e}" if s.n < 2 else f"{s.mean:.2e} ± {s.std:.1e}")
+        )
         p = pooled.get(d, float("nan"))
         cells.append("-" if math.isnan(p) else f"{p:.2e}")
         lines.append("| " + " | ".join(cells) + " |")
     allv = [v for d in domains for v in per_seed.get(d, []) if not math.isnan(v)]
     if allv:
         pooled_all = [pooled[d] for d in domains if d in pooled and not math.isnan(pooled[d])]
-        lines.append("| all domains | " + " | ".join([""] * seeds)
-                     + f" | {np.mean(allv):.2e} | "
-                     + (f"{np.mean(pooled_all):.2e}" if pooled_all else "-") + " |")
+        lines.append(
+            "| all domains | "
+            + " | ".join([""] * seeds)
+            + f" | {np.mean(allv):.2e} | "
+            + (f"{np.mean(pooled_all):.2e}" if pooled_all else "-")
+            + " |"
+        )
     return "\n".join(lines)
 
 
-_LOOP = re.compile(r"training loop: (\d+) iterations in ([\d.]+) s \(([\d.]+) ms/iteration wall, "
-                   r"([\d.]+) ms/iteration CPU")
+_LOOP = re.compile(
+    r"training loop: (\d+) iterations in ([\d.]+) s \(([\d.]+) ms/iteration wall, "
+    r"([\d.]+) ms/iteration CPU"
+)
 
 
 def parse_loop_time(text: str) -> Optional[Tuple[int, float, float, float]]:
@@ -339,14 +359,16 @@ def parse_final_losses(text: str) -> Tuple[List[str], List[float], List[float], 
         ValueError: no such table in ``text``.
     """
     lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if "held-out loss per domain (full held-out sets)" in line]
+    starts = [
+        i for i, line in enumerate(lines) if "held-out loss per domain (full held-out sets)" in line
+    ]
     if not starts:
         raise ValueError("no 'held-out loss per domain' table in the run's output")
     names: List[str] = []
     start: List[float] = []
     end: List[float] = []
     weight: List[float] = []
-    for line in lines[starts[-1] + 2:]:
+    for line in lines[starts[-1] + 2 :]:
         m = _ROW.match(line)
         if not m:
             break
@@ -382,9 +404,12 @@ def dominated_by(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Optiona
     for f in frontier:
         if f.name == point.name:
             continue
-        if (f.replay.mean < point.replay.mean and f.new.mean < point.new.mean
-                and is_real_difference(f.replay, point.replay)
-                and is_real_difference(f.new, point.new)):
+        if (
+            f.replay.mean < point.replay.mean
+            and f.new.mean < point.new.mean
+            and is_real_difference(f.replay, point.replay)
+            and is_real_difference(f.new, point.new)
+        ):
             margin = (point.replay.mean - f.replay.mean) + (point.new.mean - f.new.mean)
             if best is None or margin > best_margin:
                 best, best_margin = f.name, margin

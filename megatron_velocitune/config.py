@@ -167,9 +167,7 @@ class VelocituneConfig:
             raise VelocituneConfigError(
                 f"{_flag('min_weight')}: {self.min_weight} must be finite and >= 0"
             )
-        if self.domain_names is not None and len(set(self.domain_names)) != len(
-            self.domain_names
-        ):
+        if self.domain_names is not None and len(set(self.domain_names)) != len(self.domain_names):
             raise VelocituneConfigError(
                 f"{_flag('domain_names')}: {self.domain_names} has repeated names"
             )
@@ -226,8 +224,12 @@ class VelocituneConfig:
         """
         try:
             return resolve_targets(
-                initial, target, self.rising_rule, self.target_margin,
-                self.forgetting_tolerance, names,
+                initial,
+                target,
+                self.rising_rule,
+                self.target_margin,
+                self.forgetting_tolerance,
+                names,
             )
         except TargetRuleError as e:
             raise VelocituneConfigError(f"{flag}: {e} ({_flag('rising_rule')})") from None

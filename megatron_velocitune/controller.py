@@ -167,7 +167,11 @@ class VelocituneController:
             sums = self.evaluator.evaluate(full=True)
             # The identity policy: this round only reduces and shares the losses.
             decision = synchronize_update(
-                sums, self.weights, lambda mean: self.weights, iteration, consumed_samples,
+                sums,
+                self.weights,
+                lambda mean: self.weights,
+                iteration,
+                consumed_samples,
                 self.groups,
             )
             loss = decision.eval_loss
@@ -229,7 +233,12 @@ class VelocituneController:
         sums = self.evaluator.evaluate(full=False)
         self._measured_under = self.weights.copy()
         decision = synchronize_update(
-            sums, self.weights, self._decide, iteration, consumed_samples, self.groups,
+            sums,
+            self.weights,
+            self._decide,
+            iteration,
+            consumed_samples,
+            self.groups,
             fallback=self._last_estimate() if self.config.loss_source == "train" else None,
         )
         if not decision.skipped:
@@ -252,7 +261,10 @@ class VelocituneController:
             return None
         if self.config.rising_rule == "budget-hold":
             return held_budget_velocity(
-                eval_loss, self.initial_loss, self.target_loss, self._measured_under,
+                eval_loss,
+                self.initial_loss,
+                self.target_loss,
+                self._measured_under,
                 self.config.min_headroom,
             )
         return domain_velocity(
@@ -305,7 +317,8 @@ class VelocituneController:
         if state.get("policy") != self.config.policy:
             logger.warning(
                 "velocitune: state was written by policy %r, continuing with %r",
-                state.get("policy"), self.config.policy,
+                state.get("policy"),
+                self.config.policy,
             )
         self.initial_weights = np.asarray(state["initial_weights"], np.float64)
         self.weights = np.asarray(state["weights"], np.float64)

@@ -26,8 +26,8 @@ import types
 from typing import Any
 
 import torch
-from megatron.core.tensor_parallel.random import CudaRNGStatesTracker as _CudaRNGStatesTracker
 from megatron.core.tensor_parallel.random import _MODEL_PARALLEL_RNG_TRACKER_NAME
+from megatron.core.tensor_parallel.random import CudaRNGStatesTracker as _CudaRNGStatesTracker
 
 __all__ = ["CpuRNGStatesTracker", "apply_cpu_shim", "cpu_shim_applied"]
 

@@ -16,7 +16,6 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy
-
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_config import BlendedMegatronDatasetConfig
 from megatron.core.datasets.megatron_dataset import MegatronDataset

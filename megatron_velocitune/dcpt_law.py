@@ -508,9 +508,12 @@ def choose_blend(
         w = w / w.sum()
         ls = losses(w)
         feasible = all(ls[j] <= limits[names[j]] * (1 + 1e-6) for j in rep)
-        key = (not feasible, objective(w) if feasible else max(
-            (ls[j] - limits[names[j]]) / limits[names[j]] for j in rep
-        ))
+        key = (
+            not feasible,
+            objective(w)
+            if feasible
+            else max((ls[j] - limits[names[j]]) / limits[names[j]] for j in rep),
+        )
         if best is None or key < (not best[0], best[1]):
             best = (feasible, key[1], w)
     feasible, _, w = best

@@ -268,9 +268,8 @@ def synchronize_update(
         )
 
     if status is UpdateStatus.SKIPPED or any_bad:
-        reason = (
-            "non-finite loss "
-            + (f"{sums.mean(fallback).tolist()}" if status is UpdateStatus.SKIPPED else "on some rank")
+        reason = "non-finite loss " + (
+            f"{sums.mean(fallback).tolist()}" if status is UpdateStatus.SKIPPED else "on some rank"
         )
         warnings.warn(
             f"velocitune: update at iteration {iteration} skipped ({reason}); weights kept",

@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class DomainSums:
     """Per-domain loss sums and token counts (float64).
@@ -154,6 +153,9 @@ def full_plan(
 
     Args:
         dataset_lengths (Sequence[int]): samples in each domain's held-out set.
+        micro_batch_size (int): samples per micro-batch.
+        dp_rank (int): this rank's data-parallel index.
+        dp_size (int): the data-parallel world size.
 
     Returns:
         EvalPlan: ``ceil(len / (mbs * dp))`` micro-batches per domain, padding masked out.
@@ -339,8 +341,12 @@ class DomainEvaluator:
         loss_sum = (output_tensor.reshape(-1).double() * mask).sum()
         tokens = mask.sum()
         # The schedule divides the first element in place: hand it a copy.
-        return loss_sum.clone(), tokens.to(torch.int), {
-            "domain": domain,
-            "loss_sum": loss_sum,
-            "tokens": tokens,
-        }
+        return (
+            loss_sum.clone(),
+            tokens.to(torch.int),
+            {
+                "domain": domain,
+                "loss_sum": loss_sum,
+                "tokens": tokens,
+            },
+        )

@@ -49,8 +49,12 @@ __all__ = [
 ]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-_LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
-            "mlp.linear_fc2")
+_LINEARS = (
+    "self_attention.linear_qkv",
+    "self_attention.linear_proj",
+    "mlp.linear_fc1",
+    "mlp.linear_fc2",
+)
 # Buffers some older Hugging Face checkpoints carry; recomputed from the config, not weights.
 _IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq",)
 
@@ -147,10 +151,17 @@ def architecture_from_hf_config(config: Mapping[str, Any]) -> LlamaArchitecture:
     if float(theta) != int(float(theta)):
         problems.append(f"rope_theta {theta} is not an integer (--rotary-base is an int)")
     if config.get("sliding_window") is not None:
-        problems.append(f"sliding_window={config['sliding_window']} (megatron-core's local "
-                        "attention is full causal attention)")
-    for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-                "vocab_size"):
+        problems.append(
+            f"sliding_window={config['sliding_window']} (megatron-core's local "
+            "attention is full causal attention)"
+        )
+    for key in (
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "vocab_size",
+    ):
         if not isinstance(config.get(key), int) or config[key] < 1:
             problems.append(f"{key}={config.get(key)!r} (need a positive integer)")
     if problems:
@@ -158,12 +169,15 @@ def architecture_from_hf_config(config: Mapping[str, Any]) -> LlamaArchitecture:
     heads = config["num_attention_heads"]
     groups = config.get("num_key_value_heads") or heads
     if heads % groups:
-        raise ConversionError(f"num_attention_heads {heads} is not a multiple of "
-                              f"num_key_value_heads {groups}")
+        raise ConversionError(
+            f"num_attention_heads {heads} is not a multiple of num_key_value_heads {groups}"
+        )
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     if not config.get("head_dim") and config["hidden_size"] % heads:
-        raise ConversionError(f"hidden_size {config['hidden_size']} is not a multiple of "
-                              f"num_attention_heads {heads} and no head_dim is given")
+        raise ConversionError(
+            f"hidden_size {config['hidden_size']} is not a multiple of "
+            f"num_attention_heads {heads} and no head_dim is given"
+        )
     return LlamaArchitecture(
         num_layers=config["num_hidden_layers"],
         hidden_size=config["hidden_size"],
@@ -198,12 +212,15 @@ def architecture_from_megatron_args(args: Mapping[str, Any], vocab_size: int) ->
     if not args.get("swiglu"):
         problems.append("no --swiglu")
     if args.get("position_embedding_type") != "rope":
-        problems.append(f"--position-embedding-type {args.get('position_embedding_type')} "
-                        "(need rope)")
+        problems.append(
+            f"--position-embedding-type {args.get('position_embedding_type')} (need rope)"
+        )
     if not args.get("disable_bias_linear"):
         problems.append("linear biases (need --disable-bias-linear)")
     if problems:
-        raise ConversionError("checkpoint is not a Llama-architecture model: " + "; ".join(problems))
+        raise ConversionError(
+            "checkpoint is not a Llama-architecture model: " + "; ".join(problems)
+        )
     heads, hidden = args["num_attention_heads"], args["hidden_size"]
     groups = args["num_query_groups"] if args.get("group_query_attention") else heads
     ffn = args.get("ffn_hidden_size") or int((4 * hidden * 2 / 3) / 64) * 64
@@ -234,8 +251,9 @@ def check_layout(arch: LlamaArchitecture, tp: int, pp: int) -> None:
     if arch.num_layers % pp:
         problems.append(f"num_layers {arch.num_layers} is not a multiple of PP={pp}")
     if arch.num_attention_heads % tp:
-        problems.append(f"num_attention_heads {arch.num_attention_heads} is not a multiple of "
-                        f"TP={tp}")
+        problems.append(
+            f"num_attention_heads {arch.num_attention_heads} is not a multiple of TP={tp}"
+        )
     groups = arch.num_query_groups
     if groups % tp and tp % groups:
         problems.append(f"num_query_groups {groups} and TP={tp}: one must divide the other")
@@ -250,8 +268,9 @@ def _padded_vocab(vocab_size: int, tp: int, divisible_by: int) -> int:
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
-def megatron_flags(arch: LlamaArchitecture, tp: int, pp: int,
-                   make_vocab_size_divisible_by: int = 128) -> List[str]:
+def megatron_flags(
+    arch: LlamaArchitecture, tp: int, pp: int, make_vocab_size_divisible_by: int = 128
+) -> List[str]:
     """The training entry's (and Megatron-LM's) flags for a model of this shape and split.
 
     Args:
@@ -264,22 +283,41 @@ def megatron_flags(arch: LlamaArchitecture, tp: int, pp: int,
         List[str]: ``["--num-layers", "30", ...]`` (no tokenizer, data or training flags).
     """
     flags = [
-        "--num-layers", str(arch.num_layers),
-        "--hidden-size", str(arch.hidden_size),
-        "--ffn-hidden-size", str(arch.ffn_hidden_size),
-        "--num-attention-heads", str(arch.num_attention_heads),
-        "--group-query-attention", "--num-query-groups", str(arch.num_query_groups),
+        "--num-layers",
+        str(arch.num_layers),
+        "--hidden-size",
+        str(arch.hidden_size),
+        "--ffn-hidden-size",
+        str(arch.ffn_hidden_size),
+        "--num-attention-heads",
+        str(arch.num_attention_heads),
+        "--group-query-attention",
+        "--num-query-groups",
+        str(arch.num_query_groups),
     ]
     if arch.head_dim * arch.num_attention_heads != arch.hidden_size:
         flags += ["--kv-channels", str(arch.head_dim)]
     flags += [
-        "--max-position-embeddings", str(arch.max_position_embeddings),
-        "--position-embedding-type", "rope", "--rotary-base", str(arch.rotary_base),
-        "--normalization", "RMSNorm", "--norm-epsilon", repr(arch.norm_epsilon),
-        "--swiglu", "--disable-bias-linear",
-        "--hidden-dropout", "0", "--attention-dropout", "0",
-        "--vocab-size", str(arch.vocab_size),
-        "--make-vocab-size-divisible-by", str(make_vocab_size_divisible_by),
+        "--max-position-embeddings",
+        str(arch.max_position_embeddings),
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        str(arch.rotary_base),
+        "--normalization",
+        "RMSNorm",
+        "--norm-epsilon",
+        repr(arch.norm_epsilon),
+        "--swiglu",
+        "--disable-bias-linear",
+        "--hidden-dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+        "--vocab-size",
+        str(arch.vocab_size),
+        "--make-vocab-size-divisible-by",
+        str(make_vocab_size_divisible_by),
     ]
     if not arch.tie_word_embeddings:
         flags.append("--untie-embeddings-and-output-weights")
@@ -287,8 +325,9 @@ def megatron_flags(arch: LlamaArchitecture, tp: int, pp: int,
     return flags
 
 
-def hf_config_from_architecture(arch: LlamaArchitecture, template: Optional[Mapping[str, Any]] = None,
-                                dtype: str = "float32") -> Dict[str, Any]:
+def hf_config_from_architecture(
+    arch: LlamaArchitecture, template: Optional[Mapping[str, Any]] = None, dtype: str = "float32"
+) -> Dict[str, Any]:
     """A ``config.json`` for ``LlamaForCausalLM`` holding ``arch``.
 
     Args:
@@ -317,12 +356,15 @@ def hf_config_from_architecture(arch: LlamaArchitecture, template: Optional[Mapp
     if template is not None:
         other = architecture_from_hf_config(template)
         if other != arch:
-            diff = [f"{k}: {getattr(other, k)} vs {getattr(arch, k)}"
-                    for k in arch.__dataclass_fields__
-                    if getattr(other, k) != getattr(arch, k) and k != "max_position_embeddings"]
+            diff = [
+                f"{k}: {getattr(other, k)} vs {getattr(arch, k)}"
+                for k in arch.__dataclass_fields__
+                if getattr(other, k) != getattr(arch, k) and k != "max_position_embeddings"
+            ]
             if diff:
-                raise ConversionError("the template config.json describes another model: "
-                                      + "; ".join(diff))
+                raise ConversionError(
+                    "the template config.json describes another model: " + "; ".join(diff)
+                )
         config = {k: v for k, v in template.items() if k != "quantization_config"}
         config.update(fields)
         config["dtype"] = dtype
@@ -368,29 +410,44 @@ def _hf_expected(arch: LlamaArchitecture) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
-def _check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, Tuple[int, ...]],
-                   what: str, ignored=lambda name: False) -> None:
+def _check_tensors(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, Tuple[int, ...]],
+    what: str,
+    ignored=lambda name: False,
+) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected and not ignored(k)]
-    wrong = [f"{k}: shape {tuple(state[k].shape)}, expected {tuple(expected[k])}"
-             for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    wrong = [
+        f"{k}: shape {tuple(state[k].shape)}, expected {tuple(expected[k])}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing tensor(s): " + ", ".join(missing[:6])
-                        + (" ..." if len(missing) > 6 else ""))
+        problems.append(
+            f"{len(missing)} missing tensor(s): "
+            + ", ".join(missing[:6])
+            + (" ..." if len(missing) > 6 else "")
+        )
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) (biases? another "
-                        "architecture?): " + ", ".join(unexpected[:6])
-                        + (" ..." if len(unexpected) > 6 else ""))
+        problems.append(
+            f"{len(unexpected)} unexpected tensor(s) (biases? another "
+            "architecture?): " + ", ".join(unexpected[:6]) + (" ..." if len(unexpected) > 6 else "")
+        )
     if wrong:
-        problems.append("shape mismatch against the config: " + "; ".join(wrong[:6])
-                        + (" ..." if len(wrong) > 6 else ""))
+        problems.append(
+            "shape mismatch against the config: "
+            + "; ".join(wrong[:6])
+            + (" ..." if len(wrong) > 6 else "")
+        )
     if problems:
         raise ConversionError(f"{what}: " + " | ".join(problems))
 
 
-def megatron_stage_keys(arch: LlamaArchitecture, tp: int, pp: int, pp_rank: int,
-                        make_vocab_size_divisible_by: int = 128) -> Dict[str, Optional[Tuple]]:
+def megatron_stage_keys(
+    arch: LlamaArchitecture, tp: int, pp: int, pp_rank: int, make_vocab_size_divisible_by: int = 128
+) -> Dict[str, Optional[Tuple]]:
     """Every state-dict entry of one TP rank of pipeline stage ``pp_rank``, with its shape.
 
     Args:
@@ -435,8 +492,13 @@ def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, pad], dim=0)
 
 
-def hf_to_megatron(state: Mapping[str, torch.Tensor], arch: LlamaArchitecture, tp: int = 1,
-                   pp: int = 1, make_vocab_size_divisible_by: int = 128) -> Shards:
+def hf_to_megatron(
+    state: Mapping[str, torch.Tensor],
+    arch: LlamaArchitecture,
+    tp: int = 1,
+    pp: int = 1,
+    make_vocab_size_divisible_by: int = 128,
+) -> Shards:
     """Split a Hugging Face Llama state dict into megatron-core state dicts, one per rank.
 
     Args:
@@ -458,15 +520,21 @@ def hf_to_megatron(state: Mapping[str, torch.Tensor], arch: LlamaArchitecture, t
     """
     check_layout(arch, tp, pp)
     _check_tensors(
-        state, _hf_expected(arch), "Hugging Face checkpoint",
-        ignored=lambda k: k.endswith(_IGNORED_HF_SUFFIXES)
-        or (k == "lm_head.weight" and arch.tie_word_embeddings),
+        state,
+        _hf_expected(arch),
+        "Hugging Face checkpoint",
+        ignored=lambda k: (
+            k.endswith(_IGNORED_HF_SUFFIXES) or (k == "lm_head.weight" and arch.tie_word_embeddings)
+        ),
     )
     h, d, g = arch.hidden_size, arch.head_dim, arch.num_query_groups
     vocab = _padded_vocab(arch.vocab_size, tp, make_vocab_size_divisible_by)
     embedding = _pad_rows(state["model.embed_tokens.weight"], vocab).chunk(tp, dim=0)
-    head = embedding if arch.tie_word_embeddings else \
-        _pad_rows(state["lm_head.weight"], vocab).chunk(tp, dim=0)
+    head = (
+        embedding
+        if arch.tie_word_embeddings
+        else _pad_rows(state["lm_head.weight"], vocab).chunk(tp, dim=0)
+    )
     per_stage = arch.num_layers // pp
     shards: Shards = {}
     for s in range(pp):
@@ -479,13 +547,16 @@ def hf_to_megatron(state: Mapping[str, torch.Tensor], arch: LlamaArchitecture, t
             qkv = torch.cat([q, k, v], dim=1).reshape(arch.qkv_rows, h).chunk(tp, dim=0)
             gate = state[hf + "mlp.gate_proj.weight"].chunk(tp, dim=0)
             up = state[hf + "mlp.up_proj.weight"].chunk(tp, dim=0)
-            layers.append(dict(
-                norm1=state[hf + "input_layernorm.weight"], qkv=qkv,
-                proj=state[hf + "self_attn.o_proj.weight"].chunk(tp, dim=1),
-                norm2=state[hf + "post_attention_layernorm.weight"],
-                fc1=[torch.cat([gate[r], up[r]], dim=0) for r in range(tp)],
-                fc2=state[hf + "mlp.down_proj.weight"].chunk(tp, dim=1),
-            ))
+            layers.append(
+                dict(
+                    norm1=state[hf + "input_layernorm.weight"],
+                    qkv=qkv,
+                    proj=state[hf + "self_attn.o_proj.weight"].chunk(tp, dim=1),
+                    norm2=state[hf + "post_attention_layernorm.weight"],
+                    fc1=[torch.cat([gate[r], up[r]], dim=0) for r in range(tp)],
+                    fc2=state[hf + "mlp.down_proj.weight"].chunk(tp, dim=1),
+                )
+            )
         for r in range(tp):
             out: Dict[str, Any] = {}
             if s == 0:
@@ -509,8 +580,9 @@ def hf_to_megatron(state: Mapping[str, torch.Tensor], arch: LlamaArchitecture, t
     return shards
 
 
-def megatron_to_hf(shards: Mapping[Tuple[int, int], Mapping[str, Any]], arch: LlamaArchitecture,
-                   tp: int, pp: int) -> Dict[str, torch.Tensor]:
+def megatron_to_hf(
+    shards: Mapping[Tuple[int, int], Mapping[str, Any]], arch: LlamaArchitecture, tp: int, pp: int
+) -> Dict[str, torch.Tensor]:
     """Merge megatron-core state dicts (every TP rank of every stage) into Hugging Face tensors.
 
     Args:
@@ -530,23 +602,31 @@ def megatron_to_hf(shards: Mapping[Tuple[int, int], Mapping[str, Any]], arch: Ll
     check_layout(arch, tp, pp)
     absent = [(r, s) for s in range(pp) for r in range(tp) if (r, s) not in shards]
     if absent:
-        raise ConversionError(f"megatron checkpoint for TP={tp} PP={pp}: no shard for "
-                              f"(tp_rank, pp_rank) {absent}")
-    first_shard = shards[(0, 0)]["embedding.word_embeddings.weight"] \
-        if "embedding.word_embeddings.weight" in shards[(0, 0)] else None
+        raise ConversionError(
+            f"megatron checkpoint for TP={tp} PP={pp}: no shard for (tp_rank, pp_rank) {absent}"
+        )
+    first_shard = (
+        shards[(0, 0)]["embedding.word_embeddings.weight"]
+        if "embedding.word_embeddings.weight" in shards[(0, 0)]
+        else None
+    )
     rows = first_shard.shape[0] * tp if first_shard is not None else 0
     if rows < arch.vocab_size:
-        raise ConversionError(f"embedding has {rows} rows over {tp} TP ranks, fewer than the "
-                              f"vocabulary size {arch.vocab_size}")
+        raise ConversionError(
+            f"embedding has {rows} rows over {tp} TP ranks, fewer than the "
+            f"vocabulary size {arch.vocab_size}"
+        )
     divisible = rows // tp  # any unit that reproduces the saved padding
     for s in range(pp):
         expected = megatron_stage_keys(arch, tp, pp, s, make_vocab_size_divisible_by=divisible)
         for r in range(tp):
             shard = shards[(r, s)]
-            _check_tensors({k: v for k, v in shard.items() if isinstance(v, torch.Tensor)},
-                           {k: v for k, v in expected.items() if v is not None},
-                           f"megatron shard mp_rank_{r:02d}_{s:03d}",
-                           ignored=lambda k: k.endswith("._extra_state"))
+            _check_tensors(
+                {k: v for k, v in shard.items() if isinstance(v, torch.Tensor)},
+                {k: v for k, v in expected.items() if v is not None},
+                f"megatron shard mp_rank_{r:02d}_{s:03d}",
+                ignored=lambda k: k.endswith("._extra_state"),
+            )
 
     def cat(s: int, name: str, dim: int) -> torch.Tensor:
         return torch.cat([shards[(r, s)][name] for r in range(tp)], dim=dim)
@@ -554,23 +634,28 @@ def megatron_to_hf(shards: Mapping[Tuple[int, int], Mapping[str, Any]], arch: Ll
     h, d, g = arch.hidden_size, arch.head_dim, arch.num_query_groups
     out: Dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": cat(0, "embedding.word_embeddings.weight", 0)[
-            : arch.vocab_size].clone()
+            : arch.vocab_size
+        ].clone()
     }
     per_stage = arch.num_layers // pp
     for s in range(pp):
         for j in range(per_stage):
             p, hf = f"decoder.layers.{j}.", f"model.layers.{s * per_stage + j}."
             qkv = cat(s, p + "self_attention.linear_qkv.weight", 0).reshape(
-                g, (arch.heads_per_group + 2) * d, h)
+                g, (arch.heads_per_group + 2) * d, h
+            )
             q, k, v = qkv.split([arch.heads_per_group * d, d, d], dim=1)
             fc1 = [shards[(r, s)][p + "mlp.linear_fc1.weight"].chunk(2, dim=0) for r in range(tp)]
-            out[hf + "input_layernorm.weight"] = shards[(0, s)][p + "input_layernorm.weight"].clone()
+            out[hf + "input_layernorm.weight"] = shards[(0, s)][
+                p + "input_layernorm.weight"
+            ].clone()
             out[hf + "self_attn.q_proj.weight"] = q.reshape(-1, h).clone()
             out[hf + "self_attn.k_proj.weight"] = k.reshape(-1, h).clone()
             out[hf + "self_attn.v_proj.weight"] = v.reshape(-1, h).clone()
             out[hf + "self_attn.o_proj.weight"] = cat(s, p + "self_attention.linear_proj.weight", 1)
-            out[hf + "post_attention_layernorm.weight"] = \
-                shards[(0, s)][p + "pre_mlp_layernorm.weight"].clone()
+            out[hf + "post_attention_layernorm.weight"] = shards[(0, s)][
+                p + "pre_mlp_layernorm.weight"
+            ].clone()
             out[hf + "mlp.gate_proj.weight"] = torch.cat([a for a, _ in fc1], dim=0)
             out[hf + "mlp.up_proj.weight"] = torch.cat([b for _, b in fc1], dim=0)
             out[hf + "mlp.down_proj.weight"] = cat(s, p + "mlp.linear_fc2.weight", 1)

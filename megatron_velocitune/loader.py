@@ -163,8 +163,14 @@ def build_data_iterator(
         Optional[Iterator]: an iterator over collated micro-batches (None without a dataset).
     """
     loader = build_pretraining_data_loader(
-        dataset, consumed_samples, micro_batch_size, data_parallel_rank, data_parallel_size,
-        num_workers, pin_memory, prefetch_factor,
+        dataset,
+        consumed_samples,
+        micro_batch_size,
+        data_parallel_rank,
+        data_parallel_size,
+        num_workers,
+        pin_memory,
+        prefetch_factor,
     )
     return None if loader is None else iter(loader)
 

@@ -17,9 +17,10 @@ a new weight vector on the probability simplex.
 Targets for domains with little or negative headroom (a replay domain whose proxy loss rose) come
 from one of :data:`RISING_RULES` (:func:`resolve_targets`): ``hold-initial`` (the target is
 ``L_init * (1 - margin)``, below the start), ``budget`` (the fit's prediction above ``L_init`` is
-kept: a forgetting budget; ``budget-hold`` holds the domain at it), ``tolerance`` (``L_init + tolerance``, a budget the user gives) or
-``refuse``. Only ``budget``, ``budget-hold`` and ``tolerance`` accept a target above ``L_init``; the velocity of
-such a domain is the share of its forgetting budget used so far.
+kept: a forgetting budget; ``budget-hold`` holds the domain at it), ``tolerance``
+(``L_init + tolerance``, a budget the user gives) or ``refuse``. Only ``budget``, ``budget-hold``
+and ``tolerance`` accept a target above ``L_init``; the velocity of such a domain is the share
+of its forgetting budget used so far.
 
 With ``min_weight == 0`` (the default of these functions) the results are the formulas above to
 the last bit. A positive ``min_weight`` mixes the result towards uniform just enough that every
@@ -28,7 +29,7 @@ domain keeps at least ``min_weight``: ``w <- (1 - k * min_weight) * w + min_weig
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 

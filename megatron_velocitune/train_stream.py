@@ -45,8 +45,9 @@ class DomainLossAccumulator:
         self.device = device
         self._sums: Optional[torch.Tensor] = None
 
-    def add(self, domain_ids: torch.Tensor, per_token_loss: torch.Tensor,
-            loss_mask: torch.Tensor) -> None:
+    def add(
+        self, domain_ids: torch.Tensor, per_token_loss: torch.Tensor, loss_mask: torch.Tensor
+    ) -> None:
         """Add one micro-batch (call on the last pipeline stage, inside the loss function).
 
         Args:
@@ -58,8 +59,9 @@ class DomainLossAccumulator:
         losses = per_token_loss.detach().reshape(mask.shape).double()
         per_sample = torch.stack([(losses * mask).sum(1), mask.sum(1)])
         if self._sums is None:
-            self._sums = torch.zeros(2, self.num_domains, dtype=torch.float64,
-                                     device=per_sample.device)
+            self._sums = torch.zeros(
+                2, self.num_domains, dtype=torch.float64, device=per_sample.device
+            )
         self._sums.index_add_(1, domain_ids.to(per_sample.device).long(), per_sample)
 
     def state(self) -> torch.Tensor:
@@ -103,4 +105,3 @@ class TrainStreamEvaluator:
         if full:
             return self.first_draws.evaluate(full=False)
         return self.accumulator.take()
-

@@ -47,8 +47,9 @@ def _blend(weights: Sequence[float], k: Optional[int], what: str) -> np.ndarray:
     if w.ndim != 1 or w.size == 0 or (k is not None and w.size != k):
         raise ValueError(f"{what}: expected {k or 'some'} weights, got {list(np.ravel(w))}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"{what}: weights must be finite, non-negative, not all zero: "
-                         f"{w.tolist()}")
+        raise ValueError(
+            f"{what}: weights must be finite, non-negative, not all zero: {w.tolist()}"
+        )
     return w / w.sum()
 
 
@@ -177,11 +178,16 @@ def run_history(
             start = r.get("consumed_samples")
         if start is None:
             raise ValueError(f"update at iteration {r.get('iteration')}: no {key}")
-        updates.append((float(start), _blend(r["weights"], initial.size,
-                                             f"update at iteration {r.get('iteration')}")))
+        updates.append(
+            (
+                float(start),
+                _blend(r["weights"], initial.size, f"update at iteration {r.get('iteration')}"),
+            )
+        )
 
-    iters, gbs, interval = (header.get(k) for k in ("train_iters", "global_batch_size",
-                                                     "update_interval"))
+    iters, gbs, interval = (
+        header.get(k) for k in ("train_iters", "global_batch_size", "update_interval")
+    )
     planned = None
     if iters and (gbs or unit == "iterations"):
         planned = float(iters) * (float(gbs) if unit == "samples" else 1.0)
@@ -194,23 +200,49 @@ def run_history(
 
     if end is not None:
         completed = planned is not None and end >= planned
-        return RunHistory(unit, initial, updates, skipped, float(end), completed,
-                          f"{unit} 0 to {end:g}, as given")
+        return RunHistory(
+            unit, initial, updates, skipped, float(end), completed, f"{unit} 0 to {end:g}, as given"
+        )
     last_it = None if last is None else last.get("iteration")
-    if planned is not None and (last_due is None or last_due == 0 or
-                                (last_it is not None and int(last_it) >= last_due)):
-        what = (f"train_iters {iters} x global_batch_size {gbs}" if unit == "samples"
-                else f"train_iters {iters}")
-        return RunHistory(unit, initial, updates, skipped, planned, True,
-                          f"{unit} 0 to {planned:g} ({what}): the run reached its last update")
+    if planned is not None and (
+        last_due is None or last_due == 0 or (last_it is not None and int(last_it) >= last_due)
+    ):
+        what = (
+            f"train_iters {iters} x global_batch_size {gbs}"
+            if unit == "samples"
+            else f"train_iters {iters}"
+        )
+        return RunHistory(
+            unit,
+            initial,
+            updates,
+            skipped,
+            planned,
+            True,
+            f"{unit} 0 to {planned:g} ({what}): the run reached its last update",
+        )
     if last_pos is not None and last_pos > 0:
         key_end = "consumed_samples" if unit == "samples" else "iteration"
-        why = (f"the run stopped early (last update at iteration {last_it} of {iters})"
-               if planned is not None else "the header has no train_iters/global_batch_size")
-        return RunHistory(unit, initial, updates, skipped, last_pos, False,
-                          f"{unit} 0 to {last_pos:g} (the last update's {key_end}): {why}; the "
-                          f"blend it chose is not counted")
-    why = ("the run stopped before its first update" if planned is not None
-           else "no update records and no train_iters/global_batch_size in the header")
-    return RunHistory(unit, initial, updates, skipped, None, False,
-                      f"{why}: the end of the run is unknown")
+        why = (
+            f"the run stopped early (last update at iteration {last_it} of {iters})"
+            if planned is not None
+            else "the header has no train_iters/global_batch_size"
+        )
+        return RunHistory(
+            unit,
+            initial,
+            updates,
+            skipped,
+            last_pos,
+            False,
+            f"{unit} 0 to {last_pos:g} (the last update's {key_end}): {why}; the "
+            f"blend it chose is not counted",
+        )
+    why = (
+        "the run stopped before its first update"
+        if planned is not None
+        else "no update records and no train_iters/global_batch_size in the header"
+    )
+    return RunHistory(
+        unit, initial, updates, skipped, None, False, f"{why}: the end of the run is unknown"
+    )

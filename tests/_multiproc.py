@@ -82,7 +82,7 @@ def _child(fn: Callable, rank: int, world_size: int, port: int, out_dir: str, ar
     except BaseException:  # noqa: BLE001 - report everything to the parent, then fail
         with open(path + ".err", "w", encoding="utf-8") as f:
             f.write(traceback.format_exc())
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     finally:
         try:
             import torch.distributed as dist
@@ -141,10 +141,14 @@ def run_distributed(
             elif p.exitcode != 0 and rank not in hung:
                 errors.append(f"--- rank {rank} --- exit code {p.exitcode}")
         if errors or hung:
-            what = "" if not hung else (
-                f"ranks {hung} killed after "
-                + ("a peer failed" if failed_early else f"{timeout:.0f} s (hang?)")
-                + "\n"
+            what = (
+                ""
+                if not hung
+                else (
+                    f"ranks {hung} killed after "
+                    + ("a peer failed" if failed_early else f"{timeout:.0f} s (hang?)")
+                    + "\n"
+                )
             )
             raise MultiprocessError(what + "\n".join(errors))
         results = []

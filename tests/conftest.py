@@ -1,5 +1,6 @@
 """Shared fixtures: a small real corpus (three domains of real text on every Debian/Python
-machine), tokenized with a byte-level BPE trained on it and written as Megatron .bin/.idx files."""
+machine), tokenized with a byte-level BPE trained on it and written as Megatron .bin/.idx files.
+"""
 
 import ast
 import contextlib
@@ -24,8 +25,11 @@ def stdlib_docstrings() -> Iterator[str]:
             tree = ast.parse(open(path, encoding="utf-8").read())
         except (SyntaxError, UnicodeDecodeError):
             continue
-        docs = [ast.get_docstring(n) for n in ast.walk(tree)
-                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))]
+        docs = [
+            ast.get_docstring(n)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+        ]
         text = "\n\n".join(d for d in docs if d)
         if text:
             yield text
@@ -61,10 +65,19 @@ def build_corpus(root: str, vocab_size: int = 1024) -> Corpus:
     for name, docs in sources.items():
         assert docs, f"no text for test domain {name!r} on this machine"
     tok_path = os.path.join(root, "tokenizer.json")
-    tokenizer = train_tokenizer((d for docs in sources.values() for d in docs), vocab_size, tok_path)
+    tokenizer = train_tokenizer(
+        (d for docs in sources.values() for d in docs), vocab_size, tok_path
+    )
     stats = [write_domain(n, docs, tokenizer, os.path.join(root, n)) for n, docs in sources.items()]
-    return Corpus(root, list(sources), [s.prefix for s in stats], [s.tokens for s in stats],
-                  tokenizer.get_vocab_size(), tokenizer.token_to_id(EOD_TOKEN), tok_path)
+    return Corpus(
+        root,
+        list(sources),
+        [s.prefix for s in stats],
+        [s.tokens for s in stats],
+        tokenizer.get_vocab_size(),
+        tokenizer.token_to_id(EOD_TOKEN),
+        tok_path,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +93,9 @@ def one_process_world():
     from ._multiproc import free_port
 
     saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+    )
     try:
         yield initialize_parallel(ParallelConfig(), seed=1234)
     finally:

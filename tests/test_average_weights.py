@@ -1,5 +1,6 @@
 """weight_history (the time-averaging maths) and velocitune-average-weights, on hand-computed
-runs."""
+runs.
+"""
 
 import json
 from decimal import Decimal
@@ -31,13 +32,16 @@ def test_spans_cover_the_run_exactly():
     np.testing.assert_allclose(time_averaged_weights([1, 3], [], 7), [0.25, 0.75])
 
 
-@pytest.mark.parametrize("updates, end, match", [
-    ([(50, [0.5, 0.5]), (20, [0.5, 0.5])], 100, "before the previous"),
-    ([(-1, [0.5, 0.5])], 100, "non-negative"),
-    ([(10, [0.5, 0.3, 0.2])], 100, "expected 2 weights"),
-    ([(10, [0.5, float("nan")])], 100, "finite"),
-    ([], 0, "positive"),
-])
+@pytest.mark.parametrize(
+    "updates, end, match",
+    [
+        ([(50, [0.5, 0.5]), (20, [0.5, 0.5])], 100, "before the previous"),
+        ([(-1, [0.5, 0.5])], 100, "non-negative"),
+        ([(10, [0.5, 0.3, 0.2])], 100, "expected 2 weights"),
+        ([(10, [0.5, float("nan")])], 100, "finite"),
+        ([], 0, "positive"),
+    ],
+)
 def test_bad_histories(updates, end, match):
     with pytest.raises(ValueError, match=match):
         time_averaged_weights([0.5, 0.5], updates, end)
@@ -52,19 +56,44 @@ UPDATES = [  # iteration, weights, skipped
 ]
 
 
-def write_run(path, train_iters=100, updates=UPDATES, header_extra=None, weights=(0.5, 0.5),
-              domains=("code", "web")):
+def write_run(
+    path,
+    train_iters=100,
+    updates=UPDATES,
+    header_extra=None,
+    weights=(0.5, 0.5),
+    domains=("code", "web"),
+):
     writer = TrajectoryWriter(str(path))
-    header = dict(type="header", domains=list(domains), policy="velocity", weights=list(weights),
-                  initial_loss=None, target_loss=None, seq_length=8, global_batch_size=GBS,
-                  train_iters=train_iters, update_interval=30)
+    header = dict(
+        type="header",
+        domains=list(domains),
+        policy="velocity",
+        weights=list(weights),
+        initial_loss=None,
+        target_loss=None,
+        seq_length=8,
+        global_batch_size=GBS,
+        train_iters=train_iters,
+        update_interval=30,
+    )
     header.update(header_extra or {})
     writer.write(header)
     for it, w, skipped in updates:
-        writer.write(dict(type="update", iteration=it, consumed_samples=it * GBS,
-                          consumed_tokens=it * GBS * 8, domain_tokens=None,
-                          eval_loss=[2.0] * len(w), velocity=None, weights=w,
-                          start_sample=it * GBS, skipped=skipped))
+        writer.write(
+            dict(
+                type="update",
+                iteration=it,
+                consumed_samples=it * GBS,
+                consumed_tokens=it * GBS * 8,
+                domain_tokens=None,
+                eval_loss=[2.0] * len(w),
+                velocity=None,
+                weights=w,
+                start_sample=it * GBS,
+                skipped=skipped,
+            )
+        )
     return str(path)
 
 
@@ -126,9 +155,13 @@ def test_no_plan_in_header_uses_last_update(tmp_path):
 
 def test_blend_string_sums_to_one_and_prefixes(tmp_path, capsys):
     third = [1 / 3] * 3
-    run = write_run(tmp_path / "t.jsonl", weights=third, domains=("a", "b", "c"),
-                    updates=[(30, third, False)],
-                    header_extra=dict(prefixes=["/d/a_text", "/d/b_text", "/d/c_text"]))
+    run = write_run(
+        tmp_path / "t.jsonl",
+        weights=third,
+        domains=("a", "b", "c"),
+        updates=[(30, third, False)],
+        header_extra=dict(prefixes=["/d/a_text", "/d/b_text", "/d/c_text"]),
+    )
     out_json = tmp_path / "blend.json"
     assert average_weights.main([run, "--data-prefix", "b=/other/b", "--json", str(out_json)]) == 0
     weights, prefixes = _blend(capsys.readouterr().out)

@@ -11,6 +11,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, BENCH)
 
 import compare_policies as cp  # noqa: E402
+
 from megatron_velocitune.comparison import (  # noqa: E402
     MethodRuns,
     Stat,
@@ -46,8 +47,12 @@ class TestStabilisation:
         assert stabilisation_iteration([1, 2, 3, 4], w, init) == 3
 
     def test_tolerance_is_inclusive(self):
-        assert stabilisation_iteration([1, 2], [[0.51, 0.49], [0.51, 0.49]], [0.5, 0.5],
-                                       tolerance=0.01 + 1e-12) == 0
+        assert (
+            stabilisation_iteration(
+                [1, 2], [[0.51, 0.49], [0.51, 0.49]], [0.5, 0.5], tolerance=0.01 + 1e-12
+            )
+            == 0
+        )
 
     def test_length_mismatch(self):
         with pytest.raises(ValueError):
@@ -103,8 +108,9 @@ class TestTableMaths:
         ref = summarise_method(cpt, domains, [0])
         assert ref.mean_all.mean == pytest.approx(5.1)
         assert ref.mean_new.mean == pytest.approx(5.6)
-        vt = MethodRuns("VT", [[4.5, 5.8, 4.9], [4.7, 6.0, 5.1]], [30, None], [120.0, 130.0],
-                        dynamic=True)
+        vt = MethodRuns(
+            "VT", [[4.5, 5.8, 4.9], [4.7, 6.0, 5.1]], [30, None], [120.0, 130.0], dynamic=True
+        )
         row = summarise_method(vt, domains, [0], np.array([x.mean for x in ref.per_domain]))
         assert row.worst_domain == "general"
         assert row.worst_delta.mean == pytest.approx(0.5)
@@ -119,8 +125,11 @@ class TestTableMaths:
             summarise_method(MethodRuns("x", [[1.0, 2.0]]), ["a", "b", "c"], [0])
 
     def test_mae_table(self):
-        text = render_mae_table(["a", "b"], {"a": [1e-3, 3e-3], "b": [2e-3, float("nan")]},
-                                {"a": 2e-3, "b": float("nan")})
+        text = render_mae_table(
+            ["a", "b"],
+            {"a": [1e-3, 3e-3], "b": [2e-3, float("nan")]},
+            {"a": 2e-3, "b": float("nan")},
+        )
         assert "2.00e-03 ± 1.4e-03" in text and "all domains" in text
 
 
@@ -152,8 +161,9 @@ class TestArguments:
 
     def test_overrides_and_errors(self):
         p = cp.build_parser()
-        s = cp.setting_from_args(p.parse_args(["--out", "x", "--cpt-iters", "100",
-                                               "--update-interval", "20"]))
+        s = cp.setting_from_args(
+            p.parse_args(["--out", "x", "--cpt-iters", "100", "--update-interval", "20"])
+        )
         assert s.cpt_iters == 100 and s.update_interval == 20
         with pytest.raises(SystemExit):
             cp.setting_from_args(p.parse_args(["--out", "x", "--seeds", "1", "1"]))
@@ -172,17 +182,32 @@ class TestArguments:
 def test_parse_loop_time():
     from megatron_velocitune.comparison import parse_loop_time
 
-    line = (" training loop: 60 iterations in 241.5 s (4025.7 ms/iteration wall, "
-            "686.2 ms/iteration CPU of this process)\n")
+    line = (
+        " training loop: 60 iterations in 241.5 s (4025.7 ms/iteration wall, "
+        "686.2 ms/iteration CPU of this process)\n"
+    )
     assert parse_loop_time("x\n" + line) == (60, 241.5, 4025.7, 686.2)
     assert parse_loop_time("nothing") is None
 
 
 def test_overhead_uses_cpu_when_every_row_has_it():
     domains = ["general", "man"]
-    a = summarise_method(MethodRuns("CPT", [[4.0, 6.0], [4.1, 6.1]], [0, 0], [100.0, 100.0],
-                                    cpu_ms=[500.0, 500.0]), domains, [0])
-    b = summarise_method(MethodRuns("VT", [[4.0, 6.0], [4.1, 6.1]], [10, 10], [300.0, 300.0],
-                                    dynamic=True, cpu_ms=[600.0, 600.0]), domains, [0])
+    a = summarise_method(
+        MethodRuns("CPT", [[4.0, 6.0], [4.1, 6.1]], [0, 0], [100.0, 100.0], cpu_ms=[500.0, 500.0]),
+        domains,
+        [0],
+    )
+    b = summarise_method(
+        MethodRuns(
+            "VT",
+            [[4.0, 6.0], [4.1, 6.1]],
+            [10, 10],
+            [300.0, 300.0],
+            dynamic=True,
+            cpu_ms=[600.0, 600.0],
+        ),
+        domains,
+        [0],
+    )
     text = render_table([a, b], domains)
     assert "+20%" in text and "+200%" not in text

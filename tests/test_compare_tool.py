@@ -1,5 +1,6 @@
 """velocitune-compare: its error lines, its frontier maths, and a real tiny comparison that
-resumes with its finished runs kept."""
+resumes with its finished runs kept.
+"""
 
 import json
 import os
@@ -14,11 +15,36 @@ from megatron_velocitune.comparison import ParetoPoint, Stat, dominated_by, fron
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ENTRY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
-         "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
-         "--lr", "1e-3", "--lr-warmup-iters", "1", "--hidden-dropout", "0",
-         "--attention-dropout", "0", "--split", "90,10,0", "--num-workers", "1",
-         "--log-interval", "1", "--eval-interval", "0"]
+ENTRY = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "32",
+    "--num-attention-heads",
+    "4",
+    "--seq-length",
+    "32",
+    "--micro-batch-size",
+    "2",
+    "--global-batch-size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--lr-warmup-iters",
+    "1",
+    "--hidden-dropout",
+    "0",
+    "--attention-dropout",
+    "0",
+    "--split",
+    "90,10,0",
+    "--num-workers",
+    "1",
+    "--log-interval",
+    "1",
+    "--eval-interval",
+    "0",
+]
 
 
 def point(name, replay, new, spread=0.01):
@@ -68,9 +94,21 @@ def base_dir(tmp_path):
 
 def argv(corpus, out, load, *extra, data=None, entry=None):
     data = list(corpus.prefixes) if data is None else data
-    return ["--out", str(out), "--data-path", *data, "--load", load, "--replay-domain", "legal",
-            "--train-iters", "8", *extra, "--",
-            *(ENTRY + ["--tokenizer-model", corpus.tokenizer_path] if entry is None else entry)]
+    return [
+        "--out",
+        str(out),
+        "--data-path",
+        *data,
+        "--load",
+        load,
+        "--replay-domain",
+        "legal",
+        "--train-iters",
+        "8",
+        *extra,
+        "--",
+        *(ENTRY + ["--tokenizer-model", corpus.tokenizer_path] if entry is None else entry),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -78,8 +116,10 @@ def argv(corpus, out, load, *extra, data=None, entry=None):
     [
         (dict(data=["A"]), "--data-path A: a comparison needs two or more domains"),
         (dict(extra=("--methods", "doremi")), "--methods doremi: unknown method"),
-        (dict(extra=("--reweight-from", "vt-tolerance", "--methods", "reweighted")),
-         "--reweight-from vt-tolerance: not among --methods"),
+        (
+            dict(extra=("--reweight-from", "vt-tolerance", "--methods", "reweighted")),
+            "--reweight-from vt-tolerance: not among --methods",
+        ),
         (dict(extra=("--seeds", "1", "1")), "--seeds [1, 1]: repeated seed"),
         (dict(extra=("--methods", "cpt", "--frontier")), "--methods: nothing to compare"),
         (dict(entry=["--seq-length", "32"]), "need --global-batch-size"),
@@ -93,8 +133,14 @@ def test_one_line_errors(corpus, base_dir, tmp_path, capsys, change, message):
     if data is not None:
         data = [corpus.prefixes[0]] if data == ["A"] else data
         message = message.replace("A", corpus.prefixes[0], 1)
-    args = argv(corpus, tmp_path / "out", base_dir, *change.get("extra", ()), data=data,
-                entry=change.get("entry"))
+    args = argv(
+        corpus,
+        tmp_path / "out",
+        base_dir,
+        *change.get("extra", ()),
+        data=data,
+        entry=change.get("entry"),
+    )
     assert compare.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("velocitune-compare: error:"), err
@@ -117,7 +163,8 @@ def test_empty_method_list_is_refused_by_argparse(corpus, tmp_path, base_dir, ca
     with pytest.raises(SystemExit) as e:
         compare.main(argv(corpus, tmp_path / "o", base_dir, "--methods"))
     assert e.value.code == 2 and "--methods: expected at least one argument" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 def test_another_setting_in_the_same_out(corpus, tmp_path, base_dir, capsys):
@@ -131,8 +178,12 @@ def test_another_setting_in_the_same_out(corpus, tmp_path, base_dir, capsys):
 
 
 def test_help():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compare_policies.py"),
-                          "--help"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "compare_policies.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "usage: velocitune-compare" in res.stdout
     for flag in ("--frontier", "--replay-domain", "--methods", "--quick", "--load"):
         assert flag in res.stdout
@@ -142,10 +193,26 @@ def test_help():
 
 
 def _train_base(corpus, base):
-    cmd = compare.torchrun(sys.executable, 2) + ENTRY + [
-        "--tokenizer-model", corpus.tokenizer_path, "--data-path", *corpus.prefixes,
-        "--train-iters", "6", "--velocitune-policy", "static", "--velocitune-update-interval",
-        "3", "--velocitune-eval-iters", "1", "--save", base]
+    cmd = (
+        compare.torchrun(sys.executable, 2)
+        + ENTRY
+        + [
+            "--tokenizer-model",
+            corpus.tokenizer_path,
+            "--data-path",
+            *corpus.prefixes,
+            "--train-iters",
+            "6",
+            "--velocitune-policy",
+            "static",
+            "--velocitune-update-interval",
+            "3",
+            "--velocitune-eval-iters",
+            "1",
+            "--save",
+            base,
+        ]
+    )
     compare.run_command(cmd, os.path.join(os.path.dirname(base), "base.log"))
 
 
@@ -154,9 +221,25 @@ def test_a_tiny_comparison_resumes_with_finished_runs_kept(corpus, tmp_path, cap
     base = str(tmp_path / "base")
     _train_base(corpus, base)
     out = tmp_path / "cmp"
-    args = argv(corpus, out, base, "--methods", "vt-budget", "--frontier", "0.5",
-                "--seeds", "1", "--update-interval", "2", "--cpt-eval-interval", "1",
-                "--eval-iters", "1", "--min-weight", "0.05")
+    args = argv(
+        corpus,
+        out,
+        base,
+        "--methods",
+        "vt-budget",
+        "--frontier",
+        "0.5",
+        "--seeds",
+        "1",
+        "--update-interval",
+        "2",
+        "--cpt-eval-interval",
+        "1",
+        "--eval-iters",
+        "1",
+        "--min-weight",
+        "0.05",
+    )
     assert compare.main(args) == 0
     text = capsys.readouterr().out
     assert "| CPT (static) |" in text and "| Velocitune, budget |" in text
@@ -165,18 +248,22 @@ def test_a_tiny_comparison_resumes_with_finished_runs_kept(corpus, tmp_path, cap
     assert set(table["pareto"]) == {"cpt", "vt-budget", "frontier-0.50"}
     # The frontier point's blend gives the replay domain its share, the rest in CPT's ratio.
     front = json.loads((out / "runs" / "frontier-0.50" / "seed1" / "result.json").read_text())
-    legal = table["setting"]["prefixes"].index(next(p for p in table["setting"]["prefixes"]
-                                                    if p.endswith("legal")))
+    legal = table["setting"]["prefixes"].index(
+        next(p for p in table["setting"]["prefixes"] if p.endswith("legal"))
+    )
     assert front["blend"][legal] == pytest.approx(0.5)
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "weights_by_method.png").exists()
-    header = compare.read_traj(str(out / "runs" / "vt-budget" / "seed1" / "tb" /
-                                   "velocitune_trajectory.jsonl")).header
+    header = compare.read_traj(
+        str(out / "runs" / "vt-budget" / "seed1" / "tb" / "velocitune_trajectory.jsonl")
+    ).header
     assert header["rising_rule"] == "budget" and len(header["target_rules"]) == 3
 
     # Killed after CPT and the frontier: only the missing run runs again.
-    kept = {k: os.path.getmtime(out / "runs" / k / "seed1" / "result.json")
-            for k in ("cpt", "frontier-0.50")}
+    kept = {
+        k: os.path.getmtime(out / "runs" / k / "seed1" / "result.json")
+        for k in ("cpt", "frontier-0.50")
+    }
     os.remove(out / "runs" / "vt-budget" / "seed1" / "result.json")
     assert compare.main(args) == 0
     text = capsys.readouterr().out

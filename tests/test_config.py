@@ -58,10 +58,17 @@ def test_wrong_number_of_losses():
 def test_target_not_below_initial():
     cfg = config_from_args(
         parse(
-            "--velocitune-initial-loss", "2.0", "3.0",
-            "--velocitune-target-loss", "1.5", "3.0",
-            "--velocitune-domain-names", "code", "web",
-            "--velocitune-rising-rule", "refuse",
+            "--velocitune-initial-loss",
+            "2.0",
+            "3.0",
+            "--velocitune-target-loss",
+            "1.5",
+            "3.0",
+            "--velocitune-domain-names",
+            "code",
+            "web",
+            "--velocitune-rising-rule",
+            "refuse",
         )
     )
     one_line_error(
@@ -73,8 +80,9 @@ def test_target_not_below_initial():
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-1"])
 def test_non_finite_or_negative_loss(bad):
-    cfg = config_from_args(parse("--velocitune-initial-loss", "2.0", bad,
-                                 "--velocitune-target-loss", "1.0", "1.0"))
+    cfg = config_from_args(
+        parse("--velocitune-initial-loss", "2.0", bad, "--velocitune-target-loss", "1.0", "1.0")
+    )
     one_line_error(lambda: cfg.validate(2), rf"--velocitune-initial-loss: loss {float(bad)}")
 
 
@@ -103,13 +111,16 @@ def test_loss_files_round_trip_and_errors(tmp_path):
     write_loss_file(path, ["code", "web"], [1.25, 2.5], fraction=0.5)
     assert json.load(open(path))["fraction"] == 0.5
     assert read_loss_file(path, ["web", "code"], "f") == [2.5, 1.25]
-    cfg = config_from_args(parse("--velocitune-target-loss-file", path,
-                                 "--velocitune-domain-names", "code", "web"))
+    cfg = config_from_args(
+        parse("--velocitune-target-loss-file", path, "--velocitune-domain-names", "code", "web")
+    )
     assert cfg.target_loss == [1.25, 2.5] and cfg.target_loss_file == path
     one_line_error(lambda: read_loss_file(path, ["code", "math"], "--x"), r"no loss for .*'math'")
     one_line_error(lambda: read_loss_file(str(tmp_path / "nope.json"), None, "--x"), "cannot read")
     one_line_error(
-        lambda: config_from_args(parse("--velocitune-target-loss", "1", "--velocitune-target-loss-file", path)),
+        lambda: config_from_args(
+            parse("--velocitune-target-loss", "1", "--velocitune-target-loss-file", path)
+        ),
         "give one",
     )
 
@@ -117,9 +128,19 @@ def test_loss_files_round_trip_and_errors(tmp_path):
 def test_target_file_named_in_error(tmp_path):
     path = str(tmp_path / "t.json")
     write_loss_file(path, ["a", "b"], [1.0, 5.0])
-    cfg = config_from_args(parse("--velocitune-target-loss-file", path,
-                                 "--velocitune-initial-loss", "2", "3",
-                                 "--velocitune-domain-names", "a", "b",
-                                 "--velocitune-rising-rule", "refuse"))
+    cfg = config_from_args(
+        parse(
+            "--velocitune-target-loss-file",
+            path,
+            "--velocitune-initial-loss",
+            "2",
+            "3",
+            "--velocitune-domain-names",
+            "a",
+            "b",
+            "--velocitune-rising-rule",
+            "refuse",
+        )
+    )
     msg = one_line_error(lambda: cfg.validate(2), "not below the initial")
     assert path in msg

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import one_process_world
 from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
 from megatron_velocitune.distributed import UpdateGroups, synchronize_update
@@ -27,6 +26,8 @@ from megatron_velocitune.state import (
     sidecar_path,
 )
 from megatron_velocitune.trajectory import read_trajectory
+
+from .conftest import one_process_world
 
 SEQ, MBS, EVAL_ITERS, MAX_HELDOUT = 32, 2, 2, 7
 WEIGHTS = [0.5, 0.3, 0.2]
@@ -46,12 +47,23 @@ def setup(world, corpus):
     from megatron_velocitune.training import GPTConfig, build_gpt_model
     from megatron_velocitune.training.model import initialize_layout_invariant_
 
-    gcfg = GPTConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=SEQ,
-                     vocab_size=corpus.vocab_size)
+    gcfg = GPTConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        seq_length=SEQ,
+        vocab_size=corpus.vocab_size,
+    )
     model = build_gpt_model(gcfg)
     initialize_layout_invariant_(model, gcfg, seed=7)
-    datasets = build_heldout_datasets(corpus.prefixes, SEQ, corpus.vocab_size, corpus.eod_id,
-                                      heldout_fraction=0.1, max_samples=MAX_HELDOUT)
+    datasets = build_heldout_datasets(
+        corpus.prefixes,
+        SEQ,
+        corpus.vocab_size,
+        corpus.eod_id,
+        heldout_fraction=0.1,
+        max_samples=MAX_HELDOUT,
+    )
     evaluator = DomainEvaluator(model, datasets, len(datasets), SEQ, MBS, EVAL_ITERS)
     return model, datasets, evaluator
 
@@ -100,8 +112,13 @@ class RecordingWriter:
 
 
 def _config(**kw):
-    base = dict(policy="velocity", update_interval=2, eval_iters=EVAL_ITERS,
-                target_loss=[6.0, 6.0, 6.0], domain_names=["code", "docs", "legal"])
+    base = dict(
+        policy="velocity",
+        update_interval=2,
+        eval_iters=EVAL_ITERS,
+        target_loss=[6.0, 6.0, 6.0],
+        domain_names=["code", "docs", "legal"],
+    )
     base.update(kw)
     return VelocituneConfig(**base)
 
@@ -128,15 +145,18 @@ def test_subset_is_fixed_and_matches_direct_forward(setup):
 
 @pytest.mark.parametrize("dp", [1, 2, 3])
 def test_plans_split_samples_disjointly_over_dp_ranks(dp):
-    subset = [np.concatenate([subset_plan(2, 3, MBS, r, dp).sample_indices(1, mb)
-                              for mb in range(3)]) for r in range(dp)]
+    subset = [
+        np.concatenate([subset_plan(2, 3, MBS, r, dp).sample_indices(1, mb) for mb in range(3)])
+        for r in range(dp)
+    ]
     assert sorted(np.concatenate(subset).tolist()) == list(range(3 * MBS * dp))
     lengths = [7, 10, 1]
     plans = [full_plan(lengths, MBS, r, dp) for r in range(dp)]
     assert len({p.num_microbatches for p in plans}) == 1  # same count on every DP rank
     for d, n in enumerate(lengths):
-        idx = np.concatenate([p.sample_indices(d, mb) for p in plans
-                              for mb in range(p.num_microbatches[d])])
+        idx = np.concatenate(
+            [p.sample_indices(d, mb) for p in plans for mb in range(p.num_microbatches[d])]
+        )
         assert sorted(idx[idx >= 0].tolist()) == list(range(n))  # each sample exactly once
 
 
@@ -147,9 +167,13 @@ def test_initial_loss_measured_then_policy_updates(setup, tmp_path):
     _, _, evaluator = setup
     received, tb = [], RecordingWriter()
     controller = VelocituneController(
-        _config(log_dir=str(tmp_path)), WEIGHTS, evaluator,
-        sinks=[lambda w, s: received.append((w.tolist(), s))], seq_length=SEQ,
-        tensorboard_writer=tb, header_extra={"global_batch_size": 8},
+        _config(log_dir=str(tmp_path)),
+        WEIGHTS,
+        evaluator,
+        sinks=[lambda w, s: received.append((w.tolist(), s))],
+        seq_length=SEQ,
+        tensorboard_writer=tb,
+        header_extra={"global_batch_size": 8},
     )
     assert controller.maybe_update(0, 0) is None
     full = evaluator.evaluate(full=True).mean()
@@ -187,8 +211,9 @@ def test_target_not_below_measured_initial_loss_fails_clearly(setup):
     controller = VelocituneController(
         _config(target_loss=[6.0, 99.0, 6.0], rising_rule="refuse"), WEIGHTS, evaluator
     )
-    with pytest.raises(VelocituneConfigError,
-                       match=r"target 99.0 for domain 'docs' is not below .*rule refuse"):
+    with pytest.raises(
+        VelocituneConfigError, match=r"target 99.0 for domain 'docs' is not below .*rule refuse"
+    ):
         controller.maybe_update(0, 0)
 
 
@@ -197,11 +222,14 @@ def test_target_above_measured_initial_loss_is_a_budget(setup, tmp_path):
     tb = RecordingWriter()
     controller = VelocituneController(
         _config(target_loss=[6.0, 99.0, 6.0], rising_rule="budget", log_dir=str(tmp_path)),
-        WEIGHTS, evaluator, tensorboard_writer=tb,
+        WEIGHTS,
+        evaluator,
+        tensorboard_writer=tb,
     )
     controller.initialize(0, 0)
-    assert tb.texts == [("velocitune/target-rules",
-                         "rule budget: code=progress docs=budget legal=progress", 0)]
+    assert tb.texts == [
+        ("velocitune/target-rules", "rule budget: code=progress docs=budget legal=progress", 0)
+    ]
     assert controller.target_rules == ["progress", "budget", "progress"]
     assert controller.describe_rules() == "code=progress docs=budget legal=progress"
     header = read_trajectory(str(tmp_path / "velocitune_trajectory.jsonl")).header
@@ -217,11 +245,13 @@ def test_no_initial_loss_at_a_resumed_iteration_fails_clearly(world):
 
 
 def test_non_finite_loss_skips_update_and_keeps_weights(world):
-    evaluator = ScriptedEvaluator([7.0, 7.0, 7.0], [[6.5, 6.8, 6.9], [6.4, np.nan, 6.9],
-                                                    [6.3, 6.7, np.inf], [6.2, 6.6, 6.8]])
+    evaluator = ScriptedEvaluator(
+        [7.0, 7.0, 7.0], [[6.5, 6.8, 6.9], [6.4, np.nan, 6.9], [6.3, 6.7, np.inf], [6.2, 6.6, 6.8]]
+    )
     received = []
-    controller = VelocituneController(_config(update_interval=1), WEIGHTS, evaluator,
-                                      sinks=[lambda w, s: received.append(s)])
+    controller = VelocituneController(
+        _config(update_interval=1), WEIGHTS, evaluator, sinks=[lambda w, s: received.append(s)]
+    )
     controller.maybe_update(0, 0)
     controller.maybe_update(1, 10)
     kept = controller.weights.copy()
@@ -254,8 +284,9 @@ def test_state_sidecar_resume_continues_the_same_trajectory(world, tmp_path):
     for it in range(0, 7):
         straight.maybe_update(it, it * 8)
 
-    first = VelocituneController(_config(update_interval=1), WEIGHTS,
-                                 ScriptedEvaluator([7.0, 7.0, 7.0], updates[:3]))
+    first = VelocituneController(
+        _config(update_interval=1), WEIGHTS, ScriptedEvaluator([7.0, 7.0, 7.0], updates[:3])
+    )
     for it in range(0, 4):
         first.maybe_update(it, it * 8)
     ckpt = str(tmp_path / "ckpt")
@@ -268,8 +299,9 @@ def test_state_sidecar_resume_continues_the_same_trajectory(world, tmp_path):
     json.loads(json.dumps(first.state_dict()))  # JSON-able
 
     replayed = []
-    resumed = VelocituneController(_config(update_interval=1), WEIGHTS,
-                                   ScriptedEvaluator([99.0] * 3, updates[3:]))
+    resumed = VelocituneController(
+        _config(update_interval=1), WEIGHTS, ScriptedEvaluator([99.0] * 3, updates[3:])
+    )
     assert load_controller_state(resumed, ckpt)  # latest iteration, from Megatron's tracker
     resumed.replay(lambda w, s: replayed.append(s))
     assert replayed == [8, 16, 24]
@@ -311,15 +343,17 @@ def test_cpu_shim_is_idempotent_and_redirects_buffers(world):
 
 def test_controller_drives_the_velocity_blended_dataset(setup, corpus, tmp_path):
     """The real data plane: each new blend applies from the consumed position on."""
-    from megatron_velocitune.dataset import VelocityBlendedDataset
     from megatron_velocitune.builder import build_heldout_datasets
+    from megatron_velocitune.dataset import VelocityBlendedDataset
 
     _, _, evaluator = setup
-    train = build_heldout_datasets(corpus.prefixes, SEQ, corpus.vocab_size, corpus.eod_id,
-                                   heldout_fraction=1.0)
+    train = build_heldout_datasets(
+        corpus.prefixes, SEQ, corpus.vocab_size, corpus.eod_id, heldout_fraction=1.0
+    )
     blend = VelocityBlendedDataset(train, WEIGHTS, 400, train[0].config, update_window=16)
-    controller = VelocituneController(_config(log_dir=str(tmp_path)), WEIGHTS, evaluator,
-                                      dataset=blend, seq_length=SEQ)
+    controller = VelocituneController(
+        _config(log_dir=str(tmp_path)), WEIGHTS, evaluator, dataset=blend, seq_length=SEQ
+    )
     for it in range(0, 7):
         controller.maybe_update(it, it * 8)
         if it:

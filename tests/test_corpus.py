@@ -16,7 +16,7 @@ from megatron_velocitune.corpus import (
 
 def test_corpus_round_trips_through_megatron(corpus):
     tok = load_tokenizer(corpus.tokenizer_path)
-    for name, prefix, n_tokens in zip(corpus.names, corpus.prefixes, corpus.tokens):
+    for _name, prefix, n_tokens in zip(corpus.names, corpus.prefixes, corpus.tokens):
         ds = IndexedDataset(prefix)
         assert len(ds) > 5
         assert int(ds.sequence_lengths.sum()) == n_tokens > 20_000
@@ -49,13 +49,34 @@ def test_prepare_corpus_tool(tmp_path, corpus, capsys):
     (tmp_path / "a" / "one.txt").write_text("The quick brown fox. " * 50)
     (tmp_path / "b.jsonl").write_text('{"text": "def f(x):\\n    return x"}\n' * 30)
     out = tmp_path / "out"
-    rc = tool.main(["--output-dir", str(out), "--tokenizer-model", corpus.tokenizer_path,
-                    "--domain", f"prose={tmp_path / 'a'}", "--domain", f"code={tmp_path / 'b.jsonl'}"])
+    rc = tool.main(
+        [
+            "--output-dir",
+            str(out),
+            "--tokenizer-model",
+            corpus.tokenizer_path,
+            "--domain",
+            f"prose={tmp_path / 'a'}",
+            "--domain",
+            f"code={tmp_path / 'b.jsonl'}",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and "--data-path" in printed and (out / "prose.idx").exists()
     manifest = json.load(open(out / "corpus.json"))
     assert [d["documents"] for d in manifest["domains"]] == [1, 30]
     assert abs(sum(manifest["weights"]) - 1) < 1e-12
-    assert tool.main(["--output-dir", str(out), "--vocab-size", "300",
-                      "--domain", f"x={tmp_path / 'missing'}"]) == 2
+    assert (
+        tool.main(
+            [
+                "--output-dir",
+                str(out),
+                "--vocab-size",
+                "300",
+                "--domain",
+                f"x={tmp_path / 'missing'}",
+            ]
+        )
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err

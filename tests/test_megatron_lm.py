@@ -70,12 +70,30 @@ def test_parse_version_rejects_garbage():
         ("0.15.3", "parse_args", "megatron.legacy.data.data_samplers", False, False, (3, 10)),
         ("0.16.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 10)),
         ("0.17.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 12)),
-        ("0.18.0", "parse_and_validate_args", "megatron.training.datasets.data_samplers", False,
-         True, (3, 12)),
-        ("0.19.0", "parse_and_validate_args", "megatron.training.datasets.data_samplers", True,
-         True, (3, 12)),
-        ("0.20.0rc0", "parse_and_validate_args", "megatron.training.datasets.data_samplers", True,
-         True, (3, 12)),
+        (
+            "0.18.0",
+            "parse_and_validate_args",
+            "megatron.training.datasets.data_samplers",
+            False,
+            True,
+            (3, 12),
+        ),
+        (
+            "0.19.0",
+            "parse_and_validate_args",
+            "megatron.training.datasets.data_samplers",
+            True,
+            True,
+            (3, 12),
+        ),
+        (
+            "0.20.0rc0",
+            "parse_and_validate_args",
+            "megatron.training.datasets.data_samplers",
+            True,
+            True,
+            (3, 12),
+        ),
     ],
 )
 def test_compat_for_version(version, args_entry, samplers, hook_optimizer, fast_cache, python):
@@ -98,12 +116,22 @@ def test_compat_refuses_old_releases():
 def _args(**overrides):
     """A Megatron-LM namespace as parse_args leaves it (only the fields the checks read)."""
     base = dict(
-        dataloader_type=None, dataloader_fast_cache_load=False,
-        dataloader_defer_npy_index_mmap=False, phase_transition_iterations=None,
-        num_layers_per_virtual_pipeline_stage=None, num_virtual_stages_per_pipeline_rank=None,
-        hybrid_context_parallel=False, non_persistent_ckpt_type=None, mock_data=False, sft=False,
-        fim_data=False, train_data_path=None, valid_data_path=None, test_data_path=None,
-        per_split_data_args_path=None, velocitune_loss_source="eval",
+        dataloader_type=None,
+        dataloader_fast_cache_load=False,
+        dataloader_defer_npy_index_mmap=False,
+        phase_transition_iterations=None,
+        num_layers_per_virtual_pipeline_stage=None,
+        num_virtual_stages_per_pipeline_rank=None,
+        hybrid_context_parallel=False,
+        non_persistent_ckpt_type=None,
+        mock_data=False,
+        sft=False,
+        fim_data=False,
+        train_data_path=None,
+        valid_data_path=None,
+        test_data_path=None,
+        per_split_data_args_path=None,
+        velocitune_loss_source="eval",
         data_path=["0.5", "data/a", "0.5", "data/b"],
     )
     base.update(overrides)
@@ -148,8 +176,13 @@ def _dataset_config(tmp_path, blend, split="90,10,0", **kwargs):
     from megatron_velocitune.builder import DatasetTokenizer, gpt_dataset_config
 
     return gpt_dataset_config(
-        blend, split, 32, 1234, DatasetTokenizer(1024, 0),
-        path_to_cache=str(tmp_path / "cache"), **kwargs,
+        blend,
+        split,
+        32,
+        1234,
+        DatasetTokenizer(1024, 0),
+        path_to_cache=str(tmp_path / "cache"),
+        **kwargs,
     )
 
 
@@ -162,8 +195,11 @@ def test_check_dataset_config(tmp_path):
         (MockGPTDataset, good, "MockGPTDataset"),
         (GPTDataset, _dataset_config(tmp_path, (["a"], None)), "single-prefix"),
         (GPTDataset, _dataset_config(tmp_path, (["a", "b"], None)), "without weights"),
-        (GPTDataset, _dataset_config(tmp_path, (["a", "b"], [0.5, 0.5]), "100,0,0"),
-         "validation split"),
+        (
+            GPTDataset,
+            _dataset_config(tmp_path, (["a", "b"], [0.5, 0.5]), "100,0,0"),
+            "validation split",
+        ),
     ]
     for cls, config, match in cases:
         with pytest.raises(VelocituneConfigError, match=match):
@@ -177,8 +213,12 @@ def test_split_argv():
     script = os.path.abspath(__file__)
     assert split_argv([script, "--lr", "1e-4"]) == (script, [script, "--lr", "1e-4"])
     assert split_argv(["--", script, "--x"]) == (script, [script, "--x"])
-    for bad, match in (([], "usage"), (["--help"], "usage"), (["--lr", script], "must be the "
-                       "script"), (["/no/such/pretrain_gpt.py"], "no such script")):
+    for bad, match in (
+        ([], "usage"),
+        (["--help"], "usage"),
+        (["--lr", script], "must be the script"),
+        (["/no/such/pretrain_gpt.py"], "no such script"),
+    ):
         with pytest.raises(SystemExit, match=match):
             split_argv(bad)
 
@@ -227,8 +267,10 @@ def test_writers_fan_out_like_megatron_lm():
     writers = MegatronWriters(tb, wandb)
     writers.add_scalar("velocitune/weight/code", 0.5, 150)
     writers.add_scalar("velocitune/weight/code vs samples", 0.5, 614400)
-    assert tb.calls == [("velocitune/weight/code", 0.5, 150),
-                        ("velocitune/weight/code vs samples", 0.5, 614400)]
+    assert tb.calls == [
+        ("velocitune/weight/code", 0.5, 150),
+        ("velocitune/weight/code vs samples", 0.5, 614400),
+    ]
     # wandb's step only grows: iterations only, as Megatron-LM logs it.
     assert wandb.calls == [({"velocitune/weight/code": 0.5}, 150)]
     MegatronWriters(None, wandb).add_scalar("x", 1.0, 1)
@@ -261,36 +303,76 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
     plugin = SimpleNamespace(
         start=lambda model, optimizer, it: seen.append(("start", model, optimizer, it)),
         after_iteration=lambda model, opt, iteration, it: seen.append(("iter", iteration, it)),
-        after_save=lambda iteration, non_persistent: seen.append(("save", iteration,
-                                                                   non_persistent)),
+        after_save=lambda iteration, non_persistent: seen.append(
+            ("save", iteration, non_persistent)
+        ),
     )
 
-    def checkpoint_and_decide_exit(model, optimizer, opt_param_scheduler, iteration,
-                                   num_floating_point_operations_so_far, checkpointing_context,
-                                   train_data_iterator):
+    def checkpoint_and_decide_exit(
+        model,
+        optimizer,
+        opt_param_scheduler,
+        iteration,
+        num_floating_point_operations_so_far,
+        checkpointing_context,
+        train_data_iterator,
+    ):
         return "exit?"
 
-    def save_checkpoint(iteration, model, optimizer, opt_param_scheduler,
-                        num_floating_point_operations_so_far, checkpointing_context=None,
-                        pipeline_rank=None, expert_rank=None, tensor_rank=None,
-                        pipeline_parallel=None, expert_parallel=None, non_persistent_ckpt=False,
-                        train_data_iterator=None):
+    def save_checkpoint(
+        iteration,
+        model,
+        optimizer,
+        opt_param_scheduler,
+        num_floating_point_operations_so_far,
+        checkpointing_context=None,
+        pipeline_rank=None,
+        expert_rank=None,
+        tensor_rank=None,
+        pipeline_parallel=None,
+        expert_parallel=None,
+        non_persistent_ckpt=False,
+        train_data_iterator=None,
+    ):
         return "saved"
 
-    def train(forward_step_func, model, optimizer, opt_param_scheduler, train_data_iterator,
-              valid_data_iterator, process_non_loss_data_func, config, checkpointing_context,
-              non_loss_data_func, inference_model=None):
+    def train(
+        forward_step_func,
+        model,
+        optimizer,
+        opt_param_scheduler,
+        train_data_iterator,
+        valid_data_iterator,
+        process_non_loss_data_func,
+        config,
+        checkpointing_context,
+        non_loss_data_func,
+        inference_model=None,
+    ):
         return 7, 0.0
 
-    assert _checkpoint_and_decide_exit_wrapper(checkpoint_and_decide_exit, plugin)(
-        "m", "o", "s", 150, 0.0, {}, "it") == "exit?"
-    assert _save_checkpoint_wrapper(save_checkpoint, plugin)(
-        300, "m", "o", "s", 0.0, {}, non_persistent_ckpt=True) == "saved"
+    assert (
+        _checkpoint_and_decide_exit_wrapper(checkpoint_and_decide_exit, plugin)(
+            "m", "o", "s", 150, 0.0, {}, "it"
+        )
+        == "exit?"
+    )
+    assert (
+        _save_checkpoint_wrapper(save_checkpoint, plugin)(
+            300, "m", "o", "s", 0.0, {}, non_persistent_ckpt=True
+        )
+        == "saved"
+    )
     assert _save_checkpoint_wrapper(save_checkpoint, plugin)(450, "m", "o", "s", 0.0) == "saved"
-    assert _train_wrapper(train, plugin)("f", "m", "o", "s", "it", None, None, None, {}, None,
-                                         None) == (7, 0.0)
-    assert seen == [("iter", 150, "it"), ("save", 300, True), ("save", 450, False),
-                    ("start", "m", "o", "it")]
+    assert _train_wrapper(train, plugin)(
+        "f", "m", "o", "s", "it", None, None, None, {}, None, None
+    ) == (7, 0.0)
+    assert seen == [
+        ("iter", 150, "it"),
+        ("save", 300, True),
+        ("save", 450, False),
+        ("start", "m", "o", "it"),
+    ]
 
     # Helpers that already import (a wheel's prebuilt ones, here pip's) need no `make`.
     calls = []
@@ -363,7 +445,8 @@ def test_velocity_build_replaces_the_train_split_only(world, corpus, tmp_path):
     single = _dataset_config(tmp_path, ([corpus.prefixes[0]], None))
     with pytest.raises(VelocituneConfigError, match="single-prefix"):
         velocity_build(
-            BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, single), original,
+            BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, single),
+            original,
             registry,
         )
 
@@ -393,7 +476,8 @@ def _plugin(corpus, tmp_path, args):
 
     registry = DatasetRegistry()
     registry.data = build_velocity_datasets(
-        _blend_config(corpus, tmp_path), train_samples=args.train_iters * args.global_batch_size,
+        _blend_config(corpus, tmp_path),
+        train_samples=args.train_iters * args.global_batch_size,
         update_window=5 * args.global_batch_size,
     )
     training = SimpleNamespace(
@@ -402,20 +486,39 @@ def _plugin(corpus, tmp_path, args):
         )
     )
     return VelocitunePlugin(
-        compat_for_version("0.16.1"), registry, lambda: args, training,
-        evaluator_factory=lambda *a: _StubEvaluator(), writers=lambda: None,
+        compat_for_version("0.16.1"),
+        registry,
+        lambda: args,
+        training,
+        evaluator_factory=lambda *a: _StubEvaluator(),
+        writers=lambda: None,
     )
 
 
 def _megatron_args(tmp_path, **overrides):
     values = dict(
-        velocitune_policy="velocity", velocitune_update_interval=5, velocitune_eval_iters=2,
-        velocitune_initial_loss=[3.5, 4.5, 5.5], velocitune_initial_loss_file=None,
-        velocitune_target_loss=[2.0, 3.0, 4.0], velocitune_target_loss_file=None,
-        velocitune_min_weight=0.0, velocitune_domain_names=None, velocitune_loss_source="eval",
-        velocitune_log_dir=str(tmp_path / "logs"), seed=1234, seq_length=32, micro_batch_size=2,
-        global_batch_size=4, train_iters=20, tensorboard_dir=None, save=str(tmp_path / "ckpt"),
-        load=None, finetune=False, iteration=0, consumed_train_samples=0,
+        velocitune_policy="velocity",
+        velocitune_update_interval=5,
+        velocitune_eval_iters=2,
+        velocitune_initial_loss=[3.5, 4.5, 5.5],
+        velocitune_initial_loss_file=None,
+        velocitune_target_loss=[2.0, 3.0, 4.0],
+        velocitune_target_loss_file=None,
+        velocitune_min_weight=0.0,
+        velocitune_domain_names=None,
+        velocitune_loss_source="eval",
+        velocitune_log_dir=str(tmp_path / "logs"),
+        seed=1234,
+        seq_length=32,
+        micro_batch_size=2,
+        global_batch_size=4,
+        train_iters=20,
+        tensorboard_dir=None,
+        save=str(tmp_path / "ckpt"),
+        load=None,
+        finetune=False,
+        iteration=0,
+        consumed_train_samples=0,
         non_persistent_global_ckpt_dir=None,
     )
     values.update(overrides)
@@ -426,8 +529,9 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     args = _megatron_args(tmp_path)
     plugin = _plugin(corpus, tmp_path, args)
     data = plugin.registry.data
-    iterator = SimpleNamespace(iterable=iter(plugin.training.build_pretraining_data_loader(
-        data.train, 0)))
+    iterator = SimpleNamespace(
+        iterable=iter(plugin.training.build_pretraining_data_loader(data.train, 0))
+    )
     plugin.start([], None, iterator)
     assert plugin.controller.names == [os.path.basename(p) for p in corpus.prefixes]
 
@@ -442,22 +546,26 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     # Samples before the update never change; the loader restarts at the consumed position.
     assert [int(data.train[i]["dataset_id"]) for i in range(20)] == before
     batch = next(iterator.iterable)
-    assert [int(d) for d in batch["dataset_id"]] == [int(data.train[20 + j]["dataset_id"])
-                                                      for j in range(2)]
+    assert [int(d) for d in batch["dataset_id"]] == [
+        int(data.train[20 + j]["dataset_id"]) for j in range(2)
+    ]
     path = plugin.after_save(5, non_persistent=False)
     assert path == os.path.join(args.save, "iter_0000005", "velocitune_state.json")
     assert os.path.exists(os.path.join(args.velocitune_log_dir, "velocitune_trajectory.jsonl"))
 
     # Resume from that checkpoint: the history is replayed into a fresh blend.
-    resumed_args = _megatron_args(tmp_path, load=args.save, iteration=5,
-                                  consumed_train_samples=20)
+    resumed_args = _megatron_args(tmp_path, load=args.save, iteration=5, consumed_train_samples=20)
     resumed = _plugin(corpus, tmp_path, resumed_args)
-    iterator2 = SimpleNamespace(iterable=iter(resumed.training.build_pretraining_data_loader(
-        resumed.registry.data.train, 20)))
+    iterator2 = SimpleNamespace(
+        iterable=iter(
+            resumed.training.build_pretraining_data_loader(resumed.registry.data.train, 20)
+        )
+    )
     resumed.start([], None, iterator2)
     assert np.array_equal(resumed.controller.weights, weights)
     assert [int(resumed.registry.data.train[i]["dataset_id"]) for i in range(80)] == [
-        int(data.train[i]["dataset_id"]) for i in range(80)]
+        int(data.train[i]["dataset_id"]) for i in range(80)
+    ]
     assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
 
 
@@ -488,13 +596,22 @@ def probe(corpus, tmp_path_factory):
     env.update(OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
     names = [os.path.basename(p) for p in corpus.prefixes]
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_megatron_lm_probe.py"), str(out), corpus.root,
-         *names],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(HERE, "_megatron_lm_probe.py"),
+            str(out),
+            corpus.root,
+            *names,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
-        pytest.fail(f"probe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"probe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return json.loads(out.read_text())
 
 
@@ -513,8 +630,11 @@ def test_checkout_every_integration_point_is_wrapped(probe):
 @needs_checkout
 def test_checkout_parse_args_takes_the_flags_and_refuses_cyclic(probe):
     assert probe["parsed"] == {
-        "update_interval": 5, "policy": "velocity", "initial_loss": [3.5, 4.5, 5.5],
-        "target_loss": [2.0, 3.0, 4.0], "num_layers": 2,
+        "update_interval": 5,
+        "policy": "velocity",
+        "initial_loss": [3.5, 4.5, 5.5],
+        "target_loss": [2.0, 3.0, 4.0],
+        "num_layers": 2,
     }
     assert probe["refusal"]["exit"] == 2
     assert "velocitune: --dataloader-type cyclic" in probe["refusal"]["message"]
@@ -546,6 +666,7 @@ def test_checkout_update_swaps_the_rerun_iterator_at_the_consumed_position(probe
 def test_checkout_sidecar_and_resume(probe):
     resume = probe["resume"]
     assert resume["sidecar_exists"] and resume["sidecar"].endswith(
-        "iter_0000005/velocitune_state.json")
+        "iter_0000005/velocitune_state.json"
+    )
     assert resume["history"] == 1 and resume["weights"] == probe["run"]["weights"]
     assert resume["same_index"] and resume["same_next_batch"]

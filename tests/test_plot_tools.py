@@ -19,10 +19,21 @@ def write_run(path, policy="velocity", targets=True, skip_at=None, train_iters=6
     init, target = np.array([2.0, 1.8, 2.5]), np.array([1.5, 1.4, 2.3])
     w = np.array([0.5, 0.3, 0.2])
     writer = TrajectoryWriter(str(path))
-    writer.write(dict(type="header", domains=DOMAINS, policy=policy, weights=w.tolist(),
-                      initial_loss=init.tolist(), target_loss=target.tolist() if targets else None,
-                      seq_length=8, global_batch_size=4, train_iters=train_iters,
-                      update_interval=100, prefixes=[f"/d/{d}" for d in DOMAINS]))
+    writer.write(
+        dict(
+            type="header",
+            domains=DOMAINS,
+            policy=policy,
+            weights=w.tolist(),
+            initial_loss=init.tolist(),
+            target_loss=target.tolist() if targets else None,
+            seq_length=8,
+            global_batch_size=4,
+            train_iters=train_iters,
+            update_interval=100,
+            prefixes=[f"/d/{d}" for d in DOMAINS],
+        )
+    )
     for it in range(100, 601, 100):
         loss = target + (init - target) * np.exp(-it / np.array([200.0, 400.0, 800.0]))
         vel = np.clip((loss - target) / (init - target), 0, 1)
@@ -32,10 +43,20 @@ def write_run(path, policy="velocity", targets=True, skip_at=None, train_iters=6
         elif policy == "velocity":
             w = w * np.exp(vel)
             w = w / w.sum()
-        writer.write(dict(type="update", iteration=it, consumed_samples=it * 4,
-                          consumed_tokens=it * 32, domain_tokens=None, eval_loss=loss.tolist(),
-                          velocity=vel.tolist() if targets and not skipped else None,
-                          weights=w.tolist(), start_sample=it * 4, skipped=skipped))
+        writer.write(
+            dict(
+                type="update",
+                iteration=it,
+                consumed_samples=it * 4,
+                consumed_tokens=it * 32,
+                domain_tokens=None,
+                eval_loss=loss.tolist(),
+                velocity=vel.tolist() if targets and not skipped else None,
+                weights=w.tolist(),
+                start_sample=it * 4,
+                skipped=skipped,
+            )
+        )
     return str(path)
 
 
@@ -66,8 +87,23 @@ def test_columns_panels_and_default_labels(tmp_path, capsys):
     a = write_run(str(tmp_path / "run-a" / "trajectory.jsonl"), targets=False)
     b = write_run(str(tmp_path / "run-b" / "trajectory.jsonl"), train_iters=1000)  # stopped early
     out = tmp_path / "cols"  # no extension: both added
-    assert plot_weights.main([a, b, "-o", str(out), "--layout", "columns",
-                              "--panels", "weights,velocity", "--title", "t1"]) == 0
+    assert (
+        plot_weights.main(
+            [
+                a,
+                b,
+                "-o",
+                str(out),
+                "--layout",
+                "columns",
+                "--panels",
+                "weights,velocity",
+                "--title",
+                "t1",
+            ]
+        )
+        == 0
+    )
     svg = _assert_figures(str(out))
     assert "run-a" in svg and "run-b" in svg and "no velocity recorded" in svg
     assert "held-out loss" not in svg
@@ -120,14 +156,19 @@ def test_errors(tmp_path, capsys):
 
 def test_help_runs_as_a_script():
     # The checkout wrapper, as a user runs it without installing the package.
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot_weights.py"), "--help"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "plot_weights.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and "usage: velocitune-plot-weights" in res.stdout
     assert "--panels" in res.stdout and "--labels" in res.stdout
 
 
-@pytest.mark.parametrize("name", ["fit_target_loss", "fit_dcpt_law", "prepare_corpus",
-                                  "plot_weights", "average_weights"])
+@pytest.mark.parametrize(
+    "name", ["fit_target_loss", "fit_dcpt_law", "prepare_corpus", "plot_weights", "average_weights"]
+)
 def test_console_scripts_point_at_the_package(name):
     # setup.py's console_scripts must name importable modules (tools/ is not a package).
     import importlib

@@ -54,13 +54,15 @@ def test_floor_zero_is_exact_and_positive_floor_lifts():
 
 def test_update_weights_dispatch_and_unknown():
     w, cur, ini, tgt = np.array([0.5, 0.5]), [2.0, 3.0], [3.0, 3.5], [1.0, 2.0]
-    assert P.update_weights("velocity", w, cur, ini, tgt).tolist() == P.velocity_update(
-        w, cur, ini, tgt
-    ).tolist()
+    assert (
+        P.update_weights("velocity", w, cur, ini, tgt).tolist()
+        == P.velocity_update(w, cur, ini, tgt).tolist()
+    )
     assert P.update_weights("dbl", w, cur, None, tgt).tolist() == P.dbl_update(w, cur, tgt).tolist()
-    assert P.update_weights("ratio", w, cur, ini, None).tolist() == P.ratio_update(
-        w, cur, ini
-    ).tolist()
+    assert (
+        P.update_weights("ratio", w, cur, ini, None).tolist()
+        == P.ratio_update(w, cur, ini).tolist()
+    )
     with pytest.raises(ValueError, match="unknown policy 'doremi'"):
         P.update_weights("doremi", w, cur, ini, tgt)
 

@@ -9,8 +9,8 @@ from megatron_velocitune.scaling_law import (
     TargetAboveInitialError,
     TooFewPointsError,
     fit_chinchilla,
-    held_out_error,
     header_budget,
+    held_out_error,
     initial_losses,
     loss_points,
     resolve_target,
@@ -54,8 +54,9 @@ def test_fit_huber_log_ignores_an_outlier():
     def model(p, x):
         return p[0] + p[1] * x, np.stack([np.ones_like(x), x], axis=1)
 
-    out = fitting.fit_huber_log(model, x, y, fitting.start_grid((1.0, 3.0), (0.0, 2.0)),
-                                [(0.1, 10.0), (-5.0, 5.0)])
+    out = fitting.fit_huber_log(
+        model, x, y, fitting.start_grid((1.0, 3.0), (0.0, 2.0)), [(0.1, 10.0), (-5.0, 5.0)]
+    )
     np.testing.assert_allclose(out.params, [2.0, 1.0], atol=1e-3)
     assert out.starts == 4 and out.converged
 
@@ -65,8 +66,9 @@ def test_fit_huber_log_rejects_bad_observations():
         return p[0] + 0 * x, np.ones((x.size, 1))
 
     with pytest.raises(ValueError, match="positive"):
-        fitting.fit_huber_log(model, np.ones(3), np.array([1.0, -1.0, 2.0]), [np.ones(1)],
-                              [(0.0, 5.0)])
+        fitting.fit_huber_log(
+            model, np.ones(3), np.array([1.0, -1.0, 2.0]), [np.ones(1)], [(0.0, 5.0)]
+        )
 
 
 # ------------------------------------------------------------------------------ Chinchilla fit
@@ -179,14 +181,27 @@ def test_resolve_target_without_initial_and_bad_args():
 
 
 def _trajectory(initial=None, zero=None):
-    header = dict(type="header", domains=["a", "b"], weights=[0.5, 0.5], initial_loss=initial,
-                  train_iters=10, global_batch_size=4, seq_length=8)
+    header = dict(
+        type="header",
+        domains=["a", "b"],
+        weights=[0.5, 0.5],
+        initial_loss=initial,
+        train_iters=10,
+        global_batch_size=4,
+        seq_length=8,
+    )
     updates = []
     if zero is not None:
         updates.append(dict(type="update", iteration=0, consumed_tokens=0, eval_loss=zero))
     for it in (2, 4, 6):
-        updates.append(dict(type="update", iteration=it, consumed_tokens=it * 32,
-                            eval_loss=[3.0 - 0.1 * it, None]))
+        updates.append(
+            dict(
+                type="update",
+                iteration=it,
+                consumed_tokens=it * 32,
+                eval_loss=[3.0 - 0.1 * it, None],
+            )
+        )
     updates.append(dict(type="update", iteration=8, consumed_tokens=256, eval_loss=None))
     return Trajectory(header, updates)
 

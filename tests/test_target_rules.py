@@ -45,7 +45,8 @@ class TestForgettingBudget:
         a, b = np.exp(0.5), np.exp(1.0 / 3.0)
         assert w == pytest.approx([a / (a + b), b / (a + b)])
         assert update_weights("velocity", [0.5, 0.5], [4.1, 5.0], INITIAL, [4.2, 4.5]) == (
-            pytest.approx(w))
+            pytest.approx(w)
+        )
 
 
 class TestHeadroomFloor:
@@ -61,8 +62,9 @@ class TestHeadroomFloor:
         assert v == pytest.approx([0.4, 1.0 / 3.0])
 
     def test_reaches_the_policy(self):
-        w = update_weights("velocity", [0.5, 0.5], [4.02, 5.0], INITIAL, [3.96, 4.5],
-                           min_headroom=0.2)
+        w = update_weights(
+            "velocity", [0.5, 0.5], [4.02, 5.0], INITIAL, [3.96, 4.5], min_headroom=0.2
+        )
         a, b = np.exp(0.3), np.exp(1.0 / 3.0)
         assert w == pytest.approx([a / (a + b), b / (a + b)])
 
@@ -89,13 +91,19 @@ class TestResolve:
         assert r.rules == ["tolerance", "progress"] and str(tol) == text
 
     def test_refuse(self):
-        with pytest.raises(TargetRuleError, match=r"target 4.2 for domain 'general' is not "
-                           r"below the initial loss 4.0 \(rule refuse"):
+        with pytest.raises(
+            TargetRuleError,
+            match=r"target 4.2 for domain 'general' is not "
+            r"below the initial loss 4.0 \(rule refuse",
+        ):
             resolve_targets(INITIAL, [4.2, 4.5], "refuse", names=["general", "code"])
 
     def test_budget_refuses_a_target_equal_to_initial(self):
-        with pytest.raises(TargetRuleError, match=r"target 4.0 for domain 'general' equals its "
-                           r"initial loss"):
+        with pytest.raises(
+            TargetRuleError,
+            match=r"target 4.0 for domain 'general' equals its "
+            r"initial loss",
+        ):
             resolve_targets(INITIAL, [4.0, 4.5], "budget", names=["general", "code"])
 
     @pytest.mark.parametrize("text", ["0", "-0.1", "abc", "nan", "0%"])
@@ -114,8 +122,9 @@ class TestConfig:
     """One line naming the flag, the domain and the values."""
 
     def cfg(self, **kw):
-        return VelocituneConfig(initial_loss=INITIAL, target_loss=[4.2, 4.5],
-                                domain_names=["general", "code"], **kw)
+        return VelocituneConfig(
+            initial_loss=INITIAL, target_loss=[4.2, 4.5], domain_names=["general", "code"], **kw
+        )
 
     def test_budget_hold_is_the_default_and_accepts_a_target_above(self):
         self.cfg().validate(2, [0.5, 0.5])
@@ -132,10 +141,16 @@ class TestConfig:
     @pytest.mark.parametrize(
         "kw, match",
         [
-            (dict(rising_rule="tolerance"), r"--velocitune-rising-rule tolerance needs "
-                                            r"--velocitune-forgetting-tolerance"),
-            (dict(forgetting_tolerance=Tolerance(0.1)), r"--velocitune-forgetting-tolerance: "
-                                                        r"0.1 is read only by"),
+            (
+                dict(rising_rule="tolerance"),
+                r"--velocitune-rising-rule tolerance needs "
+                r"--velocitune-forgetting-tolerance",
+            ),
+            (
+                dict(forgetting_tolerance=Tolerance(0.1)),
+                r"--velocitune-forgetting-tolerance: "
+                r"0.1 is read only by",
+            ),
             (dict(min_headroom=-1.0), r"--velocitune-min-headroom: -1.0"),
             (dict(target_margin=0.0), r"--velocitune-target-margin: 0.0"),
             (dict(rising_rule="clamp"), r"--velocitune-rising-rule: 'clamp'"),
@@ -146,10 +161,14 @@ class TestConfig:
             self.cfg(**kw)
 
     def test_equal_target_under_budget(self):
-        cfg = VelocituneConfig(initial_loss=INITIAL, target_loss=[4.0, 4.5],
-                               domain_names=["general", "code"])
-        with pytest.raises(VelocituneConfigError, match=r"target 4.0 for domain 'general' "
-                           r"equals its initial loss: no headroom either way \(rule budget-hold"):
+        cfg = VelocituneConfig(
+            initial_loss=INITIAL, target_loss=[4.0, 4.5], domain_names=["general", "code"]
+        )
+        with pytest.raises(
+            VelocituneConfigError,
+            match=r"target 4.0 for domain 'general' "
+            r"equals its initial loss: no headroom either way \(rule budget-hold",
+        ):
             cfg.validate(2, [0.5, 0.5])
 
 

@@ -12,8 +12,8 @@ from megatron_velocitune.distributed import UpdateGroups
 from megatron_velocitune.evaluation import DomainSums
 from megatron_velocitune.policy import velocity_update
 from megatron_velocitune.train_stream import DomainLossAccumulator, TrainStreamEvaluator
-from megatron_velocitune.trajectory import read_trajectory
 from megatron_velocitune.training.arguments import parse_args
+from megatron_velocitune.trajectory import read_trajectory
 
 from ._multiproc import run_distributed
 from .test_training import base_argv
@@ -46,12 +46,16 @@ class _Windows:
 
 
 def test_absent_domain_keeps_its_last_estimate():
-    windows = [DomainSums(np.array([8.0, 9.0]), np.array([2.0, 3.0])),  # means 4, 3
-               DomainSums(np.array([6.0, 0.0]), np.array([2.0, 0.0]))]  # domain 1 absent
-    cfg = VelocituneConfig(update_interval=1, loss_source="train", initial_loss=[5.0, 5.0],
-                           target_loss=[2.0, 2.0])
-    ctrl = VelocituneController(cfg, [0.5, 0.5], TrainStreamEvaluator(None, None),
-                                groups=UpdateGroups.single_process())
+    windows = [
+        DomainSums(np.array([8.0, 9.0]), np.array([2.0, 3.0])),  # means 4, 3
+        DomainSums(np.array([6.0, 0.0]), np.array([2.0, 0.0])),
+    ]  # domain 1 absent
+    cfg = VelocituneConfig(
+        update_interval=1, loss_source="train", initial_loss=[5.0, 5.0], target_loss=[2.0, 2.0]
+    )
+    ctrl = VelocituneController(
+        cfg, [0.5, 0.5], TrainStreamEvaluator(None, None), groups=UpdateGroups.single_process()
+    )
     ctrl.evaluator = _Windows(windows)
     first = ctrl.maybe_update(1, 10)
     second = ctrl.maybe_update(2, 20)
@@ -69,15 +73,32 @@ def stream_worker(rank, world_size, argv):
 
 @pytest.mark.slow
 def test_train_stream_in_tp_pp_dp_matches_lm_loss_and_resumes_exactly(corpus, tmp_path):
-    layout = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-              "--velocitune-loss-source", "train", "--num-workers", "0",
-              "--untie-embeddings-and-output-weights"]
+    layout = [
+        "--tensor-model-parallel-size",
+        "2",
+        "--pipeline-model-parallel-size",
+        "2",
+        "--velocitune-loss-source",
+        "train",
+        "--num-workers",
+        "0",
+        "--untie-embeddings-and-output-weights",
+    ]
     full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
     a = run_distributed(stream_worker, 8, (base_argv(corpus, full, extra=layout),), timeout=300)
-    run_distributed(stream_worker, 8, (base_argv(corpus, parts, extra=layout + [
-        "--exit-interval", "3", "--save-interval", "3"]),), timeout=300)
-    run_distributed(stream_worker, 8, (base_argv(corpus, parts, extra=layout + [
-        "--load", parts]),), timeout=300)
+    run_distributed(
+        stream_worker,
+        8,
+        (
+            base_argv(
+                corpus, parts, extra=layout + ["--exit-interval", "3", "--save-interval", "3"]
+            ),
+        ),
+        timeout=300,
+    )
+    run_distributed(
+        stream_worker, 8, (base_argv(corpus, parts, extra=layout + ["--load", parts]),), timeout=300
+    )
     # Every rank ends with the same blend, which moved.
     assert len({tuple(s.weights) for s in a}) == 1 and a[0].weights != [0.5, 0.3, 0.2]
     traj = read_trajectory(os.path.join(full, "tb", "velocitune_trajectory.jsonl"))

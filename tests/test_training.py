@@ -1,4 +1,4 @@
-"""The megatron-core training entry: flags, and stop-at-N/2 + resume == uninterrupted, bit for bit."""
+"""The megatron-core training entry: flags; stop at N/2 + resume == uninterrupted, bit for bit."""
 
 import hashlib
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_velocitune.trajectory import read_trajectory
 from megatron_velocitune.training.arguments import parse_args
+from megatron_velocitune.trajectory import read_trajectory
 
 from ._multiproc import run_distributed
 
@@ -19,16 +19,58 @@ def base_argv(corpus, save, train_iters=8, extra=()):
     for w, p in zip([0.5, 0.3, 0.2], corpus.prefixes):
         data_path += [str(w), p]
     return [
-        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
-        "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
-        "--train-iters", str(train_iters), "--lr", "1e-3", "--lr-warmup-iters", "2",
-        "--hidden-dropout", "0.1", "--attention-dropout", "0.1",
-        "--log-interval", "1", "--eval-interval", "4", "--eval-iters", "1",
-        "--data-path", *data_path, "--split", "90,10,0",
-        "--tokenizer-model", corpus.tokenizer_path, "--num-workers", "2",
-        "--save", save, "--save-interval", "4", "--tensorboard-dir", os.path.join(save, "tb"),
-        "--velocitune-policy", "velocity", "--velocitune-update-interval", "2",
-        "--velocitune-eval-iters", "1", "--velocitune-target-loss", "1.0", "3.0", "5.0",
+        "--num-layers",
+        "2",
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "4",
+        "--seq-length",
+        "32",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "8",
+        "--train-iters",
+        str(train_iters),
+        "--lr",
+        "1e-3",
+        "--lr-warmup-iters",
+        "2",
+        "--hidden-dropout",
+        "0.1",
+        "--attention-dropout",
+        "0.1",
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "4",
+        "--eval-iters",
+        "1",
+        "--data-path",
+        *data_path,
+        "--split",
+        "90,10,0",
+        "--tokenizer-model",
+        corpus.tokenizer_path,
+        "--num-workers",
+        "2",
+        "--save",
+        save,
+        "--save-interval",
+        "4",
+        "--tensorboard-dir",
+        os.path.join(save, "tb"),
+        "--velocitune-policy",
+        "velocity",
+        "--velocitune-update-interval",
+        "2",
+        "--velocitune-eval-iters",
+        "1",
+        "--velocitune-target-loss",
+        "1.0",
+        "3.0",
+        "5.0",
         *extra,
     ]
 
@@ -71,8 +113,11 @@ def test_stop_and_resume_equals_uninterrupted_run(corpus, tmp_path):
     assert a.weights == c.weights and a.weights != [0.5, 0.3, 0.2]
     ids = [s[1] for s in uninterrupted[0]["seen"]]
     assert len(set(ids)) == 3
+
     # The weight history and the model, optimizer and RNG state at N are identical.
-    sidecar = lambda root: json.load(open(os.path.join(root, "iter_0000008", "velocitune_state.json")))
+    def sidecar(root):
+        return json.load(open(os.path.join(root, "iter_0000008", "velocitune_state.json")))
+
     assert sidecar(full)["history"] == sidecar(parts)["history"]
     assert len(sidecar(full)["history"]) == 4
     x, y = load_shard(full, 8), load_shard(parts, 8)
@@ -89,7 +134,9 @@ def test_stop_and_resume_equals_uninterrupted_run(corpus, tmp_path):
 
 def test_unsupported_flag_is_one_clear_line(capsys, corpus, tmp_path):
     with pytest.raises(SystemExit) as info:
-        parse_args(base_argv(corpus, str(tmp_path)) + ["--num-layers-per-virtual-pipeline-stage", "2"])
+        parse_args(
+            base_argv(corpus, str(tmp_path)) + ["--num-layers-per-virtual-pipeline-stage", "2"]
+        )
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--num-layers-per-virtual-pipeline-stage" in err
@@ -98,9 +145,11 @@ def test_unsupported_flag_is_one_clear_line(capsys, corpus, tmp_path):
 
 @pytest.mark.parametrize(
     "flag, value, match",
-    [("--global-batch-size", "0", "--global-batch-size: 0 must be >= 1"),
-     ("--lr-warmup-fraction", "1.5", "--lr-warmup-fraction: 1.5"),
-     ("--max-position-embeddings", "64", "--max-position-embeddings 64 must equal")],
+    [
+        ("--global-batch-size", "0", "--global-batch-size: 0 must be >= 1"),
+        ("--lr-warmup-fraction", "1.5", "--lr-warmup-fraction: 1.5"),
+        ("--max-position-embeddings", "64", "--max-position-embeddings 64 must equal"),
+    ],
 )
 def test_bad_values_name_the_flag(capsys, corpus, tmp_path, flag, value, match):
     with pytest.raises(SystemExit):
@@ -117,8 +166,9 @@ def measure_worker(rank, world_size, argv, output):
 @pytest.mark.slow
 def test_measure_initial_loss_writes_what_a_run_measures(corpus, tmp_path):
     # A static run: its steps are megatron-core's static path (no training-stream sums).
-    argv = base_argv(corpus, str(tmp_path / "run"), train_iters=3,
-                     extra=("--velocitune-policy", "static"))
+    argv = base_argv(
+        corpus, str(tmp_path / "run"), train_iters=3, extra=("--velocitune-policy", "static")
+    )
     drop = {"--train-iters", "--lr", "--global-batch-size", "--velocitune-target-loss"}
     tool_argv, skip = [], 0
     for a in argv:  # the tool needs no training flags: leave them out

@@ -27,13 +27,17 @@ def load_trajectory(path: str) -> Trajectory:
     if not isinstance(domains, list) or not domains:
         raise ToolError(f"{path}: the header has no 'domains' list (not a velocitune trajectory?)")
     if not isinstance(weights, list) or len(weights) != len(domains):
-        raise ToolError(f"{path}: the header's 'weights' must give one weight per domain "
-                        f"{domains}, got {weights!r}")
+        raise ToolError(
+            f"{path}: the header's 'weights' must give one weight per domain "
+            f"{domains}, got {weights!r}"
+        )
     for u in t.updates:
         w = u.get("weights")
         if not isinstance(w, list) or len(w) != len(domains):
-            raise ToolError(f"{path}: the update at iteration {u.get('iteration')} has "
-                            f"weights {w!r}, not one per domain {domains}")
+            raise ToolError(
+                f"{path}: the update at iteration {u.get('iteration')} has "
+                f"weights {w!r}, not one per domain {domains}"
+            )
     return t
 
 
@@ -52,22 +56,35 @@ def run_tool(prog: str, run: Callable[[], int]) -> int:
 
 def add_rising_rule_args(parser, what: str = "") -> None:
     """``--rising-domains``, ``--margin`` and ``--forgetting-tolerance``: the target of a domain
-    whose prediction is not below its initial loss (the entry's ``--velocitune-rising-rule``)."""
+    whose prediction is not below its initial loss (the entry's ``--velocitune-rising-rule``).
+    """
     from megatron_velocitune.arguments import tolerance_arg
     from megatron_velocitune.policy import DEFAULT_RISING_RULE, DEFAULT_TARGET_MARGIN, RISING_RULES
 
     parser.add_argument(
-        "--rising-domains", choices=RISING_RULES, default=DEFAULT_RISING_RULE,
+        "--rising-domains",
+        choices=RISING_RULES,
+        default=DEFAULT_RISING_RULE,
         help=f"{what}What a domain whose predicted target is not below its initial loss gets: "
         "budget (keep the prediction of its rise at the budget as a forgetting budget; the "
-        "default), budget-hold (the same target, the domain held at it), tolerance (initial + --forgetting-tolerance), hold-initial (initial * "
-        "(1 - --margin): any forgetting then reads velocity 1) or refuse (an error). Run the "
-        "entry with the same --velocitune-rising-rule.")
-    parser.add_argument("--margin", type=float, default=DEFAULT_TARGET_MARGIN,
-                        help="Relative margin of the hold-initial rule (default: %(default)s).")
-    parser.add_argument("--forgetting-tolerance", type=tolerance_arg, default=None,
-                        help="The tolerance rule's forgetting budget: nats (0.05) or a share "
-                        "of the initial loss (2%%).")
+        "default), budget-hold (the same target, the domain held at it), tolerance (initial + "
+        "--forgetting-tolerance), hold-initial (initial * (1 - --margin): any forgetting then "
+        "reads velocity 1) or refuse (an error). Run the entry with the same "
+        "--velocitune-rising-rule.",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_TARGET_MARGIN,
+        help="Relative margin of the hold-initial rule (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--forgetting-tolerance",
+        type=tolerance_arg,
+        default=None,
+        help="The tolerance rule's forgetting budget: nats (0.05) or a share "
+        "of the initial loss (2%%).",
+    )
 
 
 def check_rising_rule_args(args) -> None:

@@ -44,18 +44,38 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  velocitune-average-weights runs/vt/trajectory.jsonl "
         "--data-prefix code=data/code_text_document",
     )
-    p.add_argument("trajectories", nargs="+",
-                   help="JSONL trajectory file(s); several (seeds) are averaged each, then meaned.")
-    p.add_argument("--unit", choices=UNITS, default="samples",
-                   help="Weight each blend by the samples (default) or iterations it was in force.")
-    p.add_argument("--end", type=float, default=None,
-                   help="Average up to this position (in --unit) instead of the run's end.")
-    p.add_argument("--data-prefix", type=parse_name_value("--data-prefix"), action="append",
-                   default=[], metavar="NAME=PREFIX",
-                   help="The data prefix of a domain in the blend string (repeat per domain; "
-                   "default: the header's prefixes, else the domain names).")
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="Also write the domains, the weights and the blend string as JSON here.")
+    p.add_argument(
+        "trajectories",
+        nargs="+",
+        help="JSONL trajectory file(s); several (seeds) are averaged each, then meaned.",
+    )
+    p.add_argument(
+        "--unit",
+        choices=UNITS,
+        default="samples",
+        help="Weight each blend by the samples (default) or iterations it was in force.",
+    )
+    p.add_argument(
+        "--end",
+        type=float,
+        default=None,
+        help="Average up to this position (in --unit) instead of the run's end.",
+    )
+    p.add_argument(
+        "--data-prefix",
+        type=parse_name_value("--data-prefix"),
+        action="append",
+        default=[],
+        metavar="NAME=PREFIX",
+        help="The data prefix of a domain in the blend string (repeat per domain; "
+        "default: the header's prefixes, else the domain names).",
+    )
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="Also write the domains, the weights and the blend string as JSON here.",
+    )
     return p
 
 
@@ -70,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     domains = trajectories[0].domains
     for path, t in zip(args.trajectories[1:], trajectories[1:]):
         if t.domains != domains:
-            raise ToolError(f"{path}: domains {t.domains} differ from {args.trajectories[0]}'s "
-                            f"{domains}")
+            raise ToolError(
+                f"{path}: domains {t.domains} differ from {args.trajectories[0]}'s {domains}"
+            )
 
     averages = []
     width = max(12, max(len(d) for d in domains) + 2)
@@ -87,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ToolError(f"{path}: {e}") from None
         averages.append(avg)
-        print(f"{path}: policy {t.header.get('policy', '?')}, {len(h.updates)} update(s) applied, "
-              f"{h.skipped} skipped")
+        print(
+            f"{path}: policy {t.header.get('policy', '?')}, {len(h.updates)} update(s) applied, "
+            f"{h.skipped} skipped"
+        )
         print(f"averaged over {h.reason}")
         print(f"{'domain':<{width}}{'initial':>10}{'final':>10}{'time-avg':>10}")
         for row in zip(domains, _fmt(h.initial), _fmt(h.final), _fmt(avg)):
@@ -111,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
         prefixes = [str(p) for p in header_prefixes]
     for name, prefix in args.data_prefix:
         if name not in domains:
-            raise ToolError(f"--data-prefix {name}={prefix}: no domain {name!r} (domains: "
-                            f"{domains})")
+            raise ToolError(
+                f"--data-prefix {name}={prefix}: no domain {name!r} (domains: {domains})"
+            )
         prefixes[domains.index(name)] = prefix
     try:
         data_path = format_data_path(prefixes, blend, digits=DIGITS)
@@ -121,11 +145,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"--data-path {data_path}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"domains": domains, "prefixes": prefixes,
-                       "weights": [float(x) for x in data_path.split()[::2]],
-                       "per_run": [a.tolist() for a in averages], "unit": args.unit,
-                       "trajectories": list(args.trajectories), "data_path": data_path},
-                      f, indent=2)
+            json.dump(
+                {
+                    "domains": domains,
+                    "prefixes": prefixes,
+                    "weights": [float(x) for x in data_path.split()[::2]],
+                    "per_run": [a.tolist() for a in averages],
+                    "unit": args.unit,
+                    "trajectories": list(args.trajectories),
+                    "data_path": data_path,
+                },
+                f,
+                indent=2,
+            )
         print(f"wrote {args.json}")
     return 0
 

@@ -68,8 +68,17 @@ from megatron_velocitune.policy import DEFAULT_RISING_RULE, RISING_RULES, Tolera
 PROG = "velocitune-compare"
 TRAJECTORY = "velocitune_trajectory.jsonl"
 DEFAULT_FRONTIER = (0.1, 0.4, 0.6, 0.8)
-DEFAULT_METHODS = ("cpt", f"vt-{DEFAULT_RISING_RULE}", "vt-budget", "vt-tolerance",
-                   "vt-hold-initial", "vt-hold-initial-floor", "dbl", "ratio", "reweighted")
+DEFAULT_METHODS = (
+    "cpt",
+    f"vt-{DEFAULT_RISING_RULE}",
+    "vt-budget",
+    "vt-tolerance",
+    "vt-hold-initial",
+    "vt-hold-initial-floor",
+    "dbl",
+    "ratio",
+    "reweighted",
+)
 QUICK_METHODS = ("cpt", f"vt-{DEFAULT_RISING_RULE}", "vt-hold-initial")
 QUICK_FRONTIER = (0.1, 0.6)
 VT_RULES = tuple(r for r in RISING_RULES if r != "refuse")
@@ -106,8 +115,11 @@ class Method:
         if self.policy == "velocity":
             rule = f"tolerance {tolerance}" if self.rule == "tolerance" else self.rule
             return f"Velocitune, {rule}" + (f", floor {min_headroom:g}" if self.floor else "")
-        return {"dbl": "DBL", "ratio": "Velocitune w/o target (ratio)",
-                "reweighted": f"reweighted static ({reweight_from} time-avg)"}[self.key]
+        return {
+            "dbl": "DBL",
+            "ratio": "Velocitune w/o target (ratio)",
+            "reweighted": f"reweighted static ({reweight_from} time-avg)",
+        }[self.key]
 
 
 def parse_method(key: str) -> Method:
@@ -124,7 +136,7 @@ def parse_method(key: str) -> Method:
         return Method(key, "ratio")
     if key.startswith("frontier-"):
         try:
-            share = float(key[len("frontier-"):])
+            share = float(key[len("frontier-") :])
         except ValueError:
             share = -1.0
         if not 0.0 < share < 1.0:
@@ -201,12 +213,16 @@ def _entry_sizes(entry_args: Sequence[str]) -> argparse.Namespace:
     known, _ = p.parse_known_args(list(entry_args))
     for flag in ("data_path", "load", "train_iters", "seed"):
         if getattr(known, flag) is not None:
-            raise ToolError(f"--{flag.replace('_', '-')} after '--': give it to {PROG} itself "
-                            f"(it sets it for every run)")
+            raise ToolError(
+                f"--{flag.replace('_', '-')} after '--': give it to {PROG} itself "
+                f"(it sets it for every run)"
+            )
     for flag in ("seq_length", "global_batch_size"):
         if getattr(known, flag) is None:
-            raise ToolError(f"the entry flags after '--' need --{flag.replace('_', '-')} "
-                            f"(the token budget is train iterations x batch x sequence)")
+            raise ToolError(
+                f"the entry flags after '--' need --{flag.replace('_', '-')} "
+                f"(the token budget is train iterations x batch x sequence)"
+            )
     return known
 
 
@@ -239,14 +255,17 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
     """The :class:`Setting` the flags ask for, checked (one line per problem)."""
     prefixes, weights = _blend(args.data_path)
     if len(prefixes) < 2:
-        raise ToolError(f"--data-path {' '.join(args.data_path)}: a comparison needs two or "
-                        f"more domains (a replay domain and new ones)")
+        raise ToolError(
+            f"--data-path {' '.join(args.data_path)}: a comparison needs two or "
+            f"more domains (a replay domain and new ones)"
+        )
     names = [os.path.basename(p) for p in prefixes]
     if len(set(names)) != len(names):
         raise ToolError(f"--data-path: domain names {names} repeat (the prefixes' base names)")
     if args.replay_domain not in names:
-        raise ToolError(f"--replay-domain {args.replay_domain}: not a domain of --data-path "
-                        f"{names}")
+        raise ToolError(
+            f"--replay-domain {args.replay_domain}: not a domain of --data-path {names}"
+        )
     tracker = os.path.join(args.load, "latest_checkpointed_iteration.txt")
     if not os.path.isfile(tracker):
         raise ToolError(f"--load {args.load}: no base checkpoint there (no {tracker})")
@@ -294,8 +313,9 @@ def check_setting(out: str, s: Setting) -> None:
             old = json.load(f)
         diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
         if diff:
-            raise ToolError(f"{out} holds runs of another setting (old, new): {diff}; use "
-                            f"another --out")
+            raise ToolError(
+                f"{out} holds runs of another setting (old, new): {diff}; use another --out"
+            )
         return
     _write_json_atomic(path, mine)
 
@@ -309,7 +329,8 @@ def log(msg: str) -> None:
 
 def run_command(cmd: Sequence[str], log_path: str, cwd: Optional[str] = None) -> float:
     """Run ``cmd``, output to ``log_path``; returns the wall time (a failure raises with the
-    log's tail: an internal failure of a run, not a user error)."""
+    log's tail: an internal failure of a run, not a user error).
+    """
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::UserWarning")
     t0 = time.time()
     with open(log_path, "w", encoding="utf-8") as out:
@@ -330,8 +351,17 @@ def _free_port() -> int:
 
 def torchrun(python: str, nproc: int) -> List[str]:
     """The launcher of one run: ``torch.distributed.run`` of the training entry."""
-    return [python, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-            "--master-port", str(_free_port()), "-m", "megatron_velocitune.training.pretrain"]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "megatron_velocitune.training.pretrain",
+    ]
 
 
 def data_path(prefixes: Sequence[str], weights: Sequence[float]) -> List[str]:
@@ -370,7 +400,8 @@ def _claim_holder(claim: str) -> int:
 
 def claim(run_dir: str, wait: bool = True) -> bool:
     """Claim ``run_dir`` for this process; False when its result appeared (or, without
-    ``wait``, when another live process holds it). A dead holder's claim is taken over."""
+    ``wait``, when another live process holds it). A dead holder's claim is taken over.
+    """
     os.makedirs(run_dir, exist_ok=True)
     path, result = os.path.join(run_dir, ".claim"), os.path.join(run_dir, "result.json")
     waited = False
@@ -420,11 +451,21 @@ def read_traj(path: str):
     return read_trajectory(path)
 
 
-def train_run(out: str, python: str, s: Setting, key: str, seed: int, policy: str,
-              weights: Sequence[float], interval: int, extra: Sequence[str] = (),
-              **record) -> dict:
+def train_run(
+    out: str,
+    python: str,
+    s: Setting,
+    key: str,
+    seed: int,
+    policy: str,
+    weights: Sequence[float],
+    interval: int,
+    extra: Sequence[str] = (),
+    **record,
+) -> dict:
     """One continual pre-training run from the base; returns (and keeps) its result (with
-    ``record``'s fields added)."""
+    ``record``'s fields added).
+    """
     folder = run_dir(out, key, seed)
     result = os.path.join(folder, "result.json")
     if not claim(folder):
@@ -436,11 +477,30 @@ def train_run(out: str, python: str, s: Setting, key: str, seed: int, policy: st
             target = os.path.join(folder, name)
             shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
     tb = os.path.join(folder, "tb")
-    cmd = torchrun(python, s.nproc) + list(s.entry_args) + [
-        "--data-path", *data_path(s.prefixes, weights), "--load", s.load, "--finetune",
-        "--train-iters", str(s.train_iters), "--seed", str(seed),
-        "--velocitune-policy", policy, "--velocitune-update-interval", str(interval),
-        "--velocitune-eval-iters", str(s.eval_iters), "--tensorboard-dir", tb, *extra]
+    cmd = (
+        torchrun(python, s.nproc)
+        + list(s.entry_args)
+        + [
+            "--data-path",
+            *data_path(s.prefixes, weights),
+            "--load",
+            s.load,
+            "--finetune",
+            "--train-iters",
+            str(s.train_iters),
+            "--seed",
+            str(seed),
+            "--velocitune-policy",
+            policy,
+            "--velocitune-update-interval",
+            str(interval),
+            "--velocitune-eval-iters",
+            str(s.eval_iters),
+            "--tensorboard-dir",
+            tb,
+            *extra,
+        ]
+    )
     if policy != "static":
         cmd += ["--velocitune-min-weight", str(s.min_weight)]
     log_path = os.path.join(folder, "log.txt")
@@ -449,13 +509,25 @@ def train_run(out: str, python: str, s: Setting, key: str, seed: int, policy: st
         names, start, end, final_w = parse_final_losses(f.read())
     traj = read_traj(os.path.join(tb, TRAJECTORY))
     applied = [u for u in traj.updates if not u.get("skipped")]
-    stable = stabilisation_iteration([u["iteration"] for u in applied],
-                                     [u["weights"] for u in applied], traj.header["weights"])
-    res = {"key": key, "seed": seed, "policy": policy, "domains": names, "start_loss": start,
-           "final_loss": end, "final_weights": final_w, "wall_s": wall,
-           "stable_at": stable if policy != "static" else 0,
-           "updates": len(traj.updates), "skipped": len(traj.updates) - len(applied),
-           "blend": list(weights), "trajectory": os.path.join(tb, TRAJECTORY), **record}
+    stable = stabilisation_iteration(
+        [u["iteration"] for u in applied], [u["weights"] for u in applied], traj.header["weights"]
+    )
+    res = {
+        "key": key,
+        "seed": seed,
+        "policy": policy,
+        "domains": names,
+        "start_loss": start,
+        "final_loss": end,
+        "final_weights": final_w,
+        "wall_s": wall,
+        "stable_at": stable if policy != "static" else 0,
+        "updates": len(traj.updates),
+        "skipped": len(traj.updates) - len(applied),
+        "blend": list(weights),
+        "trajectory": os.path.join(tb, TRAJECTORY),
+        **record,
+    }
     _write_json_atomic(result, res)
     return res
 
@@ -469,8 +541,9 @@ def initial_loss_file(out: str, cpt: dict) -> str:
     path = os.path.join(out, f"initial_loss_seed{cpt['seed']}.json")
     # The trajectory's header keeps full precision; the printed table has 4 decimals.
     losses = read_traj(cpt["trajectory"]).header.get("initial_loss") or cpt["start_loss"]
-    _write_json_atomic(path, {"losses": dict(zip(cpt["domains"], losses)),
-                              "source": cpt["trajectory"]})
+    _write_json_atomic(
+        path, {"losses": dict(zip(cpt["domains"], losses)), "source": cpt["trajectory"]}
+    )
     return path
 
 
@@ -482,10 +555,24 @@ def fit_targets(out: str, python: str, cpt: List[dict], s: Setting, rule: str) -
     cpt = sorted(cpt, key=lambda r: r["seed"])
     tmp = f".{os.getpid()}.tmp"
     png, text = os.path.join(out, f"target_fit-{rule}.png"), os.path.join(out, f"fit-{rule}.txt")
-    cmd = [python, "-m", "megatron_velocitune.cli.fit_target_loss",
-           *[r["trajectory"] for r in cpt], "--fit-fraction", str(s.fit_fraction),
-           "--budget-tokens", str(s.budget_tokens), "--min-tokens", str(s.warmup_tokens),
-           "--rising-domains", rule, "-o", targets + tmp, "--plot", png + tmp + ".png"]
+    cmd = [
+        python,
+        "-m",
+        "megatron_velocitune.cli.fit_target_loss",
+        *[r["trajectory"] for r in cpt],
+        "--fit-fraction",
+        str(s.fit_fraction),
+        "--budget-tokens",
+        str(s.budget_tokens),
+        "--min-tokens",
+        str(s.warmup_tokens),
+        "--rising-domains",
+        rule,
+        "-o",
+        targets + tmp,
+        "--plot",
+        png + tmp + ".png",
+    ]
     if rule == "tolerance":
         cmd += ["--forgetting-tolerance", s.tolerance]
     run_command(cmd, text + tmp)
@@ -508,12 +595,24 @@ def fit_targets(out: str, python: str, cpt: List[dict], s: Setting, rule: str) -
                 per_seed[d].append(err.mae)
             except ValueError:
                 per_seed[d].append(float("nan"))
-    pooled = {d: (fits["fits"][d]["held_out_mae"] if fits["fits"][d]["held_out_mae"] is not None
-                  else float("nan")) for d in s.domains}
-    return {"targets": targets, "per_seed": per_seed, "pooled": pooled, "fit_span": spans,
-            "losses": fits["losses"], "rules": fits.get("rules", {}),
-            "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
-            "cutoff_tokens": cutoff}
+    pooled = {
+        d: (
+            fits["fits"][d]["held_out_mae"]
+            if fits["fits"][d]["held_out_mae"] is not None
+            else float("nan")
+        )
+        for d in s.domains
+    }
+    return {
+        "targets": targets,
+        "per_seed": per_seed,
+        "pooled": pooled,
+        "fit_span": spans,
+        "losses": fits["losses"],
+        "rules": fits.get("rules", {}),
+        "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
+        "cutoff_tokens": cutoff,
+    }
 
 
 def time_averaged(results: List[dict]) -> np.ndarray:
@@ -532,15 +631,22 @@ def time_averaged(results: List[dict]) -> np.ndarray:
 # ----------------------------------------------------------------------------- the comparison
 
 
-def run_all(out: str, python: str, s: Setting, methods: List[Method], seeds: Sequence[int],
-            reweight_from: str) -> tuple:
+def run_all(
+    out: str,
+    python: str,
+    s: Setting,
+    methods: List[Method],
+    seeds: Sequence[int],
+    reweight_from: str,
+) -> tuple:
     """Run (or pick up) every method on every seed.
 
     Returns:
         tuple: the results by method, and the target fits by rule.
     """
-    cpt = [train_run(out, python, s, "cpt", x, "static", s.weights, s.cpt_eval_interval)
-           for x in seeds]
+    cpt = [
+        train_run(out, python, s, "cpt", x, "static", s.weights, s.cpt_eval_interval) for x in seeds
+    ]
     rules = sorted({m.rule for m in methods if m.rule})
     fits = {rule: fit_targets(out, python, cpt, s, rule) for rule in rules}
     init = {r["seed"]: initial_loss_file(out, r) for r in cpt}
@@ -551,8 +657,15 @@ def run_all(out: str, python: str, s: Setting, methods: List[Method], seeds: Seq
 
     # Priority: Velocitune's default rule, the frontier, then the rest; a worker takes the first
     # task nobody holds whose inputs exist (reweighted needs every --reweight-from run).
-    order = sorted(methods, key=lambda m: (m.key == "cpt", m.key == "reweighted",
-                                           not m.key == reweight_from, m.share is None))
+    order = sorted(
+        methods,
+        key=lambda m: (
+            m.key == "cpt",
+            m.key == "reweighted",
+            not m.key == reweight_from,
+            m.share is None,
+        ),
+    )
     tasks = [(m, x) for m in order if m.key != "cpt" for x in seeds]
     pending = list(tasks)
     while pending:
@@ -571,8 +684,12 @@ def run_all(out: str, python: str, s: Setting, methods: List[Method], seeds: Seq
         m, x = picked
         extra = ["--velocitune-initial-loss-file", init[x]]
         if m.rule:
-            extra += ["--velocitune-target-loss-file", fits[m.rule]["targets"],
-                      "--velocitune-rising-rule", m.rule]
+            extra += [
+                "--velocitune-target-loss-file",
+                fits[m.rule]["targets"],
+                "--velocitune-rising-rule",
+                m.rule,
+            ]
             if m.rule == "tolerance":
                 extra += ["--velocitune-forgetting-tolerance", s.tolerance]
             if m.floor:
@@ -580,8 +697,18 @@ def run_all(out: str, python: str, s: Setting, methods: List[Method], seeds: Seq
         if m.dynamic:
             train_run(out, python, s, m.key, x, m.policy, s.weights, s.update_interval, extra)
         elif m.key == "reweighted":
-            train_run(out, python, s, m.key, x, "static", reweighted_blend(), s.train_iters,
-                      extra, reweighted_from=reweight_from)
+            train_run(
+                out,
+                python,
+                s,
+                m.key,
+                x,
+                "static",
+                reweighted_blend(),
+                s.train_iters,
+                extra,
+                reweighted_from=reweight_from,
+            )
         else:
             blend = replay_share_blend(s.weights, [s.replay], m.share).tolist()
             train_run(out, python, s, m.key, x, "static", blend, s.train_iters, extra)
@@ -625,8 +752,14 @@ def labels_of(s: Setting, methods: List[Method], results: Dict[str, List[dict]])
     return {m.key: m.label(s.tolerance, s.min_headroom, source) for m in methods}
 
 
-def report(out: str, s: Setting, methods: List[Method], results: Dict[str, List[dict]],
-           fits: Dict[str, dict], seeds: Sequence[int]) -> str:
+def report(
+    out: str,
+    s: Setting,
+    methods: List[Method],
+    results: Dict[str, List[dict]],
+    fits: Dict[str, dict],
+    seeds: Sequence[int],
+) -> str:
     """The tables as Markdown (also written to ``table.md`` / ``table.json``)."""
     labels = labels_of(s, methods, results)
     keys = [m.key for m in methods if results.get(m.key)]
@@ -634,25 +767,35 @@ def report(out: str, s: Setting, methods: List[Method], results: Dict[str, List[
 
     def runs(key: str) -> MethodRuns:
         rs = results[key]
-        return MethodRuns(labels[key], [r["final_loss"] for r in rs],
-                          [r["stable_at"] for r in rs], [r["wall_s"] for r in rs],
-                          by_key[key].dynamic, [_cpu_ms(r) for r in rs])
+        return MethodRuns(
+            labels[key],
+            [r["final_loss"] for r in rs],
+            [r["stable_at"] for r in rs],
+            [r["wall_s"] for r in rs],
+            by_key[key].dynamic,
+            [_cpu_ms(r) for r in rs],
+        )
 
     cpt = summarise_method(runs("cpt"), s.domains, [s.replay])
     ref = np.array([x.mean for x in cpt.per_domain])
     rows = {k: summarise_method(runs(k), s.domains, [s.replay], ref) for k in keys}
     plain = [r for k in keys if not by_key[k].dynamic and k != "cpt" for r in results[k]]
     static_cpu = mean_std([_cpu_ms(r) for r in plain])
-    table = render_table([rows[k] for k in keys], s.domains,
-                         overhead_base=static_cpu if static_cpu.n else None,
-                         overhead_label="static (no periodic eval)" if static_cpu.n else "CPT")
+    table = render_table(
+        [rows[k] for k in keys],
+        s.domains,
+        overhead_base=static_cpu if static_cpu.n else None,
+        overhead_label="static (no periodic eval)" if static_cpu.n else "CPT",
+    )
     points = pareto_points(s, rows)
     frontier = [points[k] for k in keys if k == "cpt" or by_key[k].share is not None]
     cpt_gain = float(np.mean([ref[i] for i in range(len(s.domains)) if i != s.replay]))
     base_new = _base_new_loss(s, results["cpt"])
-    pareto = ["| method | replay loss | mean new loss | new-domain gain vs CPT's | "
-              "vs frontier line (nats, + = below it) | dominated by (beyond spread) |",
-              "|---|---|---|---|---|---|"]
+    pareto = [
+        "| method | replay loss | mean new loss | new-domain gain vs CPT's | "
+        "vs frontier line (nats, + = below it) | dominated by (beyond spread) |",
+        "|---|---|---|---|---|---|",
+    ]
     for k in keys:
         p = points[k]
         gain = base_new - p.new.mean
@@ -662,7 +805,8 @@ def report(out: str, s: Setting, methods: List[Method], results: Dict[str, List[
         pareto.append(
             f"| {labels[k]} | {p.replay.fmt()} | {p.new.fmt()} | {gain:+.4f} ({share:.0%}) | "
             f"{'-' if margin is None else f'{margin:+.4f}'} | "
-            f"{'-' if dom is None else labels[dom]} |")
+            f"{'-' if dom is None else labels[dom]} |"
+        )
     lines = [
         f"## Policy comparison: {len(seeds)} seed(s) {list(seeds)}, budget {s.train_iters} "
         f"iterations x {s.global_batch_size} x {s.seq_length} = {s.budget_tokens:,} tokens",
@@ -691,24 +835,40 @@ def report(out: str, s: Setting, methods: List[Method], results: Dict[str, List[
         "",
     ]
     for rule, fit in sorted(fits.items()):
-        lines.append(f"- `{rule}`: " + ", ".join(
-            f"{d} {fit['losses'][d]:.4f} ({fit['rules'].get(d, '?')}; predicted "
-            f"{fit['predicted'][d]:.4f})" for d in s.domains))
+        lines.append(
+            f"- `{rule}`: "
+            + ", ".join(
+                f"{d} {fit['losses'][d]:.4f} ({fit['rules'].get(d, '?')}; predicted "
+                f"{fit['predicted'][d]:.4f})"
+                for d in s.domains
+            )
+        )
     if fits:
         fit = fits.get("budget") or next(iter(fits.values()))
-        lines += ["", f"Target-fit held-out error (CPT runs; fitted up to "
-                  f"{fit['cutoff_tokens']:,.0f} tokens, spanning {min(fit['fit_span']):.1f}x; "
-                  "mean absolute error on the later evaluations):", "",
-                  render_mae_table(s.domains, fit["per_seed"], fit["pooled"])]
+        lines += [
+            "",
+            f"Target-fit held-out error (CPT runs; fitted up to "
+            f"{fit['cutoff_tokens']:,.0f} tokens, spanning {min(fit['fit_span']):.1f}x; "
+            "mean absolute error on the later evaluations):",
+            "",
+            render_mae_table(s.domains, fit["per_seed"], fit["pooled"]),
+        ]
     text = "\n".join(lines)
     with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    _write_json_atomic(os.path.join(out, "table.json"), {
-        "setting": asdict(s), "seeds": list(seeds), "labels": labels,
-        "rows": {k: asdict(r) for k, r in rows.items()},
-        "pareto": {k: asdict(p) for k, p in points.items()}, "base_new_loss": base_new,
-        "fits": {k: {x: v for x, v in f.items() if x != "per_seed"} for k, f in fits.items()},
-        "runs": results})
+    _write_json_atomic(
+        os.path.join(out, "table.json"),
+        {
+            "setting": asdict(s),
+            "seeds": list(seeds),
+            "labels": labels,
+            "rows": {k: asdict(r) for k, r in rows.items()},
+            "pareto": {k: asdict(p) for k, p in points.items()},
+            "base_new_loss": base_new,
+            "fits": {k: {x: v for x, v in f.items() if x != "per_seed"} for k, f in fits.items()},
+            "runs": results,
+        },
+    )
     return text
 
 
@@ -720,7 +880,8 @@ def _base_new_loss(s: Setting, cpt: List[dict]) -> float:
 
 def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str) -> None:
     """The (replay loss, mean new-domain loss) plane: each method with seed error bars, the
-    static frontier as a line."""
+    static frontier as a line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -741,16 +902,35 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
             share = m.share if m.share is not None else s.weights[s.replay]
             front.append((x.mean, y.mean, share))
         err = dict(xerr=0 if np.isnan(x.std) else x.std, yerr=0 if np.isnan(y.std) else y.std)
-        ax.errorbar(x.mean, y.mean, fmt="s" if is_front else "o", ms=5 if is_front else 7,
-                    capsize=3, color="gray" if is_front and m.key != "cpt" else None,
-                    label=None if is_front and m.key != "cpt" else labels[m.key], **err)
+        ax.errorbar(
+            x.mean,
+            y.mean,
+            fmt="s" if is_front else "o",
+            ms=5 if is_front else 7,
+            capsize=3,
+            color="gray" if is_front and m.key != "cpt" else None,
+            label=None if is_front and m.key != "cpt" else labels[m.key],
+            **err,
+        )
     if front:
         front.sort()
-        ax.plot([f[0] for f in front], [f[1] for f in front], "-", color="gray", lw=1,
-                label="static frontier (replay share)")
+        ax.plot(
+            [f[0] for f in front],
+            [f[1] for f in front],
+            "-",
+            color="gray",
+            lw=1,
+            label="static frontier (replay share)",
+        )
         for fx, fy, g in front:
-            ax.annotate(f"{g:.2f}", (fx, fy), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color="gray")
+            ax.annotate(
+                f"{g:.2f}",
+                (fx, fy),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color="gray",
+            )
     ax.set_xlabel(f"replay domain `{s.replay_domain}`: final held-out loss")
     ax.set_ylabel("mean new-domain final held-out loss")
     ax.set_title("lower-left is better; seed mean ± std")
@@ -765,10 +945,20 @@ def weight_plot(out: str, python: str, methods: List[Method], results, path: str
     keys = [m.key for m in methods if m.dynamic and results.get(m.key)]
     if not keys:
         return
-    cmd = [python, "-m", "megatron_velocitune.cli.plot_weights",
-           *[results[k][0]["trajectory"] for k in keys], "--labels", *keys,
-           "--layout", "columns", "--output", path,
-           "--title", f"seed {results[keys[0]][0]['seed']}: weights, held-out loss, velocity"]
+    cmd = [
+        python,
+        "-m",
+        "megatron_velocitune.cli.plot_weights",
+        *[results[k][0]["trajectory"] for k in keys],
+        "--labels",
+        *keys,
+        "--layout",
+        "columns",
+        "--output",
+        path,
+        "--title",
+        f"seed {results[keys[0]][0]['seed']}: weights, held-out loss, velocity",
+    ]
     run_command(cmd, os.path.join(out, "plot.log"))
 
 
@@ -778,56 +968,117 @@ def weight_plot(out: str, python: str, methods: List[Method], results, path: str
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the entry's own flags go after ``--``)."""
     p = argparse.ArgumentParser(
-        prog=PROG, usage=f"{PROG} --out DIR --data-path ... --load BASE --replay-domain NAME "
+        prog=PROG,
+        usage=f"{PROG} --out DIR --data-path ... --load BASE --replay-domain NAME "
         "--train-iters N [options] -- ENTRY_FLAGS...",
         description="Velocitune (each rising-domain rule), DBL, the ablations and the static "
         "frontier, continued from one base on your domains at equal tokens over seeds: one "
         "table, a Pareto plot and the weight trajectories. Flags after '--' go to every run of "
         "the training entry (model, optimizer, tokenizer, --split).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Example::", 1)[1])
+        epilog=__doc__.split("Example::", 1)[1],
+    )
     p.add_argument("--out", required=True, help="Output folder (finished runs in it are kept).")
-    p.add_argument("--data-path", nargs="+", required=True,
-                   help="The domains, Megatron-style ([weight] prefix ...); without weights "
-                   "the CPT blend is token-proportional.")
+    p.add_argument(
+        "--data-path",
+        nargs="+",
+        required=True,
+        help="The domains, Megatron-style ([weight] prefix ...); without weights "
+        "the CPT blend is token-proportional.",
+    )
     p.add_argument("--load", required=True, help="The base checkpoint every method continues.")
-    p.add_argument("--replay-domain", required=True,
-                   help="The replay (general) domain, by name (a prefix's base name).")
-    p.add_argument("--train-iters", type=int, required=True,
-                   help="The continual pre-training budget in iterations.")
-    p.add_argument("--update-interval", type=int, default=10,
-                   help="m of the dynamic policies (default: %(default)s).")
-    p.add_argument("--cpt-eval-interval", type=int, default=5,
-                   help="CPT's evaluation interval, the target fit's points (default: 5).")
-    p.add_argument("--eval-iters", type=int, default=4,
-                   help="--velocitune-eval-iters of every run (default: %(default)s).")
-    p.add_argument("--min-weight", type=float, default=0.01,
-                   help="--velocitune-min-weight of the dynamic policies (default: 0.01).")
-    p.add_argument("--fit-fraction", type=float, default=0.5,
-                   help="The targets' fit window, a fraction of the budget (default: 0.5).")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help=f"Methods (default: {' '.join(DEFAULT_METHODS)}); cpt always runs.")
-    p.add_argument("--frontier", type=float, nargs="*", default=None,
-                   help=f"Replay shares of the static frontier (default: "
-                   f"{' '.join(map(str, DEFAULT_FRONTIER))}; none: no frontier).")
-    p.add_argument("--tolerance", default="5%",
-                   help="The vt-tolerance method's forgetting budget, nats or %% "
-                   "(default: %(default)s).")
-    p.add_argument("--min-headroom", type=float, default=0.1,
-                   help="The -floor methods' --velocitune-min-headroom (default: 0.1 nats).")
-    p.add_argument("--reweight-from", default=f"vt-{DEFAULT_RISING_RULE}",
-                   help="The Velocitune method whose time-averaged blend 'reweighted' runs "
-                   "(default: %(default)s).")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                   help="Dataset seeds (default: 1 2 3).")
+    p.add_argument(
+        "--replay-domain",
+        required=True,
+        help="The replay (general) domain, by name (a prefix's base name).",
+    )
+    p.add_argument(
+        "--train-iters",
+        type=int,
+        required=True,
+        help="The continual pre-training budget in iterations.",
+    )
+    p.add_argument(
+        "--update-interval",
+        type=int,
+        default=10,
+        help="m of the dynamic policies (default: %(default)s).",
+    )
+    p.add_argument(
+        "--cpt-eval-interval",
+        type=int,
+        default=5,
+        help="CPT's evaluation interval, the target fit's points (default: 5).",
+    )
+    p.add_argument(
+        "--eval-iters",
+        type=int,
+        default=4,
+        help="--velocitune-eval-iters of every run (default: %(default)s).",
+    )
+    p.add_argument(
+        "--min-weight",
+        type=float,
+        default=0.01,
+        help="--velocitune-min-weight of the dynamic policies (default: 0.01).",
+    )
+    p.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.5,
+        help="The targets' fit window, a fraction of the budget (default: 0.5).",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"Methods (default: {' '.join(DEFAULT_METHODS)}); cpt always runs.",
+    )
+    p.add_argument(
+        "--frontier",
+        type=float,
+        nargs="*",
+        default=None,
+        help=f"Replay shares of the static frontier (default: "
+        f"{' '.join(map(str, DEFAULT_FRONTIER))}; none: no frontier).",
+    )
+    p.add_argument(
+        "--tolerance",
+        default="5%",
+        help="The vt-tolerance method's forgetting budget, nats or %% (default: %(default)s).",
+    )
+    p.add_argument(
+        "--min-headroom",
+        type=float,
+        default=0.1,
+        help="The -floor methods' --velocitune-min-headroom (default: 0.1 nats).",
+    )
+    p.add_argument(
+        "--reweight-from",
+        default=f"vt-{DEFAULT_RISING_RULE}",
+        help="The Velocitune method whose time-averaged blend 'reweighted' runs "
+        "(default: %(default)s).",
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="Dataset seeds (default: 1 2 3)."
+    )
     p.add_argument("--nproc", type=int, default=2, help="Ranks per run (default: 2).")
-    p.add_argument("--quick", action="store_true",
-                   help=f"The mechanics only: the first seed, methods {' '.join(QUICK_METHODS)}"
-                   f", frontier {' '.join(map(str, QUICK_FRONTIER))}.")
-    p.add_argument("--python", default=sys.executable,
-                   help="Interpreter with this package and megatron-core (default: this one).")
-    p.add_argument("--report-only", action="store_true",
-                   help="Run nothing: the tables from the runs finished under --out.")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"The mechanics only: the first seed, methods {' '.join(QUICK_METHODS)}"
+        f", frontier {' '.join(map(str, QUICK_FRONTIER))}.",
+    )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="Interpreter with this package and megatron-core (default: this one).",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Run nothing: the tables from the runs finished under --out.",
+    )
     return p
 
 
@@ -836,7 +1087,7 @@ def split_argv(argv: Sequence[str]) -> tuple:
     argv = list(argv)
     if "--" in argv:
         i = argv.index("--")
-        return argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1 :]
     return argv, []
 
 
@@ -846,14 +1097,19 @@ def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(own)
     args.entry_args = entry
     if not entry:
-        raise ToolError("no entry flags after '--' (the model, optimizer, tokenizer and "
-                        "--split every run trains with)")
+        raise ToolError(
+            "no entry flags after '--' (the model, optimizer, tokenizer and "
+            "--split every run trains with)"
+        )
     seeds = args.seeds[:1] if args.quick else args.seeds
     if len(set(seeds)) != len(seeds):
         raise ToolError(f"--seeds {seeds}: repeated seed")
     keys = list(args.methods or (QUICK_METHODS if args.quick else DEFAULT_METHODS))
-    shares = args.frontier if args.frontier is not None else (
-        QUICK_FRONTIER if args.quick else DEFAULT_FRONTIER)
+    shares = (
+        args.frontier
+        if args.frontier is not None
+        else (QUICK_FRONTIER if args.quick else DEFAULT_FRONTIER)
+    )
     methods = [parse_method(k) for k in dict.fromkeys(["cpt", *keys])]
     methods += [parse_method(frontier_key(g)) for g in shares]
     if len(methods) < 2:
@@ -878,8 +1134,10 @@ def run(argv: Sequence[str]) -> int:
     pareto_plot(out, s, done, results, os.path.join(out, "pareto.png"))
     weight_plot(out, args.python, done, results, os.path.join(out, "weights_by_method.png"))
     print(text)
-    print(f"\nwrote {out}/table.md, table.json, pareto.png, weights_by_method.png; this call "
-          f"took {time.time() - t0:.0f} s")
+    print(
+        f"\nwrote {out}/table.md, table.json, pareto.png, weights_by_method.png; this call "
+        f"took {time.time() - t0:.0f} s"
+    )
     return 0
 
 

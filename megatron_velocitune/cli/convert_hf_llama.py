@@ -10,7 +10,8 @@ writes ``OUT/iter_0000000/mp_rank_TT_PPP/model_optim_rng.pt`` (one per rank, key
 ``OUT/hf_config.json``), and ``OUT/megatron_flags.txt``: the architecture flags to train it with
 (also printed). Then:
 
-    torchrun --nproc-per-node 2 examples/pretrain_gpt.py $(cat ckpt/smollm2-tp1/megatron_flags.txt) \\
+    torchrun --nproc-per-node 2 examples/pretrain_gpt.py \\
+        $(cat ckpt/smollm2-tp1/megatron_flags.txt) \\
         --load ckpt/smollm2-tp1 --finetune --seq-length 256 ... --data-path ...
 
 megatron-core -> Hugging Face (a continued run's checkpoint, any layout it was trained with):
@@ -46,15 +47,21 @@ from megatron_velocitune.hf_llama import (
 FLAGS_FILE = "megatron_flags.txt"
 HF_CONFIG_COPY = "hf_config.json"
 TRACKER = "latest_checkpointed_iteration.txt"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 def load_hf_state_dict(folder: str) -> Dict[str, torch.Tensor]:
     """All tensors of a Hugging Face checkpoint folder (safetensors, else torch files)."""
     safetensors = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
-    torch_files = sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin"))
-                         + glob.glob(os.path.join(folder, "*.pt")))
+    torch_files = sorted(
+        glob.glob(os.path.join(folder, "pytorch_model*.bin"))
+        + glob.glob(os.path.join(folder, "*.pt"))
+    )
     if not safetensors and not torch_files:
         raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
     state: Dict[str, torch.Tensor] = {}
@@ -73,7 +80,9 @@ def _copy_tokenizer(src_dir: str, dst_dir: str) -> List[str]:
     copied = []
     for name in TOKENIZER_FILES:
         src = os.path.join(src_dir, name)
-        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(dst_dir, name)):
+        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(
+            os.path.join(dst_dir, name)
+        ):
             shutil.copyfile(src, os.path.join(dst_dir, name))
             copied.append(name)
     return copied
@@ -101,8 +110,9 @@ def _args_from_flags(flags: List[str]) -> Dict[str, Any]:
     return args
 
 
-def hf_to_megatron_checkpoint(hf_dir: str, output: str, tp: int, pp: int,
-                              divisible_by: int = 128) -> List[str]:
+def hf_to_megatron_checkpoint(
+    hf_dir: str, output: str, tp: int, pp: int, divisible_by: int = 128
+) -> List[str]:
     """Write ``hf_dir`` as a megatron-core checkpoint under ``output``.
 
     Args:
@@ -123,14 +133,28 @@ def hf_to_megatron_checkpoint(hf_dir: str, output: str, tp: int, pp: int,
     os.makedirs(output, exist_ok=True)
     copied = _copy_tokenizer(hf_dir, output)
     if "tokenizer.json" in copied:
-        flags += ["--tokenizer-type", "HuggingFaceTokenizer",
-                  "--tokenizer-model", os.path.join(os.path.abspath(output), "tokenizer.json")]
+        flags += [
+            "--tokenizer-type",
+            "HuggingFaceTokenizer",
+            "--tokenizer-model",
+            os.path.join(os.path.abspath(output), "tokenizer.json"),
+        ]
     args = _args_from_flags(flags)
     for (r, s), shard in shards.items():
-        path = os.path.join(output, "iter_0000000", f"mp_rank_{r:02d}_{s:03d}", "model_optim_rng.pt")
+        path = os.path.join(
+            output, "iter_0000000", f"mp_rank_{r:02d}_{s:03d}", "model_optim_rng.pt"
+        )
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save({"iteration": 0, "consumed_train_samples": 0, "checkpoint_version": 3.0,
-                    "model": shard, "args": args}, path)
+        torch.save(
+            {
+                "iteration": 0,
+                "consumed_train_samples": 0,
+                "checkpoint_version": 3.0,
+                "model": shard,
+                "args": args,
+            },
+            path,
+        )
     with open(os.path.join(output, HF_CONFIG_COPY), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(output, FLAGS_FILE), "w", encoding="utf-8") as f:
@@ -143,8 +167,9 @@ def hf_to_megatron_checkpoint(hf_dir: str, output: str, tp: int, pp: int,
 _SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 
 
-def read_megatron_checkpoint(root: str, iteration: Optional[int] = None
-                             ) -> Tuple[Dict[Tuple[int, int], Dict[str, Any]], Dict[str, Any], int]:
+def read_megatron_checkpoint(
+    root: str, iteration: Optional[int] = None
+) -> Tuple[Dict[Tuple[int, int], Dict[str, Any]], Dict[str, Any], int]:
     """Every rank's model state dict of a legacy-layout checkpoint.
 
     Args:
@@ -167,8 +192,9 @@ def read_megatron_checkpoint(root: str, iteration: Optional[int] = None
         m = _SHARD_DIR.match(name)
         if not m:
             continue
-        ckpt = torch.load(os.path.join(it_dir, name, "model_optim_rng.pt"), map_location="cpu",
-                          weights_only=False)
+        ckpt = torch.load(
+            os.path.join(it_dir, name, "model_optim_rng.pt"), map_location="cpu", weights_only=False
+        )
         shards[(int(m.group(1)), int(m.group(2) or 0))] = ckpt["model"]
         args = ckpt.get("args") or args
     if not shards:
@@ -178,9 +204,14 @@ def read_megatron_checkpoint(root: str, iteration: Optional[int] = None
     return shards, args, iteration
 
 
-def megatron_to_hf_folder(load: str, output: str, hf_config: Optional[str] = None,
-                          iteration: Optional[int] = None, vocab_size: Optional[int] = None,
-                          tokenizer: Optional[str] = None) -> Dict[str, Any]:
+def megatron_to_hf_folder(
+    load: str,
+    output: str,
+    hf_config: Optional[str] = None,
+    iteration: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    tokenizer: Optional[str] = None,
+) -> Dict[str, Any]:
     """Write a megatron-core checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
 
     Args:
@@ -200,8 +231,12 @@ def megatron_to_hf_folder(load: str, output: str, hf_config: Optional[str] = Non
     if hf_config is None and os.path.isfile(os.path.join(load, HF_CONFIG_COPY)):
         hf_config = os.path.join(load, HF_CONFIG_COPY)
     if hf_config is not None and os.path.isdir(hf_config):
-        hf_config = os.path.join(hf_config, HF_CONFIG_COPY if os.path.isfile(
-            os.path.join(hf_config, HF_CONFIG_COPY)) else "config.json")
+        hf_config = os.path.join(
+            hf_config,
+            HF_CONFIG_COPY
+            if os.path.isfile(os.path.join(hf_config, HF_CONFIG_COPY))
+            else "config.json",
+        )
     template = None
     if hf_config is not None:
         with open(hf_config, encoding="utf-8") as f:
@@ -244,9 +279,12 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="direction", required=True)
     a = sub.add_parser("hf-to-megatron", help="Hugging Face folder -> megatron-core checkpoint.")
-    a.add_argument("--hf-dir", required=True,
-                   help="Hugging Face model folder: config.json, *.safetensors or "
-                   "pytorch_model*.bin, tokenizer.json.")
+    a.add_argument(
+        "--hf-dir",
+        required=True,
+        help="Hugging Face model folder: config.json, *.safetensors or "
+        "pytorch_model*.bin, tokenizer.json.",
+    )
     a.add_argument("--output", required=True, help="Checkpoint root to write (--load).")
     a.add_argument("--tensor-model-parallel-size", type=int, default=1)
     a.add_argument("--pipeline-model-parallel-size", type=int, default=1)
@@ -255,13 +293,23 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     b.add_argument("--load", required=True, help="Checkpoint root (a run's --save).")
     b.add_argument("--output", required=True, help="Hugging Face folder to write.")
     b.add_argument("--iteration", type=int, default=None, help="Default: the latest.")
-    b.add_argument("--hf-config", default=None,
-                   help="The original config.json (or the converted checkpoint's folder): token "
-                   "ids and other fields are kept from it. Default: LOAD/hf_config.json.")
-    b.add_argument("--vocab-size", type=int, default=None,
-                   help="Vocabulary rows to keep (default: from the config or the tokenizer).")
-    b.add_argument("--tokenizer-model", default=None,
-                   help="tokenizer.json to ship (default: the run's --tokenizer-model).")
+    b.add_argument(
+        "--hf-config",
+        default=None,
+        help="The original config.json (or the converted checkpoint's folder): token "
+        "ids and other fields are kept from it. Default: LOAD/hf_config.json.",
+    )
+    b.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="Vocabulary rows to keep (default: from the config or the tokenizer).",
+    )
+    b.add_argument(
+        "--tokenizer-model",
+        default=None,
+        help="tokenizer.json to ship (default: the run's --tokenizer-model).",
+    )
     return parser.parse_args(argv)
 
 
@@ -270,18 +318,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.direction == "hf-to-megatron":
             flags = hf_to_megatron_checkpoint(
-                args.hf_dir, args.output, args.tensor_model_parallel_size,
-                args.pipeline_model_parallel_size, args.make_vocab_size_divisible_by)
-            print(f"wrote {args.output} (TP={args.tensor_model_parallel_size}, "
-                  f"PP={args.pipeline_model_parallel_size}); train it with --load {args.output} "
-                  f"--finetune and these flags (also in {os.path.join(args.output, FLAGS_FILE)}):")
+                args.hf_dir,
+                args.output,
+                args.tensor_model_parallel_size,
+                args.pipeline_model_parallel_size,
+                args.make_vocab_size_divisible_by,
+            )
+            print(
+                f"wrote {args.output} (TP={args.tensor_model_parallel_size}, "
+                f"PP={args.pipeline_model_parallel_size}); train it with --load {args.output} "
+                f"--finetune and these flags (also in {os.path.join(args.output, FLAGS_FILE)}):"
+            )
             print(" ".join(flags))
         else:
-            config = megatron_to_hf_folder(args.load, args.output, args.hf_config, args.iteration,
-                                           args.vocab_size, args.tokenizer_model)
-            print(f"wrote {args.output}: {config['architectures'][0]}, "
-                  f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']}, "
-                  f"{config['dtype']}")
+            config = megatron_to_hf_folder(
+                args.load,
+                args.output,
+                args.hf_config,
+                args.iteration,
+                args.vocab_size,
+                args.tokenizer_model,
+            )
+            print(
+                f"wrote {args.output}: {config['architectures'][0]}, "
+                f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']}, "
+                f"{config['dtype']}"
+            )
     except (ConversionError, FileNotFoundError) as e:
         print(f"velocitune-convert-hf-llama: error: {e}", file=sys.stderr)
         return 2

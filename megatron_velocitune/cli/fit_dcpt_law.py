@@ -69,51 +69,110 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the D-CPT Law L(D, r) per domain on static runs at several blends, "
         "report fit quality and a left-out run's error, and choose a starting blend.",
     )
-    p.add_argument("trajectories", nargs="+",
-                   help="JSONL trajectories of static runs, one blend each (3 or more blends to "
-                   "leave one out).")
-    p.add_argument("--replay", nargs="+", default=[],
-                   help="Replay (general) domains: their loss must stay within --tolerance of "
-                   "its initial value.")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="Relative rise allowed in each replay domain's loss (default: "
-                   "%(default)s).")
-    p.add_argument("--budget-tokens", type=float, default=None,
-                   help="Token budget of the real run (default: the largest header budget).")
-    p.add_argument("--min-tokens", type=float, default=0.0,
-                   help="Ignore evaluations before this many tokens (e.g. the LR warmup).")
-    p.add_argument("--fit-fraction", type=float, default=1.0,
-                   help="Fit on the evaluations up to this fraction of the budget, as "
-                   "velocitune-fit-targets does (the left-out run is scored on all of its "
-                   "evaluations; default: %(default)s).")
-    p.add_argument("--held-out-run", type=int, default=-1,
-                   help="Index of the run left out of the validation fit (default: the last); "
-                   "the reported laws are fitted on every run.")
-    p.add_argument("--initial-loss-file", default=None,
-                   help="Initial losses JSON (default: what the runs recorded).")
-    p.add_argument("--domain-tokens", action="append", default=[],
-                   type=parse_name_value("--domain-tokens", float), metavar="NAME=TOKENS",
-                   help="A data-limited domain and its available tokens (repeatable).")
-    p.add_argument("--data-prefix", action="append", default=[],
-                   type=parse_name_value("--data-prefix", str), metavar="NAME=PREFIX",
-                   help="Data prefix of a domain for the printed --data-path (default: the "
-                   "domain name).")
-    p.add_argument("--blend", action="append", default=[],
-                   type=parse_name_value("--blend", float), metavar="NAME=WEIGHT",
-                   help="Use this blend (one per domain, normalised) for the loss curve and the "
-                   "targets JSON instead of the chosen one.")
-    p.add_argument("--min-weight", type=float, default=0.01,
-                   help="Floor of every weight in the chosen blend (default: %(default)s).")
-    p.add_argument("--eps", type=float, default=DEFAULT_EPS,
-                   help="The law's fixed ratio offset eps (default: %(default)s).")
-    p.add_argument("--allow-negative-eta", action="store_true",
-                   help="Let eta go down to -2 (a larger share slows the data term, the "
-                   "effective-tokens reading); the paper's form keeps eta >= 0.")
-    p.add_argument("--output", "-o", default=None,
-                   help="Write the targets JSON (losses at the budget for the chosen blend).")
+    p.add_argument(
+        "trajectories",
+        nargs="+",
+        help="JSONL trajectories of static runs, one blend each (3 or more blends to "
+        "leave one out).",
+    )
+    p.add_argument(
+        "--replay",
+        nargs="+",
+        default=[],
+        help="Replay (general) domains: their loss must stay within --tolerance of "
+        "its initial value.",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="Relative rise allowed in each replay domain's loss (default: %(default)s).",
+    )
+    p.add_argument(
+        "--budget-tokens",
+        type=float,
+        default=None,
+        help="Token budget of the real run (default: the largest header budget).",
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=float,
+        default=0.0,
+        help="Ignore evaluations before this many tokens (e.g. the LR warmup).",
+    )
+    p.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=1.0,
+        help="Fit on the evaluations up to this fraction of the budget, as "
+        "velocitune-fit-targets does (the left-out run is scored on all of its "
+        "evaluations; default: %(default)s).",
+    )
+    p.add_argument(
+        "--held-out-run",
+        type=int,
+        default=-1,
+        help="Index of the run left out of the validation fit (default: the last); "
+        "the reported laws are fitted on every run.",
+    )
+    p.add_argument(
+        "--initial-loss-file",
+        default=None,
+        help="Initial losses JSON (default: what the runs recorded).",
+    )
+    p.add_argument(
+        "--domain-tokens",
+        action="append",
+        default=[],
+        type=parse_name_value("--domain-tokens", float),
+        metavar="NAME=TOKENS",
+        help="A data-limited domain and its available tokens (repeatable).",
+    )
+    p.add_argument(
+        "--data-prefix",
+        action="append",
+        default=[],
+        type=parse_name_value("--data-prefix", str),
+        metavar="NAME=PREFIX",
+        help="Data prefix of a domain for the printed --data-path (default: the domain name).",
+    )
+    p.add_argument(
+        "--blend",
+        action="append",
+        default=[],
+        type=parse_name_value("--blend", float),
+        metavar="NAME=WEIGHT",
+        help="Use this blend (one per domain, normalised) for the loss curve and the "
+        "targets JSON instead of the chosen one.",
+    )
+    p.add_argument(
+        "--min-weight",
+        type=float,
+        default=0.01,
+        help="Floor of every weight in the chosen blend (default: %(default)s).",
+    )
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=DEFAULT_EPS,
+        help="The law's fixed ratio offset eps (default: %(default)s).",
+    )
+    p.add_argument(
+        "--allow-negative-eta",
+        action="store_true",
+        help="Let eta go down to -2 (a larger share slows the data term, the "
+        "effective-tokens reading); the paper's form keeps eta >= 0.",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="Write the targets JSON (losses at the budget for the chosen blend).",
+    )
     add_rising_rule_args(p, "For the targets JSON: ")
-    p.add_argument("--plot", default=None,
-                   help="PNG of predicted vs observed loss over D, per domain and run.")
+    p.add_argument(
+        "--plot", default=None, help="PNG of predicted vs observed loss over D, per domain and run."
+    )
     return p
 
 
@@ -195,8 +254,15 @@ def _plot(path, names, ratios, points, laws, held):
             c = colors[i % len(colors)]
             grid = np.geomspace(d.min(), d.max(), 100)
             mark = "s" if i == held else "o"
-            ax.plot(d, y, mark, ms=3, color=c, mfc="none" if i == held else c,
-                    label=f"r={ratios[i, j]:.2f}" + (" (left out)" if i == held else ""))
+            ax.plot(
+                d,
+                y,
+                mark,
+                ms=3,
+                color=c,
+                mfc="none" if i == held else c,
+                label=f"r={ratios[i, j]:.2f}" + (" (left out)" if i == held else ""),
+            )
             ax.plot(grid, laws[n].predict(grid, ratios[i, j]), "-", lw=1, color=c)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -251,8 +317,10 @@ def run(args: argparse.Namespace) -> int:
     initial = dict(zip(names, init_list))
     no_init = [n for n in args.replay if initial[n] is None]
     if no_init:
-        raise ToolError(f"replay domains {no_init} have no initial loss: pass "
-                        f"--initial-loss-file (or record one at iteration 0)")
+        raise ToolError(
+            f"replay domains {no_init} have no initial loss: pass "
+            f"--initial-loss-file (or record one at iteration 0)"
+        )
 
     cutoff = args.fit_fraction * budget
     fitted = [{n: (d[d <= cutoff], y[d <= cutoff]) for n, (d, y) in p.items()} for p in points]
@@ -274,16 +342,22 @@ def run(args: argparse.Namespace) -> int:
                 err = np.abs(law.predict(d, ratios[held, names.index(n)]) - y)
                 validation[n] = (float(err.mean()), float(err[np.argmax(d)]))
 
-    print(f"{len(runs)} static runs; budget {budget:.6g} tokens; fit on points <= "
-          f"{cutoff:.6g} tokens ({args.fit_fraction:g}); eps {args.eps:g}")
-    print(f"{'domain':<14}{'E':>8}{'B':>10}{'eta':>7}{'beta':>7}{'C':>8}{'gamma':>7}"
-          f"{'R2':>8}{'Huber':>10}{'left-out MAE':>14}{'final err':>11}")
+    print(
+        f"{len(runs)} static runs; budget {budget:.6g} tokens; fit on points <= "
+        f"{cutoff:.6g} tokens ({args.fit_fraction:g}); eps {args.eps:g}"
+    )
+    print(
+        f"{'domain':<14}{'E':>8}{'B':>10}{'eta':>7}{'beta':>7}{'C':>8}{'gamma':>7}"
+        f"{'R2':>8}{'Huber':>10}{'left-out MAE':>14}{'final err':>11}"
+    )
     for n in names:
         f = laws[n]
         v = validation.get(n)
         mae, fin = (f"{v[0]:.2e}", f"{v[1]:.2e}") if v else ("-", "-")
-        print(f"{n:<14}{f.E:>8.4f}{f.B:>10.4g}{f.eta:>7.3f}{f.beta:>7.3f}{f.C:>8.4f}"
-              f"{f.gamma:>7.3f}{f.r2:>8.4f}{f.huber_loss:>10.2e}{mae:>14}{fin:>11}")
+        print(
+            f"{n:<14}{f.E:>8.4f}{f.B:>10.4g}{f.eta:>7.3f}{f.beta:>7.3f}{f.C:>8.4f}"
+            f"{f.gamma:>7.3f}{f.r2:>8.4f}{f.huber_loss:>10.2e}{mae:>14}{fin:>11}"
+        )
     if validation:
         blend = " ".join(f"{n}={ratios[held, j]:.3f}" for j, n in enumerate(names))
         print(f"left-out run: {args.trajectories[held]} ({blend})")
@@ -298,23 +372,33 @@ def run(args: argparse.Namespace) -> int:
         choice = choose_ratio(laws[dom], laws[gen], budget, initial[gen], args.tolerance)
         weights = np.array([choice.ratio if n == dom else 1.0 - choice.ratio for n in names])
         feasible = choice.feasible
-        print(f"ratio: {dom} {choice.ratio:.3f} / {gen} {1 - choice.ratio:.3f} minimises "
-              f"{dom}'s loss ({choice.domain_loss:.4f}) with {gen} at {choice.general_loss:.4f} "
-              f"<= {choice.general_limit:.4f} (initial {initial[gen]:.4f} x (1 + "
-              f"{args.tolerance:g}))")
+        print(
+            f"ratio: {dom} {choice.ratio:.3f} / {gen} {1 - choice.ratio:.3f} minimises "
+            f"{dom}'s loss ({choice.domain_loss:.4f}) with {gen} at {choice.general_loss:.4f} "
+            f"<= {choice.general_limit:.4f} (initial {initial[gen]:.4f} x (1 + "
+            f"{args.tolerance:g}))"
+        )
     else:
         bc = choose_blend(
-            laws, budget, replay=replay,
+            laws,
+            budget,
+            replay=replay,
             initial={n: v for n, v in initial.items() if v is not None},
-            tolerance=args.tolerance, min_weight=args.min_weight, start=ratios[0],
+            tolerance=args.tolerance,
+            min_weight=args.min_weight,
+            start=ratios[0],
         )
         weights, feasible = bc.weights, bc.feasible
         limits = ", ".join(f"{n} {bc.losses[n]:.4f} <= {lim:.4f}" for n, lim in bc.limits.items())
-        print(f"blend minimising the mean relative loss of {learn}"
-              + (f" with {limits}" if limits else ""))
+        print(
+            f"blend minimising the mean relative loss of {learn}"
+            + (f" with {limits}" if limits else "")
+        )
     if not feasible:
-        print(f"warning: no blend keeps the replay loss within {args.tolerance:g} of its "
-              f"initial value; the blend shown forgets least")
+        print(
+            f"warning: no blend keeps the replay loss within {args.tolerance:g} of its "
+            f"initial value; the blend shown forgets least"
+        )
     prefixes = dict(args.data_prefix)
     print("--data-path " + format_data_path([prefixes.get(n, n) for n in names], weights))
 
@@ -337,17 +421,20 @@ def run(args: argparse.Namespace) -> int:
             raise ToolError(f"--domain-tokens {n}: not a domain of the runs ({names})")
         c = ratio_for_limited_domain(laws[n], tokens, gen_law, gen_init, args.tolerance)
         extra = f", general {c.general_loss:.4f}" if c.general_loss is not None else ""
-        print(f"data-limited {n} ({tokens:.4g} tokens, seen once): share {c.ratio:.3f}, run of "
-              f"{c.tokens:.4g} tokens, predicted loss {c.domain_loss:.4f}{extra}"
-              + ("" if c.feasible else " (general limit not met)"))
+        print(
+            f"data-limited {n} ({tokens:.4g} tokens, seen once): share {c.ratio:.3f}, run of "
+            f"{c.tokens:.4g} tokens, predicted loss {c.domain_loss:.4f}{extra}"
+            + ("" if c.feasible else " (general limit not met)")
+        )
 
     if args.output:
         targets, errors = [], []
         for j, n in enumerate(names):
             pred = float(laws[n].predict(budget, weights[j]))
             try:
-                dec = resolve_target(pred, initial[n], args.rising_domains, args.margin, n,
-                                     args.forgetting_tolerance)
+                dec = resolve_target(
+                    pred, initial[n], args.rising_domains, args.margin, n, args.forgetting_tolerance
+                )
                 targets.append(dec.target)
                 if dec.note:
                     print(f"note: domain {n!r}: {dec.note}")
@@ -358,18 +445,27 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{PROG}: error: {e}", file=sys.stderr)
             return 2
         write_loss_file(
-            args.output, names, targets, source="fit_dcpt_law",
+            args.output,
+            names,
+            targets,
+            source="fit_dcpt_law",
             law="L(D, r) = E + B r^eta / D^beta + C / (r + eps)^gamma",
-            trajectories=list(args.trajectories), budget_tokens=budget,
+            trajectories=list(args.trajectories),
+            budget_tokens=budget,
             fit_fraction=args.fit_fraction,
             blend={n: float(w) for n, w in zip(names, weights)},
-            rising_domains=args.rising_domains, margin=args.margin,
+            rising_domains=args.rising_domains,
+            margin=args.margin,
             forgetting_tolerance=(
                 None if args.forgetting_tolerance is None else str(args.forgetting_tolerance)
             ),
-            fits={n: {k: getattr(laws[n], k) for k in
-                      ("E", "B", "eta", "beta", "C", "gamma", "eps", "r2", "huber_loss")}
-                  for n in names},
+            fits={
+                n: {
+                    k: getattr(laws[n], k)
+                    for k in ("E", "B", "eta", "beta", "C", "gamma", "eps", "r2", "huber_loss")
+                }
+                for n in names
+            },
         )
         print(f"wrote {args.output}")
     if args.plot:

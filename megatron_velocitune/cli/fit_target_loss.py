@@ -53,23 +53,46 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit L(D) = E + B/D^beta per domain on a proxy run's trajectory and write "
         "the target losses for --velocitune-target-loss-file.",
     )
-    p.add_argument("trajectories", nargs="+", help="JSONL trajectory file(s) of the proxy run; "
-                   "points of several files are pooled per domain.")
+    p.add_argument(
+        "trajectories",
+        nargs="+",
+        help="JSONL trajectory file(s) of the proxy run; "
+        "points of several files are pooled per domain.",
+    )
     p.add_argument("--output", "-o", default=None, help="Write the targets JSON here.")
-    p.add_argument("--fit-fraction", type=float, default=0.5,
-                   help="Fit on evaluations up to this fraction of the budget; the later ones "
-                   "measure the prediction error (default: 0.5, as in the paper).")
-    p.add_argument("--budget-tokens", type=float, default=None,
-                   help="Token budget to predict the target at (default: the header's "
-                   "train_iters * global_batch_size * seq_length).")
-    p.add_argument("--min-tokens", type=float, default=0.0,
-                   help="Ignore evaluations before this many tokens (e.g. the LR warmup, where "
-                   "the loss does not follow the power law yet).")
-    p.add_argument("--domains", nargs="+", default=None,
-                   help="Domains to fit, by name (default: all of the first trajectory's).")
-    p.add_argument("--initial-loss-file", default=None,
-                   help="Initial losses JSON (default: the header's initial_loss, else an "
-                   "evaluation at 0 tokens).")
+    p.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.5,
+        help="Fit on evaluations up to this fraction of the budget; the later ones "
+        "measure the prediction error (default: 0.5, as in the paper).",
+    )
+    p.add_argument(
+        "--budget-tokens",
+        type=float,
+        default=None,
+        help="Token budget to predict the target at (default: the header's "
+        "train_iters * global_batch_size * seq_length).",
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=float,
+        default=0.0,
+        help="Ignore evaluations before this many tokens (e.g. the LR warmup, where "
+        "the loss does not follow the power law yet).",
+    )
+    p.add_argument(
+        "--domains",
+        nargs="+",
+        default=None,
+        help="Domains to fit, by name (default: all of the first trajectory's).",
+    )
+    p.add_argument(
+        "--initial-loss-file",
+        default=None,
+        help="Initial losses JSON (default: the header's initial_loss, else an "
+        "evaluation at 0 tokens).",
+    )
     add_rising_rule_args(p)
     p.add_argument("--plot", default=None, help="Write a PNG of every domain's fit here.")
     return p
@@ -141,8 +164,10 @@ def run(args: argparse.Namespace) -> int:
             raise ToolError(f"{path}: no domains {missing} (it has {t.domains})")
     budget = args.budget_tokens or header_budget(trajectories)
     if not budget or budget <= 0:
-        raise ToolError("no token budget: pass --budget-tokens (the header lacks train_iters, "
-                        "global_batch_size or seq_length)")
+        raise ToolError(
+            "no token budget: pass --budget-tokens (the header lacks train_iters, "
+            "global_batch_size or seq_length)"
+        )
     cutoff = args.fit_fraction * budget
     initial = read_initial_losses(trajectories, names, args.initial_loss_file)
     points = [loss_points(t, names) for t in trajectories]
@@ -156,40 +181,68 @@ def run(args: argparse.Namespace) -> int:
         try:
             held = held_out_error(d, y, cutoff)
         except TooFewPointsError as e:
-            raise ToolError(f"domain {n!r}: {e} (fit fraction {args.fit_fraction:g} of "
-                            f"{budget:.4g} tokens)") from None
+            raise ToolError(
+                f"domain {n!r}: {e} (fit fraction {args.fit_fraction:g} of {budget:.4g} tokens)"
+            ) from None
         predicted = float(held.fit.predict(budget))
-        if args.rising_domains in ("budget", "budget-hold") and initial[n] is not None and predicted >= initial[n]:
+        if (
+            args.rising_domains in ("budget", "budget-hold")
+            and initial[n] is not None
+            and predicted >= initial[n]
+        ):
             # The learning law fits a rising curve as flat; the budget is its rise, extrapolated.
             held = held_out_error(d, y, cutoff, rising=True)
             predicted = float(held.fit.predict(budget))
         try:
-            decision = resolve_target(predicted, initial[n], args.rising_domains, args.margin, n,
-                                      args.forgetting_tolerance)
+            decision = resolve_target(
+                predicted,
+                initial[n],
+                args.rising_domains,
+                args.margin,
+                n,
+                args.forgetting_tolerance,
+            )
         except TargetAboveInitialError as e:
             errors.append(f"{e} (--rising-domains)")
             decision = None
-        results.append(dict(name=n, tokens=d, losses=y, held=held, predicted=predicted,
-                            initial=initial[n], decision=decision,
-                            target=decision.target if decision else predicted))
+        results.append(
+            dict(
+                name=n,
+                tokens=d,
+                losses=y,
+                held=held,
+                predicted=predicted,
+                initial=initial[n],
+                decision=decision,
+                target=decision.target if decision else predicted,
+            )
+        )
 
-    print(f"budget {budget:.6g} tokens; fit on points <= {cutoff:.6g} tokens "
-          f"({args.fit_fraction:g}); {len(trajectories)} trajectory file(s)")
-    head = (f"{'domain':<16}{'fit/held':>9}{'E':>9}{'B':>11}{'beta':>7}{'R2':>8}"
-            f"{'initial':>9}{'pred@budget':>12}{'target':>9}{'MAE held':>10}{'final err':>10}")
+    print(
+        f"budget {budget:.6g} tokens; fit on points <= {cutoff:.6g} tokens "
+        f"({args.fit_fraction:g}); {len(trajectories)} trajectory file(s)"
+    )
+    head = (
+        f"{'domain':<16}{'fit/held':>9}{'E':>9}{'B':>11}{'beta':>7}{'R2':>8}"
+        f"{'initial':>9}{'pred@budget':>12}{'target':>9}{'MAE held':>10}{'final err':>10}"
+    )
     print(head)
     for r in results:
         h = r["held"]
         init = f"{r['initial']:.4f}" if r["initial"] is not None else "?"
         mae = "-" if math.isnan(h.mae) else f"{h.mae:.2e}"
         final = "-" if math.isnan(h.final_error) else f"{h.final_error:.2e}"
-        print(f"{r['name']:<16}{h.fit.num_points:>4}/{h.tokens.size:<4}{h.fit.E:>9.4f}"
-              f"{h.fit.B:>11.4g}{h.fit.beta:>7.3f}{h.fit.r2:>8.4f}{init:>9}"
-              f"{r['predicted']:>12.4f}{r['target']:>9.4f}{mae:>10}{final:>10}")
+        print(
+            f"{r['name']:<16}{h.fit.num_points:>4}/{h.tokens.size:<4}{h.fit.E:>9.4f}"
+            f"{h.fit.B:>11.4g}{h.fit.beta:>7.3f}{h.fit.r2:>8.4f}{init:>9}"
+            f"{r['predicted']:>12.4f}{r['target']:>9.4f}{mae:>10}{final:>10}"
+        )
     maes = [r["held"].mae for r in results if not math.isnan(r["held"].mae)]
     if maes:
-        print(f"mean held-out absolute error {np.mean(maes):.3e} (paper: 2.4e-3 Reasoning, "
-              f"1.84e-3 SystemStack)")
+        print(
+            f"mean held-out absolute error {np.mean(maes):.3e} (paper: 2.4e-3 Reasoning, "
+            f"1.84e-3 SystemStack)"
+        )
     for r in results:
         if r["decision"] is not None and r["decision"].note:
             print(f"note: domain {r['name']!r}: {r['decision'].note}")
@@ -219,9 +272,13 @@ def run(args: argparse.Namespace) -> int:
             rules={r["name"]: r["decision"].rule for r in results},
             fits={
                 r["name"]: dict(
-                    E=r["held"].fit.E, B=r["held"].fit.B, beta=r["held"].fit.beta,
-                    r2=r["held"].fit.r2, huber_loss=r["held"].fit.huber_loss,
-                    predicted=r["predicted"], initial=r["initial"],
+                    E=r["held"].fit.E,
+                    B=r["held"].fit.B,
+                    beta=r["held"].fit.beta,
+                    r2=r["held"].fit.r2,
+                    huber_loss=r["held"].fit.huber_loss,
+                    predicted=r["predicted"],
+                    initial=r["initial"],
                     held_out_mae=None if math.isnan(r["held"].mae) else r["held"].mae,
                     held_out_points=int(r["held"].tokens.size),
                     rule_applied=bool(r["decision"].rule_applied),

@@ -42,15 +42,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(__doc__)
         return 0
     if "--output" not in argv:
-        print(f"{PROG}: error: --output PATH (the initial-loss JSON to write) is required",
-              file=sys.stderr)
+        print(
+            f"{PROG}: error: --output PATH (the initial-loss JSON to write) is required",
+            file=sys.stderr,
+        )
         return 2
     i = argv.index("--output")
     output = argv[i + 1] if i + 1 < len(argv) else None
     if not output or output.startswith("--"):
         print(f"{PROG}: error: --output needs a path", file=sys.stderr)
         return 2
-    del argv[i:i + 2]
+    del argv[i : i + 2]
     return run_pretrain(PROG, parse_args(_with_defaults(argv)), initial_loss_output=output)
 
 

@@ -53,16 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
         "runs/vt/trajectory.jsonl --labels CPT Velocitune -o weights.png",
     )
     p.add_argument("trajectories", nargs="+", help="JSONL trajectory file(s), one per run.")
-    p.add_argument("--output", "-o", default="weights.png",
-                   help="Output path; the PNG and the SVG are both written (weights.png -> "
-                   "weights.png and weights.svg). Default: %(default)s.")
-    p.add_argument("--labels", nargs="+", default=None,
-                   help="One label per trajectory (default: each file's folder name).")
-    p.add_argument("--panels", default=",".join(PANELS),
-                   help="Comma-separated panels, in order, from: " + ", ".join(PANELS)
-                   + " (default: all).")
-    p.add_argument("--layout", choices=LAYOUTS, default="overlay",
-                   help="Several runs in one column (overlay, default) or one column per run.")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="weights.png",
+        help="Output path; the PNG and the SVG are both written (weights.png -> "
+        "weights.png and weights.svg). Default: %(default)s.",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="One label per trajectory (default: each file's folder name).",
+    )
+    p.add_argument(
+        "--panels",
+        default=",".join(PANELS),
+        help="Comma-separated panels, in order, from: " + ", ".join(PANELS) + " (default: all).",
+    )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="overlay",
+        help="Several runs in one column (overlay, default) or one column per run.",
+    )
     p.add_argument("--title", default=None, help="A title above the figure.")
     p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default: %(default)s).")
     return p
@@ -76,8 +90,9 @@ def default_labels(paths: Sequence[str], trajectories: Sequence[Trajectory]) -> 
     else:
         labels = [os.path.splitext(os.path.basename(p))[0] for p in paths]
         if len(set(labels)) != len(labels):
-            labels = [f"run {i + 1} ({t.header.get('policy', '?')})"
-                      for i, t in enumerate(trajectories)]
+            labels = [
+                f"run {i + 1} ({t.header.get('policy', '?')})" for i, t in enumerate(trajectories)
+            ]
     return labels
 
 
@@ -138,8 +153,9 @@ def _draw_weights(ax, t: Trajectory, colors: Dict[str, str], style: str) -> None
     ax.set_ylim(bottom=0)
 
 
-def _draw_loss(ax, t: Trajectory, colors: Dict[str, str], style: str,
-               targets_drawn: Set[Tuple[str, float]]) -> None:
+def _draw_loss(
+    ax, t: Trajectory, colors: Dict[str, str], style: str, targets_drawn: Set[Tuple[str, float]]
+) -> None:
     it = _iterations(t)
     loss = _series(t, "eval_loss")
     initial = optional_floats(t.header.get("initial_loss"))
@@ -149,8 +165,12 @@ def _draw_loss(ax, t: Trajectory, colors: Dict[str, str], style: str,
         if initial is not None and len(initial) == len(t.domains):
             x, y = np.append(0.0, x), np.append(initial[i], y)
         ax.plot(x, y, color=colors[d], ls=style, lw=1.4, marker="o", ms=2.5)
-        if (target is not None and len(target) == len(t.domains) and np.isfinite(target[i])
-                and (d, target[i]) not in targets_drawn):
+        if (
+            target is not None
+            and len(target) == len(t.domains)
+            and np.isfinite(target[i])
+            and (d, target[i]) not in targets_drawn
+        ):
             targets_drawn.add((d, target[i]))
             ax.axhline(target[i], color=colors[d], ls=(0, (4, 3)), lw=0.9, alpha=0.7)
 
@@ -166,8 +186,15 @@ def _draw_velocity(ax, t: Trajectory, colors: Dict[str, str], style: str) -> boo
     return True
 
 
-def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequence[str],
-         layout: str, outputs: Sequence[str], title: Optional[str] = None, dpi: int = 120) -> None:
+def plot(
+    trajectories: Sequence[Trajectory],
+    labels: Sequence[str],
+    panels: Sequence[str],
+    layout: str,
+    outputs: Sequence[str],
+    title: Optional[str] = None,
+    dpi: int = 120,
+) -> None:
     """Draw the figure and save it to every path in ``outputs`` (format from the extension)."""
     import matplotlib
 
@@ -182,12 +209,16 @@ def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequ
     colors = {d: palette[i % len(palette)] for i, d in enumerate(domains)}
 
     cols = len(trajectories) if layout == "columns" else 1
-    fig, axes = plt.subplots(len(panels), cols, figsize=(6.4 * cols if cols > 1 else 7.5,
-                                                         2.9 * len(panels)),
-                             squeeze=False, sharex="col")
+    fig, axes = plt.subplots(
+        len(panels),
+        cols,
+        figsize=(6.4 * cols if cols > 1 else 7.5, 2.9 * len(panels)),
+        squeeze=False,
+        sharex="col",
+    )
     drawn_velocity = [False] * cols
     targets_drawn: List[Set[Tuple[str, float]]] = [set() for _ in range(cols)]
-    for r, (t, label) in enumerate(zip(trajectories, labels)):
+    for r, (t, _label) in enumerate(zip(trajectories, labels)):
         col = r if layout == "columns" else 0
         style = "-" if layout == "columns" else RUN_STYLES[r % len(RUN_STYLES)]
         for row, panel in enumerate(panels):
@@ -204,8 +235,15 @@ def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequ
             ax.grid(True, alpha=0.3)
             ax.set_ylabel(TITLES[panel] if col == 0 else "")
             if panel == "velocity" and not drawn_velocity[col]:
-                ax.text(0.5, 0.5, "no velocity recorded (no target loss)", ha="center",
-                        va="center", transform=ax.transAxes, color="grey")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no velocity recorded (no target loss)",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="grey",
+                )
         axes[-1][col].set_xlabel("iteration")
         if layout == "columns":
             axes[0][col].set_title(labels[col], fontsize=10)
@@ -214,12 +252,15 @@ def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequ
     if any("loss" == p for p in panels) and any(t.header.get("target_loss") for t in trajectories):
         handles.append(Line2D([], [], color="grey", ls=(0, (4, 3)), lw=0.9, label="target loss"))
     if layout == "overlay" and len(trajectories) > 1:
-        handles += [Line2D([], [], color="black", ls=RUN_STYLES[r % len(RUN_STYLES)], lw=1.4,
-                           label=label) for r, label in enumerate(labels)]
+        handles += [
+            Line2D([], [], color="black", ls=RUN_STYLES[r % len(RUN_STYLES)], lw=1.4, label=label)
+            for r, label in enumerate(labels)
+        ]
     elif layout == "overlay":
         axes[0][0].set_title(labels[0], fontsize=10)
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False
+    )
     if title:
         fig.suptitle(title)
     legend_rows = -(-len(handles) // 6)
@@ -235,8 +276,9 @@ def plot(trajectories: Sequence[Trajectory], labels: Sequence[str], panels: Sequ
 def run(args: argparse.Namespace) -> int:
     panels = parse_panels(args.panels)
     if args.labels is not None and len(args.labels) != len(args.trajectories):
-        raise ToolError(f"--labels: {len(args.labels)} label(s) for {len(args.trajectories)} "
-                        f"trajectories")
+        raise ToolError(
+            f"--labels: {len(args.labels)} label(s) for {len(args.trajectories)} trajectories"
+        )
     if args.dpi <= 0:
         raise ToolError(f"--dpi {args.dpi} must be positive")
     trajectories = load_trajectories(args.trajectories)

@@ -5,7 +5,8 @@ Example:
         --domain code='/usr/lib/python3.11/**/*.py' --domain man=text/man --domain kjv=text/kjv.txt
 
 Prints each domain's documents and tokens, the token-proportional default weights, and a ready
-``--data-path`` blend; writes ``corpus.json`` (the same facts) and ``tokenizer.json`` beside the data.
+``--data-path`` blend; writes ``corpus.json`` (the same facts) and ``tokenizer.json`` beside the
+data.
 """
 
 import argparse
@@ -40,22 +41,37 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--domain", type=parse_domain, action="append", required=True,
-                        metavar="NAME=SOURCE",
-                        help="A domain and its text: a folder, a glob (** allowed), a text file, "
-                        "or a .jsonl file with a 'text' field. Repeat per domain, in blend order.")
+    parser.add_argument(
+        "--domain",
+        type=parse_domain,
+        action="append",
+        required=True,
+        metavar="NAME=SOURCE",
+        help="A domain and its text: a folder, a glob (** allowed), a text file, "
+        "or a .jsonl file with a 'text' field. Repeat per domain, in blend order.",
+    )
     parser.add_argument("--output-dir", required=True, help="Where the .bin/.idx files go.")
     tok = parser.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--tokenizer-model",
-                     help="An existing Hugging Face tokenizer.json (or the folder holding it, "
-                     "e.g. a converted model's checkpoint folder).")
-    tok.add_argument("--vocab-size", type=int,
-                     help="Train a byte-level BPE of this size on the corpus itself.")
-    parser.add_argument("--tokenizer-eod-token", default=None,
-                        help="Token appended to every document (default: '<|endoftext|>' when "
-                        "the tokenizer has it, else its tokenizer_config.json's eos_token).")
-    parser.add_argument("--max-bytes-per-domain", type=int, default=None,
-                        help="Cap each domain's text (bytes); default: all of it.")
+    tok.add_argument(
+        "--tokenizer-model",
+        help="An existing Hugging Face tokenizer.json (or the folder holding it, "
+        "e.g. a converted model's checkpoint folder).",
+    )
+    tok.add_argument(
+        "--vocab-size", type=int, help="Train a byte-level BPE of this size on the corpus itself."
+    )
+    parser.add_argument(
+        "--tokenizer-eod-token",
+        default=None,
+        help="Token appended to every document (default: '<|endoftext|>' when "
+        "the tokenizer has it, else its tokenizer_config.json's eos_token).",
+    )
+    parser.add_argument(
+        "--max-bytes-per-domain",
+        type=int,
+        default=None,
+        help="Cap each domain's text (bytes); default: all of it.",
+    )
     return parser.parse_args(argv)
 
 
@@ -94,23 +110,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                 shutil.copyfile(config, os.path.join(args.output_dir, "tokenizer_config.json"))
     else:
         print(f"training a {args.vocab_size}-token byte-level BPE on the corpus ...")
-        tokenizer = train_tokenizer((d for docs in texts.values() for d in docs),
-                                    args.vocab_size, tokenizer_path)
+        tokenizer = train_tokenizer(
+            (d for docs in texts.values() for d in docs), args.vocab_size, tokenizer_path
+        )
         eod = eod_token_id(tokenizer, tokenizer_path, args.tokenizer_eod_token)
     stats = []
     for name, docs in texts.items():
         total = sum(len(d.encode("utf-8")) for d in docs)
         with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stdout) as bar:
             prefix = os.path.join(args.output_dir, name)
-            stats.append(write_domain(name, docs, tokenizer, prefix, on_batch=bar.update,
-                                      eod_id=eod))
+            stats.append(
+                write_domain(name, docs, tokenizer, prefix, on_batch=bar.update, eod_id=eod)
+            )
     manifest = write_manifest(os.path.join(args.output_dir, "corpus.json"), stats, tokenizer_path)
     weights = token_proportional_weights(stats)
     print(f"\n{'domain':<12}{'documents':>12}{'tokens':>14}{'weight':>10}")
     for s, w in zip(stats, weights):
         print(f"{s.name:<12}{s.documents:>12,}{s.tokens:>14,}{w:>10.4f}")
-    print(f"{'total':<12}{sum(s.documents for s in stats):>12,}"
-          f"{sum(s.tokens for s in stats):>14,}{1:>10.4f}")
+    print(
+        f"{'total':<12}{sum(s.documents for s in stats):>12,}"
+        f"{sum(s.tokens for s in stats):>14,}{1:>10.4f}"
+    )
     print(f"\ntokenizer: {tokenizer_path} (vocab {tokenizer.get_vocab_size()})")
     print(f"--data-path {manifest['data_path']}")
     return 0

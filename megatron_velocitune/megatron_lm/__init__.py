@@ -142,8 +142,7 @@ def _build_datasets_wrapper(original, registry: DatasetRegistry, builder_cls, ge
     def build_train_valid_test_datasets(provider, *args, **kwargs):
         megatron_args = get_args()
         registry.request = BuildRequest(
-            update_window=megatron_args.velocitune_update_interval
-            * megatron_args.global_batch_size
+            update_window=megatron_args.velocitune_update_interval * megatron_args.global_batch_size
         )
         registry.data = None
         megatron_build = builder_cls.build
@@ -169,11 +168,25 @@ def _build_datasets_wrapper(original, registry: DatasetRegistry, builder_cls, ge
 
 
 def _train_wrapper(original, plugin: VelocitunePlugin):
-    def train(forward_step_func, model, optimizer, opt_param_scheduler, train_data_iterator,
-              *args, **kwargs):
+    def train(
+        forward_step_func,
+        model,
+        optimizer,
+        opt_param_scheduler,
+        train_data_iterator,
+        *args,
+        **kwargs,
+    ):
         plugin.start(model, optimizer, train_data_iterator)
-        return original(forward_step_func, model, optimizer, opt_param_scheduler,
-                        train_data_iterator, *args, **kwargs)
+        return original(
+            forward_step_func,
+            model,
+            optimizer,
+            opt_param_scheduler,
+            train_data_iterator,
+            *args,
+            **kwargs,
+        )
 
     return train
 
@@ -184,7 +197,9 @@ def _checkpoint_and_decide_exit_wrapper(original, plugin: VelocitunePlugin):
     def checkpoint_and_decide_exit(*args, **kwargs):
         bound = signature.bind(*args, **kwargs).arguments
         plugin.after_iteration(
-            bound["model"], bound["optimizer"], bound["iteration"],
+            bound["model"],
+            bound["optimizer"],
+            bound["iteration"],
             bound.get("train_data_iterator"),
         )
         return original(*args, **kwargs)

@@ -81,9 +81,11 @@ def check_args(args: Any) -> None:
             "so a weight history in global samples does not apply; run the phases as separate "
             "Velocitune runs"
         )
-    if get("virtual_pipeline_model_parallel_size") or get(
-        "num_layers_per_virtual_pipeline_stage"
-    ) or get("num_virtual_stages_per_pipeline_rank"):
+    if (
+        get("virtual_pipeline_model_parallel_size")
+        or get("num_layers_per_virtual_pipeline_stage")
+        or get("num_virtual_stages_per_pipeline_rank")
+    ):
         refusals.append(
             "virtual pipeline parallelism (--num-layers-per-virtual-pipeline-stage / "
             "--num-virtual-stages-per-pipeline-rank): the per-domain evaluation runs the "

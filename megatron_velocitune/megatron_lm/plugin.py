@@ -160,9 +160,11 @@ class VelocitunePlugin:
         with self._forward_pre_hooks_off(model, optimizer):
             self.controller.initialize(iteration, consumed)
         if self.controller.target_rules is not None:
-            _print_rank_last(f" velocitune target rules (--velocitune-rising-rule "
-                             f"{self.controller.config.rising_rule}): "
-                             f"{self.controller.describe_rules()}")
+            _print_rank_last(
+                f" velocitune target rules (--velocitune-rising-rule "
+                f"{self.controller.config.rising_rule}): "
+                f"{self.controller.describe_rules()}"
+            )
         if restored or iteration > 0:
             self._rebuild_train_iterator(train_data_iterator, consumed)
 

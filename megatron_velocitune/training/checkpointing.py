@@ -33,7 +33,9 @@ def checkpoint_dir(root: str, iteration: int) -> str:
 def _shard_path(root: str, iteration: int) -> str:
     tp = parallel_state.get_tensor_model_parallel_rank()
     pp = parallel_state.get_pipeline_model_parallel_rank()
-    return os.path.join(checkpoint_dir(root, iteration), f"mp_rank_{tp:02d}_{pp:03d}", "model_optim_rng.pt")
+    return os.path.join(
+        checkpoint_dir(root, iteration), f"mp_rank_{tp:02d}_{pp:03d}", "model_optim_rng.pt"
+    )
 
 
 def latest_iteration(root: str) -> Optional[int]:

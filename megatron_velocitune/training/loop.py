@@ -10,7 +10,6 @@ in the order Megatron-LM's ``train()`` runs them, so the blend chosen after iter
 applies from the first sample of iteration ``t + 1`` and a checkpoint at ``t`` holds it.
 """
 
-import dataclasses
 import logging
 import os
 import time
@@ -91,8 +90,11 @@ def _print_rank_last(message: str) -> None:
         print(message, flush=True)
 
 
-def _loss_func(batch: Dict[str, torch.Tensor], stream: Optional[DomainLossAccumulator],
-               output_tensor: torch.Tensor):
+def _loss_func(
+    batch: Dict[str, torch.Tensor],
+    stream: Optional[DomainLossAccumulator],
+    output_tensor: torch.Tensor,
+):
     loss_mask = batch["loss_mask"]
     if stream is not None:
         # Per-domain sums of the training stream, kept on the device: no collective, no sync.
@@ -104,8 +106,12 @@ def _loss_func(batch: Dict[str, torch.Tensor], stream: Optional[DomainLossAccumu
     return loss_sum / tokens.clamp(min=1), {"lm loss": torch.stack([loss_sum.detach(), tokens])}
 
 
-def _make_forward_step(micro_batch_size: int, seq_length: int,
-                       stream: Optional[DomainLossAccumulator], batch_hook: Optional[BatchHook]):
+def _make_forward_step(
+    micro_batch_size: int,
+    seq_length: int,
+    stream: Optional[DomainLossAccumulator],
+    batch_hook: Optional[BatchHook],
+):
     def forward_step(data_iterator, model):
         batch = None
         reads = parallel_state.get_tensor_model_parallel_rank() == 0 and (
@@ -115,8 +121,7 @@ def _make_forward_step(micro_batch_size: int, seq_length: int,
             batch = next(data_iterator)
             if batch_hook is not None:
                 batch_hook(parallel_state.get_data_parallel_rank(), batch)
-        batch = broadcast_batch(batch, micro_batch_size, seq_length,
-                                with_domain=stream is not None)
+        batch = broadcast_batch(batch, micro_batch_size, seq_length, with_domain=stream is not None)
         output = gpt_forward(model, batch)
         return output, lambda out: _loss_func(batch, stream, out)
 
@@ -153,16 +158,28 @@ def build_model_and_optimizer(args, info: ParallelInfo):
     if args.vocab_size is not None and args.vocab_size < vocab_size:
         raise ValueError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
     model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
-    module, optimizer = build_optimizer(model, OptimizerSettings(
-        lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad,
-    ))
+    module, optimizer = build_optimizer(
+        model,
+        OptimizerSettings(
+            lr=args.lr,
+            min_lr=args.min_lr,
+            weight_decay=args.weight_decay,
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps,
+            clip_grad=args.clip_grad,
+        ),
+    )
     return model, module, optimizer, DatasetTokenizer(vocab_size, eod)
 
 
-def build_data(args, info: ParallelInfo, blend: Tuple[List[str], List[float]],
-               tokenizer: DatasetTokenizer, update_interval: int) -> VelocityDatasets:
+def build_data(
+    args,
+    info: ParallelInfo,
+    blend: Tuple[List[str], List[float]],
+    tokenizer: DatasetTokenizer,
+    update_interval: int,
+) -> VelocityDatasets:
     """The dynamic train blend and each domain's held-out set, on data-holding ranks only.
 
     Args:
@@ -177,8 +194,12 @@ def build_data(args, info: ParallelInfo, blend: Tuple[List[str], List[float]],
     """
     return build_velocity_datasets(
         gpt_dataset_config(
-            blend=blend, split=args.split, seq_length=args.seq_length, seed=args.seed,
-            tokenizer=tokenizer, path_to_cache=args.data_cache_path,
+            blend=blend,
+            split=args.split,
+            seq_length=args.seq_length,
+            seed=args.seed,
+            tokenizer=tokenizer,
+            path_to_cache=args.data_cache_path,
             create_attention_mask=False,
         ),
         train_samples=args.train_iters * args.global_batch_size,
@@ -187,8 +208,9 @@ def build_data(args, info: ParallelInfo, blend: Tuple[List[str], List[float]],
     )
 
 
-def pretrain(args, batch_hook: Optional[BatchHook] = None,
-             initial_loss_output: Optional[str] = None) -> RunSummary:
+def pretrain(
+    args, batch_hook: Optional[BatchHook] = None, initial_loss_output: Optional[str] = None
+) -> RunSummary:
     """Run (or resume) one pretraining job as configured by :func:`parse_args`.
 
     Args:
@@ -203,28 +225,45 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
         RunSummary: the run's end state.
     """
     info = initialize_parallel(
-        ParallelConfig(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                       backend=args.distributed_backend),
+        ParallelConfig(
+            args.tensor_model_parallel_size,
+            args.pipeline_model_parallel_size,
+            backend=args.distributed_backend,
+        ),
         seed=args.seed,
     )
     per_step = args.micro_batch_size * info.dp_size
     if args.global_batch_size % per_step:
-        raise ValueError(f"--global-batch-size {args.global_batch_size} is not a multiple of "
-                         f"--micro-batch-size x data-parallel size = {per_step}")
+        raise ValueError(
+            f"--global-batch-size {args.global_batch_size} is not a multiple of "
+            f"--micro-batch-size x data-parallel size = {per_step}"
+        )
     num_microbatches = args.global_batch_size // per_step
-    if (info.pp_size > 1 and not torch.cuda.is_available()
-            and not args.untie_embeddings_and_output_weights):
-        raise ValueError("--pipeline-model-parallel-size > 1 on CPU needs "
-                         "--untie-embeddings-and-output-weights (megatron-core moves the tied "
-                         "embedding of the last stage to CUDA)")
+    if (
+        info.pp_size > 1
+        and not torch.cuda.is_available()
+        and not args.untie_embeddings_and_output_weights
+    ):
+        raise ValueError(
+            "--pipeline-model-parallel-size > 1 on CPU needs "
+            "--untie-embeddings-and-output-weights (megatron-core moves the tied "
+            "embedding of the last stage to CUDA)"
+        )
 
     model, module, optimizer, tokenizer = build_model_and_optimizer(args, info)
     warmup = args.lr_warmup_iters or int((args.lr_warmup_fraction or 0.0) * args.train_iters)
     scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0 if warmup else args.lr, max_lr=args.lr, min_lr=args.min_lr,
-        lr_warmup_steps=warmup, lr_decay_steps=args.train_iters,
-        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay,
-        end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
+        optimizer,
+        init_lr=0.0 if warmup else args.lr,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=args.train_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters,
+        wd_incr_style="constant",
     )
 
     # Data: the dynamic train blend and each domain's held-out set, on data-holding ranks only.
@@ -244,80 +283,138 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
 
         writer = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=20)
     trajectory = os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None
-    heldout = DomainEvaluator(module, valid, len(prefixes), args.seq_length,
-                              args.micro_batch_size, vt_config.eval_iters)
+    heldout = DomainEvaluator(
+        module, valid, len(prefixes), args.seq_length, args.micro_batch_size, vt_config.eval_iters
+    )
     # The training stream is read when it feeds the policy, and logged beside the held-out
     # estimate in dynamic runs; a static run with held-out evaluation is megatron-core's static
     # path untouched (the estimator benchmark's baseline).
     stream = None
     if vt_config.loss_source == "train" or vt_config.policy != "static":
-        stream = DomainLossAccumulator(len(prefixes), torch.device(
-            f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"))
+        stream = DomainLossAccumulator(
+            len(prefixes),
+            torch.device(
+                f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+            ),
+        )
     evaluator = heldout
     if vt_config.loss_source == "train":
         # L_init on the stream's own footing: the base model on the first samples the stream
         # draws from each domain (the j-th draw of domain d is train dataset d's sample j).
         first_draws = DomainEvaluator(
-            module, data.train_per_domain if info.holds_data else None, len(prefixes),
-            args.seq_length, args.micro_batch_size, vt_config.eval_iters)
+            module,
+            data.train_per_domain if info.holds_data else None,
+            len(prefixes),
+            args.seq_length,
+            args.micro_batch_size,
+            vt_config.eval_iters,
+        )
         evaluator = TrainStreamEvaluator(first_draws, stream)
     controller = VelocituneController(
-        vt_config, weights, evaluator,
-        dataset=data.train, seq_length=args.seq_length, tensorboard_writer=writer,
+        vt_config,
+        weights,
+        evaluator,
+        dataset=data.train,
+        seq_length=args.seq_length,
+        tensorboard_writer=writer,
         trajectory_path=trajectory,
-        header_extra={"global_batch_size": args.global_batch_size, "train_iters": args.train_iters,
-                      "prefixes": prefixes},
+        header_extra={
+            "global_batch_size": args.global_batch_size,
+            "train_iters": args.train_iters,
+            "prefixes": prefixes,
+        },
     )
-    validator = DomainEvaluator(module, valid, len(prefixes), args.seq_length,
-                                args.micro_batch_size, args.eval_iters)
+    validator = DomainEvaluator(
+        module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
+    )
 
     iteration = consumed = 0
     if args.load:
         iteration, consumed, state = load_checkpoint(
-            args.load, model, optimizer, scheduler, finetune=args.finetune,
-            load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+            args.load,
+            model,
+            optimizer,
+            scheduler,
+            finetune=args.finetune,
+            load_optim=not args.no_load_optim,
+            load_rng=not args.no_load_rng,
             train_stream=stream,
         )
         if state is not None:
             controller.load_state_dict(state)
             if data.train is not None:
                 controller.replay(data.train.update_weights)
-        _print_rank_last(f" loaded checkpoint from {args.load} at iteration {iteration}"
-                         f" (consumed samples {consumed})")
+        _print_rank_last(
+            f" loaded checkpoint from {args.load} at iteration {iteration}"
+            f" (consumed samples {consumed})"
+        )
     controller.initialize(iteration, consumed)
     if controller.target_rules is not None:
-        _print_rank_last(f" velocitune target rules (--velocitune-rising-rule "
-                         f"{vt_config.rising_rule}): {controller.describe_rules()}")
+        _print_rank_last(
+            f" velocitune target rules (--velocitune-rising-rule "
+            f"{vt_config.rising_rule}): {controller.describe_rules()}"
+        )
     groups = controller.groups  # found once (a world collective); validation reuses them
     if initial_loss_output is not None:
         if dist.get_rank() == 0:
-            write_loss_file(initial_loss_output, controller.names, controller.initial_loss.tolist(),
-                            source="measure_initial_loss", checkpoint=args.load,
-                            loss_source=vt_config.loss_source)
-        _print_rank_last(" initial loss per domain: " + " | ".join(
-            f"{n}: {v:.4f}" for n, v in zip(controller.names, controller.initial_loss))
-            + f" -> {initial_loss_output}")
-        return RunSummary(iteration, consumed, controller.names, controller.weights.tolist(),
-                          initial_loss=controller.initial_loss.tolist())
+            write_loss_file(
+                initial_loss_output,
+                controller.names,
+                controller.initial_loss.tolist(),
+                source="measure_initial_loss",
+                checkpoint=args.load,
+                loss_source=vt_config.loss_source,
+            )
+        _print_rank_last(
+            " initial loss per domain: "
+            + " | ".join(f"{n}: {v:.4f}" for n, v in zip(controller.names, controller.initial_loss))
+            + f" -> {initial_loss_output}"
+        )
+        return RunSummary(
+            iteration,
+            consumed,
+            controller.names,
+            controller.weights.tolist(),
+            initial_loss=controller.initial_loss.tolist(),
+        )
 
     train_iter = None
     if data.train is not None:
-        train_iter = RebuildableDataIterator(data.train, consumed, args.micro_batch_size,
-                                             info.dp_rank, info.dp_size, args.num_workers)
+        train_iter = RebuildableDataIterator(
+            data.train,
+            consumed,
+            args.micro_batch_size,
+            info.dp_rank,
+            info.dp_size,
+            args.num_workers,
+        )
     forward_step = _make_forward_step(args.micro_batch_size, args.seq_length, stream, batch_hook)
     forward_backward = get_forward_backward_func()
-    summary = RunSummary(iteration, consumed, controller.names, controller.weights.tolist(),
-                         initial_loss=None if controller.initial_loss is None
-                         else controller.initial_loss.tolist(), trajectory=trajectory)
+    summary = RunSummary(
+        iteration,
+        consumed,
+        controller.names,
+        controller.weights.tolist(),
+        initial_loss=None if controller.initial_loss is None else controller.initial_loss.tolist(),
+        trajectory=trajectory,
+    )
     module.train()
     timer = time.time()
-    loop_start, loop_cpu_start, start_iteration = time.perf_counter(), time.process_time(), iteration
+    loop_start, loop_cpu_start, start_iteration = (
+        time.perf_counter(),
+        time.process_time(),
+        iteration,
+    )
     while iteration < args.train_iters:
         optimizer.zero_grad()
         losses = forward_backward(
-            forward_step_func=forward_step, data_iterator=train_iter, model=module,
-            num_microbatches=num_microbatches, seq_length=args.seq_length,
-            micro_batch_size=args.micro_batch_size, forward_only=False,
+            forward_step_func=forward_step,
+            data_iterator=train_iter,
+            model=module,
+            num_microbatches=num_microbatches,
+            seq_length=args.seq_length,
+            micro_batch_size=args.micro_batch_size,
+            forward_only=False,
         )
         ok, grad_norm = optimizer.step()
         scheduler.step(1)
@@ -344,8 +441,11 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
                 writer.add_scalar("learning-rate", lr, iteration)
 
         extra = None
-        if (stream is not None and vt_config.loss_source == "eval"
-                and controller.is_update_iteration(iteration)):
+        if (
+            stream is not None
+            and vt_config.loss_source == "eval"
+            and controller.is_update_iteration(iteration)
+        ):
             # Diagnostic only (the training-stream estimate beside the held-out one, for the
             # estimator comparison): one more 2k-float reduction per update.
             window = reduce_domain_sums(stream.take(), groups)
@@ -360,11 +460,22 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None,
         if args.eval_interval and iteration % args.eval_interval == 0:
             _validate(validator, groups, controller.names, iteration, consumed, writer)
         stop = args.exit_interval is not None and iteration % args.exit_interval == 0
-        if args.save and ((args.save_interval and iteration % args.save_interval == 0)
-                          or stop or iteration == args.train_iters):
-            save_checkpoint(args.save, iteration, model, optimizer, scheduler, consumed,
-                            controller.state_dict(), _plain_args(args),
-                            None if stream is None else stream.state())
+        if args.save and (
+            (args.save_interval and iteration % args.save_interval == 0)
+            or stop
+            or iteration == args.train_iters
+        ):
+            save_checkpoint(
+                args.save,
+                iteration,
+                model,
+                optimizer,
+                scheduler,
+                consumed,
+                controller.state_dict(),
+                _plain_args(args),
+                None if stream is None else stream.state(),
+            )
             _print_rank_last(f" saved checkpoint at iteration {iteration:7d} to {args.save}")
         if stop:
             _print_rank_last(f" exiting program at iteration {iteration}")
@@ -397,24 +508,33 @@ def _format_update(controller: VelocituneController, decision, iteration: int) -
     for i, name in enumerate(controller.names):
         v = "" if vel is None else f" v={vel[i]:.3f}"
         cells.append(f"{name}: loss={decision.eval_loss[i]:.4f}{v} w={decision.weights[i]:.4f}")
-    status = "skipped (non-finite loss), weights kept" if decision.skipped else (
-        "(static: observed)" if controller.config.policy == "static" else "applied")
+    status = (
+        "skipped (non-finite loss), weights kept"
+        if decision.skipped
+        else ("(static: observed)" if controller.config.policy == "static" else "applied")
+    )
     return f" velocitune update at iteration {iteration} {status} | " + " | ".join(cells)
 
 
 def _format_loss_table(summary: RunSummary, loss_source: str = "eval") -> str:
-    start = "start of this run" if loss_source == "eval" else (
-        "start: L_init on the training stream's first draws (not held-out)")
-    rows = [f" held-out loss per domain (full held-out sets), {start} -> end:",
-            f"   {'domain':<12}{'start':>10}{'end':>10}{'change':>10}{'weight':>10}"]
+    start = (
+        "start of this run"
+        if loss_source == "eval"
+        else ("start: L_init on the training stream's first draws (not held-out)")
+    )
+    rows = [
+        f" held-out loss per domain (full held-out sets), {start} -> end:",
+        f"   {'domain':<12}{'start':>10}{'end':>10}{'change':>10}{'weight':>10}",
+    ]
     start = summary.initial_loss or [float("nan")] * len(summary.domains)
     for name, a, b, w in zip(summary.domains, start, summary.final_loss, summary.weights):
         rows.append(f"   {name:<12}{a:>10.4f}{b:>10.4f}{b - a:>+10.4f}{w:>10.4f}")
     return "\n".join(rows)
 
 
-def _validate(validator: DomainEvaluator, groups: UpdateGroups, names, iteration, consumed,
-              writer) -> None:
+def _validate(
+    validator: DomainEvaluator, groups: UpdateGroups, names, iteration, consumed, writer
+) -> None:
     sums = reduce_domain_sums(validator.evaluate(full=False), groups)
     loss = sums.mean()
     cells = " | ".join(f"{n} lm loss: {v:.6E}" for n, v in zip(names, loss))
@@ -426,4 +546,8 @@ def _validate(validator: DomainEvaluator, groups: UpdateGroups, names, iteration
 
 
 def _plain_args(args) -> Dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if isinstance(v, (int, float, str, bool, list, type(None)))
+    }

@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.models.gpt import GPTModel
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -220,8 +220,9 @@ class _HostRotaryEmbedding(RotaryEmbedding):
         return emb[:, None, None, :]
 
 
-def gpt_config_from_args(args, vocab_size: int, tensor_model_parallel_size: int,
-                         pipeline_model_parallel_size: int) -> GPTConfig:
+def gpt_config_from_args(
+    args, vocab_size: int, tensor_model_parallel_size: int, pipeline_model_parallel_size: int
+) -> GPTConfig:
     """The :class:`GPTConfig` that the training entry's flags describe.
 
     Args:
@@ -238,12 +239,16 @@ def gpt_config_from_args(args, vocab_size: int, tensor_model_parallel_size: int,
         # Megatron-LM's default for --swiglu without --ffn-hidden-size.
         ffn_hidden_size = int((4 * args.hidden_size * 2 / 3) / 64) * 64
     return GPTConfig(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, ffn_hidden_size=ffn_hidden_size,
-        seq_length=args.seq_length, vocab_size=getattr(args, "vocab_size", None) or vocab_size,
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        ffn_hidden_size=ffn_hidden_size,
+        seq_length=args.seq_length,
+        vocab_size=getattr(args, "vocab_size", None) or vocab_size,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
         make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
@@ -252,8 +257,9 @@ def gpt_config_from_args(args, vocab_size: int, tensor_model_parallel_size: int,
         swiglu=getattr(args, "swiglu", False),
         position_embedding_type=getattr(args, "position_embedding_type", "learned_absolute"),
         rotary_base=getattr(args, "rotary_base", 10000),
-        num_query_groups=(args.num_query_groups if getattr(args, "group_query_attention", False)
-                          else None),
+        num_query_groups=(
+            args.num_query_groups if getattr(args, "group_query_attention", False) else None
+        ),
         kv_channels=getattr(args, "kv_channels", None),
         add_bias_linear=not getattr(args, "disable_bias_linear", False),
     )

@@ -89,7 +89,9 @@ class CpuOptimizer:
         dp = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
         if dp > 1:
             flat = torch.cat([p.grad.reshape(-1) for p in self.params])
-            dist.all_reduce(flat, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+            dist.all_reduce(
+                flat, group=parallel_state.get_data_parallel_group(with_context_parallel=True)
+            )
             flat /= dp
             offset = 0
             for p in self.params:
@@ -176,8 +178,11 @@ def build_optimizer(model: torch.nn.Module, settings: OptimizerSettings):
     if not torch.cuda.is_available():
         return model, CpuOptimizer(model, settings)
 
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     config = model.config

@@ -1,4 +1,4 @@
-"""``python -m megatron_velocitune.training.pretrain`` / ``torchrun ... examples/pretrain_gpt.py``."""
+"""The entry: ``python -m megatron_velocitune.training.pretrain``, ``examples/pretrain_gpt.py``."""
 
 import logging
 import sys

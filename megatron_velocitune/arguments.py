@@ -11,10 +11,10 @@ domains are matched by name to ``--velocitune-domain-names``, or taken in file o
 
 import argparse
 import json
-import os
 from typing import Dict, List, Optional, Sequence
 
 from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.files import write_json
 from megatron_velocitune.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
@@ -187,11 +187,7 @@ def write_loss_file(path: str, names: Sequence[str], losses: Sequence[float], **
     """Write losses in the format :func:`read_loss_file` reads (atomically)."""
     payload: Dict[str, object] = dict(meta)
     payload["losses"] = {n: float(v) for n, v in zip(names, losses)}
-    tmp = f"{path}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, payload, indent=2)
 
 
 def _losses_from(args: argparse.Namespace, kind: str, names) -> tuple:

@@ -12,10 +12,12 @@ writes it (global rank 0 by default), every rank reads it.
 """
 
 import json
-import os
 from typing import Any, Dict, Optional
 
 import torch.distributed as dist
+
+from megatron_velocitune.core import files
+from megatron_velocitune.core.files import SIDECAR_NAME
 
 __all__ = [
     "SIDECAR_NAME",
@@ -25,9 +27,6 @@ __all__ = [
     "save_state",
     "sidecar_path",
 ]
-
-SIDECAR_NAME = "velocitune_state.json"
-_TRACKER = "latest_checkpointed_iteration.txt"  # Megatron-LM's tracker file
 
 
 def sidecar_path(checkpoint_dir: str, iteration: Optional[int] = None) -> str:
@@ -42,9 +41,10 @@ def sidecar_path(checkpoint_dir: str, iteration: Optional[int] = None) -> str:
         str: ``<checkpoint_dir>/iter_<iteration:07d>/velocitune_state.json``.
     """
     if iteration is None:
-        with open(os.path.join(checkpoint_dir, _TRACKER), encoding="utf-8") as f:
-            iteration = int(f.read().strip())
-    return os.path.join(checkpoint_dir, f"iter_{iteration:07d}", SIDECAR_NAME)
+        iteration = files.read_tracker(checkpoint_dir)
+        if iteration is None:
+            raise FileNotFoundError(f"{files.tracker_path(checkpoint_dir)}: no such file")
+    return files.sidecar_path(checkpoint_dir, iteration)
 
 
 def save_state(path: str, state: Dict[str, Any]) -> None:
@@ -54,22 +54,7 @@ def save_state(path: str, state: Dict[str, Any]) -> None:
         path (str): destination file; its folder is created.
         state (Dict[str, Any]): JSON-able data.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
-        pass
+    files.write_json(path, state, allow_nan=True)
 
 
 def load_state(path: str) -> Dict[str, Any]:

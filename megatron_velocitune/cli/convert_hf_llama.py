@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from megatron_velocitune.core import files
 from megatron_velocitune.hf_llama import (
     ConversionError,
     architecture_from_hf_config,
@@ -46,7 +47,6 @@ from megatron_velocitune.hf_llama import (
 
 FLAGS_FILE = "megatron_flags.txt"
 HF_CONFIG_COPY = "hf_config.json"
-TRACKER = "latest_checkpointed_iteration.txt"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -141,26 +141,20 @@ def hf_to_megatron_checkpoint(
         ]
     args = _args_from_flags(flags)
     for (r, s), shard in shards.items():
-        path = os.path.join(
-            output, "iter_0000000", f"mp_rank_{r:02d}_{s:03d}", "model_optim_rng.pt"
-        )
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(
-            {
-                "iteration": 0,
-                "consumed_train_samples": 0,
-                "checkpoint_version": 3.0,
-                "model": shard,
-                "args": args,
-            },
-            path,
-        )
+        payload = {
+            "iteration": 0,
+            "consumed_train_samples": 0,
+            "checkpoint_version": 3.0,
+            "model": shard,
+            "args": args,
+        }
+        path = os.path.join(files.rank_dir(output, 0, r, s, pipeline=True), files.MODEL_FILE_NAME)
+        files.save_with(path, lambda f, payload=payload: torch.save(payload, f))
     with open(os.path.join(output, HF_CONFIG_COPY), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(output, FLAGS_FILE), "w", encoding="utf-8") as f:
         f.write(" ".join(flags) + "\n")
-    with open(os.path.join(output, TRACKER), "w", encoding="utf-8") as f:
-        f.write("0")
+    files.write_tracker(output, 0)
     return flags
 
 
@@ -180,11 +174,10 @@ def read_megatron_checkpoint(
         Tuple: ``({(tp_rank, pp_rank): state_dict}, the run's args, iteration)``.
     """
     if iteration is None:
-        tracker = os.path.join(root, TRACKER)
-        if not os.path.isfile(tracker):
-            raise FileNotFoundError(f"{root}: no {TRACKER} (not a checkpoint directory)")
-        iteration = int(open(tracker, encoding="utf-8").read().strip())
-    it_dir = os.path.join(root, f"iter_{iteration:07d}")
+        iteration = files.read_tracker(root, flag="megatron-to-hf --input")
+        if iteration is None:
+            raise FileNotFoundError(f"{root}: no {files.TRACKER_NAME} (not a checkpoint directory)")
+    it_dir = files.iteration_dir(root, iteration)
     if not os.path.isdir(it_dir):
         raise FileNotFoundError(f"{it_dir}: no such checkpoint")
     shards, args = {}, {}
@@ -193,7 +186,9 @@ def read_megatron_checkpoint(
         if not m:
             continue
         ckpt = torch.load(
-            os.path.join(it_dir, name, "model_optim_rng.pt"), map_location="cpu", weights_only=False
+            os.path.join(it_dir, name, files.MODEL_FILE_NAME),
+            map_location="cpu",
+            weights_only=False,
         )
         shards[(int(m.group(1)), int(m.group(2) or 0))] = ckpt["model"]
         args = ckpt.get("args") or args

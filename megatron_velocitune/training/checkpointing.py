@@ -20,34 +20,26 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from megatron_velocitune.core.files import (
+    MODEL_FILE_NAME,
+    TRACKER_NAME,
+    iteration_dir,
+    rank_dir,
+    read_tracker,
+    save_with,
+    write_tracker,
+)
+
 __all__ = ["checkpoint_dir", "latest_iteration", "load_checkpoint", "save_checkpoint"]
 
-TRACKER = "latest_checkpointed_iteration.txt"
-
-
-def checkpoint_dir(root: str, iteration: int) -> str:
-    """``<root>/iter_XXXXXXX``."""
-    return os.path.join(root, f"iter_{iteration:07d}")
+checkpoint_dir = iteration_dir
+latest_iteration = read_tracker
 
 
 def _shard_path(root: str, iteration: int) -> str:
     tp = parallel_state.get_tensor_model_parallel_rank()
     pp = parallel_state.get_pipeline_model_parallel_rank()
-    return os.path.join(
-        checkpoint_dir(root, iteration), f"mp_rank_{tp:02d}_{pp:03d}", "model_optim_rng.pt"
-    )
-
-
-def latest_iteration(root: str) -> Optional[int]:
-    """The iteration named in ``root``'s tracker file, or None when there is none."""
-    path = os.path.join(root, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    text = open(path, encoding="utf-8").read().strip()
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--load {root}: {TRACKER} holds {text!r}, not an iteration") from None
+    return os.path.join(rank_dir(root, iteration, tp, pp, pipeline=True), MODEL_FILE_NAME)
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -70,10 +62,7 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_with(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(
@@ -130,10 +119,7 @@ def save_checkpoint(
         save_state(sidecar_path(root, iteration), velocitune_state)
     dist.barrier()
     if dist.get_rank() == 0:
-        tmp = os.path.join(root, TRACKER + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(str(iteration))
-        os.replace(tmp, os.path.join(root, TRACKER))
+        write_tracker(root, iteration)
     dist.barrier()
     return checkpoint_dir(root, iteration)
 
@@ -168,7 +154,7 @@ def load_checkpoint(
 
     iteration = latest_iteration(root)
     if iteration is None:
-        raise FileNotFoundError(f"--load {root}: no {TRACKER} (not a checkpoint directory)")
+        raise FileNotFoundError(f"--load {root}: no {TRACKER_NAME} (not a checkpoint directory)")
     path = _shard_path(root, iteration)
     if not os.path.isfile(path):
         raise FileNotFoundError(

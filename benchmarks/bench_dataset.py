@@ -1,8 +1,8 @@
 """VelocityBlendedDataset against megatron-core's static BlendedDataset: one table.
 
 Both blend the same per-domain megatron-core ``GPTDataset``s, built from real ``.bin/.idx``
-files (the test corpus: three domains of real text, byte-level BPE, ``megatron_velocitune.corpus``
-through ``tests/conftest.build_corpus``), each sized for the static blend at the run length so
+files (the test corpus: three domains of real text, byte-level BPE,
+``megatron_velocitune.data.corpus`` through ``tests/conftest.build_corpus``), each sized for the static blend at the run length so
 the static ``BlendedDataset`` does not raise. Measured, in one run:
 
 * construction: the index build at start (static: the whole run; dynamic: the first window);
@@ -40,12 +40,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from megatron.core.datasets.blended_dataset import BlendedDataset  # noqa: E402
 
-from megatron_velocitune.builder import (  # noqa: E402
+from megatron_velocitune.data.builder import (  # noqa: E402
     DatasetTokenizer,
     build_velocity_datasets,
     gpt_dataset_config,
 )
-from megatron_velocitune.dataset import VelocityBlendedDataset  # noqa: E402
+from megatron_velocitune.data.dataset import VelocityBlendedDataset  # noqa: E402
 
 STEPS, GBS = 150, 1024
 WINDOW = STEPS * GBS

@@ -37,10 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
 
-from megatron_velocitune.distributed import UpdateGroups, reduce_domain_sums  # noqa: E402
-from megatron_velocitune.evaluation import DomainEvaluator  # noqa: E402
-from megatron_velocitune.loader import RebuildableDataIterator  # noqa: E402
-from megatron_velocitune.train_stream import DomainLossAccumulator  # noqa: E402
+from megatron_velocitune.control.distributed import UpdateGroups, reduce_domain_sums  # noqa: E402
+from megatron_velocitune.control.evaluation import DomainEvaluator  # noqa: E402
+from megatron_velocitune.control.train_stream import DomainLossAccumulator  # noqa: E402
+from megatron_velocitune.data.loader import RebuildableDataIterator  # noqa: E402
 from megatron_velocitune.training import ParallelConfig, initialize_parallel  # noqa: E402
 from megatron_velocitune.training.arguments import parse_args  # noqa: E402
 

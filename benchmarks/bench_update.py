@@ -7,7 +7,7 @@ of:
 
 * **floor**: the bare collectives of one update with no logic around them: an all-reduce of
   2k float64 over the DP(+CP) group on the last stage, a world broadcast of 3k+1 float64, a
-  world max-all-reduce of 4k+5 float64 (what megatron_velocitune.distributed sends);
+  world max-all-reduce of 4k+5 float64 (what megatron_velocitune.control.distributed sends);
 * **synchronize_update**: reduce -> decide (the pure velocity policy) -> broadcast -> agree;
 * **controller**: ``VelocituneController.maybe_update`` with an evaluator that returns
   precomputed local sums (the forward passes are what this excludes), history and sinks;
@@ -48,7 +48,7 @@ class PrecomputedEvaluator:
         self.base = 7.0 - 0.1 * np.arange(K) - 0.001 * rank
 
     def evaluate(self, full=False, plan=None):
-        from megatron_velocitune.evaluation import DomainSums
+        from megatron_velocitune.control.evaluation import DomainSums
 
         self.calls += 1
         tokens = np.full(K, 4096.0)
@@ -77,8 +77,8 @@ def _time_interleaved(fns, n: int, rounds: int):
 
 def logic_alone(n: int, rounds: int) -> float:
     """synchronize_update + policy in one process without torch.distributed, microseconds."""
-    from megatron_velocitune.distributed import UpdateGroups, synchronize_update
-    from megatron_velocitune.policy import update_weights
+    from megatron_velocitune.control.distributed import UpdateGroups, synchronize_update
+    from megatron_velocitune.core.policy import update_weights
 
     groups, evaluator = UpdateGroups.single_process(), PrecomputedEvaluator(0)
     w, initial, target = np.full(K, 1.0 / K), np.full(K, 7.5), np.full(K, 5.0)
@@ -104,11 +104,11 @@ def worker(rank: int, world_size: int, tp: int, pp: int, n: int, rounds: int, lo
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megatron_velocitune.blending import BlendIndex
-    from megatron_velocitune.config import VelocituneConfig
-    from megatron_velocitune.controller import VelocituneController
-    from megatron_velocitune.distributed import UpdateGroups, synchronize_update
-    from megatron_velocitune.policy import update_weights
+    from megatron_velocitune.control.controller import VelocituneController
+    from megatron_velocitune.control.distributed import UpdateGroups, synchronize_update
+    from megatron_velocitune.core.blending import BlendIndex
+    from megatron_velocitune.core.config import VelocituneConfig
+    from megatron_velocitune.core.policy import update_weights
     from megatron_velocitune.training import ParallelConfig, initialize_parallel
 
     info = initialize_parallel(ParallelConfig(tp, pp), seed=1)

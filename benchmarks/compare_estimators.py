@@ -36,8 +36,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from megatron_velocitune.policy import velocity  # noqa: E402
-from megatron_velocitune.trajectory import read_trajectory  # noqa: E402
+from megatron_velocitune.core.policy import velocity  # noqa: E402
+from megatron_velocitune.core.trajectory import read_trajectory  # noqa: E402
 
 GBS, SEQ = 32, 128
 MODEL = [

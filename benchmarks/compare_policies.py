@@ -46,7 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from megatron_velocitune.cli import compare_policies as compare  # noqa: E402
-from megatron_velocitune.comparison import parse_final_losses, replay_share_blend  # noqa: E402
+from megatron_velocitune.laws.comparison import parse_final_losses, replay_share_blend  # noqa: E402
 
 REPLAY_DOMAIN = "general"
 DOMAINS = ["general", "man", "pydocs", "code"]

@@ -36,7 +36,7 @@ class StubEvaluator:
         self.num_domains = num_domains
 
     def evaluate(self, full=False):
-        from megatron_velocitune.evaluation import DomainSums
+        from megatron_velocitune.control.evaluation import DomainSums
 
         self.calls += 1
         loss = np.array([3.4, 3.2, 5.0][: self.num_domains]) - 0.1 * self.calls
@@ -178,7 +178,7 @@ def main(out_path, corpus, names):
     import pretrain_gpt
     from megatron.core.datasets.blended_dataset import BlendedDataset
 
-    from megatron_velocitune.dataset import VelocityBlendedDataset
+    from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
     pretrain_gpt.train_valid_test_datasets_provider.is_distributed = True
     num_samples = training.get_train_valid_test_num_samples()

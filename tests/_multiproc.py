@@ -34,7 +34,7 @@ PRELOAD = [
     "megatron.core.models.gpt",
     "megatron.core.pipeline_parallel",
     "megatron.core.datasets.gpt_dataset",
-    "megatron_velocitune.controller",
+    "megatron_velocitune.control.controller",
     "megatron_velocitune.training",
 ]
 _CTX = None

@@ -12,7 +12,7 @@ from typing import Iterator, List
 
 import pytest
 
-from megatron_velocitune.corpus import EOD_TOKEN, iter_documents, train_tokenizer, write_domain
+from megatron_velocitune.data.corpus import EOD_TOKEN, iter_documents, train_tokenizer, write_domain
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 DOMAIN_BYTES = 300_000

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from megatron_velocitune.cli import average_weights
-from megatron_velocitune.trajectory import TrajectoryWriter
-from megatron_velocitune.weight_history import blend_spans, run_history, time_averaged_weights
+from megatron_velocitune.core.trajectory import TrajectoryWriter
+from megatron_velocitune.core.weight_history import blend_spans, run_history, time_averaged_weights
 
 
 # ------------------------------------------------------------------ the pure maths
@@ -126,7 +126,7 @@ def test_iterations_unit_agrees_with_samples(tmp_path, capsys):
 
 
 def _read(path):
-    from megatron_velocitune.trajectory import read_trajectory
+    from megatron_velocitune.core.trajectory import read_trajectory
 
     t = read_trajectory(path)
     return t.header, t.updates

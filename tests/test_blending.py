@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_velocitune.blending import BlendIndex, check_blend_weights, greedy_blend
+from megatron_velocitune.core.blending import BlendIndex, check_blend_weights, greedy_blend
 
 BIG = 10**12  # a domain length nothing wraps around
 

@@ -12,7 +12,7 @@ sys.path.insert(0, BENCH)
 
 import compare_policies as cp  # noqa: E402
 
-from megatron_velocitune.comparison import (  # noqa: E402
+from megatron_velocitune.laws.comparison import (  # noqa: E402
     MethodRuns,
     Stat,
     is_real_difference,
@@ -180,7 +180,7 @@ class TestArguments:
 
 
 def test_parse_loop_time():
-    from megatron_velocitune.comparison import parse_loop_time
+    from megatron_velocitune.laws.comparison import parse_loop_time
 
     line = (
         " training loop: 60 iterations in 241.5 s (4025.7 ms/iteration wall, "

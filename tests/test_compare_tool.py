@@ -11,7 +11,7 @@ import pytest
 
 from megatron_velocitune.cli import compare_policies as compare
 from megatron_velocitune.cli._common import ToolError
-from megatron_velocitune.comparison import ParetoPoint, Stat, dominated_by, frontier_margin
+from megatron_velocitune.laws.comparison import ParetoPoint, Stat, dominated_by, frontier_margin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

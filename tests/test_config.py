@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from megatron_velocitune.arguments import (
+from megatron_velocitune.core.arguments import (
     add_velocitune_args,
     config_from_args,
     read_loss_file,
     write_loss_file,
 )
-from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 
 
 def parse(*argv):

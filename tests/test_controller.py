@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
-from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
-from megatron_velocitune.distributed import UpdateGroups, synchronize_update
-from megatron_velocitune.evaluation import DomainSums, full_plan, subset_plan
-from megatron_velocitune.policy import update_weights
-from megatron_velocitune.state import (
+from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.control.distributed import UpdateGroups, synchronize_update
+from megatron_velocitune.control.evaluation import DomainSums, full_plan, subset_plan
+from megatron_velocitune.control.state import (
     SIDECAR_NAME,
     load_controller_state,
     save_controller_state,
     sidecar_path,
 )
-from megatron_velocitune.trajectory import read_trajectory
+from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.policy import update_weights
+from megatron_velocitune.core.trajectory import read_trajectory
 
 from .conftest import one_process_world
 
@@ -42,8 +42,8 @@ def world():
 
 @pytest.fixture(scope="module")
 def setup(world, corpus):
-    from megatron_velocitune.builder import build_heldout_datasets
-    from megatron_velocitune.evaluation import DomainEvaluator
+    from megatron_velocitune.control.evaluation import DomainEvaluator
+    from megatron_velocitune.data.builder import build_heldout_datasets
     from megatron_velocitune.training import GPTConfig, build_gpt_model
     from megatron_velocitune.training.model import initialize_layout_invariant_
 
@@ -325,7 +325,7 @@ def test_state_for_other_domains_is_rejected(world):
 def test_cpu_shim_is_idempotent_and_redirects_buffers(world):
     from megatron.core.utils import GlobalMemoryBuffer
 
-    from megatron_velocitune.cpu import apply_cpu_shim, cpu_shim_applied
+    from megatron_velocitune.training.cpu import apply_cpu_shim, cpu_shim_applied
 
     assert apply_cpu_shim() and apply_cpu_shim() and cpu_shim_applied()
     buf = GlobalMemoryBuffer().get_tensor((2, 3), torch.float32, "x")
@@ -343,8 +343,8 @@ def test_cpu_shim_is_idempotent_and_redirects_buffers(world):
 
 def test_controller_drives_the_velocity_blended_dataset(setup, corpus, tmp_path):
     """The real data plane: each new blend applies from the consumed position on."""
-    from megatron_velocitune.builder import build_heldout_datasets
-    from megatron_velocitune.dataset import VelocityBlendedDataset
+    from megatron_velocitune.data.builder import build_heldout_datasets
+    from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
     _, _, evaluator = setup
     train = build_heldout_datasets(

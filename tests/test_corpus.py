@@ -5,7 +5,7 @@ import json
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_velocitune.corpus import (
+from megatron_velocitune.data.corpus import (
     DomainStats,
     iter_documents,
     load_tokenizer,

@@ -12,13 +12,13 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.utils import Split
 
-from megatron_velocitune.builder import (
+from megatron_velocitune.data.builder import (
     DatasetTokenizer,
     blend_from_data_path,
     build_velocity_datasets,
     gpt_dataset_config,
 )
-from megatron_velocitune.dataset import VelocityBlendedDataset
+from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
 SEQ = 32
 SEED = 1234

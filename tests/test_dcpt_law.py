@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from megatron_velocitune.dcpt_law import (
+from megatron_velocitune.laws.dcpt_law import (
     DEFAULT_EPS,
     DcptFit,
     choose_blend,
@@ -12,7 +12,7 @@ from megatron_velocitune.dcpt_law import (
     format_data_path,
     ratio_for_limited_domain,
 )
-from megatron_velocitune.scaling_law import TooFewPointsError
+from megatron_velocitune.laws.scaling_law import TooFewPointsError
 
 TRUE = dict(E=1.5, B=300.0, eta=0.4, beta=0.35, C=0.25, gamma=0.5)
 RATIOS = (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)

@@ -34,8 +34,8 @@ def _corpus_info(corpus):
 
 
 def _setup(corpus_info, tp, pp):
-    from megatron_velocitune.builder import build_heldout_datasets
-    from megatron_velocitune.evaluation import DomainEvaluator
+    from megatron_velocitune.control.evaluation import DomainEvaluator
+    from megatron_velocitune.data.builder import build_heldout_datasets
     from megatron_velocitune.training import (
         GPTConfig,
         ParallelConfig,
@@ -68,7 +68,7 @@ def _setup(corpus_info, tp, pp):
 
 def reference_worker(rank, world_size, corpus_info):
     """TP=1 PP=1 DP=1: full-set sums and fixed-subset sums for 1x and 2x eval_iters."""
-    from megatron_velocitune.evaluation import subset_plan
+    from megatron_velocitune.control.evaluation import subset_plan
 
     _, _, evaluator = _setup(corpus_info, 1, 1)
     k = len(corpus_info[1])
@@ -83,8 +83,8 @@ def controller_worker(rank, world_size, corpus_info, tp, pp, log_dir):
     """Measure the initial loss, run UPDATES updates with two NaN injections, report."""
     import warnings
 
-    from megatron_velocitune.config import VelocituneConfig
-    from megatron_velocitune.controller import VelocituneController
+    from megatron_velocitune.control.controller import VelocituneController
+    from megatron_velocitune.core.config import VelocituneConfig
 
     info, model, evaluator = _setup(corpus_info, tp, pp)
     names = corpus_info[1]
@@ -171,8 +171,8 @@ def _mean(vector):
     "tp,pp,dp", [(2, 2, 2), (1, 1, 2), (2, 1, 1)], ids=["tp2-pp2-dp2", "tp1-pp1-dp2", "tp2-pp1-dp1"]
 )
 def test_controller_across_ranks(corpus, reference, tmp_path, tp, pp, dp):
-    from megatron_velocitune.policy import update_weights
-    from megatron_velocitune.trajectory import read_trajectory
+    from megatron_velocitune.core.policy import update_weights
+    from megatron_velocitune.core.trajectory import read_trajectory
 
     world = tp * pp * dp
     log_dir = str(tmp_path / "log")
@@ -254,12 +254,12 @@ def _same_with_nan(a, b):
 
 def sync_worker(rank, world_size, mode):
     """Two DP ranks call synchronize_update directly; ``mode`` breaks one of them."""
-    from megatron_velocitune.distributed import (
+    from megatron_velocitune.control.distributed import (
         UpdateGroups,
         WeightMismatchError,
         synchronize_update,
     )
-    from megatron_velocitune.evaluation import DomainSums
+    from megatron_velocitune.control.evaluation import DomainSums
     from megatron_velocitune.training import ParallelConfig, initialize_parallel
 
     initialize_parallel(ParallelConfig(), seed=1)

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_velocitune.arguments import add_velocitune_args, config_from_args, read_loss_file
 from megatron_velocitune.cli import fit_dcpt_law, fit_target_loss
-from megatron_velocitune.trajectory import TrajectoryWriter
+from megatron_velocitune.core.arguments import add_velocitune_args, config_from_args, read_loss_file
+from megatron_velocitune.core.trajectory import TrajectoryWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

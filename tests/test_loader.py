@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_velocitune.builder import (
+from megatron_velocitune.data.builder import (
     DatasetTokenizer,
     build_velocity_datasets,
     gpt_dataset_config,
 )
-from megatron_velocitune.loader import (
+from megatron_velocitune.data.loader import (
     MegatronPretrainingSampler,
     RebuildableDataIterator,
     build_data_iterator,

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.core.config import VelocituneConfigError
 from megatron_velocitune.megatron_lm.checks import check_args, check_dataset_config
 from megatron_velocitune.megatron_lm.compat import (
     MegatronLMNotFound,
@@ -173,7 +173,7 @@ def test_check_args_refuses(overrides, match):
 
 
 def _dataset_config(tmp_path, blend, split="90,10,0", **kwargs):
-    from megatron_velocitune.builder import DatasetTokenizer, gpt_dataset_config
+    from megatron_velocitune.data.builder import DatasetTokenizer, gpt_dataset_config
 
     return gpt_dataset_config(
         blend,
@@ -401,7 +401,7 @@ def test_velocity_build_replaces_the_train_split_only(world, corpus, tmp_path):
     )
     from megatron.core.datasets.gpt_dataset import GPTDataset
 
-    from megatron_velocitune.dataset import VelocityBlendedDataset
+    from megatron_velocitune.data.dataset import VelocityBlendedDataset
     from megatron_velocitune.megatron_lm.datasets import (
         BuildRequest,
         DatasetRegistry,
@@ -459,7 +459,7 @@ class _StubEvaluator:
         self.calls = 0
 
     def evaluate(self, full=False):
-        from megatron_velocitune.evaluation import DomainSums
+        from megatron_velocitune.control.evaluation import DomainSums
 
         self.calls += 1
         loss = np.array([3.4, 3.2, 5.0]) - 0.1 * self.calls
@@ -468,8 +468,8 @@ class _StubEvaluator:
 
 def _plugin(corpus, tmp_path, args):
     """A plugin over a real blend, with Megatron-LM's loader and iterator stood in for."""
-    from megatron_velocitune.builder import build_velocity_datasets
-    from megatron_velocitune.loader import build_pretraining_data_loader
+    from megatron_velocitune.data.builder import build_velocity_datasets
+    from megatron_velocitune.data.loader import build_pretraining_data_loader
     from megatron_velocitune.megatron_lm.compat import compat_for_version
     from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
     from megatron_velocitune.megatron_lm.plugin import VelocitunePlugin

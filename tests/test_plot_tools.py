@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from megatron_velocitune.cli import plot_weights
-from megatron_velocitune.trajectory import TrajectoryWriter
+from megatron_velocitune.core.trajectory import TrajectoryWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ["code", "math", "web"]
@@ -110,7 +110,7 @@ def test_columns_panels_and_default_labels(tmp_path, capsys):
 
 
 def test_weight_steps(tmp_path):
-    from megatron_velocitune.trajectory import read_trajectory
+    from megatron_velocitune.core.trajectory import read_trajectory
 
     # Planned 600 iterations, updates every 100 (the one at 300 skipped): the header's blend over
     # [0, 100), ..., the blend chosen at 600 (never trained) is the last point, at 600.

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_velocitune import policy as P
+from megatron_velocitune.core import policy as P
 
 
 def test_velocity_hand_computed():

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from megatron_velocitune import fitting
-from megatron_velocitune.scaling_law import (
+from megatron_velocitune.core.trajectory import Trajectory
+from megatron_velocitune.laws import fitting
+from megatron_velocitune.laws.scaling_law import (
     BETA_BOUNDS,
     TargetAboveInitialError,
     TooFewPointsError,
@@ -15,7 +16,6 @@ from megatron_velocitune.scaling_law import (
     loss_points,
     resolve_target,
 )
-from megatron_velocitune.trajectory import Trajectory
 
 E_TRUE, B_TRUE, BETA_TRUE = 1.8, 60.0, 0.3
 
@@ -160,7 +160,7 @@ def test_hold_initial_keeps_targets_strictly_below_initial():
 
 def test_hold_initial_makes_forgetting_raise_velocity_to_one():
     # The DESIGN trap: with the hold-initial target, a replay domain whose loss rose has V = 1.
-    from megatron_velocitune.policy import velocity
+    from megatron_velocitune.core.policy import velocity
 
     target = resolve_target(3.2, 3.0, "hold-initial").target
     v = velocity([3.1, 3.0, 2.985, 2.96], [3.0] * 4, [target] * 4)

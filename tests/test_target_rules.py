@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
-from megatron_velocitune.policy import (
+from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.policy import (
     TargetRuleError,
     Tolerance,
     domain_velocity,
@@ -174,7 +174,7 @@ class TestConfig:
 
 class TestHeldBudget:
     def test_at_the_budget_it_keeps_pace(self):
-        from megatron_velocitune.policy import held_budget_velocity
+        from megatron_velocitune.core.policy import held_budget_velocity
 
         # new domains: V = (5.0 - 4.5) / 1.5 = 1/3 and (5.5 - 4.5) / 1.5 = 2/3, weights 0.2 / 0.6:
         # pace = (0.2 / 3 + 0.6 * 2 / 3) / 0.8 = 0.5833; the replay domain at its budget 4.2.
@@ -192,7 +192,7 @@ class TestHeldBudget:
         assert new == pytest.approx(e / e.sum())
 
     def test_without_budget_domains_it_is_the_domain_velocity(self):
-        from megatron_velocitune.policy import held_budget_velocity
+        from megatron_velocitune.core.policy import held_budget_velocity
 
         args = ([5.0, 5.5], [6.0, 6.0], [4.5, 4.5])
         assert held_budget_velocity(*args, [0.5, 0.5]) == pytest.approx(domain_velocity(*args))

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_velocitune.config import VelocituneConfig
-from megatron_velocitune.controller import VelocituneController
-from megatron_velocitune.distributed import UpdateGroups
-from megatron_velocitune.evaluation import DomainSums
-from megatron_velocitune.policy import velocity_update
-from megatron_velocitune.train_stream import DomainLossAccumulator, TrainStreamEvaluator
+from megatron_velocitune.control.controller import VelocituneController
+from megatron_velocitune.control.distributed import UpdateGroups
+from megatron_velocitune.control.evaluation import DomainSums
+from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
+from megatron_velocitune.core.config import VelocituneConfig
+from megatron_velocitune.core.policy import velocity_update
+from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.training.arguments import parse_args
-from megatron_velocitune.trajectory import read_trajectory
 
 from ._multiproc import run_distributed
 from .test_training import base_argv

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.training.arguments import parse_args
-from megatron_velocitune.trajectory import read_trajectory
 
 from ._multiproc import run_distributed
 

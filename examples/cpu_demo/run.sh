@@ -42,7 +42,7 @@ BLEND=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['data_path']
 # The base model's blend: general 0.85, the other domains sharing 0.15 in their token ratio.
 BASE_BLEND=$($PY - "$CORPUS/corpus.json" <<'PY'
 import json, sys
-from megatron_velocitune.comparison import replay_share_blend
+from megatron_velocitune.laws.comparison import replay_share_blend
 domains = json.load(open(sys.argv[1]))["domains"]
 w = replay_share_blend([d["tokens"] for d in domains], [0], 0.85)
 print(" ".join(f"{x:.6f} {d['prefix']}" for x, d in zip(w, domains)))

@@ -107,7 +107,7 @@ megatron "${VT[@]}" --load "$OUT/parts/ckpt" --save "$OUT/parts/ckpt" \
 echo "=== 6. compare ==="
 $PY - "$OUT" <<'PYEOF' | tee -a "$LOG"
 import os, sys
-from megatron_velocitune.trajectory import read_trajectory
+from megatron_velocitune.core.trajectory import read_trajectory
 out = sys.argv[1]
 full = read_trajectory(os.path.join(out, "full/tb/velocitune_trajectory.jsonl"))
 parts = read_trajectory(os.path.join(out, "parts/tb/velocitune_trajectory.jsonl"))

@@ -41,7 +41,7 @@ $RUN examples/pretrain_gpt.py "${ARGS[@]}" --load "$OUT/parts" \
 echo "=== compare ==="
 $PY - "$OUT" <<'EOF'
 import json, os, sys
-from megatron_velocitune.trajectory import read_trajectory
+from megatron_velocitune.core.trajectory import read_trajectory
 out = sys.argv[1]
 a = read_trajectory(os.path.join(out, "full/tb/velocitune_trajectory.jsonl")).updates
 b = read_trajectory(os.path.join(out, "parts/tb/velocitune_trajectory.jsonl")).updates

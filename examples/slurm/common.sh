@@ -104,8 +104,8 @@ run_step() {
         --output $RUN_ROOT/targets.json --plot $RUN_ROOT/targets.png && \
         python -c \"
 import sys
-from megatron_velocitune.arguments import write_loss_file
-from megatron_velocitune.trajectory import read_trajectory
+from megatron_velocitune.core.arguments import write_loss_file
+from megatron_velocitune.core.trajectory import read_trajectory
 h = read_trajectory(sys.argv[1]).header
 write_loss_file(sys.argv[2], h['domains'], h['initial_loss'], source=sys.argv[1])
 \" $proxy/velocitune_trajectory.jsonl $RUN_ROOT/initial.json"

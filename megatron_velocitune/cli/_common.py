@@ -3,7 +3,7 @@
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from megatron_velocitune.trajectory import Trajectory, read_trajectory
+from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 
 
 class ToolError(Exception):
@@ -58,8 +58,12 @@ def add_rising_rule_args(parser, what: str = "") -> None:
     """``--rising-domains``, ``--margin`` and ``--forgetting-tolerance``: the target of a domain
     whose prediction is not below its initial loss (the entry's ``--velocitune-rising-rule``).
     """
-    from megatron_velocitune.arguments import tolerance_arg
-    from megatron_velocitune.policy import DEFAULT_RISING_RULE, DEFAULT_TARGET_MARGIN, RISING_RULES
+    from megatron_velocitune.core.arguments import tolerance_arg
+    from megatron_velocitune.core.policy import (
+        DEFAULT_RISING_RULE,
+        DEFAULT_TARGET_MARGIN,
+        RISING_RULES,
+    )
 
     parser.add_argument(
         "--rising-domains",

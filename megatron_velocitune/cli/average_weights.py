@@ -28,8 +28,8 @@ from megatron_velocitune.cli._common import (
     parse_name_value,
     run_tool,
 )
-from megatron_velocitune.dcpt_law import format_data_path
-from megatron_velocitune.weight_history import UNITS, run_history, time_averaged_weights
+from megatron_velocitune.core.weight_history import UNITS, run_history, time_averaged_weights
+from megatron_velocitune.laws.dcpt_law import format_data_path
 
 PROG = "velocitune-average-weights"
 DIGITS = 6

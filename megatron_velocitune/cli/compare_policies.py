@@ -48,7 +48,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_velocitune.cli._common import ToolError, run_tool
-from megatron_velocitune.comparison import (
+from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, RISING_RULES, Tolerance
+from megatron_velocitune.laws.comparison import (
     STABLE_TOLERANCE,
     MethodRuns,
     ParetoPoint,
@@ -63,7 +64,6 @@ from megatron_velocitune.comparison import (
     stabilisation_iteration,
     summarise_method,
 )
-from megatron_velocitune.policy import DEFAULT_RISING_RULE, RISING_RULES, Tolerance
 
 PROG = "velocitune-compare"
 TRAJECTORY = "velocitune_trajectory.jsonl"
@@ -228,7 +228,7 @@ def _entry_sizes(entry_args: Sequence[str]) -> argparse.Namespace:
 
 def _blend(data_path: Sequence[str]) -> tuple:
     """(prefixes, weights or None) of a Megatron ``--data-path``, each prefix's files checked."""
-    from megatron_velocitune.builder import blend_from_data_path
+    from megatron_velocitune.data.builder import blend_from_data_path
 
     try:
         prefixes, weights = blend_from_data_path(data_path)
@@ -446,7 +446,7 @@ def result_of(out: str, key: str, seed: int) -> Optional[dict]:
 
 
 def read_traj(path: str):
-    from megatron_velocitune.trajectory import read_trajectory
+    from megatron_velocitune.core.trajectory import read_trajectory
 
     return read_trajectory(path)
 
@@ -549,7 +549,7 @@ def initial_loss_file(out: str, cpt: dict) -> str:
 
 def fit_targets(out: str, python: str, cpt: List[dict], s: Setting, rule: str) -> dict:
     """Targets by ``rule`` from the pooled CPT trajectories, and each seed's fit error."""
-    from megatron_velocitune.scaling_law import held_out_error, loss_points
+    from megatron_velocitune.laws.scaling_law import held_out_error, loss_points
 
     targets = os.path.join(out, f"targets-{rule}.json")
     cpt = sorted(cpt, key=lambda r: r["seed"])
@@ -617,7 +617,7 @@ def fit_targets(out: str, python: str, cpt: List[dict], s: Setting, rule: str) -
 
 def time_averaged(results: List[dict]) -> np.ndarray:
     """Mean over runs of each run's time-averaged blend (each blend weighted by its samples)."""
-    from megatron_velocitune.weight_history import run_history, time_averaged_weights
+    from megatron_velocitune.core.weight_history import run_history, time_averaged_weights
 
     avgs = []
     for r in results:

@@ -20,7 +20,8 @@ megatron-core -> Hugging Face (a continued run's checkpoint, any layout it was t
         --hf-config ckpt/smollm2-tp1/hf_config.json
 
 writes ``model.safetensors``, ``config.json`` and the tokenizer files, loadable with
-``LlamaForCausalLM.from_pretrained``. The mapping itself is ``megatron_velocitune.hf_llama``.
+``LlamaForCausalLM.from_pretrained``. The mapping itself is
+``megatron_velocitune.training.hf_llama``.
 """
 
 import argparse
@@ -35,7 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from megatron_velocitune.core import files
-from megatron_velocitune.hf_llama import (
+from megatron_velocitune.training.hf_llama import (
     ConversionError,
     architecture_from_hf_config,
     architecture_from_megatron_args,

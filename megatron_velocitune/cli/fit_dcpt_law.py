@@ -30,7 +30,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_velocitune.arguments import read_loss_file, write_loss_file
 from megatron_velocitune.cli._common import (
     ToolError,
     add_rising_rule_args,
@@ -38,8 +37,10 @@ from megatron_velocitune.cli._common import (
     parse_name_value,
     run_tool,
 )
-from megatron_velocitune.config import VelocituneConfigError
-from megatron_velocitune.dcpt_law import (
+from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
+from megatron_velocitune.laws.dcpt_law import (
     DEFAULT_EPS,
     ETA_BOUNDS,
     DcptFit,
@@ -49,7 +50,7 @@ from megatron_velocitune.dcpt_law import (
     format_data_path,
     ratio_for_limited_domain,
 )
-from megatron_velocitune.scaling_law import (
+from megatron_velocitune.laws.scaling_law import (
     TargetAboveInitialError,
     TooFewPointsError,
     header_budget,
@@ -57,7 +58,6 @@ from megatron_velocitune.scaling_law import (
     loss_points,
     resolve_target,
 )
-from megatron_velocitune.trajectory import Trajectory, read_trajectory
 
 PROG = "velocitune-fit-dcpt"
 

@@ -24,15 +24,16 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from megatron_velocitune.arguments import read_loss_file, write_loss_file
 from megatron_velocitune.cli._common import (
     ToolError,
     add_rising_rule_args,
     check_rising_rule_args,
     run_tool,
 )
-from megatron_velocitune.config import VelocituneConfigError
-from megatron_velocitune.scaling_law import (
+from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
+from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
+from megatron_velocitune.laws.scaling_law import (
     TargetAboveInitialError,
     TooFewPointsError,
     header_budget,
@@ -41,7 +42,6 @@ from megatron_velocitune.scaling_law import (
     loss_points,
     resolve_target,
 )
-from megatron_velocitune.trajectory import Trajectory, read_trajectory
 
 PROG = "velocitune-fit-targets"
 

@@ -32,8 +32,8 @@ from megatron_velocitune.cli._common import (
     optional_floats,
     run_tool,
 )
-from megatron_velocitune.trajectory import Trajectory
-from megatron_velocitune.weight_history import blend_spans, run_history
+from megatron_velocitune.core.trajectory import Trajectory
+from megatron_velocitune.core.weight_history import blend_spans, run_history
 
 PROG = "velocitune-plot-weights"
 PANELS = ("weights", "loss", "velocity")

@@ -15,7 +15,7 @@ import shutil
 import sys
 from typing import List, Optional, Tuple
 
-from megatron_velocitune.corpus import (
+from megatron_velocitune.data.corpus import (
     eod_token_id,
     iter_documents,
     load_tokenizer,

@@ -35,8 +35,8 @@ losses (``--velocitune-target-loss-file``); ``--velocitune-policy static`` obser
 import inspect
 from typing import Optional
 
-from megatron_velocitune.arguments import add_velocitune_args
-from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.core.arguments import add_velocitune_args
+from megatron_velocitune.core.config import VelocituneConfigError
 from megatron_velocitune.megatron_lm.checks import check_args
 from megatron_velocitune.megatron_lm.compat import MegatronLMNotFound, detect
 from megatron_velocitune.megatron_lm.datasets import BuildRequest, DatasetRegistry, velocity_build

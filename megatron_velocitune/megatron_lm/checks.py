@@ -11,7 +11,7 @@ Two checks, both pure functions so they are tested without a Megatron-LM checkou
 
 from typing import Any, List, Optional, Sequence
 
-from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.core.config import VelocituneConfigError
 
 __all__ = ["check_args", "check_dataset_config", "check_data_path"]
 

@@ -5,8 +5,8 @@ is_dataset_built_on_rank, config).build()``. While Megatron-LM's
 ``build_train_valid_test_datasets`` runs that provider, the adapter swaps the builder's ``build``
 for :func:`velocity_build`, which returns
 
-- train: :func:`megatron_velocitune.builder.build_velocity_datasets`' ``VelocityBlendedDataset``
-  over each domain's train split (sized per domain, replaying epochs when a weight outgrows its
+- train: :func:`megatron_velocitune.data.builder.build_velocity_datasets`'
+  ``VelocityBlendedDataset`` over each domain's train split (sized per domain, replaying epochs when a weight outgrows its
   share), with the provider's own config, sizes and rank predicate;
 - validation and test: exactly what megatron-core would have built (the same static blends of the
   same splits at the same sizes): the original ``build`` runs with the train split switched off,
@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
-from megatron_velocitune.builder import VelocityDatasets, build_velocity_datasets
+from megatron_velocitune.data.builder import VelocityDatasets, build_velocity_datasets
 from megatron_velocitune.megatron_lm.checks import check_dataset_config
 
 __all__ = ["BuildRequest", "DatasetRegistry", "velocity_build"]

@@ -26,14 +26,14 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 import torch
 
-from megatron_velocitune.arguments import config_from_args
-from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
-from megatron_velocitune.evaluation import DomainEvaluator
-from megatron_velocitune.loader import close_data_iterator
+from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.control.evaluation import DomainEvaluator
+from megatron_velocitune.control.state import load_state, save_state, sidecar_path
+from megatron_velocitune.core.arguments import config_from_args
+from megatron_velocitune.data.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
 from megatron_velocitune.megatron_lm.writers import megatron_writers
-from megatron_velocitune.state import load_state, save_state, sidecar_path
 
 __all__ = ["VelocitunePlugin", "format_update"]
 
@@ -95,7 +95,8 @@ class VelocitunePlugin:
         training_module: ``megatron.training.training`` (its ``build_pretraining_data_loader``,
             forward pre-hook helpers).
         evaluator_factory (Optional[EvaluatorFactory]): builds the held-out evaluator (tests
-            substitute one); default :class:`~megatron_velocitune.evaluation.DomainEvaluator`.
+            substitute one); default
+            :class:`~megatron_velocitune.control.evaluation.DomainEvaluator`.
         writers (Callable[[], Optional[Any]]): this rank's scalar writer (default: Megatron-LM's
             TensorBoard and wandb writers, see :func:`~.writers.megatron_writers`).
     """

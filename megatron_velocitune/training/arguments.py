@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from megatron_velocitune.arguments import add_velocitune_args
+from megatron_velocitune.core.arguments import add_velocitune_args
 
 __all__ = ["parse_args"]
 

@@ -94,7 +94,7 @@ def save_checkpoint(
     Returns:
         str: the checkpoint directory.
     """
-    from megatron_velocitune.state import save_state, sidecar_path
+    from megatron_velocitune.control.state import save_state, sidecar_path
 
     streams = None
     if train_stream is not None:
@@ -150,7 +150,7 @@ def load_checkpoint(
     Returns:
         Tuple[int, int, Optional[Dict]]: (iteration, consumed samples, Velocitune state or None).
     """
-    from megatron_velocitune.state import load_state, sidecar_path
+    from megatron_velocitune.control.state import load_state, sidecar_path
 
     iteration = latest_iteration(root)
     if iteration is None:

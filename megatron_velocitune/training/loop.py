@@ -23,21 +23,21 @@ from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_velocitune.arguments import config_from_args, write_loss_file
-from megatron_velocitune.batch import broadcast_batch, gpt_forward
-from megatron_velocitune.builder import (
+from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.control.distributed import UpdateGroups, reduce_domain_sums
+from megatron_velocitune.control.evaluation import DomainEvaluator
+from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
+from megatron_velocitune.core.arguments import config_from_args, write_loss_file
+from megatron_velocitune.data.batch import broadcast_batch, gpt_forward
+from megatron_velocitune.data.builder import (
     DatasetTokenizer,
     VelocityDatasets,
     blend_from_data_path,
     build_velocity_datasets,
     gpt_dataset_config,
 )
-from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
-from megatron_velocitune.corpus import eod_token_id, load_tokenizer
-from megatron_velocitune.distributed import UpdateGroups, reduce_domain_sums
-from megatron_velocitune.evaluation import DomainEvaluator
-from megatron_velocitune.loader import RebuildableDataIterator
-from megatron_velocitune.train_stream import DomainLossAccumulator, TrainStreamEvaluator
+from megatron_velocitune.data.corpus import eod_token_id, load_tokenizer
+from megatron_velocitune.data.loader import RebuildableDataIterator
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
 from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer

@@ -2,7 +2,7 @@
 
 ``initialize_parallel`` reads the torchrun environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), starts torch.distributed with NCCL on a GPU
-machine and gloo on the CPU (applying :mod:`megatron_velocitune.cpu` there), builds
+machine and gloo on the CPU (applying :mod:`megatron_velocitune.training.cpu` there), builds
 megatron-core's tensor/pipeline/data-parallel groups and seeds every generator the way
 Megatron-LM does (``seed + 100 * pp_rank`` for the default stream, megatron-core's tracker for
 the tensor-parallel one).
@@ -20,7 +20,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-from megatron_velocitune.cpu import apply_cpu_shim
+from megatron_velocitune.training.cpu import apply_cpu_shim
 
 __all__ = [
     "ParallelConfig",

@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from megatron_velocitune.config import VelocituneConfigError
+from megatron_velocitune.core.config import VelocituneConfigError
 from megatron_velocitune.training.arguments import parse_args
 from megatron_velocitune.training.loop import pretrain
 

@@ -1,6 +1,6 @@
 """VelocituneConfig: every knob of the plugin in one dataclass, validated once.
 
-Each field maps to one ``--velocitune-*`` flag (see :mod:`megatron_velocitune.arguments`), and
+Each field maps to one ``--velocitune-*`` flag (see :mod:`megatron_velocitune.core.arguments`), and
 every validation error is a single line naming that flag and the offending value, so a bad launch
 fails before any rank touches data.
 """
@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from megatron_velocitune.policy import (
+from megatron_velocitune.core.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
     POLICIES,
@@ -101,10 +101,10 @@ class VelocituneConfig:
         log_dir (Optional[str]): where the JSONL trajectory is written.
         loss_source (str): ``eval`` (held-out evaluation every ``m`` iterations, the paper) or
             ``train`` (the per-domain training loss of the last ``m`` iterations: no extra
-            forward passes; see :mod:`megatron_velocitune.train_stream`).
+            forward passes; see :mod:`megatron_velocitune.control.train_stream`).
         rising_rule (str): the target of a domain whose given target is not below its initial
             loss: ``budget`` (kept, a forgetting budget), ``tolerance``, ``hold-initial`` or
-            ``refuse`` (see :func:`megatron_velocitune.policy.resolve_targets`).
+            ``refuse`` (see :func:`megatron_velocitune.core.policy.resolve_targets`).
         target_margin (float): hold-initial's relative margin below ``L_init``.
         forgetting_tolerance (Optional[Tolerance]): the tolerance rule's budget.
         min_headroom (float): the velocity never divides by a headroom ``|L_init - L_target|``

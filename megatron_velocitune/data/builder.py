@@ -24,8 +24,8 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import get_blend_from_list
 
-from megatron_velocitune.blending import check_blend_weights
-from megatron_velocitune.dataset import VelocityBlendedDataset
+from megatron_velocitune.core.blending import check_blend_weights
+from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
 __all__ = [
     "DatasetTokenizer",

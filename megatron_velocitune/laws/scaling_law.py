@@ -7,12 +7,12 @@ training tokens seen so far (the trajectory's ``consumed_tokens``). The later po
 the fit, measure how well the law extrapolates (the paper reports mean absolute errors of 2.4e-3
 and 1.84e-3).
 
-The fit (see :mod:`megatron_velocitune.fitting`) is a Huber loss on log-loss residuals minimised
-by L-BFGS-B from a grid of starts, inside bounds ``E > 0``, ``B >= 0`` and ``beta`` in
+The fit (see :mod:`megatron_velocitune.laws.fitting`) is a Huber loss on log-loss residuals
+minimised by L-BFGS-B from a grid of starts, inside bounds ``E > 0``, ``B >= 0`` and ``beta`` in
 ``[0.01, 2]``. ``B >= 0`` is deliberate: the law describes learning, so a rising curve (a replay
 domain that forgets) fits as flat, ``B ~ 0`` and ``E ~`` its mean loss, and its predicted target
 lands at or above the initial loss. :func:`resolve_target` turns that into a clear error, or, on
-request, into one of the rising-domain rules of :mod:`megatron_velocitune.policy` (a forgetting
+request, into one of the rising-domain rules of :mod:`megatron_velocitune.core.policy` (a forgetting
 budget, a tolerance, or *hold-initial*: ``L_target = L_init * (1 - margin)``).
 
 Pure numpy/scipy, no I/O.
@@ -24,21 +24,21 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_velocitune.fitting import (
-    DEFAULT_HUBER_DELTA,
-    fit_huber_log,
-    huber_log_loss,
-    r_squared,
-    start_grid,
-)
-from megatron_velocitune.policy import (
+from megatron_velocitune.core.policy import (
     DEFAULT_TARGET_MARGIN,
     RISING_RULES,
     TargetRuleError,
     Tolerance,
     resolve_targets,
 )
-from megatron_velocitune.trajectory import Trajectory
+from megatron_velocitune.core.trajectory import Trajectory
+from megatron_velocitune.laws.fitting import (
+    DEFAULT_HUBER_DELTA,
+    fit_huber_log,
+    huber_log_loss,
+    r_squared,
+    start_grid,
+)
 
 __all__ = [
     "BETA_BOUNDS",
@@ -68,7 +68,7 @@ BETA_BOUNDS: Tuple[float, float] = (0.01, 2.0)
 MIN_FIT_POINTS = 4
 
 # "refuse": a target at or above the initial loss is an error; the other rules are those of
-# :func:`megatron_velocitune.policy.resolve_targets`, the one home of the rules.
+# :func:`megatron_velocitune.core.policy.resolve_targets`, the one home of the rules.
 TARGET_RULES = RISING_RULES
 
 
@@ -304,7 +304,7 @@ def resolve_target(
 ) -> TargetDecision:
     """One domain's target under a rising-domain rule, with a note for the user.
 
-    The rules are :func:`megatron_velocitune.policy.resolve_targets`'s: a prediction below the
+    The rules are :func:`megatron_velocitune.core.policy.resolve_targets`'s: a prediction below the
     initial loss is kept (``hold-initial`` caps it at ``L_init * (1 - margin)``); one at or
     above it is kept as a forgetting budget (``budget``), replaced by ``L_init + tolerance``
     (``tolerance``) or by ``L_init * (1 - margin)`` (``hold-initial``), or refused.
@@ -401,7 +401,7 @@ def loss_points(trajectory: Trajectory, domains: Optional[Sequence[str]] = None)
     """Collect ``(consumed_tokens, eval_loss)`` from a trajectory's update records.
 
     Args:
-        trajectory (Trajectory): a parsed trajectory (see :mod:`megatron_velocitune.trajectory`).
+        trajectory (Trajectory): a parsed trajectory (:mod:`megatron_velocitune.core.trajectory`).
         domains (Optional[Sequence[str]]): names to pick, in this order (default: the run's).
 
     Returns:

@@ -5,8 +5,8 @@ runs the model forward-only on every domain's held-out ``GPTDataset`` with
 ``get_forward_backward_func()(..., forward_only=True)``, so tensor-, pipeline- and
 context-parallel layouts work exactly as in training, and returns this rank's **local** sums
 ``(loss_sum, token_count)`` per domain in float64. Summing them over the data-parallel group is
-:mod:`megatron_velocitune.distributed`'s job: one reduction per update, never a collective in
-the per-micro-batch loss function.
+:mod:`megatron_velocitune.control.distributed`'s job: one reduction per update, never a
+collective in the per-micro-batch loss function.
 
 Which samples (a plan, identical on every rank):
 
@@ -35,7 +35,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_velocitune.batch import BATCH_KEYS, broadcast_batch, gpt_forward
+from megatron_velocitune.data.batch import BATCH_KEYS, broadcast_batch, gpt_forward
 
 __all__ = [
     "DomainEvaluator",

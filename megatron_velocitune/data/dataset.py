@@ -5,11 +5,11 @@ weights, size, config``) and returning the same items (``{"dataset_id": d, **dat
 so every megatron-core and Megatron-LM consumer of a ``BlendedDataset`` keeps working. What
 changes is that :meth:`VelocityBlendedDataset.update_weights` redraws the blend from a global
 sample on, leaving every earlier sample untouched. The index maths is in
-:mod:`megatron_velocitune.blending`; see there for the segment rule, the carried per-domain
+:mod:`megatron_velocitune.core.blending`; see there for the segment rule, the carried per-domain
 counts and the epoch wrap-around.
 
 Data-loader workers hold a fork-time copy of the dataset: after an update, rebuild the data
-iterator at the consumed position (:func:`megatron_velocitune.loader.build_data_iterator`).
+iterator at the consumed position (:func:`megatron_velocitune.data.loader.build_data_iterator`).
 """
 
 import logging
@@ -21,7 +21,7 @@ from megatron.core.datasets.blended_megatron_dataset_config import BlendedMegatr
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.utils import log_single_rank
 
-from megatron_velocitune.blending import BlendIndex, Segment
+from megatron_velocitune.core.blending import BlendIndex, Segment
 
 __all__ = ["VelocityBlendedDataset"]
 
@@ -136,7 +136,7 @@ class VelocityBlendedDataset(BlendedDataset):
 
     @property
     def segments(self) -> List[Segment]:
-        """The weight history: one :class:`~megatron_velocitune.blending.Segment` per blend."""
+        """The weight history: one :class:`~megatron_velocitune.core.blending.Segment` per blend."""
         return self._index.segments
 
     def weights_at(self, sample: int) -> numpy.ndarray:

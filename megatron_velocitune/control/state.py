@@ -1,7 +1,7 @@
 """The controller's state as a sidecar file next to a Megatron checkpoint.
 
 Megatron-LM's checkpoints have no hook for plugin state, so the controller's
-:meth:`~megatron_velocitune.controller.VelocituneController.state_dict` (blend, initial and
+:meth:`~megatron_velocitune.control.controller.VelocituneController.state_dict` (blend, initial and
 target losses, weight history) is written as JSON beside the checkpoint of the same iteration::
 
     <save>/iter_0000150/velocitune_state.json

@@ -16,7 +16,7 @@ fits unless the points carry two or more model sizes.
 
 Assumptions where the paper could not be checked here: ``eps`` is a fixed constant (default
 :data:`DEFAULT_EPS`), not fitted; the fit is the same Huber-on-log-loss, L-BFGS-B, grid-of-starts
-procedure as the Chinchilla target fit (:mod:`megatron_velocitune.fitting`), as the paper
+procedure as the Chinchilla target fit (:mod:`megatron_velocitune.laws.fitting`), as the paper
 describes for its own fit; bounds keep every coefficient non-negative, ``beta`` and ``alpha`` in
 ``[0.01, 2]``, ``eta`` in ``[0, 2]`` and ``gamma`` in ``[0, 3]``.
 
@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import minimize
 
-from megatron_velocitune.fitting import (
+from megatron_velocitune.laws.fitting import (
     DEFAULT_HUBER_DELTA,
     fit_huber_log,
     huber_log_loss,
@@ -44,7 +44,7 @@ from megatron_velocitune.fitting import (
     single_threaded_blas,
     start_grid,
 )
-from megatron_velocitune.scaling_law import TooFewPointsError
+from megatron_velocitune.laws.scaling_law import TooFewPointsError
 
 __all__ = [
     "DEFAULT_EPS",

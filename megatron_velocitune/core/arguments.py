@@ -13,9 +13,9 @@ import argparse
 import json
 from typing import Dict, List, Optional, Sequence
 
-from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.files import write_json
-from megatron_velocitune.policy import (
+from megatron_velocitune.core.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
     POLICIES,

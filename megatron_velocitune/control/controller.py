@@ -6,8 +6,8 @@ rank after each training iteration (it returns at once except every ``m`` iterat
 update:
 
 1. every rank runs the forward-only held-out evaluation (the pipeline needs all of them);
-2. :func:`~megatron_velocitune.distributed.synchronize_update` sums the losses over DP(+CP) on
-   the last stage, one rank applies the pure policy, the blend is broadcast to every rank and
+2. :func:`~megatron_velocitune.control.distributed.synchronize_update` sums the losses over
+   DP(+CP) on the last stage, one rank applies the pure policy, the blend is broadcast to every rank and
    checked bit-identical everywhere (a non-finite loss skips the update on all ranks);
 3. ranks holding the training dataset call ``dataset.update_weights(weights, consumed_samples)``
    (and every registered sink is called), so the new blend applies from the first sample of the
@@ -22,7 +22,7 @@ rule (``--velocitune-rising-rule``): a target above ``L_init`` is a forgetting b
 ``budget`` and ``tolerance``, held below it under ``hold-initial``, an error under ``refuse``;
 the trajectory header records each domain's rule.
 :meth:`state_dict` / :meth:`load_state_dict` carry the history and the losses as JSON-able data
-(:mod:`megatron_velocitune.state` writes them next to a checkpoint).
+(:mod:`megatron_velocitune.control.state` writes them next to a checkpoint).
 """
 
 import logging
@@ -31,16 +31,16 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from megatron_velocitune.config import VelocituneConfig, VelocituneConfigError
-from megatron_velocitune.distributed import UpdateDecision, UpdateGroups, synchronize_update
-from megatron_velocitune.evaluation import DomainSums
-from megatron_velocitune.policy import (
+from megatron_velocitune.control.distributed import UpdateDecision, UpdateGroups, synchronize_update
+from megatron_velocitune.control.evaluation import DomainSums
+from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.policy import (
     domain_velocity,
     held_budget_velocity,
     normalize,
     update_weights,
 )
-from megatron_velocitune.trajectory import TrajectoryWriter
+from megatron_velocitune.core.trajectory import TrajectoryWriter
 
 __all__ = ["STATE_VERSION", "TRAJECTORY_FILE", "VelocituneController", "WeightSink"]
 
@@ -69,7 +69,7 @@ class VelocituneController:
         config (VelocituneConfig): the run's knobs (policy, ``m``, losses, floor, names).
         weights (Sequence[float]): the starting blend (normalised here), in domain order.
         evaluator (_Evaluator): returns this rank's local per-domain sums; normally a
-            :class:`~megatron_velocitune.evaluation.DomainEvaluator`, built on every rank.
+            :class:`~megatron_velocitune.control.evaluation.DomainEvaluator`, built on every rank.
         dataset (Optional[Any]): the training dataset on ranks that hold one (an object with
             ``update_weights(weights, start_sample)``), None elsewhere.
         sinks (Sequence[WeightSink]): more callables ``(weights, start_sample)`` to notify.

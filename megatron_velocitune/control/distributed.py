@@ -21,7 +21,7 @@ whatever the layout:
    the decider does not see) turns the update into a skip on every rank.
 
 No collective runs inside the per-micro-batch loss function (see
-:mod:`megatron_velocitune.evaluation`); this module is the only place the losses move.
+:mod:`megatron_velocitune.control.evaluation`); this module is the only place the losses move.
 """
 
 import enum
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_velocitune.evaluation import DomainSums
+from megatron_velocitune.control.evaluation import DomainSums
 
 __all__ = [
     "UpdateDecision",

@@ -20,14 +20,14 @@ since the last update. Two differences from the held-out loss, and how they are 
   fitted on a proxy run with the same ``--velocitune-loss-source train``.
 
 A domain that drew no sample in a window keeps its previous estimate (the controller passes it
-as the fallback of :func:`~megatron_velocitune.distributed.synchronize_update`).
+as the fallback of :func:`~megatron_velocitune.control.distributed.synchronize_update`).
 """
 
 from typing import Optional
 
 import torch
 
-from megatron_velocitune.evaluation import DomainSums
+from megatron_velocitune.control.evaluation import DomainSums
 
 __all__ = ["DomainLossAccumulator", "TrainStreamEvaluator"]
 
@@ -91,7 +91,7 @@ class TrainStreamEvaluator:
     is the base model's loss on the first samples the stream will draw from each domain.
 
     Args:
-        first_draws: a :class:`~megatron_velocitune.evaluation.DomainEvaluator` over the
+        first_draws: a :class:`~megatron_velocitune.control.evaluation.DomainEvaluator` over the
             per-domain *training* datasets (its fixed subset is their first samples).
         accumulator (DomainLossAccumulator): fed by the training loss function.
     """

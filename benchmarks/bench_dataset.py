@@ -2,8 +2,9 @@
 
 Both blend the same per-domain megatron-core ``GPTDataset``s, built from real ``.bin/.idx``
 files (the test corpus: three domains of real text, byte-level BPE,
-``megatron_velocitune.data.corpus`` through ``tests/conftest.build_corpus``), each sized for the static blend at the run length so
-the static ``BlendedDataset`` does not raise. Measured, in one run:
+``megatron_velocitune.data.corpus`` through ``tests/conftest.build_corpus``), each sized for
+the static blend at the run length so the static ``BlendedDataset`` does not raise. Measured,
+in one run:
 
 * construction: the index build at start (static: the whole run; dynamic: the first window);
 * a weight update for a window of 150 steps x 1,024 samples (153,600 samples) near the end of

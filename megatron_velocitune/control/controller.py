@@ -7,8 +7,8 @@ update:
 
 1. every rank runs the forward-only held-out evaluation (the pipeline needs all of them);
 2. :func:`~megatron_velocitune.control.distributed.synchronize_update` sums the losses over
-   DP(+CP) on the last stage, one rank applies the pure policy, the blend is broadcast to every rank and
-   checked bit-identical everywhere (a non-finite loss skips the update on all ranks);
+   DP(+CP) on the last stage, one rank applies the pure policy, the blend is broadcast to every
+   rank and checked bit-identical everywhere (a non-finite loss skips the update on all ranks);
 3. ranks holding the training dataset call ``dataset.update_weights(weights, consumed_samples)``
    (and every registered sink is called), so the new blend applies from the first sample of the
    next iteration;

@@ -6,8 +6,8 @@ is_dataset_built_on_rank, config).build()``. While Megatron-LM's
 for :func:`velocity_build`, which returns
 
 - train: :func:`megatron_velocitune.data.builder.build_velocity_datasets`'
-  ``VelocityBlendedDataset`` over each domain's train split (sized per domain, replaying epochs when a weight outgrows its
-  share), with the provider's own config, sizes and rank predicate;
+  ``VelocityBlendedDataset`` over each domain's train split (sized per domain, replaying epochs
+  when a weight outgrows its share), with the provider's own config, sizes and rank predicate;
 - validation and test: exactly what megatron-core would have built (the same static blends of the
   same splits at the same sizes): the original ``build`` runs with the train split switched off,
   so Megatron-LM's ``--eval-interval`` validation is unchanged;

@@ -41,6 +41,7 @@ from megatron_velocitune.control.distributed import UpdateGroups, reduce_domain_
 from megatron_velocitune.control.evaluation import DomainEvaluator  # noqa: E402
 from megatron_velocitune.control.train_stream import DomainLossAccumulator  # noqa: E402
 from megatron_velocitune.data.loader import RebuildableDataIterator  # noqa: E402
+from megatron_velocitune.device import compute_device  # noqa: E402
 from megatron_velocitune.training import ParallelConfig, initialize_parallel  # noqa: E402
 from megatron_velocitune.training.arguments import parse_args  # noqa: E402
 
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     )
     stream = DomainLossAccumulator(
         k,
-        torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"),
+        compute_device(),
     )
     groups = UpdateGroups.from_parallel_state()
     fb = get_forward_backward_func()

@@ -48,7 +48,7 @@ class PrecomputedEvaluator:
         self.base = 7.0 - 0.1 * np.arange(K) - 0.001 * rank
 
     def evaluate(self, full=False, plan=None):
-        from megatron_velocitune.control.evaluation import DomainSums
+        from megatron_velocitune.core.sums import DomainSums
 
         self.calls += 1
         tokens = np.full(K, 4096.0)

@@ -36,7 +36,7 @@ class StubEvaluator:
         self.num_domains = num_domains
 
     def evaluate(self, full=False):
-        from megatron_velocitune.control.evaluation import DomainSums
+        from megatron_velocitune.core.sums import DomainSums
 
         self.calls += 1
         loss = np.array([3.4, 3.2, 5.0][: self.num_domains]) - 0.1 * self.calls

@@ -16,7 +16,7 @@ import torch
 
 from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
 from megatron_velocitune.control.distributed import UpdateGroups, synchronize_update
-from megatron_velocitune.control.evaluation import DomainSums, full_plan, subset_plan
+from megatron_velocitune.control.evaluation import full_plan, subset_plan
 from megatron_velocitune.control.state import (
     SIDECAR_NAME,
     load_controller_state,
@@ -25,6 +25,7 @@ from megatron_velocitune.control.state import (
 )
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.policy import update_weights
+from megatron_velocitune.core.sums import DomainSums
 from megatron_velocitune.core.trajectory import read_trajectory
 
 from .conftest import one_process_world

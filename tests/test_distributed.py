@@ -259,7 +259,7 @@ def sync_worker(rank, world_size, mode):
         WeightMismatchError,
         synchronize_update,
     )
-    from megatron_velocitune.control.evaluation import DomainSums
+    from megatron_velocitune.core.sums import DomainSums
     from megatron_velocitune.training import ParallelConfig, initialize_parallel
 
     initialize_parallel(ParallelConfig(), seed=1)

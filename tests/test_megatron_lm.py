@@ -459,7 +459,7 @@ class _StubEvaluator:
         self.calls = 0
 
     def evaluate(self, full=False):
-        from megatron_velocitune.control.evaluation import DomainSums
+        from megatron_velocitune.core.sums import DomainSums
 
         self.calls += 1
         loss = np.array([3.4, 3.2, 5.0]) - 0.1 * self.calls

@@ -8,10 +8,10 @@ import torch
 
 from megatron_velocitune.control.controller import VelocituneController
 from megatron_velocitune.control.distributed import UpdateGroups
-from megatron_velocitune.control.evaluation import DomainSums
 from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
 from megatron_velocitune.core.config import VelocituneConfig
 from megatron_velocitune.core.policy import velocity_update
+from megatron_velocitune.core.sums import DomainSums
 from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.training.arguments import parse_args
 

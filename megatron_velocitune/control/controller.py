@@ -6,15 +6,22 @@ rank after each training iteration (it returns at once except every ``m`` iterat
 update:
 
 1. every rank runs the forward-only held-out evaluation (the pipeline needs all of them);
-2. :func:`~megatron_velocitune.control.distributed.synchronize_update` sums the losses over
-   DP(+CP) on the last stage, one rank applies the pure policy, the blend is broadcast to every
-   rank and checked bit-identical everywhere (a non-finite loss skips the update on all ranks);
-3. ranks holding the training dataset call ``dataset.update_weights(weights, consumed_samples)``
-   (and every registered sink is called), so the new blend applies from the first sample of the
-   next iteration;
-4. the deciding rank appends a record to the JSONL trajectory; ranks given a TensorBoard writer
-   log ``velocitune/weight/<domain>``, ``velocitune/eval-loss/<domain>`` and
+2. the injected :class:`~megatron_velocitune.control.sync.UpdateSync` reduces the losses, applies
+   the pure policy on one rank and shares the blend; the default,
+   :class:`~megatron_velocitune.control.distributed.DistributedSync`, sums over DP(+CP) on the last
+   stage, broadcasts and checks the blend bit-identical everywhere (a non-finite loss skips the
+   update on all ranks); :class:`~megatron_velocitune.control.sync.LocalSync` is one process;
+3. when the blend changed, ranks holding the training dataset call
+   ``dataset.update_weights(weights, consumed_samples)`` and every registered sink is called (a
+   loader rebuild), so the new blend applies from the first sample of the next iteration; an
+   observe-only (static) run never calls them;
+4. the observers log it: the deciding rank's JSONL trajectory
+   (:class:`~megatron_velocitune.control.observers.TrajectoryObserver`) and, on ranks given a
+   TensorBoard writer, ``velocitune/weight/<domain>``, ``velocitune/eval-loss/<domain>`` and
    ``velocitune/velocity/<domain>`` (each also ``... vs samples``).
+
+The controller imports neither torch nor megatron: ranks live in the sync, files in the
+observers.
 
 The initial loss ``L_init`` is measured at iteration 0 on the full held-out sets when the config
 does not give it. Each domain's target is then resolved against it by the config's rising-domain
@@ -31,8 +38,8 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from megatron_velocitune.control.distributed import UpdateDecision, UpdateGroups, synchronize_update
-from megatron_velocitune.control.evaluation import DomainSums
+from megatron_velocitune.control.observers import Observer, TensorBoardObserver, TrajectoryObserver
+from megatron_velocitune.control.sync import UpdateDecision, UpdateSync
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.policy import (
     domain_velocity,
@@ -40,7 +47,7 @@ from megatron_velocitune.core.policy import (
     normalize,
     update_weights,
 )
-from megatron_velocitune.core.trajectory import TrajectoryWriter
+from megatron_velocitune.core.sums import DomainSums
 
 __all__ = ["STATE_VERSION", "TRAJECTORY_FILE", "VelocituneController", "WeightSink"]
 
@@ -49,7 +56,7 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 1
 TRAJECTORY_FILE = "velocitune_trajectory.jsonl"
 
-# Called with (weights, start_sample) after every applied update.
+# Called with (weights, start_sample) after every update that changed the blend.
 WeightSink = Callable[[np.ndarray, int], None]
 
 
@@ -72,7 +79,8 @@ class VelocituneController:
             :class:`~megatron_velocitune.control.evaluation.DomainEvaluator`, built on every rank.
         dataset (Optional[Any]): the training dataset on ranks that hold one (an object with
             ``update_weights(weights, start_sample)``), None elsewhere.
-        sinks (Sequence[WeightSink]): more callables ``(weights, start_sample)`` to notify.
+        sinks (Sequence[WeightSink]): more callables ``(weights, start_sample)`` to notify when
+            the blend changes (e.g. a data-loader rebuild).
         seq_length (Optional[int]): tokens per sample, for ``consumed_tokens`` in the log.
         tensorboard_writer (Optional[Any]): a ``SummaryWriter``-like object (``add_scalar``)
             on the ranks that log to TensorBoard (Megatron-LM: the last rank), None elsewhere.
@@ -81,8 +89,11 @@ class VelocituneController:
             by the deciding rank only.
         header_extra (Optional[Dict[str, Any]]): more header fields (``seq_length``,
             ``global_batch_size``, ``train_iters``, ...).
-        groups (Optional[UpdateGroups]): process groups; found from megatron-core's parallel
-            state at the first update when None.
+        sync (Optional[UpdateSync]): how an update is reduced, decided and shared; default a
+            :class:`~megatron_velocitune.control.distributed.DistributedSync` built from
+            megatron-core's parallel state at the first update (imported only then).
+        observers (Sequence[Observer]): more observers of the updates.
+        groups (Optional[UpdateGroups]): process groups for the default distributed sync.
     """
 
     def __init__(
@@ -96,7 +107,9 @@ class VelocituneController:
         tensorboard_writer: Optional[Any] = None,
         trajectory_path: Optional[str] = None,
         header_extra: Optional[Dict[str, Any]] = None,
-        groups: Optional[UpdateGroups] = None,
+        sync: Optional[UpdateSync] = None,
+        observers: Sequence[Observer] = (),
+        groups: Optional[Any] = None,
     ) -> None:
         self.config = config
         self.initial_weights = normalize(np.asarray(weights, dtype=np.float64))
@@ -127,15 +140,32 @@ class VelocituneController:
             trajectory_path = os.path.join(config.log_dir, TRAJECTORY_FILE)
         self.trajectory_path = trajectory_path
         self.header_extra = dict(header_extra or {})
-        self.groups = groups
+        self.sync = sync
+        self._groups = groups
+        self.observers: List[Observer] = list(observers)
+        if tensorboard_writer is not None:
+            self.observers.append(TensorBoardObserver(tensorboard_writer))
         self.history: List[Dict[str, Any]] = []
         self.initialized = False
-        self._writer: Optional[TrajectoryWriter] = None
 
     # ------------------------------------------------------------------ public API
     def add_sink(self, sink: WeightSink) -> None:
-        """Register another ``(weights, start_sample)`` callable, notified after each update."""
+        """Register another ``(weights, start_sample)`` callable, called when the blend changes."""
         self.sinks.append(sink)
+
+    @property
+    def groups(self) -> Optional[Any]:
+        """The process groups of a distributed sync (None for another sync or before start)."""
+        return getattr(self.sync, "groups", self._groups)
+
+    def _connect(self) -> None:
+        """The default sync (the edge that imports torch) and the trajectory observer."""
+        if self.sync is None:
+            from megatron_velocitune.control.distributed import DistributedSync
+
+            self.sync = DistributedSync(self._groups)
+        if self.sync.is_decider and self.trajectory_path:
+            self.observers.insert(0, TrajectoryObserver(self.trajectory_path))
 
     def is_update_iteration(self, iteration: int) -> bool:
         """Whether :meth:`maybe_update` evaluates at ``iteration`` (every ``m``, never at 0)."""
@@ -154,8 +184,7 @@ class VelocituneController:
         """
         if self.initialized:
             return
-        if self.groups is None:
-            self.groups = UpdateGroups.from_parallel_state()
+        self._connect()
         measured = False
         if self.initial_loss is None:
             if iteration != 0:
@@ -166,13 +195,8 @@ class VelocituneController:
                 )
             sums = self.evaluator.evaluate(full=True)
             # The identity policy: this round only reduces and shares the losses.
-            decision = synchronize_update(
-                sums,
-                self.weights,
-                lambda mean: self.weights,
-                iteration,
-                consumed_samples,
-                self.groups,
+            decision = self.sync.update(
+                sums, self.weights, lambda mean: self.weights, iteration, consumed_samples
             )
             loss = decision.eval_loss
             if decision.skipped or not np.isfinite(loss).all():
@@ -232,16 +256,15 @@ class VelocituneController:
             return None  # already done (a resumed run replaying its last iteration)
         sums = self.evaluator.evaluate(full=False)
         self._measured_under = self.weights.copy()
-        decision = synchronize_update(
+        decision = self.sync.update(
             sums,
             self.weights,
             self._decide,
             iteration,
             consumed_samples,
-            self.groups,
             fallback=self._last_estimate() if self.config.loss_source == "train" else None,
         )
-        if not decision.skipped:
+        if decision.changed:
             self.weights = decision.weights
             for sink in self.sinks:
                 sink(self.weights.copy(), consumed_samples)
@@ -366,12 +389,13 @@ class VelocituneController:
             "skipped": bool(decision.skipped),
         }
         self.history.append(record)
-        if self.groups.is_decider and self.trajectory_path:
+        if self.observers:
             if domain_tokens is None and self.seq_length is not None:
                 counts = getattr(self.dataset, "domain_counts", None)
                 if counts is not None:
                     domain_tokens = np.asarray(counts(consumed_samples)) * self.seq_length
-            self._trajectory().write(
+            self._notify(
+                "on_update",
                 {
                     "type": "update",
                     "iteration": record["iteration"],
@@ -389,24 +413,18 @@ class VelocituneController:
                     "start_sample": record["start_sample"],
                     "skipped": record["skipped"],
                     **(extra or {}),
-                }
+                },
             )
         self._log_scalars("eval-loss", eval_loss, iteration, consumed_samples)
         if vel is not None:
             self._log_scalars("velocity", vel, iteration, consumed_samples)
         self._log_scalars("weight", self.weights, iteration, consumed_samples)
 
-    def _trajectory(self) -> TrajectoryWriter:
-        if self._writer is None:
-            self._writer = TrajectoryWriter(self.trajectory_path)
-        return self._writer
+    def _notify(self, event: str, *args: Any) -> None:
+        for observer in self.observers:
+            getattr(observer, event)(*args)
 
     def _write_header(self) -> None:
-        if not (self.groups.is_decider and self.trajectory_path):
-            return
-        # A resumed run appends to the same file: one header per file.
-        if os.path.exists(self.trajectory_path) and os.path.getsize(self.trajectory_path) > 0:
-            return
         header = {
             "type": "header",
             "domains": list(self.names),
@@ -427,7 +445,7 @@ class VelocituneController:
         if self.seq_length is not None:
             header["seq_length"] = self.seq_length
         header.update(self.header_extra)
-        self._trajectory().write(header)
+        self._notify("on_header", header)
 
     def _rule_knobs(self) -> Dict[str, Any]:
         """The knobs of the rising-domain rule and the headroom floor, as the header holds them."""
@@ -449,16 +467,10 @@ class VelocituneController:
         if self.target_rules is None:
             return
         line = f"rule {self.config.rising_rule}: {self.describe_rules()}"
-        if self.groups.is_decider:
+        if self.sync.is_decider:
             logger.info("velocitune: target rules %s", line)
-        writer = self.tensorboard_writer
-        if writer is not None and hasattr(writer, "add_text"):
-            writer.add_text("velocitune/target-rules", line, 0)
+        self._notify("on_text", "velocitune/target-rules", line)
 
     def _log_scalars(self, kind: str, values: np.ndarray, iteration: int, samples: int) -> None:
-        writer = self.tensorboard_writer
-        if writer is None:
-            return
-        for name, value in zip(self.names, np.asarray(values, np.float64).tolist()):
-            writer.add_scalar(f"velocitune/{kind}/{name}", value, iteration)
-            writer.add_scalar(f"velocitune/{kind}/{name} vs samples", value, samples)
+        values = np.asarray(values, np.float64).tolist()
+        self._notify("on_scalars", kind, self.names, values, iteration, samples)

@@ -24,9 +24,6 @@ No collective runs inside the per-micro-batch loss function (see
 :mod:`megatron_velocitune.control.evaluation`); this module is the only place the losses move.
 """
 
-import enum
-import logging
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -35,9 +32,18 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_velocitune.control.evaluation import DomainSums
+from megatron_velocitune.control.sync import (
+    UpdateDecision,
+    UpdateStatus,
+    WeightMismatchError,
+    decide,
+    make_decision,
+)
+from megatron_velocitune.core.sums import DomainSums
+from megatron_velocitune.device import compute_device
 
 __all__ = [
+    "DistributedSync",
     "UpdateDecision",
     "UpdateGroups",
     "UpdateStatus",
@@ -45,20 +51,6 @@ __all__ = [
     "reduce_domain_sums",
     "synchronize_update",
 ]
-
-logger = logging.getLogger(__name__)
-
-
-class WeightMismatchError(RuntimeError):
-    """Ranks disagree on the blend (or on the iteration / sample it applies from)."""
-
-
-class UpdateStatus(enum.IntEnum):
-    """Outcome of one update, as broadcast by the decider."""
-
-    APPLIED = 0
-    SKIPPED = 1  # a non-finite domain loss: weights kept
-    ERROR = 2  # the policy raised on the decider
 
 
 @dataclass
@@ -103,9 +95,7 @@ class UpdateGroups:
         if not dist.is_initialized():
             return cls.single_process()
         ps = parallel_state
-        device = torch.device(
-            f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-        )
+        device = compute_device()
         rank, world = dist.get_rank(), dist.get_world_size()
         is_last = ps.is_pipeline_last_stage()
         candidate = (
@@ -130,31 +120,6 @@ class UpdateGroups:
         )
 
 
-@dataclass
-class UpdateDecision:
-    """What every rank knows after :func:`synchronize_update` (identical on all ranks).
-
-    Attributes:
-        weights (np.ndarray): the blend in force from now on (the old one if skipped).
-        sums (DomainSums): the globally reduced per-domain loss sums and token counts.
-        skipped (bool): the update was skipped (non-finite loss somewhere); weights kept.
-        reason (str): why it was skipped ("" when applied).
-        fallback (Optional[np.ndarray]): loss used for a domain with no tokens (see
-            :func:`synchronize_update`).
-    """
-
-    weights: np.ndarray
-    sums: DomainSums
-    skipped: bool
-    reason: str = ""
-    fallback: Optional[np.ndarray] = None
-
-    @property
-    def eval_loss(self) -> np.ndarray:
-        """Reduced mean loss per domain (the policy's input)."""
-        return self.sums.mean(self.fallback)
-
-
 def reduce_domain_sums(local: DomainSums, groups: UpdateGroups) -> DomainSums:
     """Sum per-domain (loss, tokens) over the data(+context)-parallel group (last stage only).
 
@@ -174,7 +139,7 @@ def reduce_domain_sums(local: DomainSums, groups: UpdateGroups) -> DomainSums:
 def synchronize_update(
     local: DomainSums,
     weights: np.ndarray,
-    decide: Callable[[np.ndarray], np.ndarray],
+    decide_weights: Callable[[np.ndarray], np.ndarray],
     iteration: int,
     consumed_samples: int,
     groups: UpdateGroups,
@@ -187,8 +152,8 @@ def synchronize_update(
     Args:
         local (DomainSums): this rank's local sums (zeros off the last pipeline stage).
         weights (np.ndarray): the current blend (identical on every rank).
-        decide (Callable[[np.ndarray], np.ndarray]): new weights from the reduced mean losses;
-            runs on the decider only (the pure policy).
+        decide_weights (Callable[[np.ndarray], np.ndarray]): new weights from the reduced mean
+            losses; runs on the decider only (the pure policy).
         iteration (int): the training iteration of this update.
         consumed_samples (int): global samples consumed so far (where the new blend starts).
         groups (UpdateGroups): process groups, from :meth:`UpdateGroups.from_parallel_state`.
@@ -219,18 +184,7 @@ def synchronize_update(
     payload = torch.zeros(1 + 3 * k, dtype=torch.float64)
     error = ""
     if groups.is_decider:
-        status, new = UpdateStatus.APPLIED, weights
-        mean = reduced.mean(fallback)
-        if not np.isfinite(mean).all():
-            status = UpdateStatus.SKIPPED
-        else:
-            try:
-                new = np.asarray(decide(mean), dtype=np.float64)
-                if new.shape != (k,) or not np.isfinite(new).all():
-                    raise ValueError(f"policy returned {new!r} for {k} domains")
-            except Exception as e:  # noqa: BLE001 - every rank must learn of it, then raise
-                status, new, error = UpdateStatus.ERROR, weights, repr(e)
-                logger.exception("velocitune policy failed on the deciding rank")
+        status, new, error = decide(reduced, weights, decide_weights, fallback)
         payload[0] = float(status)
         payload[1 : 1 + k] = torch.from_numpy(new)
         payload[1 + k :] = torch.from_numpy(reduced.to_vector())
@@ -240,9 +194,9 @@ def synchronize_update(
     payload = payload.cpu().numpy()
     status = UpdateStatus(int(payload[0]))
     if status is UpdateStatus.ERROR:
-        raise RuntimeError(
-            f"velocitune: the weight policy failed on rank {groups.decider_rank} at iteration "
-            f"{iteration}" + (f": {error}" if error else " (see that rank's log)")
+        # Every rank raises (the decider knows why), instead of hanging in the next collective.
+        make_decision(
+            status, weights, weights, None, iteration, fallback, False, groups.decider_rank, error
         )
     candidate = payload[1 : 1 + k].copy()
     sums = DomainSums.from_vector(payload[1 + k :])
@@ -267,14 +221,33 @@ def synchronize_update(
             f"max {hi.tolist()} vs min {lo.tolist()}"
         )
 
-    if status is UpdateStatus.SKIPPED or any_bad:
-        reason = "non-finite loss " + (
-            f"{sums.mean(fallback).tolist()}" if status is UpdateStatus.SKIPPED else "on some rank"
+    return make_decision(
+        status, weights, candidate, sums, iteration, fallback, bool(any_bad), groups.decider_rank
+    )
+
+
+class DistributedSync:
+    """:class:`~megatron_velocitune.control.sync.UpdateSync` over torch.distributed ranks.
+
+    Args:
+        groups (UpdateGroups): the process groups (default: from megatron-core's parallel state,
+            one world collective; call on every rank).
+    """
+
+    def __init__(self, groups: Optional[UpdateGroups] = None) -> None:
+        self.groups = groups if groups is not None else UpdateGroups.from_parallel_state()
+
+    @property
+    def is_decider(self) -> bool:
+        """Whether this rank applies the policy and writes the trajectory."""
+        return self.groups.is_decider
+
+    def update(self, local, weights, policy, iteration, consumed_samples, fallback=None):
+        """:func:`synchronize_update` with this sync's groups."""
+        return synchronize_update(
+            local, weights, policy, iteration, consumed_samples, self.groups, fallback
         )
-        warnings.warn(
-            f"velocitune: update at iteration {iteration} skipped ({reason}); weights kept",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return UpdateDecision(weights.copy(), sums, skipped=True, reason=reason, fallback=fallback)
-    return UpdateDecision(candidate, sums, skipped=False, fallback=fallback)
+
+    def reduce(self, local: DomainSums) -> DomainSums:
+        """:func:`reduce_domain_sums` with this sync's groups (last stage; others keep zeros)."""
+        return reduce_domain_sums(local, self.groups)

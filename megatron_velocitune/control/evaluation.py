@@ -35,58 +35,16 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_velocitune.core.sums import DomainSums
 from megatron_velocitune.data.batch import BATCH_KEYS, broadcast_batch, gpt_forward
+from megatron_velocitune.device import compute_device
 
 __all__ = [
     "DomainEvaluator",
-    "DomainSums",
     "EvalPlan",
     "full_plan",
     "subset_plan",
 ]
-
-
-@dataclass
-class DomainSums:
-    """Per-domain loss sums and token counts (float64).
-
-    Attributes:
-        loss_sum (np.ndarray): sum of per-token losses over unmasked tokens, per domain.
-        tokens (np.ndarray): number of unmasked tokens, per domain.
-    """
-
-    loss_sum: np.ndarray
-    tokens: np.ndarray
-
-    @classmethod
-    def zeros(cls, num_domains: int) -> "DomainSums":
-        """All-zero sums (what ranks off the last pipeline stage hold)."""
-        return cls(np.zeros(num_domains, np.float64), np.zeros(num_domains, np.float64))
-
-    @property
-    def num_domains(self) -> int:
-        return int(self.loss_sum.shape[0])
-
-    def mean(self, fallback: Optional[np.ndarray] = None) -> np.ndarray:
-        """Mean loss per token, per domain.
-
-        Args:
-            fallback (Optional[np.ndarray]): the value of a domain without tokens (the
-                previous estimate, for the training-stream source); NaN when None.
-        """
-        missing = np.nan if fallback is None else np.asarray(fallback, np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.tokens > 0, self.loss_sum / np.maximum(self.tokens, 1), missing)
-
-    def to_vector(self) -> np.ndarray:
-        """``[loss_sum..., tokens...]``, the layout reduced and broadcast on the wire."""
-        return np.concatenate([self.loss_sum, self.tokens]).astype(np.float64)
-
-    @classmethod
-    def from_vector(cls, vector: np.ndarray) -> "DomainSums":
-        """Inverse of :meth:`to_vector`."""
-        k = vector.shape[0] // 2
-        return cls(np.array(vector[:k], np.float64), np.array(vector[k:], np.float64))
 
 
 @dataclass(frozen=True)
@@ -206,9 +164,7 @@ class DomainEvaluator:
         self.micro_batch_size = micro_batch_size
         self.eval_iters = eval_iters
         self._full_lengths: Optional[Tuple[int, ...]] = None
-        self.device = torch.device(
-            f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-        )
+        self.device = compute_device()
 
     # ---------------------------------------------------------------- plans
     def subset_plan(self) -> EvalPlan:

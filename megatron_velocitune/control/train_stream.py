@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from megatron_velocitune.control.evaluation import DomainSums
+from megatron_velocitune.core.sums import DomainSums
 
 __all__ = ["DomainLossAccumulator", "TrainStreamEvaluator"]
 

@@ -59,6 +59,10 @@ class TrajectoryWriter:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
+    def has_records(self) -> bool:
+        """Whether the file already holds something (a resumed run appends to it)."""
+        return os.path.exists(self.path) and os.path.getsize(self.path) > 0
+
     def write(self, record: Dict[str, Any]) -> None:
         """Append one record and flush it to disk, so a killed run loses nothing logged."""
         with open(self.path, "a", encoding="utf-8") as f:

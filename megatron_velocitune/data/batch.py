@@ -13,6 +13,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.utils import get_batch_on_this_cp_rank
 
+from megatron_velocitune.device import compute_device
+
 __all__ = ["BATCH_KEYS", "broadcast_batch", "gpt_forward"]
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
@@ -22,12 +24,6 @@ _DTYPES = {
     "loss_mask": torch.float32,
     "position_ids": torch.int64,
 }
-
-
-def _device() -> torch.device:
-    return torch.device(
-        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    )
 
 
 def broadcast_batch(
@@ -52,7 +48,7 @@ def broadcast_batch(
     """
     if not (parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()):
         return None
-    device = _device()
+    device = compute_device()
     keys = BATCH_KEYS + (("dataset_id",) if with_domain else ())
     if batch is None:
         shape = (micro_batch_size, seq_length)

@@ -40,11 +40,11 @@ import numpy as np
 
 from megatron_velocitune.control.observers import Observer, TensorBoardObserver, TrajectoryObserver
 from megatron_velocitune.control.sync import UpdateDecision, UpdateSync
+from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.policy import (
     domain_velocity,
     held_budget_velocity,
-    normalize,
     update_weights,
 )
 from megatron_velocitune.core.sums import DomainSums
@@ -112,7 +112,7 @@ class VelocituneController:
         groups: Optional[Any] = None,
     ) -> None:
         self.config = config
-        self.initial_weights = normalize(np.asarray(weights, dtype=np.float64))
+        self.initial_weights = check_blend_weights(weights, None, what="--data-path weights")
         self.num_domains = int(self.initial_weights.shape[0])
         config.validate(self.num_domains, self.initial_weights.tolist())
         self.names = config.names(self.num_domains)

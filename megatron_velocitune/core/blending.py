@@ -52,23 +52,38 @@ _HORIZON_SLACK = 0.25
 STATE_VERSION = 1
 
 
+#: A blend whose sum is this close to one is already normalised and is used bit for bit as it
+#: is: dividing by a sum of ``1 +- ulp`` would move its last bits, and a blend normalised at
+#: the entry, checked again by the controller, the dataset and the saved state, must stay the
+#: same float64 values everywhere (normalising is not idempotent in floating point; this is).
+NORMALISED_TOLERANCE = 1e-12
+
+
 def check_blend_weights(
-    weights: Sequence[float], num_datasets: int, normalize: bool = True
+    weights: Sequence[float],
+    num_datasets: Optional[int],
+    normalize: bool = True,
+    what: str = "blend weights",
+    allow_zero: bool = False,
 ) -> np.ndarray:
-    """Validate a blend and normalise it exactly as megatron-core does.
+    """The one validation of a blend, with its one normalisation (as megatron-core does it).
 
     megatron-core's ``datasets.utils.normalize`` divides a float64 array by its sum; doing the
-    same float operations here keeps the first segment bit-identical to the static blend.
-    Normalising is not idempotent in floating point, so saved (already normalised) weights are
-    checked with ``normalize=False`` and used as they are.
+    same float operations here keeps the first segment bit-identical to the static blend. A
+    blend already normalised (sum within :data:`NORMALISED_TOLERANCE` of one) is returned
+    unchanged, so calling this again on its own output changes nothing.
 
     Args:
         weights (Sequence[float]): one weight per dataset, finite and > 0 (any positive sum).
-        num_datasets (int): the number of datasets blended.
-        normalize (bool): divide by the sum (else only check the sum is 1 within 1e-9).
+        num_datasets (Optional[int]): the number of datasets blended (None: any).
+        normalize (bool): divide by the sum (else only check the sum is 1 within 1e-9: saved
+            weights, used as they are).
+        what (str): what the weights are, for the error message (a flag, a file, a record).
+        allow_zero (bool): accept zero weights (not all): a mixture to average over, which
+            need not sample every domain; a sampling blend needs every weight > 0.
 
     Returns:
-        np.ndarray: the float64 weights divided by their sum.
+        np.ndarray: the float64 weights, normalised.
 
     Raises:
         ValueError: wrong length, or a weight that is not finite and > 0.
@@ -76,16 +91,27 @@ def check_blend_weights(
     try:
         w = np.array(weights, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"blend weights {weights!r} are not numbers") from None
-    if w.ndim != 1 or w.shape[0] != num_datasets:
+        raise ValueError(f"{what} {weights!r} are not numbers") from None
+    if w.ndim != 1 or w.size == 0 or (num_datasets is not None and w.shape[0] != num_datasets):
+        n = num_datasets or "some"
         raise ValueError(
-            f"blend weights {w.tolist()} must be {num_datasets} numbers, one per dataset"
+            f"{what} {np.ravel(w).tolist()} must be {n} numbers, one per dataset "
+            f"(expected {n} weights, got {w.size})"
         )
-    if not np.all(np.isfinite(w)) or not np.all(w > 0.0):
-        raise ValueError(f"blend weights {w.tolist()} must all be finite and > 0")
+    if not np.all(np.isfinite(w)) or not np.all(w >= 0.0 if allow_zero else w > 0.0):
+        rule = ">= 0, not all zero" if allow_zero else "> 0"
+        raise ValueError(f"{what} {w.tolist()} must all be finite and {rule}")
+    if not np.any(w > 0.0):
+        raise ValueError(f"{what} {w.tolist()} must not all be zero")
+    total = float(np.sum(w))
     if not normalize:
-        if abs(float(np.sum(w)) - 1.0) > 1e-9:
-            raise ValueError(f"blend weights {w.tolist()} do not sum to 1")
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(
+                f"{what} {w.tolist()} sum to {total}, not 1 (weights used as given, not "
+                f"normalised, must be normalised: these do not sum to 1)"
+            )
+        return w
+    if abs(total - 1.0) <= NORMALISED_TOLERANCE:
         return w
     return w / np.sum(w)
 

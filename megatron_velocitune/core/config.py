@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
@@ -73,12 +74,10 @@ def check_weights(weights: Sequence[float], flag: str = "--data-path") -> List[f
     Returns:
         List[float]: the weights as floats.
     """
-    weights = [float(w) for w in weights]
-    if not weights or any(not math.isfinite(w) or w <= 0.0 for w in weights):
-        raise VelocituneConfigError(f"{flag}: weights {weights} must all be finite and > 0")
-    if abs(sum(weights) - 1.0) > 1e-6:
-        raise VelocituneConfigError(f"{flag}: weights {weights} sum to {sum(weights)}, not 1")
-    return weights
+    try:
+        return check_blend_weights(weights, None, normalize=False, what=f"{flag}: weights").tolist()
+    except ValueError as e:
+        raise VelocituneConfigError(str(e)) from None
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron_velocitune.core.blending import check_blend_weights
+
 __all__ = [
     "BlendSpan",
     "RunHistory",
@@ -43,14 +45,7 @@ class BlendSpan:
 
 
 def _blend(weights: Sequence[float], k: Optional[int], what: str) -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 1 or w.size == 0 or (k is not None and w.size != k):
-        raise ValueError(f"{what}: expected {k or 'some'} weights, got {list(np.ravel(w))}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(
-            f"{what}: weights must be finite, non-negative, not all zero: {w.tolist()}"
-        )
-    return w / w.sum()
+    return check_blend_weights(weights, k, what=f"{what}: weights", allow_zero=True)
 
 
 def blend_spans(

@@ -3,10 +3,11 @@
 import sys
 from typing import Callable, List, Optional, Sequence
 
+from megatron_velocitune.core.errors import VelocituneError
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 
 
-class ToolError(Exception):
+class ToolError(VelocituneError):
     """A user-facing, one-line error."""
 
 

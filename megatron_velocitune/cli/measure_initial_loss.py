@@ -16,6 +16,7 @@ import sys
 from typing import List, Optional
 
 from megatron_velocitune.training.arguments import parse_args
+from megatron_velocitune.training.loop import measure_initial_loss
 from megatron_velocitune.training.pretrain import run_pretrain
 
 PROG = "velocitune-measure-initial-loss"
@@ -53,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: --output needs a path", file=sys.stderr)
         return 2
     del argv[i : i + 2]
-    return run_pretrain(PROG, parse_args(_with_defaults(argv)), initial_loss_output=output)
+    return run_pretrain(PROG, parse_args(_with_defaults(argv)), measure_initial_loss, output=output)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from megatron_velocitune.control.observers import Observer, TensorBoardObserver,
 from megatron_velocitune.control.sync import UpdateDecision, UpdateSync
 from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.policy import (
     domain_velocity,
     held_budget_velocity,
@@ -332,9 +333,9 @@ class VelocituneController:
             ValueError: the state belongs to another blend (domains) or version.
         """
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"velocitune state version {state.get('version')} != {STATE_VERSION}")
+            raise InputError(f"velocitune state version {state.get('version')} != {STATE_VERSION}")
         if list(state["domains"]) != list(self.names):
-            raise ValueError(
+            raise InputError(
                 f"velocitune state is for domains {state['domains']}, this run has {self.names}"
             )
         if state.get("policy") != self.config.policy:

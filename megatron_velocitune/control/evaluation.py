@@ -35,6 +35,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.sums import DomainSums
 from megatron_velocitune.data.batch import BATCH_KEYS, broadcast_batch, gpt_forward
 from megatron_velocitune.device import compute_device
@@ -193,7 +194,7 @@ class DomainEvaluator:
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
             self._full_lengths = tuple(int(x) for x in t.tolist())
             if min(self._full_lengths) <= 0:
-                raise ValueError(f"a held-out set is empty (sizes {self._full_lengths})")
+                raise InputError(f"a held-out set is empty (sizes {self._full_lengths})")
         return self._full_lengths
 
     def full_plan(self) -> EvalPlan:

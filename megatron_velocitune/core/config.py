@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from megatron_velocitune.core.blending import check_blend_weights
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
@@ -32,7 +33,7 @@ __all__ = [
 LOSS_SOURCES = ("eval", "train")
 
 
-class VelocituneConfigError(ValueError):
+class VelocituneConfigError(InputError):
     """A configuration value is invalid; the message is one line naming the flag and value."""
 
 

@@ -21,6 +21,8 @@ import tempfile
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator, Optional
 
+from megatron_velocitune.core.errors import InputError
+
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 SIDECAR_NAME = "velocitune_state.json"
 MODEL_FILE_NAME = "model_optim_rng.pt"
@@ -144,7 +146,7 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"{flag} {root}: {TRACKER_NAME} holds {text!r}, not an iteration"
         ) from None
 

@@ -33,6 +33,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from megatron_velocitune.core.errors import InputError
+
 __all__ = [
     "DEFAULT_RISING_RULE",
     "DEFAULT_TARGET_MARGIN",
@@ -308,7 +310,7 @@ DEFAULT_RISING_RULE = "budget-hold"
 DEFAULT_TARGET_MARGIN = 0.01
 
 
-class TargetRuleError(ValueError):
+class TargetRuleError(InputError):
     """A target rule cannot apply to a domain (the message names the domain and the values)."""
 
 

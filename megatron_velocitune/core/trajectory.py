@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from megatron_velocitune.core.errors import InputError
+
 __all__ = ["Trajectory", "TrajectoryWriter", "read_trajectory"]
 
 
@@ -89,11 +91,11 @@ def read_trajectory(path: str) -> Trajectory:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not a JSON record ({e})") from None
+                raise InputError(f"{path}:{line_no}: not a JSON record ({e})") from None
             if record.get("type") == "header":
                 header = header or record
             elif record.get("type") == "update":
                 by_iteration[int(record["iteration"])] = record
     if header is None:
-        raise ValueError(f"{path}: no header record (is this a velocitune trajectory?)")
+        raise InputError(f"{path}: no header record (is this a velocitune trajectory?)")
     return Trajectory(header, [by_iteration[i] for i in sorted(by_iteration)])

@@ -25,6 +25,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_velocitune.core.blending import check_blend_weights
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
 __all__ = [
@@ -190,7 +191,7 @@ def build_velocity_datasets(
         VelocityDatasets: the datasets.
     """
     if config.blend is None or config.blend_per_split is not None or config.mock:
-        raise ValueError(
+        raise InputError(
             "build_velocity_datasets needs config.blend=(prefixes, weights) and config.split"
         )
     prefixes, weights = config.blend
@@ -202,7 +203,7 @@ def build_velocity_datasets(
         surplus = config.mid_level_dataset_surplus
         domain_samples = domain_train_samples(weights, train_samples, surplus)
     if len(domain_samples) != len(prefixes):
-        raise ValueError(
+        raise InputError(
             f"domain_samples {list(domain_samples)} must give one size per prefix {prefixes}"
         )
 

@@ -16,6 +16,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from megatron_velocitune.core.errors import InputError
+
 __all__ = [
     "EOD_TOKEN",
     "DomainStats",
@@ -169,8 +171,8 @@ def eod_token_id(tokenizer, path: str, eod_token: Optional[str] = None) -> int:
         if token is not None and tokenizer.token_to_id(token) is not None:
             return tokenizer.token_to_id(token)
     if eod_token:
-        raise ValueError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
-    raise ValueError(
+        raise InputError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
+    raise InputError(
         f"{path}: no end-of-document token: the tokenizer has no {EOD_TOKEN!r} and no "
         "tokenizer_config.json with an eos_token lies beside it (name one with "
         "--tokenizer-eod-token)"
@@ -245,7 +247,7 @@ def write_domain(
     if batch:
         flush(batch)
     if stats.documents == 0:
-        raise ValueError(f"domain {name!r}: no documents to write")
+        raise InputError(f"domain {name!r}: no documents to write")
     builder.finalize(prefix + ".idx")
     return stats
 

@@ -20,6 +20,8 @@ from typing import Iterator, List, Optional
 
 import torch
 
+from megatron_velocitune.core.errors import InputError
+
 __all__ = [
     "MegatronPretrainingSampler",
     "RebuildableDataIterator",
@@ -54,7 +56,7 @@ class MegatronPretrainingSampler:
         if total_samples <= 0:
             raise ValueError(f"no sample to consume: total_samples={total_samples}")
         if not 0 <= consumed_samples < total_samples:
-            raise ValueError(f"no samples left to consume: {consumed_samples} of {total_samples}")
+            raise InputError(f"no samples left to consume: {consumed_samples} of {total_samples}")
         if micro_batch_size <= 0 or data_parallel_size <= 0:
             raise ValueError(
                 f"micro_batch_size {micro_batch_size} and data_parallel_size "

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.policy import (
     DEFAULT_TARGET_MARGIN,
     RISING_RULES,
@@ -72,11 +73,11 @@ MIN_FIT_POINTS = 4
 TARGET_RULES = RISING_RULES
 
 
-class TooFewPointsError(ValueError):
+class TooFewPointsError(InputError):
     """Too few (tokens, loss) points to fit the law."""
 
 
-class TargetAboveInitialError(ValueError):
+class TargetAboveInitialError(InputError):
     """The predicted target is not below the initial loss (velocity would be undefined)."""
 
 

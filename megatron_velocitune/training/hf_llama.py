@@ -35,6 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from megatron_velocitune.core.errors import InputError
+
 __all__ = [
     "ConversionError",
     "LlamaArchitecture",
@@ -61,7 +63,7 @@ _IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq",)
 Shards = Dict[Tuple[int, int], Dict[str, Any]]
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """A checkpoint or config this mapping cannot convert; the message names the problem."""
 
 

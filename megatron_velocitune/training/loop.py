@@ -11,23 +11,24 @@ applies from the first sample of iteration ``t + 1`` and a checkpoint at ``t`` h
 """
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
-from megatron_velocitune.control.distributed import UpdateGroups, reduce_domain_sums
 from megatron_velocitune.control.evaluation import DomainEvaluator
+from megatron_velocitune.control.run import VelocituneRun
+from megatron_velocitune.control.state import sidecar_path
+from megatron_velocitune.control.sync import UpdateSync
 from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
-from megatron_velocitune.core.arguments import config_from_args, write_loss_file
+from megatron_velocitune.core.arguments import write_loss_file
+from megatron_velocitune.core.blending import check_blend_weights
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.data.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.data.builder import (
     DatasetTokenizer,
@@ -38,6 +39,7 @@ from megatron_velocitune.data.builder import (
 )
 from megatron_velocitune.data.corpus import eod_token_id, load_tokenizer
 from megatron_velocitune.data.loader import RebuildableDataIterator
+from megatron_velocitune.device import compute_device
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
 from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer
@@ -47,7 +49,16 @@ from megatron_velocitune.training.parallel import (
     initialize_parallel,
 )
 
-__all__ = ["RunSummary", "build_data", "build_model_and_optimizer", "pretrain"]
+__all__ = [
+    "RunSummary",
+    "TrainingJob",
+    "build_data",
+    "build_model_and_optimizer",
+    "measure_initial_loss",
+    "pretrain",
+    "setup",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +139,6 @@ def _make_forward_step(
     return forward_step
 
 
-def _domain_names(args, prefixes: List[str]) -> List[str]:
-    if args.velocitune_domain_names:
-        return list(args.velocitune_domain_names)
-    return [os.path.basename(p) for p in prefixes]
-
-
 def _reduce_lm_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[float]:
     if not losses:
         return None
@@ -156,7 +161,7 @@ def build_model_and_optimizer(args, info: ParallelInfo):
     vocab_size = tokenizer.get_vocab_size()
     eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
     if args.vocab_size is not None and args.vocab_size < vocab_size:
-        raise ValueError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
+        raise InputError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
     model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
     module, optimizer = build_optimizer(
         model,
@@ -208,22 +213,39 @@ def build_data(
     )
 
 
-def pretrain(
-    args, batch_hook: Optional[BatchHook] = None, initial_loss_output: Optional[str] = None
-) -> RunSummary:
-    """Run (or resume) one pretraining job as configured by :func:`parse_args`.
+@dataclass
+class TrainingJob:
+    """What one rank trains with, built by :func:`setup` (every field on every rank).
 
-    Args:
-        args (argparse.Namespace): from :func:`megatron_velocitune.training.arguments.parse_args`.
-        batch_hook (Optional[BatchHook]): called with ``(dp_rank, micro_batch)`` for every
-            training micro-batch read (tests use it to record what was trained on).
-        initial_loss_output (Optional[str]): measure the initial loss (the model as loaded, on
-            every domain's full held-out set), write it as a ``--velocitune-initial-loss-file``
-            JSON here, and return without training.
-
-    Returns:
-        RunSummary: the run's end state.
+    Attributes:
+        info (ParallelInfo): this rank's place in the TP x PP x DP grid.
+        num_microbatches (int): micro-batches per global batch on this rank.
+        model (torch.nn.Module): the GPTModel stage (what checkpoints hold).
+        module (torch.nn.Module): the DDP-wrapped model (what trains and evaluates).
+        optimizer: the optimizer.
+        scheduler (OptimizerParamScheduler): the learning-rate schedule.
+        data (VelocityDatasets): the dynamic train blend and held-out sets (None off data ranks).
+        stream (Optional[DomainLossAccumulator]): the training-stream loss sums, when read.
+        run (VelocituneRun): the Velocitune run (controller, log, loader-rebuild rule).
+        validator (DomainEvaluator): Megatron-LM's ``--eval-iters`` validation, per domain.
+        writer (Optional[Any]): the TensorBoard writer on the last rank.
     """
+
+    info: ParallelInfo
+    num_microbatches: int
+    model: torch.nn.Module
+    module: torch.nn.Module
+    optimizer: Any
+    scheduler: OptimizerParamScheduler
+    data: VelocityDatasets
+    stream: Optional[DomainLossAccumulator]
+    run: VelocituneRun
+    validator: DomainEvaluator
+    writer: Optional[Any]
+
+
+def setup(args) -> TrainingJob:
+    """Process groups, model, optimizer, schedule, data, evaluators and the Velocitune run."""
     info = initialize_parallel(
         ParallelConfig(
             args.tensor_model_parallel_size,
@@ -232,173 +254,146 @@ def pretrain(
         ),
         seed=args.seed,
     )
-    per_step = args.micro_batch_size * info.dp_size
-    if args.global_batch_size % per_step:
-        raise ValueError(
-            f"--global-batch-size {args.global_batch_size} is not a multiple of "
-            f"--micro-batch-size x data-parallel size = {per_step}"
-        )
-    num_microbatches = args.global_batch_size // per_step
-    if (
-        info.pp_size > 1
-        and not torch.cuda.is_available()
-        and not args.untie_embeddings_and_output_weights
-    ):
-        raise ValueError(
-            "--pipeline-model-parallel-size > 1 on CPU needs "
-            "--untie-embeddings-and-output-weights (megatron-core moves the tied "
-            "embedding of the last stage to CUDA)"
-        )
-
+    num_microbatches = _microbatches(args, info)
     model, module, optimizer, tokenizer = build_model_and_optimizer(args, info)
-    warmup = args.lr_warmup_iters or int((args.lr_warmup_fraction or 0.0) * args.train_iters)
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0 if warmup else args.lr,
-        max_lr=args.lr,
-        min_lr=args.min_lr,
-        lr_warmup_steps=warmup,
-        lr_decay_steps=args.train_iters,
-        lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay,
-        end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters,
-        wd_incr_style="constant",
-    )
+    scheduler = build_scheduler(args, optimizer)
 
-    # Data: the dynamic train blend and each domain's held-out set, on data-holding ranks only.
+    # The blend is validated and normalised once, here; everything downstream keeps its bits.
     prefixes, weights = blend_from_data_path(args.data_path)
-    weights = np.asarray(weights or [1.0] * len(prefixes), np.float64)
-    weights = (weights / weights.sum()).tolist()
-    names = _domain_names(args, prefixes)
-    args.velocitune_domain_names = names
-    vt_config = config_from_args(args)
-    data = build_data(args, info, (prefixes, weights), tokenizer, vt_config.update_interval)
+    weights = check_blend_weights(
+        weights or [1.0] * len(prefixes), len(prefixes), what="--data-path weights"
+    ).tolist()
+    data = build_data(args, info, (prefixes, weights), tokenizer, args.velocitune_update_interval)
     valid = data.valid if info.holds_data else None
-
-    log_dir = vt_config.log_dir or args.tensorboard_dir or args.save
-    writer = None
-    if args.tensorboard_dir and dist.get_rank() == dist.get_world_size() - 1:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=20)
-    trajectory = os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None
-    heldout = DomainEvaluator(
-        module, valid, len(prefixes), args.seq_length, args.micro_batch_size, vt_config.eval_iters
-    )
-    # The training stream is read when it feeds the policy, and logged beside the held-out
-    # estimate in dynamic runs; a static run with held-out evaluation is megatron-core's static
-    # path untouched (the estimator benchmark's baseline).
-    stream = None
-    if vt_config.loss_source == "train" or vt_config.policy != "static":
-        stream = DomainLossAccumulator(
-            len(prefixes),
-            torch.device(
-                f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-            ),
-        )
-    evaluator = heldout
-    if vt_config.loss_source == "train":
-        # L_init on the stream's own footing: the base model on the first samples the stream
-        # draws from each domain (the j-th draw of domain d is train dataset d's sample j).
-        first_draws = DomainEvaluator(
-            module,
-            data.train_per_domain if info.holds_data else None,
-            len(prefixes),
-            args.seq_length,
-            args.micro_batch_size,
-            vt_config.eval_iters,
-        )
-        evaluator = TrainStreamEvaluator(first_draws, stream)
-    controller = VelocituneController(
-        vt_config,
-        weights,
-        evaluator,
-        dataset=data.train,
-        seq_length=args.seq_length,
-        tensorboard_writer=writer,
-        trajectory_path=trajectory,
-        header_extra={
-            "global_batch_size": args.global_batch_size,
-            "train_iters": args.train_iters,
-            "prefixes": prefixes,
-        },
-    )
+    writer = _tensorboard_writer(args)
+    stream, evaluator = build_evaluator(args, info, module, data, len(prefixes))
+    run = VelocituneRun(args, prefixes, weights, data.train, evaluator, _print_rank_last, writer)
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
     )
+    return TrainingJob(
+        info,
+        num_microbatches,
+        model,
+        module,
+        optimizer,
+        scheduler,
+        data,
+        stream,
+        run,
+        validator,
+        writer,
+    )
 
-    iteration = consumed = 0
-    if args.load:
-        iteration, consumed, state = load_checkpoint(
-            args.load,
-            model,
-            optimizer,
-            scheduler,
-            finetune=args.finetune,
-            load_optim=not args.no_load_optim,
-            load_rng=not args.no_load_rng,
-            train_stream=stream,
-        )
-        if state is not None:
-            controller.load_state_dict(state)
-            if data.train is not None:
-                controller.replay(data.train.update_weights)
-        _print_rank_last(
-            f" loaded checkpoint from {args.load} at iteration {iteration}"
-            f" (consumed samples {consumed})"
-        )
-    controller.initialize(iteration, consumed)
-    if controller.target_rules is not None:
-        _print_rank_last(
-            f" velocitune target rules (--velocitune-rising-rule "
-            f"{vt_config.rising_rule}): {controller.describe_rules()}"
-        )
-    groups = controller.groups  # found once (a world collective); validation reuses them
-    if initial_loss_output is not None:
-        if dist.get_rank() == 0:
-            write_loss_file(
-                initial_loss_output,
-                controller.names,
-                controller.initial_loss.tolist(),
-                source="measure_initial_loss",
-                checkpoint=args.load,
-                loss_source=vt_config.loss_source,
-            )
-        _print_rank_last(
-            " initial loss per domain: "
-            + " | ".join(f"{n}: {v:.4f}" for n, v in zip(controller.names, controller.initial_loss))
-            + f" -> {initial_loss_output}"
-        )
-        return RunSummary(
-            iteration,
-            consumed,
-            controller.names,
-            controller.weights.tolist(),
-            initial_loss=controller.initial_loss.tolist(),
-        )
 
+def resume(args, job: TrainingJob) -> Tuple[int, int]:
+    """Load ``--load`` (weights only with ``--finetune``) and the run's saved history.
+
+    Returns:
+        Tuple[int, int]: the iteration and consumed samples to continue from (0, 0 when new).
+    """
+    if not args.load:
+        return 0, 0
+    iteration, consumed, state = load_checkpoint(
+        args.load,
+        job.model,
+        job.optimizer,
+        job.scheduler,
+        finetune=args.finetune,
+        load_optim=not args.no_load_optim,
+        load_rng=not args.no_load_rng,
+        train_stream=job.stream,
+    )
+    if state is not None:
+        job.run.restore(state, sidecar_path(args.load, iteration))
+    _print_rank_last(
+        f" loaded checkpoint from {args.load} at iteration {iteration}"
+        f" (consumed samples {consumed})"
+    )
+    return iteration, consumed
+
+
+def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
+    """Run (or resume) one pretraining job as configured by :func:`parse_args`.
+
+    Args:
+        args (argparse.Namespace): from :func:`megatron_velocitune.training.arguments.parse_args`.
+        batch_hook (Optional[BatchHook]): called with ``(dp_rank, micro_batch)`` for every
+            training micro-batch read (tests use it to record what was trained on).
+
+    Returns:
+        RunSummary: the run's end state.
+    """
+    job = setup(args)
+    iteration, consumed = resume(args, job)
+    job.run.start(iteration, consumed)
+    return train(args, job, iteration, consumed, batch_hook)
+
+
+def measure_initial_loss(args, output: str) -> RunSummary:
+    """The initial loss only: the model as loaded, every domain's full held-out set, no training.
+
+    Writes it as a ``--velocitune-initial-loss-file`` JSON at ``output`` (global rank 0).
+
+    Returns:
+        RunSummary: with ``initial_loss``.
+    """
+    job = setup(args)
+    iteration, consumed = resume(args, job)
+    job.run.start(iteration, consumed)
+    run = job.run
+    initial = run.controller.initial_loss.tolist()
+    if dist.get_rank() == 0:
+        write_loss_file(
+            output,
+            run.names,
+            initial,
+            source="measure_initial_loss",
+            checkpoint=args.load,
+            loss_source=run.config.loss_source,
+        )
+    _print_rank_last(
+        " initial loss per domain: "
+        + " | ".join(f"{n}: {v:.4f}" for n, v in zip(run.names, initial))
+        + f" -> {output}"
+    )
+    return RunSummary(iteration, consumed, run.names, run.weights.tolist(), initial_loss=initial)
+
+
+def train(
+    args,
+    job: TrainingJob,
+    iteration: int,
+    consumed: int,
+    batch_hook: Optional[BatchHook] = None,
+) -> RunSummary:
+    """The training loop, from ``iteration`` to ``--train-iters`` (or ``--exit-interval``)."""
+    run, info = job.run, job.info
     train_iter = None
-    if data.train is not None:
+    if job.data.train is not None:
         train_iter = RebuildableDataIterator(
-            data.train,
+            job.data.train,
             consumed,
             args.micro_batch_size,
             info.dp_rank,
             info.dp_size,
             args.num_workers,
         )
-    forward_step = _make_forward_step(args.micro_batch_size, args.seq_length, stream, batch_hook)
+        run.on_blend_change(train_iter.rebuild)
+    forward_step = _make_forward_step(
+        args.micro_batch_size, args.seq_length, job.stream, batch_hook
+    )
     forward_backward = get_forward_backward_func()
+    initial = run.controller.initial_loss
     summary = RunSummary(
         iteration,
         consumed,
-        controller.names,
-        controller.weights.tolist(),
-        initial_loss=None if controller.initial_loss is None else controller.initial_loss.tolist(),
-        trajectory=trajectory,
+        run.names,
+        run.weights.tolist(),
+        initial_loss=None if initial is None else initial.tolist(),
+        trajectory=run.trajectory_path,
     )
-    module.train()
+    job.module.train()
     timer = time.time()
     loop_start, loop_cpu_start, start_iteration = (
         time.perf_counter(),
@@ -406,18 +401,18 @@ def pretrain(
         iteration,
     )
     while iteration < args.train_iters:
-        optimizer.zero_grad()
+        job.optimizer.zero_grad()
         losses = forward_backward(
             forward_step_func=forward_step,
             data_iterator=train_iter,
-            model=module,
-            num_microbatches=num_microbatches,
+            model=job.module,
+            num_microbatches=job.num_microbatches,
             seq_length=args.seq_length,
             micro_batch_size=args.micro_batch_size,
             forward_only=False,
         )
-        ok, grad_norm = optimizer.step()
-        scheduler.step(1)
+        ok, grad_norm = job.optimizer.step()
+        job.scheduler.step(1)
         iteration += 1
         consumed += args.global_batch_size
         lm_loss = _reduce_lm_loss(losses)
@@ -426,39 +421,13 @@ def pretrain(
         if iteration % args.log_interval == 0 or iteration == args.train_iters:
             elapsed = (time.time() - timer) * 1000.0 / args.log_interval
             timer = time.time()
-            lr = optimizer.param_groups[0]["lr"]
-            blend = " ".join(f"{n}={w:.3f}" for n, w in zip(controller.names, controller.weights))
-            _print_rank_last(
-                f" iteration {iteration:8d}/{args.train_iters:8d} | consumed samples: "
-                f"{consumed:12d} | elapsed time per iteration (ms): {elapsed:.1f} | learning "
-                f"rate: {lr:.6E} | global batch size: {args.global_batch_size:5d} | lm loss: "
-                f"{lm_loss if lm_loss is not None else float('nan'):.6E} | grad norm: "
-                f"{grad_norm:.3f} |{'' if ok else ' skipped step |'} weights: {blend}"
-            )
-            if writer is not None:
-                writer.add_scalar("lm loss", lm_loss, iteration)
-                writer.add_scalar("lm loss vs samples", lm_loss, consumed)
-                writer.add_scalar("learning-rate", lr, iteration)
+            _log_iteration(args, job, iteration, consumed, elapsed, lm_loss, grad_norm, ok)
 
-        extra = None
-        if (
-            stream is not None
-            and vt_config.loss_source == "eval"
-            and controller.is_update_iteration(iteration)
-        ):
-            # Diagnostic only (the training-stream estimate beside the held-out one, for the
-            # estimator comparison): one more 2k-float reduction per update.
-            window = reduce_domain_sums(stream.take(), groups)
-            extra = {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}
-        # The controller reads domain tokens from the dataset itself, on update iterations only.
-        decision = controller.maybe_update(iteration, consumed, extra=extra)
-        if decision is not None:
-            _print_rank_last(_format_update(controller, decision, iteration))
-            if not decision.skipped and train_iter is not None and iteration < args.train_iters:
-                train_iter.rebuild(consumed)
+        # Every m iterations: evaluate, decide, apply (the loader restarts if the blend changed).
+        run.after_iteration(iteration, consumed, extra=_stream_diagnostic(run, job, iteration))
 
         if args.eval_interval and iteration % args.eval_interval == 0:
-            _validate(validator, groups, controller.names, iteration, consumed, writer)
+            _validate(job.validator, run.sync, run.names, iteration, consumed, job.writer)
         stop = args.exit_interval is not None and iteration % args.exit_interval == 0
         if args.save and (
             (args.save_interval and iteration % args.save_interval == 0)
@@ -468,13 +437,13 @@ def pretrain(
             save_checkpoint(
                 args.save,
                 iteration,
-                model,
-                optimizer,
-                scheduler,
+                job.model,
+                job.optimizer,
+                job.scheduler,
                 consumed,
-                controller.state_dict(),
+                run.state_dict(),
                 _plain_args(args),
-                None if stream is None else stream.state(),
+                None if job.stream is None else job.stream.state(),
             )
             _print_rank_last(f" saved checkpoint at iteration {iteration:7d} to {args.save}")
         if stop:
@@ -491,29 +460,121 @@ def pretrain(
         f" ({1000 * summary.loop_seconds / done:.1f} ms/iteration wall, "
         f"{1000 * summary.loop_cpu_seconds / done:.1f} ms/iteration CPU of this process)"
     )
-    final = reduce_domain_sums(validator.evaluate(full=True), groups)
+    final = run.sync.reduce(job.validator.evaluate(full=True))
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed
-    summary.weights = controller.weights.tolist()
-    _print_rank_last(_format_loss_table(summary, vt_config.loss_source))
-    if writer is not None:
-        writer.flush()
-        writer.close()
+    summary.weights = run.weights.tolist()
+    _print_rank_last(_format_loss_table(summary, run.config.loss_source))
+    if job.writer is not None:
+        job.writer.flush()
+        job.writer.close()
     return summary
 
 
-def _format_update(controller: VelocituneController, decision, iteration: int) -> str:
-    cells = []
-    vel = controller.velocity(decision.eval_loss)
-    for i, name in enumerate(controller.names):
-        v = "" if vel is None else f" v={vel[i]:.3f}"
-        cells.append(f"{name}: loss={decision.eval_loss[i]:.4f}{v} w={decision.weights[i]:.4f}")
-    status = (
-        "skipped (non-finite loss), weights kept"
-        if decision.skipped
-        else ("(static: observed)" if controller.config.policy == "static" else "applied")
+# ---------------------------------------------------------------------- set-up pieces
+def _microbatches(args, info: ParallelInfo) -> int:
+    per_step = args.micro_batch_size * info.dp_size
+    if args.global_batch_size % per_step:
+        raise InputError(
+            f"--global-batch-size {args.global_batch_size} is not a multiple of "
+            f"--micro-batch-size x data-parallel size = {per_step}"
+        )
+    if (
+        info.pp_size > 1
+        and not torch.cuda.is_available()
+        and not args.untie_embeddings_and_output_weights
+    ):
+        raise InputError(
+            "--pipeline-model-parallel-size > 1 on CPU needs "
+            "--untie-embeddings-and-output-weights (megatron-core moves the tied "
+            "embedding of the last stage to CUDA)"
+        )
+    return args.global_batch_size // per_step
+
+
+def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
+    """Megatron-LM's learning-rate schedule from ``--lr*`` (warm-up, then decay to ``--min-lr``)."""
+    warmup = args.lr_warmup_iters or int((args.lr_warmup_fraction or 0.0) * args.train_iters)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if warmup else args.lr,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=args.train_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters,
+        wd_incr_style="constant",
     )
-    return f" velocitune update at iteration {iteration} {status} | " + " | ".join(cells)
+
+
+def build_evaluator(args, info: ParallelInfo, module, data: VelocityDatasets, k: int):
+    """The per-domain loss estimator the controller reads, and the training-stream sums.
+
+    Returns:
+        tuple: ``(stream or None, evaluator)``: held-out evaluation (``eval``) or the training
+        stream with ``L_init`` on its first draws (``train``).
+    """
+    mbs, seq, eval_iters = args.micro_batch_size, args.seq_length, args.velocitune_eval_iters
+    heldout = DomainEvaluator(
+        module, data.valid if info.holds_data else None, k, seq, mbs, eval_iters
+    )
+    # The training stream is read when it feeds the policy, and logged beside the held-out
+    # estimate in dynamic runs; a static run with held-out evaluation is megatron-core's static
+    # path untouched (the estimator benchmark's baseline).
+    source = args.velocitune_loss_source
+    stream = None
+    if source == "train" or args.velocitune_policy != "static":
+        stream = DomainLossAccumulator(k, compute_device())
+    if source != "train":
+        return stream, heldout
+    # L_init on the stream's own footing: the base model on the first samples the stream draws
+    # from each domain (the j-th draw of domain d is train dataset d's sample j).
+    first_draws = DomainEvaluator(
+        module, data.train_per_domain if info.holds_data else None, k, seq, mbs, eval_iters
+    )
+    return stream, TrainStreamEvaluator(first_draws, stream)
+
+
+def _tensorboard_writer(args) -> Optional[Any]:
+    if not args.tensorboard_dir or dist.get_rank() != dist.get_world_size() - 1:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=args.tensorboard_dir, max_queue=20)
+
+
+# ---------------------------------------------------------------------- loop pieces
+def _log_iteration(args, job, iteration, consumed, elapsed_ms, lm_loss, grad_norm, ok) -> None:
+    lr = job.optimizer.param_groups[0]["lr"]
+    blend = " ".join(f"{n}={w:.3f}" for n, w in zip(job.run.names, job.run.weights))
+    _print_rank_last(
+        f" iteration {iteration:8d}/{args.train_iters:8d} | consumed samples: "
+        f"{consumed:12d} | elapsed time per iteration (ms): {elapsed_ms:.1f} | learning "
+        f"rate: {lr:.6E} | global batch size: {args.global_batch_size:5d} | lm loss: "
+        f"{lm_loss if lm_loss is not None else float('nan'):.6E} | grad norm: "
+        f"{grad_norm:.3f} |{'' if ok else ' skipped step |'} weights: {blend}"
+    )
+    if job.writer is not None:
+        job.writer.add_scalar("lm loss", lm_loss, iteration)
+        job.writer.add_scalar("lm loss vs samples", lm_loss, consumed)
+        job.writer.add_scalar("learning-rate", lr, iteration)
+
+
+def _stream_diagnostic(run: VelocituneRun, job: TrainingJob, iteration: int):
+    """The training-stream estimate beside the held-out one at an update (estimator study).
+
+    Diagnostic only (the held-out estimate drives the policy): one more 2k-float reduction per
+    update, in dynamic runs with ``--velocitune-loss-source eval``.
+    """
+    if job.stream is None or run.config.loss_source != "eval":
+        return None
+    if not run.is_update_iteration(iteration):
+        return None
+    window = run.sync.reduce(job.stream.take())
+    return {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}
 
 
 def _format_loss_table(summary: RunSummary, loss_source: str = "eval") -> str:
@@ -533,9 +594,9 @@ def _format_loss_table(summary: RunSummary, loss_source: str = "eval") -> str:
 
 
 def _validate(
-    validator: DomainEvaluator, groups: UpdateGroups, names, iteration, consumed, writer
+    validator: DomainEvaluator, sync: UpdateSync, names, iteration, consumed, writer
 ) -> None:
-    sums = reduce_domain_sums(validator.evaluate(full=False), groups)
+    sums = sync.reduce(validator.evaluate(full=False))
     loss = sums.mean()
     cells = " | ".join(f"{n} lm loss: {v:.6E}" for n, v in zip(names, loss))
     _print_rank_last(f" validation loss at iteration {iteration} | {cells}")

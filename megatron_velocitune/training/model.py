@@ -19,6 +19,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_velocitune.core.errors import InputError
+
 __all__ = [
     "GPTConfig",
     "build_gpt_model",
@@ -105,17 +107,17 @@ class GPTConfig:
         if not self.ffn_hidden_size:
             self.ffn_hidden_size = 4 * self.hidden_size
         if self.num_layers % self.pipeline_model_parallel_size:
-            raise ValueError(
+            raise InputError(
                 f"num_layers {self.num_layers} is not a multiple of the pipeline size "
                 f"{self.pipeline_model_parallel_size}"
             )
         if self.num_attention_heads % self.tensor_model_parallel_size:
-            raise ValueError(
+            raise InputError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of the "
                 f"tensor-parallel size {self.tensor_model_parallel_size}"
             )
         if self.num_query_groups is not None and self.num_attention_heads % self.num_query_groups:
-            raise ValueError(
+            raise InputError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_query_groups {self.num_query_groups}"
             )
@@ -184,7 +186,7 @@ def build_gpt_model(config: GPTConfig) -> GPTModel:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     if (tp, pp) != (config.tensor_model_parallel_size, config.pipeline_model_parallel_size):
-        raise ValueError(
+        raise InputError(
             f"GPTConfig is for TP={config.tensor_model_parallel_size} "
             f"PP={config.pipeline_model_parallel_size} but the parallel state is TP={tp} PP={pp}"
         )

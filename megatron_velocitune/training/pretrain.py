@@ -2,26 +2,32 @@
 
 import logging
 import sys
+from typing import Any, Callable
 
-from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.core.errors import VelocituneError
 from megatron_velocitune.training.arguments import parse_args
 from megatron_velocitune.training.loop import pretrain
 
 
-def run_pretrain(prog: str, args, **kwargs) -> int:
-    """Run :func:`pretrain`; a bad configuration or input prints ``prog: error: ...`` and gives 2.
+def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) -> int:
+    """Run ``job(args, **kwargs)``; a user error prints ``prog: error: ...`` and gives 2.
+
+    Only the project's own errors (bad flags, files, values: :class:`VelocituneError`) and a
+    missing file are a user's; anything else is a bug and propagates with its traceback.
 
     Args:
         prog (str): the program name the error line starts with.
         args (argparse.Namespace): from :func:`parse_args`.
-        **kwargs: passed to :func:`pretrain`.
+        job (Callable[..., Any]): :func:`~megatron_velocitune.training.loop.pretrain` or
+            :func:`~megatron_velocitune.training.loop.measure_initial_loss`.
+        **kwargs: passed to ``job``.
 
     Returns:
         int: the exit status, 0 or 2.
     """
     try:
-        pretrain(args, **kwargs)
-    except (VelocituneConfigError, FileNotFoundError, ValueError) as e:
+        job(args, **kwargs)
+    except (VelocituneError, FileNotFoundError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,7 @@ megatron-core alone:
 """
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Any, Callable, List, Optional
@@ -26,16 +27,16 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 import torch
 
-from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.control.controller import VelocituneController
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.state import load_state, save_state, sidecar_path
-from megatron_velocitune.core.arguments import config_from_args
+from megatron_velocitune.control.run import VelocituneRun
+from megatron_velocitune.control.state import load_state, sidecar_path
 from megatron_velocitune.data.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
 from megatron_velocitune.megatron_lm.writers import megatron_writers
 
-__all__ = ["VelocitunePlugin", "format_update"]
+__all__ = ["VelocitunePlugin"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +47,6 @@ def _default_evaluator(model, held_out, num_domains, args, config):
     return DomainEvaluator(
         model, held_out, num_domains, args.seq_length, args.micro_batch_size, config.eval_iters
     )
-
-
-def format_update(controller: VelocituneController, decision, iteration: int) -> str:
-    """One log line per update, like the megatron-core loop's."""
-    vel = controller.velocity(decision.eval_loss)
-    cells = []
-    for i, name in enumerate(controller.names):
-        v = "" if vel is None else f" v={vel[i]:.3f}"
-        cells.append(f"{name}: loss={decision.eval_loss[i]:.4f}{v} w={decision.weights[i]:.4f}")
-    if decision.skipped:
-        status = "skipped (non-finite loss), weights kept"
-    elif controller.config.policy == "static":
-        status = "(static: observed)"
-    else:
-        status = "applied"
-    return f" velocitune update at iteration {iteration} {status} | " + " | ".join(cells)
 
 
 def _print_rank_last(message: str) -> None:
@@ -85,8 +70,12 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def _chunks(model: Any) -> List[Any]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
 class VelocitunePlugin:
-    """One Velocitune run's state inside a Megatron-LM process.
+    """Megatron-LM's hooks wired to one :class:`~megatron_velocitune.control.run.VelocituneRun`.
 
     Args:
         compat (MegatronLMCompat): the release facts.
@@ -116,14 +105,12 @@ class VelocitunePlugin:
         self.training = training_module
         self.evaluator_factory = evaluator_factory or _default_evaluator
         self.writers = writers
-        self.controller: Optional[VelocituneController] = None
+        self.run: Optional[VelocituneRun] = None
+        self._train_iterator: Any = None
 
     # ------------------------------------------------------------------ train() start
     def start(self, model: List[torch.nn.Module], optimizer: Any, train_data_iterator: Any) -> None:
-        """Build the controller, restore and replay, measure L_init, rebuild the loader.
-
-        Call on every rank at the start of ``train()``.
-        """
+        """Build the run, restore and replay, measure L_init, rebuild the loader (every rank)."""
         args = self.get_args()
         data = self.registry.data
         if data is None:
@@ -132,42 +119,30 @@ class VelocitunePlugin:
                 "its datasets with megatron-core's BlendedMegatronDatasetBuilder (as "
                 "pretrain_gpt.py does) from --data-path W1 PREFIX1 W2 PREFIX2 ... --split ..."
             )
-        if not args.velocitune_domain_names:
-            args.velocitune_domain_names = [os.path.basename(p) for p in data.prefixes]
-        config = config_from_args(args)
-        log_dir = config.log_dir or args.tensorboard_dir or args.save
-        model = list(model) if isinstance(model, (list, tuple)) else [model]
-        evaluator = self.evaluator_factory(
-            model, self.registry.held_out(), len(data.prefixes), args, config
-        )
-        self.controller = VelocituneController(
-            config,
+        model = _chunks(model)
+        run = self.run = VelocituneRun(
+            args,
+            data.prefixes,
             data.weights,
-            evaluator,
-            dataset=data.train,
-            seq_length=args.seq_length,
+            data.train,
+            None,
+            print_fn=_print_rank_last,
             tensorboard_writer=self.writers(),
-            trajectory_path=os.path.join(log_dir, TRAJECTORY_FILE) if log_dir else None,
-            header_extra={
-                "global_batch_size": args.global_batch_size,
-                "train_iters": args.train_iters,
-                "prefixes": list(data.prefixes),
-                "megatron_lm": ".".join(map(str, self.compat.version)),
-            },
+            header_extra={"megatron_lm": ".".join(map(str, self.compat.version))},
+            eval_context=functools.partial(self._forward_pre_hooks_off, model, optimizer),
         )
+        run.controller.evaluator = self.evaluator_factory(
+            model, self.registry.held_out(), len(data.prefixes), args, run.config
+        )
+        self._train_iterator = train_data_iterator
+        run.on_blend_change(self._rebuild_train_iterator)
         iteration = int(getattr(args, "iteration", 0) or 0)
         consumed = int(getattr(args, "consumed_train_samples", 0) or 0)
         restored = self._restore(args, iteration)
-        with self._forward_pre_hooks_off(model, optimizer):
-            self.controller.initialize(iteration, consumed)
-        if self.controller.target_rules is not None:
-            _print_rank_last(
-                f" velocitune target rules (--velocitune-rising-rule "
-                f"{self.controller.config.rising_rule}): "
-                f"{self.controller.describe_rules()}"
-            )
+        run.start(iteration, consumed)
+        # Megatron-LM built the loader (and forked its workers) before the history was replayed.
         if restored or iteration > 0:
-            self._rebuild_train_iterator(train_data_iterator, consumed)
+            self._rebuild_train_iterator(consumed)
 
     def _restore(self, args, iteration: int) -> bool:
         """Load the sidecar of the checkpoint Megatron-LM resumed from, replay it (all ranks)."""
@@ -178,15 +153,7 @@ class VelocitunePlugin:
         for folder in folders:
             path = sidecar_path(folder, iteration)
             if os.path.exists(path):
-                self.controller.load_state_dict(load_state(path))
-                data = self.registry.data
-                replayed = 0
-                if data.train is not None:
-                    replayed = self.controller.replay(data.train.update_weights)
-                _print_rank_last(
-                    f" velocitune: restored {len(self.controller.history)} updates from {path}"
-                    f" ({replayed} replayed into the train blend)"
-                )
+                self.run.restore(load_state(path), path)
                 return True
         _print_rank_last(
             f" velocitune: WARNING no {os.path.basename(sidecar_path(args.load, iteration))} for "
@@ -198,32 +165,23 @@ class VelocitunePlugin:
     def after_iteration(
         self, model: Any, optimizer: Any, iteration: int, train_data_iterator: Any
     ) -> None:
-        """Every m iterations: update the blend and restart the loader there (every rank)."""
-        controller = self.controller
-        if controller is None or not controller.is_update_iteration(iteration):
+        """Every m iterations: update the blend (the loader restarts if it changed)."""
+        if self.run is None:
             return
-        args = self.get_args()
-        consumed = int(args.consumed_train_samples)
-        model = list(model) if isinstance(model, (list, tuple)) else [model]
-        with self._forward_pre_hooks_off(model, optimizer):
-            decision = controller.maybe_update(iteration, consumed)
-        if decision is None:
-            return
-        _print_rank_last(format_update(controller, decision, iteration))
-        # After the last iteration there is nothing left to draw (train_iters is set from
-        # --train-samples by Megatron-LM before train() starts).
-        if not decision.skipped and (args.train_iters is None or iteration < args.train_iters):
-            self._rebuild_train_iterator(train_data_iterator, consumed)
+        self._train_iterator = train_data_iterator
+        self.run.after_iteration(iteration, int(self.get_args().consumed_train_samples))
 
-    def _rebuild_train_iterator(self, train_data_iterator: Any, consumed: int) -> None:
+    def _rebuild_train_iterator(self, consumed: int) -> None:
         data = self.registry.data
-        if train_data_iterator is None or data is None or data.train is None:
+        iterator = self._train_iterator
+        if iterator is None or data is None or data.train is None:
             return
         # Megatron-LM's own loader (workers, pinning, collate as configured), restarted at the
-        # consumed position: new workers fork from the updated blend.
+        # consumed position: new workers fork from the updated blend, whatever the old ones had
+        # prefetched.
         loader = self.training.build_pretraining_data_loader(data.train, consumed)
-        close_data_iterator(getattr(train_data_iterator, "iterable", None))
-        train_data_iterator.iterable = iter(loader)
+        close_data_iterator(getattr(iterator, "iterable", None))
+        iterator.iterable = iter(loader)
 
     @contextlib.contextmanager
     def _forward_pre_hooks_off(self, model: List[Any], optimizer: Any):
@@ -250,22 +208,25 @@ class VelocitunePlugin:
 
     # ------------------------------------------------------------------ checkpoints
     def after_save(self, iteration: int, non_persistent: bool) -> Optional[str]:
-        """Write the controller's state beside the checkpoint just saved (global rank 0).
+        """Write the run's state beside the checkpoint just saved (global rank 0).
 
         Returns:
             Optional[str]: the sidecar written, on rank 0.
         """
-        if self.controller is None or _rank() != 0:
+        if self.run is None or _rank() != 0:
             return None
         args = self.get_args()
         folder = _non_persistent_dir(args, args.save) if non_persistent else args.save
         if not folder:
             return None
-        path = sidecar_path(folder, int(iteration))
-        save_state(path, self.controller.state_dict())
-        return path
+        return self.run.after_save(sidecar_path(folder, int(iteration)))
+
+    @property
+    def controller(self) -> Optional[VelocituneController]:
+        """The run's controller (None before ``train()``)."""
+        return None if self.run is None else self.run.controller
 
     @property
     def weights(self) -> Optional[np.ndarray]:
         """The current blend (None before ``train()``)."""
-        return None if self.controller is None else self.controller.weights
+        return None if self.run is None else self.run.weights

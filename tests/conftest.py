@@ -105,3 +105,10 @@ def one_process_world():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def world():
+    """A one-process gloo world with megatron-core's parallel state (torn down after)."""
+    with one_process_world() as info:
+        yield info

@@ -36,7 +36,6 @@ from megatron_velocitune.megatron_lm.compat import (
 from megatron_velocitune.megatron_lm.patching import Patcher, is_wrapped, original_of
 from megatron_velocitune.megatron_lm.writers import MegatronWriters
 from tests._multiproc import free_port
-from tests.conftest import one_process_world
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEGATRON_LM_PATH = os.environ.get("MEGATRON_LM_PATH")
@@ -381,13 +380,6 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
 
 
 # ------------------------------------------------------------------------ dataset substitution
-@pytest.fixture
-def world():
-    """A one-process gloo world with megatron-core's parallel state (torn down after)."""
-    with one_process_world() as info:
-        yield info
-
-
 def _blend_config(corpus, tmp_path, weights=(0.5, 0.3, 0.2)):
     return _dataset_config(
         tmp_path, (list(corpus.prefixes), list(weights)), create_attention_mask=False

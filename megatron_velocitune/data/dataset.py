@@ -13,7 +13,7 @@ iterator at the consumed position (:func:`megatron_velocitune.data.loader.build_
 """
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy
 from megatron.core.datasets.blended_dataset import BlendedDataset
@@ -22,10 +22,38 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.utils import log_single_rank
 
 from megatron_velocitune.core.blending import BlendIndex, Segment
+from megatron_velocitune.core.errors import InputError
 
 __all__ = ["VelocityBlendedDataset"]
 
 logger = logging.getLogger(__name__)
+
+
+#: The config options (and their Megatron-LM flags) that read a prebuilt static blend index from
+#: ``path_to_cache``, which cannot describe a blend whose weights change during the run.
+STATIC_INDEX_OPTIONS = {
+    "fast_cache_load": "--dataloader-fast-cache-load",
+    "defer_npy_index_mmap": "--dataloader-defer-npy-index-mmap",
+}
+
+
+def static_index_refusals(is_set: Callable[[str], Any]) -> List[str]:
+    """One line per static-index option that is on (the one home of this refusal).
+
+    Args:
+        is_set (Callable[[str], Any]): the value of a ``STATIC_INDEX_OPTIONS`` key (the config
+            attribute; Megatron-LM's args carry it as ``dataloader_<key>``).
+
+    Returns:
+        List[str]: the refusals (empty when none is on).
+    """
+    return [
+        f"{flag} (config.{option}): it reads the static blend's cached indices; the Velocitune "
+        f"blend's index depends on the weight history and is never cached on disk (drop the "
+        f"flag; --data-cache-path alone is fine)"
+        for option, flag in STATIC_INDEX_OPTIONS.items()
+        if is_set(option)
+    ]
 
 
 class VelocityBlendedDataset(BlendedDataset):
@@ -61,17 +89,9 @@ class VelocityBlendedDataset(BlendedDataset):
                 "VelocityBlendedDataset needs a size (the run's train samples); megatron-core's "
                 "exhaustive mode (size=None) has no room for changing weights"
             )
-        # Both options read a prebuilt static index from path_to_cache, which cannot describe
-        # a blend whose weights change during the run.
-        for option, flag in (
-            ("fast_cache_load", "--dataloader-fast-cache-load"),
-            ("defer_npy_index_mmap", "--dataloader-defer-npy-index-mmap"),
-        ):
-            if getattr(config, option, False):
-                raise ValueError(
-                    f"VelocityBlendedDataset does not support config.{option} ({flag}): its "
-                    f"index depends on the weight history and is never cached on disk"
-                )
+        refused = static_index_refusals(lambda option: getattr(config, option, False))
+        if refused:
+            raise InputError(refused[0])
         self._update_window = update_window
         super().__init__(datasets, [float(w) for w in weights], size, config)
 

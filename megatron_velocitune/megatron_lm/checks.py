@@ -12,6 +12,7 @@ Two checks, both pure functions so they are tested without a Megatron-LM checkou
 from typing import Any, List, Optional, Sequence
 
 from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.data.dataset import static_index_refusals
 
 __all__ = ["check_args", "check_dataset_config", "check_data_path"]
 
@@ -64,17 +65,7 @@ def check_args(args: Any) -> None:
             f"samples position, which only the 'single' loader walks in order (cyclic draws "
             f"per-epoch permutations; external loaders are opaque); use --dataloader-type single"
         )
-    if get("dataloader_fast_cache_load"):
-        refusals.append(
-            "--dataloader-fast-cache-load: it loads the static blend's cached indices; the "
-            "Velocitune blend builds its own as the weights change (drop the flag; "
-            "--data-cache-path alone is fine)"
-        )
-    if get("dataloader_defer_npy_index_mmap"):
-        refusals.append(
-            "--dataloader-defer-npy-index-mmap: it defers loading the static blend's cached "
-            "indices; the Velocitune blend's index is built in memory (drop the flag)"
-        )
+    refusals += static_index_refusals(lambda option: get(f"dataloader_{option}"))
     if get("phase_transition_iterations"):
         refusals.append(
             "--phase-transition-iterations: each phase rebuilds the train set from sample 0, "
@@ -147,10 +138,9 @@ def check_dataset_config(dataset_cls: type, config: Any) -> None:
         )
     if getattr(config, "mock", False):
         raise VelocituneConfigError("--mock-data: Velocitune needs a real --data-path blend")
-    if getattr(config, "fast_cache_load", False):
-        raise VelocituneConfigError(
-            "--dataloader-fast-cache-load: the Velocitune blend builds its own indices"
-        )
+    refused = static_index_refusals(lambda option: getattr(config, option, False))
+    if refused:
+        raise VelocituneConfigError(refused[0])
     if config.blend_per_split is not None or config.blend is None:
         raise VelocituneConfigError(
             "per-split blends (--train-data-path/--per-split-data-args-path) are not supported: "

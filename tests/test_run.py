@@ -42,10 +42,13 @@ PURE_MODULES = [
 
 
 def test_core_and_controller_import_without_torch_or_megatron():
+    """Also the lazy top-level names of the pure side (the torch side loads only when used)."""
     code = (
         "import sys\n"
         f"for name in {PURE_MODULES!r}:\n"
         "    __import__(name)\n"
+        "import megatron_velocitune as top\n"
+        "top.VelocituneConfig, top.VelocituneController, top.LocalSync, top.update_weights\n"
         "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')\n"
         "               or m == 'megatron.core' or m.startswith('megatron.core.'))\n"
         "print(len(heavy), heavy[:5])\n"

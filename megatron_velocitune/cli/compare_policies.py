@@ -48,6 +48,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_velocitune.cli._common import ToolError, run_tool
+from megatron_velocitune.core.files import write_json
 from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, RISING_RULES, Tolerance
 from megatron_velocitune.laws.comparison import (
     STABLE_TOLERANCE,
@@ -317,7 +318,7 @@ def check_setting(out: str, s: Setting) -> None:
                 f"{out} holds runs of another setting (old, new): {diff}; use another --out"
             )
         return
-    _write_json_atomic(path, mine)
+    write_json(path, mine)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -370,13 +371,6 @@ def data_path(prefixes: Sequence[str], weights: Sequence[float]) -> List[str]:
     for p, w in zip(prefixes, weights):
         out += [f"{w:.6f}", p]
     return out
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -528,7 +522,7 @@ def train_run(
         "trajectory": os.path.join(tb, TRAJECTORY),
         **record,
     }
-    _write_json_atomic(result, res)
+    write_json(result, res)
     return res
 
 
@@ -541,7 +535,7 @@ def initial_loss_file(out: str, cpt: dict) -> str:
     path = os.path.join(out, f"initial_loss_seed{cpt['seed']}.json")
     # The trajectory's header keeps full precision; the printed table has 4 decimals.
     losses = read_traj(cpt["trajectory"]).header.get("initial_loss") or cpt["start_loss"]
-    _write_json_atomic(
+    write_json(
         path, {"losses": dict(zip(cpt["domains"], losses)), "source": cpt["trajectory"]}
     )
     return path
@@ -856,7 +850,7 @@ def report(
     text = "\n".join(lines)
     with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    _write_json_atomic(
+    write_json(
         os.path.join(out, "table.json"),
         {
             "setting": asdict(s),

@@ -56,7 +56,8 @@ from megatron_velocitune.fitting import (
     r_squared,
     start_grid,
 )
-from megatron_velocitune.scaling_law import TooFewPointsError
+from megatron_velocitune.scaling_law import TooFewPointsError, loss_points
+from megatron_velocitune.trajectory import Trajectory
 
 __all__ = [
     "DEFAULT_MIN_DECLINE",
@@ -67,6 +68,7 @@ __all__ = [
     "early_losses",
     "fit_cross_domain",
     "points_by_domain",
+    "static_points",
 ]
 
 #: The smallest relative decline over the window from which K is estimated: a curve that falls
@@ -466,3 +468,43 @@ def points_by_domain(
         r = np.concatenate([np.full(points[i][n][0].size, ratios[i, j]) for i in runs])
         out[n] = DomainPoints(tokens=d, ratios=r, losses=y, early=early[n])
     return out
+
+
+def static_points(
+    trajectory: Trajectory, names: Sequence[str], min_tokens: float = 0.0
+) -> Tuple[np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+    """A static run's blend and each domain's ``(tokens, losses)`` from ``min_tokens`` on.
+
+    Args:
+        trajectory (Trajectory): a parsed static run.
+        names (Sequence[str]): domains wanted, in this order (all in the run).
+        min_tokens (float): evaluations before this many tokens are dropped.
+
+    Returns:
+        Tuple[np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]: the blend in ``names``
+        order (normalised over the run's domains) and the per-domain curves.
+
+    Raises:
+        ValueError: a domain is missing, the header has no weights, or they change.
+    """
+    t = trajectory
+    missing = [n for n in names if n not in t.domains]
+    if missing:
+        raise ValueError(f"no domains {missing} (it has {t.domains})")
+    w = t.header.get("weights")
+    if w is None or len(w) != len(t.domains):
+        raise ValueError(f"the header has no weights for its {len(t.domains)} domains")
+    w = np.asarray(w, dtype=np.float64)
+    for rec in t.updates:
+        rw = rec.get("weights")
+        if rw is not None and not np.allclose(rw, w, rtol=0, atol=1e-9):
+            raise ValueError(
+                f"weights change at iteration {rec.get('iteration')}: the law needs static runs"
+            )
+    w = w / w.sum()
+    pts = loss_points(t, names)
+    curves = {}
+    for n in names:
+        d, y = pts.domain(n)
+        curves[n] = (d[d >= min_tokens], y[d >= min_tokens])
+    return np.array([w[t.domains.index(n)] for n in names]), curves

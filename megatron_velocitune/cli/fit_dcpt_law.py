@@ -14,6 +14,10 @@ questions:
 * for a data-limited domain (``--domain-tokens NAME=TOKENS``), the share that minimises its loss
   when its data is seen once (``D = TOKENS / r``).
 
+With ``--cross-domain`` it fits the Cross-Domain D-CPT Law instead: a domain without ratio runs
+gets its law from a short run, through its coefficient K (see
+:mod:`megatron_velocitune.cli.fit_cross_domain`).
+
 It prints a ready ``--data-path`` blend and can write a targets JSON (the losses predicted at
 the budget for the chosen blend) for ``--velocitune-target-loss-file``.
 
@@ -38,6 +42,7 @@ from megatron_velocitune.cli._common import (
     parse_name_value,
     run_tool,
 )
+from megatron_velocitune.cli.fit_cross_domain import add_cross_domain_args, run_cross_domain
 from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.dcpt_law import (
     DEFAULT_EPS,
@@ -173,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plot", default=None, help="PNG of predicted vs observed loss over D, per domain and run."
     )
+    add_cross_domain_args(p)
     return p
 
 
@@ -279,6 +285,8 @@ def _plot(path, names, ratios, points, laws, held):
 
 def run(args: argparse.Namespace) -> int:
     """Fit, answer, print and write; raises :class:`ToolError` on a user error."""
+    if args.cross_domain:
+        return run_cross_domain(args)
     check_rising_rule_args(args)
     if args.tolerance < 0:
         raise ToolError(f"--tolerance {args.tolerance} must be >= 0")

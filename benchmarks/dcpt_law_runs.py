@@ -41,9 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import compare_policies as cp  # noqa: E402
 
-from megatron_velocitune.cli.fit_dcpt_law import fit_domain, gather  # noqa: E402
 from megatron_velocitune.laws.comparison import mean_std, replay_share_blend  # noqa: E402
-from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, DcptFit, choose_blend  # noqa: E402
+from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, DcptFit, choose_blend, fit_domain, gather  # noqa: E402
 
 REPLAY_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 

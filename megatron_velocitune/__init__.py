@@ -11,7 +11,8 @@ The package tree is the architecture:
   ``VelocituneRun``, the object both training drivers call;
 - ``training``: the megatron-core training driver (``examples/pretrain_gpt.py``);
 - ``megatron_lm``: the Megatron-LM adapter (``megatron_velocitune.megatron_lm.install()``);
-- ``cli``: the console tools (``velocitune-*``); ``launch``: ``python -m megatron_velocitune.launch``.
+- ``cli``: the console tools (``velocitune-*``);
+- ``launch``: ``python -m megatron_velocitune.launch SCRIPT.py ...``.
 
 The names users reach for are importable from here, lazily, so ``import megatron_velocitune``
 (and the core) stays torch-free until one of the torch-side names is used.

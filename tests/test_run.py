@@ -38,6 +38,7 @@ PURE_MODULES = [
     "megatron_velocitune.laws.scaling_law",
     "megatron_velocitune.laws.dcpt_law",
     "megatron_velocitune.laws.comparison",
+    "megatron_velocitune.laws.cross_domain_law",
 ]
 
 

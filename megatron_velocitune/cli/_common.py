@@ -47,10 +47,10 @@ def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:
 
 
 def run_tool(prog: str, run: Callable[[], int]) -> int:
-    """Run ``run()``, turning a :class:`ToolError` into ``prog: error: ...`` and status 2."""
+    """Run ``run()``; a user error (:class:`VelocituneError`) is ``prog: error: ...``, status 2."""
     try:
         return run()
-    except ToolError as e:
+    except VelocituneError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
 

@@ -535,9 +535,7 @@ def initial_loss_file(out: str, cpt: dict) -> str:
     path = os.path.join(out, f"initial_loss_seed{cpt['seed']}.json")
     # The trajectory's header keeps full precision; the printed table has 4 decimals.
     losses = read_traj(cpt["trajectory"]).header.get("initial_loss") or cpt["start_loss"]
-    write_json(
-        path, {"losses": dict(zip(cpt["domains"], losses)), "source": cpt["trajectory"]}
-    )
+    write_json(path, {"losses": dict(zip(cpt["domains"], losses)), "source": cpt["trajectory"]})
     return path
 
 

@@ -14,6 +14,10 @@ questions:
 * for a data-limited domain (``--domain-tokens NAME=TOKENS``), the share that minimises its loss
   when its data is seen once (``D = TOKENS / r``).
 
+With ``--cross-domain`` it fits the Cross-Domain D-CPT Law instead: a domain without ratio runs
+gets its law from a short run, through its coefficient K (see
+:mod:`megatron_velocitune.cli.fit_cross_domain`).
+
 It prints a ready ``--data-path`` blend and can write a targets JSON (the losses predicted at
 the budget for the chosen blend) for ``--velocitune-target-loss-file``.
 
@@ -26,7 +30,7 @@ Example::
 import argparse
 import math
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,25 +41,24 @@ from megatron_velocitune.cli._common import (
     parse_name_value,
     run_tool,
 )
+from megatron_velocitune.cli.fit_cross_domain import add_cross_domain_args, run_cross_domain
 from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
 from megatron_velocitune.core.config import VelocituneConfigError
-from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
+from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.laws.dcpt_law import (
     DEFAULT_EPS,
     ETA_BOUNDS,
-    DcptFit,
     choose_blend,
     choose_ratio,
-    fit_dcpt,
+    fit_domain,
     format_data_path,
+    gather,
     ratio_for_limited_domain,
 )
 from megatron_velocitune.laws.scaling_law import (
     TargetAboveInitialError,
-    TooFewPointsError,
     header_budget,
     initial_losses,
-    loss_points,
     resolve_target,
 )
 
@@ -173,65 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plot", default=None, help="PNG of predicted vs observed loss over D, per domain and run."
     )
+    add_cross_domain_args(p)
     return p
-
-
-def static_ratio(path: str, t: Trajectory, names: Sequence[str]) -> np.ndarray:
-    """The run's fixed blend, in ``names`` order; an error if its weights ever changed."""
-    w = t.header.get("weights")
-    if w is None or len(w) != len(t.domains):
-        raise ToolError(f"{path}: header has no weights for its {len(t.domains)} domains")
-    w = np.asarray(w, dtype=np.float64)
-    for rec in t.updates:
-        rw = rec.get("weights")
-        if rw is not None and not np.allclose(rw, w, rtol=0, atol=1e-9):
-            raise ToolError(
-                f"{path}: weights change at iteration {rec.get('iteration')} (policy "
-                f"{t.header.get('policy')!r}); the D-CPT Law needs static runs"
-            )
-    w = w / w.sum()
-    return np.array([w[t.domains.index(n)] for n in names])
-
-
-def gather(
-    paths: Sequence[str],
-    runs: Sequence[Trajectory],
-    names: Sequence[str],
-    min_tokens: float = 0.0,
-) -> Tuple[np.ndarray, List[Dict[str, Tuple[np.ndarray, np.ndarray]]]]:
-    """Each run's blend (runs x domains) and per-domain (tokens, losses) from ``min_tokens``."""
-    ratios, points = [], []
-    for path, t in zip(paths, runs):
-        missing = [n for n in names if n not in t.domains]
-        if missing:
-            raise ToolError(f"{path}: no domains {missing} (it has {t.domains})")
-        ratios.append(static_ratio(path, t, names))
-        pts = loss_points(t, names)
-        per_domain = {}
-        for n in names:
-            d, y = pts.domain(n)
-            per_domain[n] = (d[d >= min_tokens], y[d >= min_tokens])
-        points.append(per_domain)
-    return np.array(ratios), points
-
-
-def fit_domain(
-    name: str,
-    ratios: np.ndarray,
-    points,
-    runs: Sequence[int],
-    eps: float,
-    eta_bounds: Tuple[float, float] = ETA_BOUNDS,
-) -> DcptFit:
-    """Fit one domain's law on the given runs."""
-    j = list(points[0]).index(name)
-    d = np.concatenate([points[i][name][0] for i in runs])
-    y = np.concatenate([points[i][name][1] for i in runs])
-    r = np.concatenate([np.full(points[i][name][0].size, ratios[i, j]) for i in runs])
-    try:
-        return fit_dcpt(d, r, y, eps=eps, eta_bounds=eta_bounds)
-    except (TooFewPointsError, ValueError) as e:
-        raise ToolError(f"domain {name!r}: {e}") from None
 
 
 def _plot(path, names, ratios, points, laws, held):
@@ -279,6 +225,8 @@ def _plot(path, names, ratios, points, laws, held):
 
 def run(args: argparse.Namespace) -> int:
     """Fit, answer, print and write; raises :class:`ToolError` on a user error."""
+    if args.cross_domain:
+        return run_cross_domain(args)
     check_rising_rule_args(args)
     if args.tolerance < 0:
         raise ToolError(f"--tolerance {args.tolerance} must be >= 0")

@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import minimize
 
+from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.trajectory import Trajectory
 from megatron_velocitune.laws.fitting import (
     DEFAULT_HUBER_DELTA,
     fit_huber_log,
@@ -44,7 +46,7 @@ from megatron_velocitune.laws.fitting import (
     single_threaded_blas,
     start_grid,
 )
-from megatron_velocitune.laws.scaling_law import TooFewPointsError
+from megatron_velocitune.laws.scaling_law import TooFewPointsError, loss_points
 
 __all__ = [
     "DEFAULT_EPS",
@@ -553,3 +555,99 @@ def format_data_path(prefixes: Sequence[str], weights: Sequence[float], digits: 
     units = np.maximum(units, 1)
     units[int(np.argmax(units))] += scale - int(units.sum())
     return " ".join(f"{u / scale:.{digits}f} {p}" for u, p in zip(units, prefixes))
+
+
+# ----------------------------------------------------------------------------- ratio runs
+def static_points(
+    trajectory: Trajectory, names: Sequence[str], min_tokens: float = 0.0
+) -> Tuple[np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+    """A static run's blend and each domain's ``(tokens, losses)`` from ``min_tokens`` on.
+
+    Args:
+        trajectory (Trajectory): a parsed static run.
+        names (Sequence[str]): domains wanted, in this order (all in the run).
+        min_tokens (float): evaluations before this many tokens are dropped.
+
+    Returns:
+        Tuple[np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]: the blend in ``names``
+        order (normalised over the run's domains) and the per-domain curves.
+
+    Raises:
+        ValueError: a domain is missing, the header has no weights, or they change.
+    """
+    t = trajectory
+    missing = [n for n in names if n not in t.domains]
+    if missing:
+        raise ValueError(f"no domains {missing} (it has {t.domains})")
+    w = t.header.get("weights")
+    if w is None or len(w) != len(t.domains):
+        raise ValueError(f"the header has no weights for its {len(t.domains)} domains")
+    w = np.asarray(w, dtype=np.float64)
+    for rec in t.updates:
+        rw = rec.get("weights")
+        if rw is not None and not np.allclose(rw, w, rtol=0, atol=1e-9):
+            raise ValueError(
+                f"weights change at iteration {rec.get('iteration')}: the law needs static runs"
+            )
+    w = w / w.sum()
+    pts = loss_points(t, names)
+    curves = {}
+    for n in names:
+        d, y = pts.domain(n)
+        curves[n] = (d[d >= min_tokens], y[d >= min_tokens])
+    return np.array([w[t.domains.index(n)] for n in names]), curves
+
+
+def gather(
+    paths: Sequence[str],
+    runs: Sequence[Trajectory],
+    names: Sequence[str],
+    min_tokens: float = 0.0,
+) -> Tuple[np.ndarray, List[Dict[str, Tuple[np.ndarray, np.ndarray]]]]:
+    """Ratio runs as the law's points: each run's blend and per-domain curves.
+
+    Args:
+        paths (Sequence[str]): the runs' trajectory files (named in errors).
+        runs (Sequence[Trajectory]): the parsed runs.
+        names (Sequence[str]): domains wanted, in this order.
+        min_tokens (float): evaluations before this many tokens are dropped.
+
+    Returns:
+        Tuple: the blends (runs x domains, ``names`` order) and each run's
+        ``{domain: (tokens, losses)}``.
+
+    Raises:
+        InputError: a run that is not static or lacks a domain (its file named).
+    """
+    ratios, points = [], []
+    for path, t in zip(paths, runs):
+        try:
+            blend, curves = static_points(t, names, min_tokens)
+        except ValueError as e:
+            raise InputError(f"{path}: {e}") from None
+        ratios.append(blend)
+        points.append(curves)
+    return np.array(ratios), points
+
+
+def fit_domain(
+    name: str,
+    ratios: np.ndarray,
+    points: Sequence[Dict[str, Tuple[np.ndarray, np.ndarray]]],
+    runs: Sequence[int],
+    eps: float = DEFAULT_EPS,
+    eta_bounds: Tuple[float, float] = ETA_BOUNDS,
+) -> DcptFit:
+    """One domain's law fitted on the ratio runs ``runs`` (indices into ``points``).
+
+    Raises:
+        InputError: too few points, or the fit failed (the domain named).
+    """
+    j = list(points[0]).index(name)
+    d = np.concatenate([points[i][name][0] for i in runs])
+    y = np.concatenate([points[i][name][1] for i in runs])
+    r = np.concatenate([np.full(points[i][name][0].size, ratios[i, j]) for i in runs])
+    try:
+        return fit_dcpt(d, r, y, eps=eps, eta_bounds=eta_bounds)
+    except (TooFewPointsError, ValueError) as e:
+        raise InputError(f"domain {name!r}: {e}") from None

@@ -32,6 +32,12 @@ from megatron_velocitune.evaluation import DomainEvaluator
 from megatron_velocitune.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
+from megatron_velocitune.megatron_lm.train_loss import (
+    TrainLossTap,
+    gather_windows,
+    restore_window,
+    stream_evaluator,
+)
 from megatron_velocitune.megatron_lm.writers import megatron_writers
 from megatron_velocitune.state import load_state, save_state, sidecar_path
 
@@ -116,6 +122,8 @@ class VelocitunePlugin:
         self.evaluator_factory = evaluator_factory or _default_evaluator
         self.writers = writers
         self.controller: Optional[VelocituneController] = None
+        # --velocitune-loss-source train: train()'s forward step feeds its accumulator.
+        self.train_loss = TrainLossTap()
 
     # ------------------------------------------------------------------ train() start
     def start(self, model: List[torch.nn.Module], optimizer: Any, train_data_iterator: Any) -> None:
@@ -139,6 +147,10 @@ class VelocitunePlugin:
         evaluator = self.evaluator_factory(
             model, self.registry.held_out(), len(data.prefixes), args, config
         )
+        if config.loss_source == "train":
+            evaluator = stream_evaluator(
+                self.train_loss, self.evaluator_factory, model, data, args, config
+            )
         self.controller = VelocituneController(
             config,
             data.weights,
@@ -177,7 +189,9 @@ class VelocitunePlugin:
         for folder in folders:
             path = sidecar_path(folder, iteration)
             if os.path.exists(path):
-                self.controller.load_state_dict(load_state(path))
+                state = load_state(path)
+                self.controller.load_state_dict(state)
+                restore_window(self.train_loss.accumulator, state)
                 data = self.registry.data
                 replayed = 0
                 if data.train is not None:
@@ -254,14 +268,20 @@ class VelocitunePlugin:
         Returns:
             Optional[str]: the sidecar written, on rank 0.
         """
-        if self.controller is None or _rank() != 0:
+        if self.controller is None:
+            return None
+        windows = gather_windows(self.train_loss.accumulator)  # a collective: every rank
+        if _rank() != 0:
             return None
         args = self.get_args()
         folder = _non_persistent_dir(args, args.save) if non_persistent else args.save
         if not folder:
             return None
         path = sidecar_path(folder, int(iteration))
-        save_state(path, self.controller.state_dict())
+        state = self.controller.state_dict()
+        if windows is not None:
+            state["train_stream_windows"] = windows
+        save_state(path, state)
         return path
 
     @property

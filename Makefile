@@ -21,8 +21,11 @@ MCORE_LATEST ?= 0.19.2
 # python3.12 on PATH, else pyenv's (its shim answers only when 3.12 is the selected version).
 PYTHON_LATEST ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
   $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { command -v $$p; break; }; done)
-VERSIONS := import sys, torch, megatron.core as m; \
-  print(f"python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {m.__version__}")
+# The whole suite, unless PYTEST_ARGS names tests itself (make test-latest PYTEST_ARGS="tests/x.py").
+TESTS = $(if $(filter tests/% tests,$(PYTEST_ARGS)),,tests)
+VERSIONS := import sys, torch; from importlib.metadata import version; \
+  print("python %s, torch %s, megatron-core %s" \
+  % (sys.version.split()[0], torch.__version__, version("megatron-core")))
 
 .PHONY: venv venv-latest demo test test-311 test-latest test-fast lint format clean
 
@@ -55,12 +58,12 @@ test: lint test-311 test-latest
 
 test-311: venv
 	@$(PY) -c '$(VERSIONS)'
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest $(TESTS) $(PYTEST_ARGS)
 
 # The adapter tests must not skip here: VELOCITUNE_REQUIRE_MEGATRON_LM turns a skip into a failure.
 test-latest: venv-latest
 	@$(PY_LATEST) -c '$(VERSIONS)'
-	VELOCITUNE_REQUIRE_MEGATRON_LM=1 $(PY_LATEST) -m pytest tests $(PYTEST_ARGS)
+	VELOCITUNE_REQUIRE_MEGATRON_LM=1 $(PY_LATEST) -m pytest $(TESTS) $(PYTEST_ARGS)
 
 # ruff at megatron-core's width (settings in pyproject.toml); `make format` rewrites in place.
 lint: venv
@@ -73,7 +76,7 @@ format: venv
 
 test-fast: venv
 	@$(PY) -c '$(VERSIONS)'
-	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(TESTS) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_LATEST) build *.egg-info

@@ -732,3 +732,60 @@ def test_checkout_sidecar_and_resume(probe):
     )
     assert resume["history"] == 1 and resume["weights"] == probe["run"]["weights"]
     assert resume["same_index"] and resume["same_next_batch"]
+
+
+# ------------------------------------------------------------------------ loss-source train
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (WHEEL_HAS_TRAINING or REQUIRED),
+    reason="no megatron.training in this interpreter (megatron-core < 0.17): runs on the Python "
+    "3.12 leg against the wheel's megatron.training (make test-latest)",
+)
+def test_loss_source_train_through_the_adapter_on_two_ranks(corpus, tmp_path):
+    """The tapped forward step's per-domain sums are the batch's lm loss, split by domain."""
+    if not WHEEL_HAS_TRAINING:
+        pytest.fail(
+            "VELOCITUNE_REQUIRE_MEGATRON_LM=1 but this interpreter has no megatron.training"
+        )
+    from tests._megatron_lm_train_loss import worker
+    from tests._multiproc import run_distributed
+
+    names = [os.path.basename(p) for p in corpus.prefixes]
+    iterations = 2
+    results = run_distributed(
+        worker,
+        world_size=2,
+        args=(corpus.root, names, str(tmp_path), iterations),
+        timeout=600,
+    )
+    first = results[0]
+    assert tuple(first["version"]) >= (0, 17, 0)
+    for result in results:
+        assert len(result["records"]) == iterations
+        for record in result["records"]:
+            loss, tokens = np.array(record["window_loss"]), np.array(record["window_tokens"])
+            # Every token of the global batch lands in its sample's domain ...
+            assert np.array_equal(tokens, record["expected_tokens"])
+            assert tokens.sum() == record["lm_tokens"] > 0
+            # ... and the per-domain means, pooled, are the batch's lm loss.
+            means = loss[tokens > 0] / tokens[tokens > 0]
+            pooled = float(np.sum(means * tokens[tokens > 0]) / tokens.sum())
+            assert pooled == pytest.approx(record["lm_loss_sum"] / record["lm_tokens"], rel=1e-5)
+            assert np.all(np.isfinite(means)) and np.all(means > 0)
+        # The update read exactly the window (its per-domain means), then opened a new one.
+        total = np.array(result["window_total"])
+        decision = result["decision"]
+        assert decision is not None and decision["iteration"] == iterations
+        seen = total[1] > 0
+        assert np.allclose(
+            np.array(decision["eval_loss"])[seen], total[0][seen] / total[1][seen], rtol=1e-12
+        )
+        assert np.count_nonzero(np.array(result["open_window_after_update"])) == 0
+        assert np.allclose(result["dataset_weights"], result["weights"])
+        assert np.all(np.isfinite(result["initial_loss"]))
+    # All ranks agree: the same windows, initial loss, decision and blend.
+    for other in results[1:]:
+        assert other["records"] == first["records"]
+        assert other["initial_loss"] == first["initial_loss"]
+        assert other["decision"]["eval_loss"] == first["decision"]["eval_loss"]
+        assert other["weights"] == first["weights"]

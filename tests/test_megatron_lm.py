@@ -789,3 +789,61 @@ def test_loss_source_train_through_the_adapter_on_two_ranks(corpus, tmp_path):
         assert other["initial_loss"] == first["initial_loss"]
         assert other["decision"]["eval_loss"] == first["decision"]["eval_loss"]
         assert other["weights"] == first["weights"]
+
+
+def test_train_loss_tap_reads_domains_from_the_iterator():
+    """The tap on a forward step shaped like pretrain_gpt.py's (dataset_id not in its batch)."""
+    import functools
+
+    import torch
+
+    from megatron_velocitune.megatron_lm.train_loss import TrainLossTap, loss_mask_of
+    from megatron_velocitune.train_stream import DomainLossAccumulator
+
+    def loss_func(loss_mask, output_tensor, model=None):
+        return (output_tensor.reshape(-1) * loss_mask.reshape(-1)).sum()
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)  # like get_batch: only the fixed keys go on
+        losses = batch["tokens"].float() / 10.0
+        return losses, functools.partial(loss_func, batch["loss_mask"], model=model)
+
+    def batches():
+        for i in range(3):
+            yield {
+                "tokens": torch.arange(8).reshape(2, 4) + i,
+                "loss_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+                "dataset_id": torch.tensor([i % 2, 2]),
+            }
+
+    tap = TrainLossTap()
+    model = torch.nn.Linear(1, 1)
+    stepped = tap.wrap(forward_step)
+    it = batches()
+    out, fn = stepped(it, model)  # no accumulator yet: untouched
+    assert fn.func is loss_func
+    tap.accumulator = DomainLossAccumulator(3)
+    expected = np.zeros((2, 3))
+    for i in (1, 2):
+        out, fn = stepped(it, model)
+        total = fn(out)
+        mask = loss_mask_of(fn.__wrapped__, out)
+        assert float(total) == pytest.approx(float((out * mask).sum()))
+        for j, d in enumerate([i % 2, 2]):
+            expected[0, d] += float((out[j] * mask[j]).sum())
+            expected[1, d] += float(mask[j].sum())
+    assert np.allclose(tap.accumulator.state().numpy(), expected)
+    # Megatron-LM's evaluate() runs the same step in eval mode: not the training stream.
+    model.eval()
+    out, fn = stepped(iter(list(batches())), model)
+    assert fn.func is loss_func
+    # A loss function without a bound mask and samples whose masks do not fit: one clear line.
+    model.train()
+
+    def bare_step(data_iterator, model):
+        batch = next(data_iterator)
+        return batch["tokens"].float()[:, :2], lambda out: out.sum()
+
+    out, fn = tap.wrap(bare_step)(iter(list(batches())), model)
+    with pytest.raises(RuntimeError, match="--velocitune-loss-source eval"):
+        fn(out)

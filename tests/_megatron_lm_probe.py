@@ -1,18 +1,28 @@
-"""Drive the adapter through a real Megatron-LM checkout's functions, in one process.
+"""Drive the adapter through a real Megatron-LM's functions, in one process.
 
 Run by tests/test_megatron_lm.py as ``python tests/_megatron_lm_probe.py OUT.json CORPUS_DIR
-NAMES...`` with ``PYTHONPATH=$MEGATRON_LM_PATH`` first, so ``import megatron`` is the checkout
-(a pytest process has already imported the pip megatron-core). Importing Megatron-LM costs
-~15 s of CPU here, so every check shares this one process and writes its findings to OUT.json,
-which the tests assert on one by one. One gloo rank on the CPU (Megatron-LM's ``train()`` itself
-needs CUDA: that part runs on a GPU machine, examples/megatron_lm/).
+NAMES...``, against one of:
+
+- a checkout: ``PYTHONPATH=$MEGATRON_LM_PATH`` first, so ``import megatron`` is the checkout (a
+  pytest process has already imported the pip megatron-core); the datasets come from the
+  checkout's own ``pretrain_gpt.py`` provider;
+- the megatron-core wheel's ``megatron.training`` (0.17+, the Python 3.12 leg): the wheel has no
+  ``pretrain_gpt.py``, so the provider is the project's own entry
+  (``megatron_velocitune.megatron_lm.gpt_entry``).
+
+Importing Megatron-LM costs ~15-25 s of CPU here, so every check shares this one process and
+writes its findings to OUT.json, which the tests assert on one by one. One gloo rank on the CPU
+(Megatron-LM's ``train()`` itself needs CUDA: that part runs on a GPU machine,
+examples/megatron_lm/).
 
 Checks, in order:
 1. ``install()``: the release detected, every integration point wrapped.
 2. Megatron-LM's own ``parse_args`` with the ``--velocitune-*`` flags, and a refusal (cyclic).
-3. ``validate_args``, then Megatron-LM's ``build_train_valid_test_datasets`` running
-   ``pretrain_gpt.py``'s real provider on a real blend: the train split is a
-   ``VelocityBlendedDataset``, validation/test are megatron-core's static ones.
+3. The release's start-up: ``validate_args`` (before 0.18) or ``parse_and_validate_args``
+   (0.18+), and the ``pretrain`` call the entry makes (``pretrain_cfg_container_from_args`` run
+   for real, the call bound to ``pretrain``'s signature); then Megatron-LM's
+   ``build_train_valid_test_datasets`` running the real provider on a real blend: the train split
+   is a ``VelocityBlendedDataset``, validation/test are megatron-core's static ones.
 4. The run: ``plugin.start`` (a stub evaluator stands in for the model), the *wrapped*
    ``checkpoint_and_decide_exit`` at iteration m updating the blend and restarting Megatron-LM's
    ``RerunDataIterator`` at the consumed position, the sidecar, and a resume that replays it.
@@ -163,28 +173,50 @@ def main(out_path, corpus, names):
         except SystemExit as e:
             result["refusal"] = {"exit": e.code, "message": stderr.getvalue().strip()}
 
-    # 3. validate, set Megatron-LM's globals, build the datasets with pretrain_gpt's provider
+    # 3. the release's start-up (globals set), the pretrain call, the datasets
+    import inspect
+
     import torch
     from megatron.core import parallel_state
     from megatron.training import global_vars
 
+    from megatron_velocitune.megatron_lm import gpt_entry
+
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     parallel_state.initialize_model_parallel()
     sys.argv = megatron_argv(corpus, names, workdir)
-    args = arguments.parse_args()
-    arguments.validate_args(args, {})
-    global_vars.set_global_variables(args, build_tokenizer=False)
+    compat = plugin.compat
+    if compat.args_entry == "parse_and_validate_args":
+        args = gpt_entry.parse_args_for(compat)  # parse, validate, set the globals
+    else:
+        args = arguments.parse_args()
+        arguments.validate_args(args, {})
+        global_vars.set_global_variables(args, build_tokenizer=False)
+    positional, keywords = gpt_entry.pretrain_call(compat, args)
+    bound = inspect.signature(training.pretrain).bind(*positional, **keywords).arguments
+    result["startup"] = {
+        "args_entry": compat.args_entry,
+        "args_is_global": global_vars.get_args() is args,
+        "velocitune_flags": args.velocitune_update_interval == 5,
+        "cfg_container": type(positional[0]).__name__ if positional else None,
+        "model_provider_bound": bound.get("model_provider") is gpt_entry.model_provider,
+        "forward_step_bound": bound.get("forward_step_func") is gpt_entry.forward_step,
+    }
 
-    import pretrain_gpt
     from megatron.core.datasets.blended_dataset import BlendedDataset
 
     from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
-    pretrain_gpt.train_valid_test_datasets_provider.is_distributed = True
+    if os.environ.get("MEGATRON_LM_PATH"):
+        import pretrain_gpt
+
+        pretrain_gpt.train_valid_test_datasets_provider.is_distributed = True
+        provider = pretrain_gpt.train_valid_test_datasets_provider
+    else:  # the wheel: no pretrain_gpt.py, the project's own entry
+        provider = gpt_entry.dataset_provider
+    result["provider"] = f"{provider.__module__}.{provider.__name__}"
     num_samples = training.get_train_valid_test_num_samples()
-    train_ds, valid_ds, test_ds = training.build_train_valid_test_datasets(
-        pretrain_gpt.train_valid_test_datasets_provider, num_samples
-    )
+    train_ds, valid_ds, test_ds = training.build_train_valid_test_datasets(provider, num_samples)
     data = plugin.registry.data
     result["datasets"] = {
         "num_samples": list(num_samples),
@@ -252,9 +284,7 @@ def main(out_path, corpus, names):
     args.save = os.path.join(workdir, "ckpt")
     path = plugin.after_save(iteration, non_persistent=False)
     index_after_update = ids(train_ds, len(train_ds))
-    train_ds2, _, _ = training.build_train_valid_test_datasets(
-        pretrain_gpt.train_valid_test_datasets_provider, num_samples
-    )
+    train_ds2, _, _ = training.build_train_valid_test_datasets(provider, num_samples)
     loader2 = training.build_pretraining_data_loader(train_ds2, consumed)
     train_iter2 = RerunDataIterator(iter(loader2))
     args.load, args.iteration, args.consumed_train_samples = args.save, iteration, consumed

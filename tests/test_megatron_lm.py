@@ -7,16 +7,23 @@ Two kinds of tests:
   substitution on megatron-core's own builder (pip megatron-core, real .bin/.idx from the
   ``corpus`` fixture), and the plugin's start / update / sidecar / resume with stand-ins for
   Megatron-LM's loader and train loop (a one-process gloo world).
-- With ``MEGATRON_LM_PATH`` set to a Megatron-LM checkout (core_v0.16.x on this machine's
-  Python 3.11; its dataset helpers compiled: ``make -C $MEGATRON_LM_PATH/megatron/core/datasets``):
-  tests/_megatron_lm_probe.py imports the checkout in a subprocess (this process already holds
-  the pip megatron-core) and drives the adapter through Megatron-LM's real ``parse_args``,
-  ``validate_args``, ``build_train_valid_test_datasets`` with ``pretrain_gpt.py``'s provider,
-  ``build_pretraining_data_loader``, ``RerunDataIterator`` and ``checkpoint_and_decide_exit``.
+- Against a real Megatron-LM: with ``MEGATRON_LM_PATH`` set to a checkout (core_v0.16.x on
+  Python 3.11, core_v0.17+ on 3.12; its dataset helpers compiled: ``make -C
+  $MEGATRON_LM_PATH/megatron/core/datasets``), else the megatron-core wheel's own
+  ``megatron.training`` (0.17+: the Python 3.12 leg, ``make test-latest``, where
+  ``VELOCITUNE_REQUIRE_MEGATRON_LM=1`` turns these skips into failures).
+  tests/_megatron_lm_probe.py imports it in a subprocess (this process already holds the pip
+  megatron-core) and drives the adapter through Megatron-LM's real ``parse_args`` /
+  ``parse_and_validate_args``, ``validate_args``, ``build_train_valid_test_datasets`` with
+  ``pretrain_gpt.py``'s provider (a checkout) or the project's ``gpt_entry`` (the wheel),
+  ``build_pretraining_data_loader``, ``RerunDataIterator`` and ``checkpoint_and_decide_exit``;
+  tests/_megatron_lm_train_loss.py runs ``--velocitune-loss-source train`` on 2 gloo ranks
+  through megatron-core's forward-backward schedule with the wheel's ``megatron.training``.
   Megatron-LM's ``train()`` needs CUDA: examples/megatron_lm/run_single_gpu.sh runs it.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,6 +46,9 @@ from tests._multiproc import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEGATRON_LM_PATH = os.environ.get("MEGATRON_LM_PATH")
+# The megatron-core wheels from 0.17 carry megatron.training (0.16 and older: megatron.core only).
+WHEEL_HAS_TRAINING = importlib.util.find_spec("megatron.training") is not None
+REQUIRED = os.environ.get("VELOCITUNE_REQUIRE_MEGATRON_LM") == "1"
 
 
 # ------------------------------------------------------------------------ release facts
@@ -68,7 +78,7 @@ def test_parse_version_rejects_garbage():
         ("0.14.0", "parse_args", "megatron.legacy.data.data_samplers", False, False, (3, 10)),
         ("0.15.3", "parse_args", "megatron.legacy.data.data_samplers", False, False, (3, 10)),
         ("0.16.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 10)),
-        ("0.17.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 12)),
+        ("0.17.1", "parse_args", "megatron.training.datasets.data_samplers", False, True, (3, 10)),
         (
             "0.18.0",
             "parse_and_validate_args",
@@ -104,6 +114,25 @@ def test_compat_for_version(version, args_entry, samplers, hook_optimizer, fast_
     assert compat.has_fast_cache_load is fast_cache
     assert compat.has_phase_transitions is fast_cache
     assert compat.min_python == python
+    assert compat.model_provider_keyword is (parse_version(version) >= (0, 19, 0))
+
+
+def test_import_hint_reads_the_error():
+    from megatron_velocitune.megatron_lm.compat import import_hint
+
+    def error(message, name):
+        e = ModuleNotFoundError(message) if name else ImportError(message)
+        e.name = name
+        return e
+
+    wheel = error("No module named 'megatron.training'", "megatron.training")
+    assert "hold megatron.core only" in import_hint((0, 16, 1), wheel)
+    assert "(einops)" in import_hint((0, 19, 2), error("No module named 'einops'", "einops"))
+    override = error("cannot import name 'override' from 'typing'", None)
+    if sys.version_info[:2] < (3, 12):
+        assert "needs Python 3.12" in import_hint((0, 17, 1), override)
+    else:
+        assert "incomplete" in import_hint((0, 17, 1), override)
 
 
 def test_compat_refuses_old_releases():
@@ -141,6 +170,7 @@ def test_check_args_accepts_a_weighted_blend():
     check_args(_args())
     check_args(_args(dataloader_type="single", data_path=["0.7 data/a 0.3 data/b"]))
     check_args(_args(data_path=None))  # --data-args-path: checked once the blend is read
+    check_args(_args(velocitune_loss_source="train"))  # the forward step is tapped
 
 
 @pytest.mark.parametrize(
@@ -160,7 +190,6 @@ def test_check_args_accepts_a_weighted_blend():
         ({"fim_data": True}, "--fim-data"),
         ({"train_data_path": ["0.5", "a"]}, "--train-data-path"),
         ({"per_split_data_args_path": "x.json"}, "--per-split-data-args-path"),
-        ({"velocitune_loss_source": "train"}, "dataset_id"),
         ({"data_path": ["data/a"]}, "single-prefix blend"),
         ({"data_path": ["1.0", "data/a"]}, "single-prefix blend"),
         ({"data_path": ["data/a", "data/b"]}, "needs the starting weights"),
@@ -297,9 +326,11 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
         _save_checkpoint_wrapper,
         _train_wrapper,
     )
+    from megatron_velocitune.megatron_lm.train_loss import TrainLossTap
 
     seen = []
     plugin = SimpleNamespace(
+        train_loss=TrainLossTap(),
         start=lambda model, optimizer, it: seen.append(("start", model, optimizer, it)),
         after_iteration=lambda model, opt, iteration, it: seen.append(("iter", iteration, it)),
         after_save=lambda iteration, non_persistent: seen.append(
@@ -348,6 +379,7 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
         non_loss_data_func,
         inference_model=None,
     ):
+        seen.append(("forward_step", forward_step_func.__wrapped__))
         return 7, 0.0
 
     assert (
@@ -371,6 +403,7 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
         ("save", 300, True),
         ("save", 450, False),
         ("start", "m", "o", "it"),
+        ("forward_step", "f"),  # train() gets the tapped step (--velocitune-loss-source train)
     ]
 
     # Helpers that already import (a wheel's prebuilt ones, here pip's) need no `make`.
@@ -570,20 +603,30 @@ def test_plugin_without_a_velocitune_build_says_why(world, corpus, tmp_path):
 
 # ------------------------------------------------------------------------ a real checkout
 needs_checkout = pytest.mark.skipif(
-    not MEGATRON_LM_PATH,
-    reason="MEGATRON_LM_PATH is unset: these run against a real Megatron-LM checkout; set it to a "
-    "core_v0.16.x checkout (pip install -e '.[megatron-lm]'; make -C "
-    "$MEGATRON_LM_PATH/megatron/core/datasets), or run them on a GPU machine",
+    not (MEGATRON_LM_PATH or WHEEL_HAS_TRAINING or REQUIRED),
+    reason="no megatron.training here (megatron-core < 0.17 holds megatron.core only): these run "
+    "on the Python 3.12 leg against the wheel's megatron.training (make test-latest), or with "
+    "MEGATRON_LM_PATH set to a Megatron-LM checkout (pip install -e '.[megatron-lm]'; make -C "
+    "$MEGATRON_LM_PATH/megatron/core/datasets)",
 )
+
+
+def _require_megatron_lm():
+    if not (MEGATRON_LM_PATH or WHEEL_HAS_TRAINING):
+        pytest.fail(
+            "VELOCITUNE_REQUIRE_MEGATRON_LM=1 but this environment has no megatron.training "
+            "(install megatron-core >= 0.17 on Python 3.12, or set MEGATRON_LM_PATH)"
+        )
 
 
 @pytest.fixture(scope="module")
 def probe(corpus, tmp_path_factory):
-    """Run tests/_megatron_lm_probe.py against the checkout once; its findings as a dict."""
+    """Run tests/_megatron_lm_probe.py against the Megatron-LM once; its findings as a dict."""
+    _require_megatron_lm()
     out = tmp_path_factory.mktemp("probe") / "probe.json"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [MEGATRON_LM_PATH, os.path.dirname(HERE), env.get("PYTHONPATH", "")]
+        [p for p in (MEGATRON_LM_PATH, os.path.dirname(HERE), env.get("PYTHONPATH")) if p]
     )
     env.update(OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
     names = [os.path.basename(p) for p in corpus.prefixes]
@@ -609,8 +652,27 @@ def probe(corpus, tmp_path_factory):
 
 @needs_checkout
 def test_checkout_is_the_megatron_imported(probe):
-    assert probe["megatron_core_file"].startswith(os.path.abspath(MEGATRON_LM_PATH))
-    assert tuple(probe["version"]) >= (0, 14, 0)
+    if MEGATRON_LM_PATH:
+        assert probe["megatron_core_file"].startswith(os.path.abspath(MEGATRON_LM_PATH))
+        assert tuple(probe["version"]) >= (0, 14, 0)
+        assert probe["provider"] == "pretrain_gpt.train_valid_test_datasets_provider"
+    else:
+        import megatron.core
+
+        assert probe["megatron_core_file"] == megatron.core.__file__  # the wheel's
+        assert tuple(probe["version"]) >= (0, 17, 0)
+        assert probe["provider"].endswith("gpt_entry.dataset_provider")
+
+
+@needs_checkout
+def test_checkout_startup_path_of_the_release(probe):
+    """0.18+: parse_and_validate_args, then pretrain(cfg_container, ...); 0.19+ keyword."""
+    startup, version = probe["startup"], tuple(probe["version"])
+    new = version >= (0, 18, 0)
+    assert startup["args_entry"] == ("parse_and_validate_args" if new else "parse_args")
+    assert startup["args_is_global"] and startup["velocitune_flags"]
+    assert (startup["cfg_container"] == "PretrainConfigContainer") is new
+    assert startup["model_provider_bound"] and startup["forward_step_bound"]
 
 
 @needs_checkout
@@ -662,3 +724,118 @@ def test_checkout_sidecar_and_resume(probe):
     )
     assert resume["history"] == 1 and resume["weights"] == probe["run"]["weights"]
     assert resume["same_index"] and resume["same_next_batch"]
+
+
+# ------------------------------------------------------------------------ loss-source train
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (WHEEL_HAS_TRAINING or REQUIRED),
+    reason="no megatron.training in this interpreter (megatron-core < 0.17): runs on the Python "
+    "3.12 leg against the wheel's megatron.training (make test-latest)",
+)
+def test_loss_source_train_through_the_adapter_on_two_ranks(corpus, tmp_path):
+    """The tapped forward step's per-domain sums are the batch's lm loss, split by domain."""
+    if not WHEEL_HAS_TRAINING:
+        pytest.fail(
+            "VELOCITUNE_REQUIRE_MEGATRON_LM=1 but this interpreter has no megatron.training"
+        )
+    from tests._megatron_lm_train_loss import worker
+    from tests._multiproc import run_distributed
+
+    names = [os.path.basename(p) for p in corpus.prefixes]
+    iterations = 2
+    results = run_distributed(
+        worker,
+        world_size=2,
+        args=(corpus.root, names, str(tmp_path), iterations),
+        timeout=600,
+    )
+    first = results[0]
+    assert tuple(first["version"]) >= (0, 17, 0)
+    for result in results:
+        assert len(result["records"]) == iterations
+        for record in result["records"]:
+            loss, tokens = np.array(record["window_loss"]), np.array(record["window_tokens"])
+            # Every token of the global batch lands in its sample's domain ...
+            assert np.array_equal(tokens, record["expected_tokens"])
+            assert tokens.sum() == record["lm_tokens"] > 0
+            # ... and the per-domain means, pooled, are the batch's lm loss.
+            means = loss[tokens > 0] / tokens[tokens > 0]
+            pooled = float(np.sum(means * tokens[tokens > 0]) / tokens.sum())
+            assert pooled == pytest.approx(record["lm_loss_sum"] / record["lm_tokens"], rel=1e-5)
+            assert np.all(np.isfinite(means)) and np.all(means > 0)
+        # The update read exactly the window (its per-domain means), then opened a new one.
+        total = np.array(result["window_total"])
+        decision = result["decision"]
+        assert decision is not None and decision["iteration"] == iterations
+        seen = total[1] > 0
+        assert np.allclose(
+            np.array(decision["eval_loss"])[seen], total[0][seen] / total[1][seen], rtol=1e-12
+        )
+        assert np.count_nonzero(np.array(result["open_window_after_update"])) == 0
+        assert np.allclose(result["dataset_weights"], result["weights"])
+        assert np.all(np.isfinite(result["initial_loss"]))
+    # All ranks agree: the same windows, initial loss, decision and blend.
+    for other in results[1:]:
+        assert other["records"] == first["records"]
+        assert other["initial_loss"] == first["initial_loss"]
+        assert other["decision"]["eval_loss"] == first["decision"]["eval_loss"]
+        assert other["weights"] == first["weights"]
+
+
+def test_train_loss_tap_reads_domains_from_the_iterator():
+    """The tap on a forward step shaped like pretrain_gpt.py's (dataset_id not in its batch)."""
+    import functools
+
+    import torch
+
+    from megatron_velocitune.control.train_stream import DomainLossAccumulator
+    from megatron_velocitune.megatron_lm.train_loss import TrainLossTap, loss_mask_of
+
+    def loss_func(loss_mask, output_tensor, model=None):
+        return (output_tensor.reshape(-1) * loss_mask.reshape(-1)).sum()
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)  # like get_batch: only the fixed keys go on
+        losses = batch["tokens"].float() / 10.0
+        return losses, functools.partial(loss_func, batch["loss_mask"], model=model)
+
+    def batches():
+        for i in range(3):
+            yield {
+                "tokens": torch.arange(8).reshape(2, 4) + i,
+                "loss_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+                "dataset_id": torch.tensor([i % 2, 2]),
+            }
+
+    tap = TrainLossTap()
+    model = torch.nn.Linear(1, 1)
+    stepped = tap.wrap(forward_step)
+    it = batches()
+    out, fn = stepped(it, model)  # no accumulator yet: untouched
+    assert fn.func is loss_func
+    tap.accumulator = DomainLossAccumulator(3)
+    expected = np.zeros((2, 3))
+    for i in (1, 2):
+        out, fn = stepped(it, model)
+        total = fn(out)
+        mask = loss_mask_of(fn.__wrapped__, out)
+        assert float(total) == pytest.approx(float((out * mask).sum()))
+        for j, d in enumerate([i % 2, 2]):
+            expected[0, d] += float((out[j] * mask[j]).sum())
+            expected[1, d] += float(mask[j].sum())
+    assert np.allclose(tap.accumulator.state().numpy(), expected)
+    # Megatron-LM's evaluate() runs the same step in eval mode: not the training stream.
+    model.eval()
+    out, fn = stepped(iter(list(batches())), model)
+    assert fn.func is loss_func
+    # A loss function without a bound mask and samples whose masks do not fit: one clear line.
+    model.train()
+
+    def bare_step(data_iterator, model):
+        batch = next(data_iterator)
+        return batch["tokens"].float()[:, :2], lambda out: out.sum()
+
+    out, fn = tap.wrap(bare_step)(iter(list(batches())), model)
+    with pytest.raises(RuntimeError, match="--velocitune-loss-source eval"):
+        fn(out)

@@ -3,7 +3,7 @@
 # The setting script defines, before sourcing this file:
 #   MODEL_ARGS   the architecture flags of the base model (Megatron-LM names)
 #   TRAIN_ARGS   batch, schedule, optimizer, parallelism (the paper's hyper-parameters)
-#   TRAIN_ITERS  the main run's iterations;  PROXY_ITERS the proxy run's (about half)
+#   TRAIN_ITERS  the main run's iterations;  PROXY_ITERS the proxy run's (Table 8's sample ratio)
 #   GBS, SEQ     global batch size (sequences) and sequence length
 #   RUN_ROOT     where the three steps write (proxy/, targets.json, main/)
 # and calls `run_step "$STEP"` with STEP in proxy | fit | main.
@@ -43,7 +43,7 @@ container_flags() {
 }
 
 # Data, evaluation, logging and checkpointing: identical for the proxy and the main run, so that
-# the proxy's held-out losses are the main run's first half under the static blend.
+# the proxy's held-out losses are the main run's first steps under the static blend.
 common_args() {
   local out=$1
   # --data-path and the split hold out 0.2% of every domain's documents: each domain's
@@ -84,8 +84,9 @@ run_step() {
   mkdir -p "$RUN_ROOT"
   case "$step" in
     proxy)
-      # Token-proportional static blend, first ~half of the budget; the LR schedule is the main
-      # run's (decay over TRAIN_ITERS) so the recorded curve is the main run's first half.
+      # Token-proportional static blend, the first 51% (Reasoning) or 58% (SystemStack) of the
+      # budget (Table 8's proxy sample ratio); the LR schedule is the main
+      # run's (decay over TRAIN_ITERS) so the recorded curve is the main run's first part.
       # Policy static: no reweighting, each domain's held-out loss recorded every m iterations
       # (and L_init measured once at iteration 0).
       megatron ${MODEL_ARGS} ${TRAIN_ARGS} --train-iters "$PROXY_ITERS" \
@@ -94,7 +95,7 @@ run_step() {
       ;;
     fit)
       # L(D) = E + B / D^beta per domain on the proxy's evaluations (all of them: the proxy is
-      # the first half of the budget), predicted at the main run's full token budget. A replay
+      # the budget's first 51% or 58%), predicted at the main run's full token budget. A replay
       # domain whose loss rises gets L_init * (1 - 1%) (see the README, "Replay domains").
       local budget=$((TRAIN_ITERS * GBS * SEQ))
       # shellcheck disable=SC2046

@@ -197,9 +197,15 @@ class VelocituneRun:
         """The sidecar's content (the controller's state)."""
         return self.controller.state_dict()
 
-    def after_save(self, path: str) -> str:
-        """Write the sidecar to ``path`` (call on one rank, after the checkpoint is written)."""
-        save_state(path, self.state_dict())
+    def after_save(self, path: str, extra: Optional[Dict[str, Any]] = None) -> str:
+        """Write the sidecar to ``path`` (call on one rank, after the checkpoint is written).
+
+        Args:
+            path (str): the sidecar file.
+            extra (Optional[Dict[str, Any]]): more JSON-able fields the driver keeps there
+                (Megatron-LM: the training-stream windows, which its checkpoint cannot hold).
+        """
+        save_state(path, {**self.state_dict(), **(extra or {})})
         return path
 
     # ------------------------------------------------------------------ views

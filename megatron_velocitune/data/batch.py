@@ -6,6 +6,7 @@ the other ranks of its tensor-parallel group. Middle pipeline stages read nothin
 comes from the previous stage). Used by training and by the held-out evaluation alike.
 """
 
+import inspect
 from typing import Dict, Optional
 
 import torch
@@ -68,10 +69,19 @@ def broadcast_batch(
     # Context parallelism: this rank's two sequence chunks, as Megatron-LM's get_batch (a no-op
     # at CP=1; reductions over the DP+CP group then add up the chunks' sums).
     domain = batch.pop("dataset_id", None)  # per sample, not per token: not sliced
-    batch = get_batch_on_this_cp_rank(batch)
+    if parallel_state.get_context_parallel_world_size() > 1:
+        batch = _this_cp_rank(batch)
     if domain is not None:
         batch["dataset_id"] = domain
     return batch
+
+
+def _this_cp_rank(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # megatron-core 0.19 made is_hybrid_cp a required argument (hybrid CP regroups samples; this
+    # project's batches are plain CP).
+    if "is_hybrid_cp" in inspect.signature(get_batch_on_this_cp_rank).parameters:
+        return get_batch_on_this_cp_rank(batch, is_hybrid_cp=False)
+    return get_batch_on_this_cp_rank(batch)
 
 
 def gpt_forward(model: torch.nn.Module, batch: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:

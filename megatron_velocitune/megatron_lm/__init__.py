@@ -19,7 +19,9 @@ Two ways in:
 ``megatron.training.training.build_train_valid_test_``      train blend -> VelocityBlendedDataset,
 ``datasets`` (+ ``BlendedMegatronDatasetBuilder.build``     per-domain held-out sets
 while it runs)
-``megatron.training.training.train``                        controller, resume, initial loss
+``megatron.training.training.train``                        controller, resume, initial loss;
+                                                            its ``forward_step_func`` feeds
+                                                            ``--velocitune-loss-source train``
 ``megatron.training.training.checkpoint_and_decide_exit``   update every m iterations, loader
                                                             restarted at the consumed position
 ``megatron.training.training.save_checkpoint``              ``velocitune_state.json`` sidecar
@@ -179,7 +181,7 @@ def _train_wrapper(original, plugin: VelocitunePlugin):
     ):
         plugin.start(model, optimizer, train_data_iterator)
         return original(
-            forward_step_func,
+            plugin.train_loss.wrap(forward_step_func),
             model,
             optimizer,
             opt_param_scheduler,

@@ -109,11 +109,6 @@ def check_args(args: Any) -> None:
                 f"{flag}: per-split blends are not supported; give --data-path W1 PREFIX1 ... "
                 f"with --split, whose validation split holds each domain's held-out documents"
             )
-    if get("velocitune_loss_source", "eval") == "train":
-        refusals.append(
-            "--velocitune-loss-source train: Megatron-LM's get_batch drops each sample's "
-            "dataset_id, so the training stream's per-domain loss is not available; use eval"
-        )
     if refusals:
         raise VelocituneConfigError(refusals[0])
     check_data_path(get("data_path"))

@@ -34,6 +34,12 @@ from megatron_velocitune.control.state import load_state, sidecar_path
 from megatron_velocitune.data.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
+from megatron_velocitune.megatron_lm.train_loss import (
+    TrainLossTap,
+    gather_windows,
+    restore_window,
+    stream_evaluator,
+)
 from megatron_velocitune.megatron_lm.writers import megatron_writers
 
 __all__ = ["VelocitunePlugin"]
@@ -106,6 +112,8 @@ class VelocitunePlugin:
         self.evaluator_factory = evaluator_factory or _default_evaluator
         self.writers = writers
         self.run: Optional[VelocituneRun] = None
+        # --velocitune-loss-source train: train()'s forward step feeds its accumulator.
+        self.train_loss = TrainLossTap()
         self._train_iterator: Any = None
 
     # ------------------------------------------------------------------ train() start
@@ -131,9 +139,14 @@ class VelocitunePlugin:
             header_extra={"megatron_lm": ".".join(map(str, self.compat.version))},
             eval_context=functools.partial(self._forward_pre_hooks_off, model, optimizer),
         )
-        run.controller.evaluator = self.evaluator_factory(
+        evaluator = self.evaluator_factory(
             model, self.registry.held_out(), len(data.prefixes), args, run.config
         )
+        if run.config.loss_source == "train":
+            evaluator = stream_evaluator(
+                self.train_loss, self.evaluator_factory, model, data, args, run.config
+            )
+        run.controller.evaluator = evaluator
         self._train_iterator = train_data_iterator
         run.on_blend_change(self._rebuild_train_iterator)
         iteration = int(getattr(args, "iteration", 0) or 0)
@@ -153,7 +166,9 @@ class VelocitunePlugin:
         for folder in folders:
             path = sidecar_path(folder, iteration)
             if os.path.exists(path):
-                self.run.restore(load_state(path), path)
+                state = load_state(path)
+                self.run.restore(state, path)
+                restore_window(self.train_loss.accumulator, state)
                 return True
         _print_rank_last(
             f" velocitune: WARNING no {os.path.basename(sidecar_path(args.load, iteration))} for "
@@ -213,13 +228,17 @@ class VelocitunePlugin:
         Returns:
             Optional[str]: the sidecar written, on rank 0.
         """
-        if self.run is None or _rank() != 0:
+        if self.run is None:
+            return None
+        windows = gather_windows(self.train_loss.accumulator)  # a collective: every rank
+        if _rank() != 0:
             return None
         args = self.get_args()
         folder = _non_persistent_dir(args, args.save) if non_persistent else args.save
         if not folder:
             return None
-        return self.run.after_save(sidecar_path(folder, int(iteration)))
+        extra = {} if windows is None else {"train_stream_windows": windows}
+        return self.run.after_save(sidecar_path(folder, int(iteration)), extra)
 
     @property
     def controller(self) -> Optional[VelocituneController]:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from megatron_velocitune.errors import VelocituneError
 from megatron_velocitune.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
@@ -31,7 +32,7 @@ __all__ = [
 LOSS_SOURCES = ("eval", "train")
 
 
-class VelocituneConfigError(ValueError):
+class VelocituneConfigError(VelocituneError, ValueError):
     """A configuration value is invalid; the message is one line naming the flag and value."""
 
 

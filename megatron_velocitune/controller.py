@@ -83,6 +83,8 @@ class VelocituneController:
             ``global_batch_size``, ``train_iters``, ...).
         groups (Optional[UpdateGroups]): process groups; found from megatron-core's parallel
             state at the first update when None.
+        run_id (Optional[str]): the run's identity in the trajectory (identical on every rank;
+            a resumed run takes the one its sidecar holds).
     """
 
     def __init__(
@@ -97,8 +99,10 @@ class VelocituneController:
         trajectory_path: Optional[str] = None,
         header_extra: Optional[Dict[str, Any]] = None,
         groups: Optional[UpdateGroups] = None,
+        run_id: Optional[str] = None,
     ) -> None:
         self.config = config
+        self.run_id = run_id
         self.initial_weights = normalize(np.asarray(weights, dtype=np.float64))
         self.num_domains = int(self.initial_weights.shape[0])
         config.validate(self.num_domains, self.initial_weights.tolist())
@@ -298,6 +302,7 @@ class VelocituneController:
             "target_given": _floats(self.given_target),
             "target_rules": self.target_rules,
             "history": [dict(r) for r in self.history],
+            "run_id": self.run_id,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -306,12 +311,14 @@ class VelocituneController:
         The dataset is not touched: it restores its own state, or use :meth:`replay`.
 
         Raises:
-            ValueError: the state belongs to another blend (domains) or version.
+            VelocituneConfigError: the state belongs to another blend (domains) or version.
         """
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"velocitune state version {state.get('version')} != {STATE_VERSION}")
+            raise VelocituneConfigError(
+                f"velocitune state version {state.get('version')} != {STATE_VERSION}"
+            )
         if list(state["domains"]) != list(self.names):
-            raise ValueError(
+            raise VelocituneConfigError(
                 f"velocitune state is for domains {state['domains']}, this run has {self.names}"
             )
         if state.get("policy") != self.config.policy:
@@ -330,6 +337,7 @@ class VelocituneController:
         if self.config.target_loss is None and saved is not None:
             self.given_target = np.asarray(saved, np.float64)
         self.history = [dict(r) for r in state["history"]]
+        self.run_id = state.get("run_id") or self.run_id
 
     # ------------------------------------------------------------------ internals
     def _decide(self, eval_loss: np.ndarray) -> np.ndarray:
@@ -398,14 +406,14 @@ class VelocituneController:
 
     def _trajectory(self) -> TrajectoryWriter:
         if self._writer is None:
-            self._writer = TrajectoryWriter(self.trajectory_path)
+            self._writer = TrajectoryWriter(self.trajectory_path, self.run_id)
         return self._writer
 
     def _write_header(self) -> None:
         if not (self.groups.is_decider and self.trajectory_path):
             return
-        # A resumed run appends to the same file: one header per file.
-        if os.path.exists(self.trajectory_path) and os.path.getsize(self.trajectory_path) > 0:
+        # A resumed run appends under its own header; another run's file gets a new one.
+        if not self._trajectory().needs_header():
             return
         header = {
             "type": "header",

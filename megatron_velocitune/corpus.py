@@ -16,6 +16,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from megatron_velocitune.config import VelocituneConfigError
+
 __all__ = [
     "EOD_TOKEN",
     "DomainStats",
@@ -161,7 +163,7 @@ def eod_token_id(tokenizer, path: str, eod_token: Optional[str] = None) -> int:
         int: the token id.
 
     Raises:
-        ValueError: no such token in the vocabulary, or none can be found.
+        VelocituneConfigError: no such token in the vocabulary, or none can be found.
     """
     path = tokenizer_file(path)
     candidates = [eod_token] if eod_token else [EOD_TOKEN, _config_eos(path)]
@@ -169,8 +171,8 @@ def eod_token_id(tokenizer, path: str, eod_token: Optional[str] = None) -> int:
         if token is not None and tokenizer.token_to_id(token) is not None:
             return tokenizer.token_to_id(token)
     if eod_token:
-        raise ValueError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
-    raise ValueError(
+        raise VelocituneConfigError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
+    raise VelocituneConfigError(
         f"{path}: no end-of-document token: the tokenizer has no {EOD_TOKEN!r} and no "
         "tokenizer_config.json with an eos_token lies beside it (name one with "
         "--tokenizer-eod-token)"
@@ -186,10 +188,23 @@ def load_tokenizer(path: str, eod_token: Optional[str] = None):
 
     Returns:
         tokenizers.Tokenizer: the tokenizer.
+
+    Raises:
+        VelocituneConfigError: no such file, not a tokenizer, or no end-of-document token.
     """
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(tokenizer_file(path))
+    source = tokenizer_file(path)
+    if not os.path.isfile(source):
+        raise VelocituneConfigError(f"--tokenizer-model {path}: no such file {source}")
+    try:
+        tokenizer = Tokenizer.from_file(source)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VelocituneConfigError(
+            f"--tokenizer-model {path}: {source} is not a readable Hugging Face tokenizer.json "
+            f"({first[:200]})"
+        ) from None
     eod_token_id(tokenizer, path, eod_token)  # fail early, naming the file
     return tokenizer
 

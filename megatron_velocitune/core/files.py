@@ -134,7 +134,8 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
     """The iteration named in ``root``'s tracker file, or None when there is none.
 
     Raises:
-        ValueError: the tracker holds something else than an iteration (named with ``flag``).
+        CheckpointError: the tracker holds something else than an iteration (named with
+            ``flag``).
     """
     path = tracker_path(root)
     if not os.path.isfile(path):
@@ -144,7 +145,9 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(
+        from megatron_velocitune.errors import CheckpointError
+
+        raise CheckpointError(
             f"{flag} {root}: {TRACKER_NAME} holds {text!r}, not an iteration"
         ) from None
 

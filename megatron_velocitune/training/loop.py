@@ -11,8 +11,10 @@ applies from the first sample of iteration ``t + 1`` and a checkpoint at ``t`` h
 """
 
 import logging
+import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -32,11 +34,16 @@ from megatron_velocitune.builder import (
     build_velocity_datasets,
     gpt_dataset_config,
 )
+from megatron_velocitune.config import VelocituneConfigError
 from megatron_velocitune.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.core.files import read_tracker, sidecar_path
 from megatron_velocitune.corpus import eod_token_id, load_tokenizer
+from megatron_velocitune.datafiles import check_data_file
 from megatron_velocitune.distributed import UpdateGroups, reduce_domain_sums
+from megatron_velocitune.errors import CheckpointError, NonFiniteLossError
 from megatron_velocitune.evaluation import DomainEvaluator
 from megatron_velocitune.loader import RebuildableDataIterator
+from megatron_velocitune.resume import RESUME_KEY, check_resume, check_sidecar, resume_identity
 from megatron_velocitune.train_stream import DomainLossAccumulator, TrainStreamEvaluator
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
@@ -46,6 +53,7 @@ from megatron_velocitune.training.parallel import (
     ParallelInfo,
     initialize_parallel,
 )
+from megatron_velocitune.training.startup import check_heldout, take_save_lock
 
 __all__ = ["RunSummary", "build_data", "build_model_and_optimizer", "pretrain"]
 
@@ -156,8 +164,13 @@ def build_model_and_optimizer(args, info: ParallelInfo):
     vocab_size = tokenizer.get_vocab_size()
     eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
     if args.vocab_size is not None and args.vocab_size < vocab_size:
-        raise ValueError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
-    model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
+        raise VelocituneConfigError(
+            f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}"
+        )
+    try:
+        model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
+    except ValueError as e:  # megatron-core's TransformerConfig checks of the model flags
+        raise VelocituneConfigError(f"model flags: {e}") from None
     module, optimizer = build_optimizer(
         model,
         OptimizerSettings(
@@ -223,6 +236,10 @@ def pretrain(
 
     Returns:
         RunSummary: the run's end state.
+
+    Raises:
+        VelocituneError: a user error (one line); ``NonFiniteLossError`` when the loss became
+            non-finite (the run stops without saving).
     """
     info = initialize_parallel(
         ParallelConfig(
@@ -232,9 +249,40 @@ def pretrain(
         ),
         seed=args.seed,
     )
+    # One live run per --save (created and checked writable here, not at the first save).
+    lock = take_save_lock(args.save if initial_loss_output is None else None)
+    try:
+        return _pretrain(args, info, batch_hook, initial_loss_output)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _shared_run_id() -> str:
+    """A new run's identity, drawn on rank 0 and the same on every rank."""
+    box = [f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _non_finite(lm_loss: Optional[float], grad_norm) -> bool:
+    """Whether the loss or the gradient norm is NaN/inf on any rank (a world collective)."""
+    bad = (lm_loss is not None and not math.isfinite(lm_loss)) or (
+        grad_norm is not None and not math.isfinite(float(grad_norm))
+    )
+    flag = torch.tensor([1.0 if bad else 0.0], dtype=torch.float32)
+    if torch.cuda.is_available():
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _pretrain(
+    args, info: ParallelInfo, batch_hook: Optional[BatchHook], initial_loss_output: Optional[str]
+) -> RunSummary:
     per_step = args.micro_batch_size * info.dp_size
     if args.global_batch_size % per_step:
-        raise ValueError(
+        raise VelocituneConfigError(
             f"--global-batch-size {args.global_batch_size} is not a multiple of "
             f"--micro-batch-size x data-parallel size = {per_step}"
         )
@@ -244,7 +292,7 @@ def pretrain(
         and not torch.cuda.is_available()
         and not args.untie_embeddings_and_output_weights
     ):
-        raise ValueError(
+        raise VelocituneConfigError(
             "--pipeline-model-parallel-size > 1 on CPU needs "
             "--untie-embeddings-and-output-weights (megatron-core moves the tied "
             "embedding of the last stage to CUDA)"
@@ -275,6 +323,15 @@ def pretrain(
     vt_config = config_from_args(args)
     data = build_data(args, info, (prefixes, weights), tokenizer, vt_config.update_interval)
     valid = data.valid if info.holds_data else None
+    if not (initial_loss_output is not None and vt_config.loss_source == "train"):
+        check_heldout(
+            valid,
+            names,
+            args.split,
+            args.micro_batch_size * info.dp_size,
+            [("--velocitune-eval-iters", vt_config.eval_iters), ("--eval-iters", args.eval_iters)],
+            len(prefixes),
+        )
 
     log_dir = vt_config.log_dir or args.tensorboard_dir or args.save
     writer = None
@@ -323,6 +380,29 @@ def pretrain(
             "train_iters": args.train_iters,
             "prefixes": prefixes,
         },
+        run_id=_shared_run_id(),
+    )
+    # What a resume must match to continue exactly (recorded in every sidecar).
+    identity = resume_identity(
+        prefixes,
+        [check_data_file(p) for p in prefixes],
+        vt_config.update_interval,
+        None if stream is None else info.dp_size,
+        vt_config.policy,
+        vt_config.rising_rule,
+        {
+            "min_headroom": vt_config.min_headroom,
+            "target_margin": vt_config.target_margin,
+            "forgetting_tolerance": None
+            if vt_config.forgetting_tolerance is None
+            else str(vt_config.forgetting_tolerance),
+        },
+        vt_config.min_weight,
+        vt_config.loss_source,
+        args.split,
+        args.seq_length,
+        args.global_batch_size,
+        args.seed,
     )
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
@@ -339,8 +419,20 @@ def pretrain(
             load_optim=not args.no_load_optim,
             load_rng=not args.no_load_rng,
             train_stream=stream,
+            trust=args.trust_checkpoint,
         )
+        sidecar = sidecar_path(args.load, read_tracker(args.load))
+        if not args.finetune and state is None and iteration > 0 and vt_config.policy != "static":
+            raise CheckpointError(
+                f"--load {args.load}: {sidecar} is missing: the weight history and the blend of "
+                f"this {vt_config.policy} run at iteration {iteration} are lost, so it cannot "
+                "resume (restore the file, or start a new run from the checkpoint with "
+                "--finetune)"
+            )
         if state is not None:
+            check_sidecar(state, sidecar, len(prefixes))
+            for note in check_resume(state.get(RESUME_KEY), identity, sidecar):
+                _print_rank_last(f" resume: {note}")
             controller.load_state_dict(state)
             if data.train is not None:
                 controller.replay(data.train.update_weights)
@@ -348,6 +440,12 @@ def pretrain(
             f" loaded checkpoint from {args.load} at iteration {iteration}"
             f" (consumed samples {consumed})"
         )
+    if iteration >= args.train_iters and initial_loss_output is None:
+        _print_rank_last(
+            f" the checkpoint in {args.load} is at iteration {iteration}, the end of this run "
+            f"(--train-iters {args.train_iters}): nothing left to train"
+        )
+        return RunSummary(iteration, consumed, controller.names, controller.weights.tolist())
     controller.initialize(iteration, consumed)
     if controller.target_rules is not None:
         _print_rank_last(
@@ -421,6 +519,16 @@ def pretrain(
         iteration += 1
         consumed += args.global_batch_size
         lm_loss = _reduce_lm_loss(losses)
+        if args.check_for_nan_in_loss_and_grad and _non_finite(lm_loss, grad_norm):
+            # As Megatron-LM's check: stop before this iteration's update, validation or save,
+            # so the newest checkpoint stays the last good one.
+            last = read_tracker(args.save) if args.save else None
+            raise NonFiniteLossError(
+                f"iteration {iteration}: the training loss or gradient norm is not finite "
+                f"(lm loss {lm_loss}, grad norm {grad_norm}); stopped without saving"
+                + (f", the last good checkpoint is iteration {last} in {args.save}" if last else "")
+                + " (--no-check-for-nan-in-loss-and-grad trains on)"
+            )
         if lm_loss is not None:
             summary.lm_losses[iteration] = lm_loss
         if iteration % args.log_interval == 0 or iteration == args.train_iters:
@@ -472,7 +580,7 @@ def pretrain(
                 optimizer,
                 scheduler,
                 consumed,
-                controller.state_dict(),
+                {**controller.state_dict(), RESUME_KEY: identity},
                 _plain_args(args),
                 None if stream is None else stream.state(),
             )

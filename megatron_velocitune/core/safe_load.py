@@ -11,6 +11,7 @@ loads it with ``weights_only=False`` (any code in it runs: use it only on files 
 
 import argparse
 import pickle
+import re
 from typing import Any, List
 
 import numpy as np
@@ -63,7 +64,7 @@ def load_checkpoint_file(path: str, trust: bool = False, flag: str = "--load") -
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "Weights only load failed" in text or "GLOBAL" in text:
             needed = _unsupported_global(text)
             raise CheckpointError(
                 f"{flag}: {path} needs {needed} to load, which could run code; it was not "
@@ -78,8 +79,8 @@ def load_checkpoint_file(path: str, trust: bool = False, flag: str = "--load") -
 
 
 def _unsupported_global(text: str) -> str:
-    marker = "Unsupported global: GLOBAL "
-    if marker in text:
-        name = text.split(marker, 1)[1].split()[0]
-        return f"the global {name}"
+    # torch names the refused callable as "GLOBAL module.name" in every message variant.
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"the global {match.group(1)}"
     return "more than tensors and plain data"

@@ -32,19 +32,17 @@ def strict(value: Any) -> Any:
 
 
 def _numbers_with_nulls(values: list) -> bool:
-    return (
-        any(v is None for v in values)
-        and any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        and all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
-        )
+    # The project's files hold no list of nulls other than a list of non-finite numbers.
+    return any(v is None for v in values) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
     )
 
 
 def nan_from_null(value: Any) -> Any:
     """Undo :func:`strict` for number lists: ``[1.0, null]`` -> ``[1.0, nan]``, at any depth.
 
-    A list that holds only ``null`` s is ambiguous and left as it is.
+    A list of numbers and ``null`` s (``null`` s only included: every domain's loss NaN) is a
+    number list.
 
     Args:
         value (Any): data read with ``json.load``.

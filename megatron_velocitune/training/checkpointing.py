@@ -71,6 +71,23 @@ def _atomic_torch_save(obj: Any, path: str) -> None:
     save_with(path, lambda f: torch.save(obj, f))
 
 
+# A test hook: ``VELOCITUNE_TEST_PAUSE_IN_SAVE=<iteration>`` stops every rank in the save of that
+# iteration after its shards are written and before the sidecar and the tracker, so a test can
+# kill the run "during a save" deterministically (tests/test_reliability.py).
+_PAUSE_ENV = "VELOCITUNE_TEST_PAUSE_IN_SAVE"
+
+
+def _test_pause(root: str, iteration: int) -> None:
+    if os.environ.get(_PAUSE_ENV) != str(iteration):
+        return
+    import time
+
+    if dist.get_rank() == 0:
+        open(os.path.join(root, ".paused_in_save"), "w").close()
+    while True:
+        time.sleep(1.0)
+
+
 def save_checkpoint(
     root: str,
     iteration: int,
@@ -121,6 +138,7 @@ def save_checkpoint(
             },
             _shard_path(root, iteration),
         )
+    _test_pause(root, iteration)
     if dist.get_rank() == 0 and velocitune_state is not None:
         save_state(sidecar_path(root, iteration), velocitune_state)
     dist.barrier()

@@ -560,6 +560,17 @@ def _pretrain(
             extra = {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}
         # The controller reads domain tokens from the dataset itself, on update iterations only.
         decision = controller.maybe_update(iteration, consumed, extra=extra)
+        if decision is not None and decision.skipped and args.check_for_nan_in_loss_and_grad:
+            # The model itself evaluates to NaN/inf (the step just taken broke it): the same
+            # stop, before this iteration's save.
+            _print_rank_last(_format_update(controller, decision, iteration))
+            last = read_tracker(args.save) if args.save else None
+            raise NonFiniteLossError(
+                f"iteration {iteration}: the per-domain loss of the velocitune update is not "
+                f"finite ({decision.eval_loss.tolist()}); stopped without saving"
+                + (f", the last good checkpoint is iteration {last} in {args.save}" if last else "")
+                + " (--no-check-for-nan-in-loss-and-grad trains on)"
+            )
         if decision is not None:
             _print_rank_last(_format_update(controller, decision, iteration))
             if not decision.skipped and train_iter is not None and iteration < args.train_iters:

@@ -674,3 +674,48 @@ def test_sigkill_of_every_worker_during_a_save_resumes_to_the_same_run(corpus, t
     for k, v in x["model"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, y["model"][k]), k
+
+
+# ----------------------------------------------------------------- pure pieces
+def test_strict_json_round_trip():
+    from megatron_velocitune.core.strict_json import nan_from_null, strict
+
+    data = {"a": [1.0, float("nan"), float("inf")], "b": None, "c": [[float("nan")]], "d": [1, 2]}
+    text = json.dumps(strict(data), allow_nan=False)
+    back = nan_from_null(json.loads(text))
+    assert back["b"] is None and back["d"] == [1, 2]
+    assert back["a"][0] == 1.0 and math.isnan(back["a"][1]) and math.isnan(back["a"][2])
+    assert math.isnan(back["c"][0][0])
+
+
+def test_resume_identity_accepts_moved_data_and_names_changes():
+    from megatron_velocitune.errors import CheckpointError
+    from megatron_velocitune.resume import check_resume, resume_identity
+
+    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32}]
+
+    def ident(prefix="/a/code", m=150, dp=2, seed=1):
+        knobs = {"min_headroom": 0.0}
+        return resume_identity(
+            [prefix],
+            files,
+            m,
+            dp,
+            "velocity",
+            "budget",
+            knobs,
+            0.0,
+            "eval",
+            "98,2,0",
+            256,
+            32,
+            seed,
+        )
+
+    notes = check_resume(ident(), ident(prefix="/b/code"), "s.json")
+    assert notes == ["domain 0: data moved from /a/code to /b/code (same content)"]
+    with pytest.raises(CheckpointError, match=r"--seed 1, this run has 2"):
+        check_resume(ident(), ident(seed=2), "s.json")
+    with pytest.raises(CheckpointError, match=r"data-parallel size .* 2, this run has 1"):
+        check_resume(ident(), ident(dp=1), "s.json")
+    assert "older version" in check_resume(None, ident(), "s.json")[0]

@@ -34,6 +34,7 @@ from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
 from megatron_velocitune.megatron_lm.writers import megatron_writers
 from megatron_velocitune.state import load_state, save_state, sidecar_path
+from megatron_velocitune.training.startup import shared_run_id
 
 __all__ = ["VelocitunePlugin", "format_update"]
 
@@ -153,6 +154,7 @@ class VelocitunePlugin:
                 "prefixes": list(data.prefixes),
                 "megatron_lm": ".".join(map(str, self.compat.version)),
             },
+            run_id=shared_run_id(),  # one header per run in a shared log folder
         )
         iteration = int(getattr(args, "iteration", 0) or 0)
         consumed = int(getattr(args, "consumed_train_samples", 0) or 0)

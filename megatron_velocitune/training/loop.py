@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -53,7 +52,7 @@ from megatron_velocitune.training.parallel import (
     ParallelInfo,
     initialize_parallel,
 )
-from megatron_velocitune.training.startup import check_heldout, take_save_lock
+from megatron_velocitune.training.startup import check_heldout, shared_run_id, take_save_lock
 
 __all__ = ["RunSummary", "build_data", "build_model_and_optimizer", "pretrain"]
 
@@ -258,13 +257,6 @@ def pretrain(
             lock.release()
 
 
-def _shared_run_id() -> str:
-    """A new run's identity, drawn on rank 0 and the same on every rank."""
-    box = [f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _non_finite(lm_loss: Optional[float], grad_norm) -> bool:
     """Whether the loss or the gradient norm is NaN/inf on any rank (a world collective)."""
     bad = (lm_loss is not None and not math.isfinite(lm_loss)) or (
@@ -380,7 +372,7 @@ def _pretrain(
             "train_iters": args.train_iters,
             "prefixes": prefixes,
         },
-        run_id=_shared_run_id(),
+        run_id=shared_run_id(),
     )
     # What a resume must match to continue exactly (recorded in every sidecar).
     identity = resume_identity(

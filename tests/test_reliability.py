@@ -51,8 +51,12 @@ def run_entry(argv, world_size=1):
     return run_distributed(entry_worker, world_size, (argv,), timeout=240)[0]
 
 
+INITIAL = ("--velocitune-initial-loss", "7", "7", "7")
+
+
 def argv_for(corpus, save, train_iters=4, extra=(), data_path=None):
-    extra = ("--num-workers", "0", "--save-interval", "2", *extra)
+    # A given initial loss: no full held-out measurement at start (it is not what is tested).
+    extra = ("--num-workers", "0", "--save-interval", "2", *INITIAL, *extra)
     argv = base_argv(corpus, save, train_iters=train_iters, extra=extra)
     if data_path is not None:
         i = argv.index("--data-path")
@@ -555,11 +559,11 @@ def test_non_finite_loss_stops_without_saving(corpus, tmp_path):
     # With the opt-out it trains on; every file is strict JSON and reads back with NaN.
     save = str(tmp_path / "nan-on")
     extra += ("--no-check-for-nan-in-loss-and-grad",)
-    rc, err = run_entry(argv_for(corpus, save, train_iters=6, extra=extra))
+    rc, err = run_entry(argv_for(corpus, save, train_iters=4, extra=extra))
     assert rc == 0, err
     path = os.path.join(save, "tb", "velocitune_trajectory.jsonl")
     strict_lines(path)
-    with open(os.path.join(save, "iter_0000006", "velocitune_state.json")) as f:
+    with open(os.path.join(save, "iter_0000004", "velocitune_state.json")) as f:
         state = json.loads(f.read(), parse_constant=lambda name: pytest.fail(name))
     assert any(r["skipped"] and None in r["eval_loss"] for r in state["history"])
     skipped = [u for u in read_trajectory(path).updates if u["skipped"]]
@@ -635,42 +639,46 @@ def _torchrun(argv, env=None, wait=True):
 @pytest.mark.slow
 def test_sigkill_of_every_worker_during_a_save_resumes_to_the_same_run(corpus, tmp_path):
     full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
-    _torchrun(base_argv(corpus, full))
-    proc = _torchrun(
-        base_argv(corpus, parts), env={"VELOCITUNE_TEST_PAUSE_IN_SAVE": "8"}, wait=False
-    )
+
+    def argv(save, *extra):
+        return base_argv(corpus, save, train_iters=6, extra=(*INITIAL, *extra))
+
+    _torchrun(argv(full))
+    proc = _torchrun(argv(parts), env={"VELOCITUNE_TEST_PAUSE_IN_SAVE": "6"}, wait=False)
     marker = os.path.join(parts, ".paused_in_save")
     deadline = time.monotonic() + 400
     while not os.path.exists(marker):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the save"
         time.sleep(0.2)
+    # torchrun, its two workers (in process groups of their own) and their loader workers.
     tree = _descendants(proc.pid)
-    assert len(tree) >= 3  # torchrun and its two workers (in process groups of their own)
+    assert len(tree) >= 3
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)
-    # Killed during the save of 8: its shards are written, its sidecar and tracker are not.
+    # Killed during the save of 6: its shards are written, its sidecar and tracker are not.
     assert open(os.path.join(parts, "latest_checkpointed_iteration.txt")).read().strip() == "4"
-    assert not os.path.exists(os.path.join(parts, "iter_0000008", "velocitune_state.json"))
+    assert os.path.exists(os.path.join(parts, "iter_0000006", "mp_rank_00_000"))
+    assert not os.path.exists(os.path.join(parts, "iter_0000006", "velocitune_state.json"))
     assert os.path.exists(os.path.join(parts, ".velocitune.lock"))  # the dead run's
-    out = _torchrun(base_argv(corpus, parts, extra=("--load", parts)))
+    out = _torchrun(argv(parts, "--load", parts))
     assert "took over the stale lock" in out
     assert " loaded checkpoint from" in out and "at iteration 4" in out
+    assert not os.path.exists(os.path.join(parts, ".velocitune.lock"))
 
     def sidecar(root):
-        return json.load(open(os.path.join(root, "iter_0000008", "velocitune_state.json")))
+        return json.load(open(os.path.join(root, "iter_0000006", "velocitune_state.json")))
 
+    assert len(sidecar(full)["history"]) == 3
     assert sidecar(full)["history"] == sidecar(parts)["history"]
     assert sidecar(full)["weights"] == sidecar(parts)["weights"]
-    x = torch.load(
-        os.path.join(full, "iter_0000008", "mp_rank_00_000", "model_optim_rng.pt"),
-        weights_only=True,
-    )
-    y = torch.load(
-        os.path.join(parts, "iter_0000008", "mp_rank_00_000", "model_optim_rng.pt"),
-        weights_only=True,
-    )
+
+    def shard(root):
+        path = os.path.join(root, "iter_0000006", "mp_rank_00_000", "model_optim_rng.pt")
+        return torch.load(path, weights_only=True)
+
+    x, y = shard(full), shard(parts)
     for k, v in x["model"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, y["model"][k]), k

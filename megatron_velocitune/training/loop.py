@@ -321,7 +321,8 @@ def _pretrain(
             names,
             args.split,
             args.micro_batch_size * info.dp_size,
-            [("--velocitune-eval-iters", vt_config.eval_iters), ("--eval-iters", args.eval_iters)],
+            [("--velocitune-eval-iters", vt_config.eval_iters)]
+            + ([("--eval-iters", args.eval_iters)] if args.eval_interval else []),
             len(prefixes),
         )
 

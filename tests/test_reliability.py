@@ -727,3 +727,37 @@ def test_resume_identity_accepts_moved_data_and_names_changes():
     with pytest.raises(CheckpointError, match=r"data-parallel size .* 2, this run has 1"):
         check_resume(ident(), ident(dp=1), "s.json")
     assert "older version" in check_resume(None, ident(), "s.json")[0]
+
+
+def test_legacy_data_types_load_without_trust(tmp_path):
+    # What older checkpoints of this project (numpy RNG state) and Megatron-LM's legacy files
+    # (args as a Namespace) hold: data only, allowed by name.
+    import argparse
+
+    from megatron_velocitune.core.safe_load import load_checkpoint_file
+
+    path = str(tmp_path / "legacy.pt")
+    state = np.random.get_state()
+    torch.save({"args": argparse.Namespace(num_layers=2, lr=1e-3), "numpy": state}, path)
+    loaded = load_checkpoint_file(path)
+    assert loaded["args"].num_layers == 2
+    np.testing.assert_array_equal(loaded["numpy"][1], state[1])
+
+
+def test_entry_catches_only_project_errors(monkeypatch, capsys):
+    from megatron_velocitune.errors import NonFiniteLossError
+    from megatron_velocitune.training import pretrain as entry
+
+    def bug(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(entry, "pretrain", bug)
+    with pytest.raises(ValueError, match="an internal bug"):  # keeps its traceback
+        entry.run_pretrain("prog", None)
+
+    def diverged(args):
+        raise NonFiniteLossError("iteration 3: not finite")
+
+    monkeypatch.setattr(entry, "pretrain", diverged)
+    assert entry.run_pretrain("prog", None) == 1
+    assert capsys.readouterr().err == "prog: error: iteration 3: not finite\n"

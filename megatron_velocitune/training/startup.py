@@ -108,9 +108,12 @@ def check_heldout(
     local = [-1] * num_domains
     if valid is not None:
         local = [-2 if d is None else len(d) for d in valid]
-    t = torch.tensor(local, dtype=torch.int64)
-    # -2 (no set) must win over a size: reduce the negated values' max, i.e. the minimum of
-    # the data-holding ranks' sizes (ranks without data send a large number).
+    # The minimum over the data-holding ranks (ranks without data send a large number), so a
+    # missing set (-2) wins over any size; on the device NCCL reduces.
+    device = (
+        torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else None
+    )
+    t = torch.tensor(local, dtype=torch.int64, device=device)
     t = torch.where(t == -1, torch.full_like(t, 2**62), t)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     sizes = t.tolist()

@@ -34,6 +34,8 @@ PURE_MODULES = [
     "megatron_velocitune.control.controller",
     "megatron_velocitune.control.sync",
     "megatron_velocitune.control.observers",
+    "megatron_velocitune.control.resume",
+    "megatron_velocitune.core.strict_json",
     "megatron_velocitune.laws.fitting",
     "megatron_velocitune.laws.scaling_law",
     "megatron_velocitune.laws.dcpt_law",

@@ -229,11 +229,12 @@ def _entry_sizes(entry_args: Sequence[str]) -> argparse.Namespace:
 
 def _blend(data_path: Sequence[str]) -> tuple:
     """(prefixes, weights or None) of a Megatron ``--data-path``, each prefix's files checked."""
+    from megatron_velocitune.core.errors import DataError
     from megatron_velocitune.data.builder import blend_from_data_path
 
     try:
         prefixes, weights = blend_from_data_path(data_path)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DataError) as e:
         raise ToolError(str(e)) from None
     if weights is not None and any(not np.isfinite(w) or w <= 0 for w in weights):
         raise ToolError(f"--data-path: weights {weights} must be finite and > 0")

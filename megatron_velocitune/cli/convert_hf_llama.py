@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from megatron_velocitune.core import files
+from megatron_velocitune.core.errors import VelocituneError
 from megatron_velocitune.training.hf_llama import (
     ConversionError,
     architecture_from_hf_config,
@@ -45,6 +46,7 @@ from megatron_velocitune.training.hf_llama import (
     megatron_flags,
     megatron_to_hf,
 )
+from megatron_velocitune.training.safe_load import load_checkpoint_file
 
 FLAGS_FILE = "megatron_flags.txt"
 HF_CONFIG_COPY = "hf_config.json"
@@ -75,6 +77,20 @@ def load_hf_state_dict(folder: str) -> Dict[str, torch.Tensor]:
         for path in torch_files:
             state.update(torch.load(path, map_location="cpu", weights_only=True))
     return state
+
+
+def _read_json(path: str, flag: str) -> Dict[str, Any]:
+    """A JSON object from ``path``, or one :class:`ConversionError` line naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{flag}: {path} is not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{flag}: {path} holds no JSON object")
+    return data
 
 
 def _copy_tokenizer(src_dir: str, dst_dir: str) -> List[str]:
@@ -126,9 +142,15 @@ def hf_to_megatron_checkpoint(
     Returns:
         List[str]: the flags to train it with (also in ``output/megatron_flags.txt``).
     """
-    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    arch = architecture_from_hf_config(config)
+    config = _read_json(os.path.join(hf_dir, "config.json"), "--hf-dir")
+    try:
+        arch = architecture_from_hf_config(config)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(
+            f"--hf-dir {hf_dir}: config.json is not a Llama config ({type(e).__name__}: {e})"
+        ) from None
     shards = hf_to_megatron(load_hf_state_dict(hf_dir), arch, tp, pp, divisible_by)
     flags = megatron_flags(arch, tp, pp, divisible_by)
     os.makedirs(output, exist_ok=True)
@@ -163,19 +185,20 @@ _SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 
 
 def read_megatron_checkpoint(
-    root: str, iteration: Optional[int] = None
+    root: str, iteration: Optional[int] = None, trust: bool = False
 ) -> Tuple[Dict[Tuple[int, int], Dict[str, Any]], Dict[str, Any], int]:
     """Every rank's model state dict of a legacy-layout checkpoint.
 
     Args:
         root (str): the checkpoint root (``--save`` / ``--load``).
         iteration (Optional[int]): which one (default: the tracker's).
+        trust (bool): ``--trust-checkpoint``: load with ``weights_only=False``.
 
     Returns:
         Tuple: ``({(tp_rank, pp_rank): state_dict}, the run's args, iteration)``.
     """
     if iteration is None:
-        iteration = files.read_tracker(root, flag="megatron-to-hf --input")
+        iteration = files.read_tracker(root, flag="megatron-to-hf --load")
         if iteration is None:
             raise FileNotFoundError(f"{root}: no {files.TRACKER_NAME} (not a checkpoint directory)")
     it_dir = files.iteration_dir(root, iteration)
@@ -186,11 +209,11 @@ def read_megatron_checkpoint(
         m = _SHARD_DIR.match(name)
         if not m:
             continue
-        ckpt = torch.load(
-            os.path.join(it_dir, name, files.MODEL_FILE_NAME),
-            map_location="cpu",
-            weights_only=False,
+        ckpt = load_checkpoint_file(
+            os.path.join(it_dir, name, files.MODEL_FILE_NAME), trust=trust, flag="--load"
         )
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ConversionError(f"--load {root}: {it_dir}/{name} holds no 'model' state dict")
         shards[(int(m.group(1)), int(m.group(2) or 0))] = ckpt["model"]
         args = ckpt.get("args") or args
     if not shards:
@@ -207,6 +230,7 @@ def megatron_to_hf_folder(
     iteration: Optional[int] = None,
     vocab_size: Optional[int] = None,
     tokenizer: Optional[str] = None,
+    trust: bool = False,
 ) -> Dict[str, Any]:
     """Write a megatron-core checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
 
@@ -219,11 +243,12 @@ def megatron_to_hf_folder(
         vocab_size (Optional[int]): rows to keep (default: the config's, the run's
             ``--vocab-size``, else the tokenizer's).
         tokenizer (Optional[str]): tokenizer.json to ship (default the run's --tokenizer-model).
+        trust (bool): ``--trust-checkpoint`` (see :func:`read_megatron_checkpoint`).
 
     Returns:
         Dict[str, Any]: the ``config.json`` written.
     """
-    shards, args, iteration = read_megatron_checkpoint(load, iteration)
+    shards, args, iteration = read_megatron_checkpoint(load, iteration, trust)
     if hf_config is None and os.path.isfile(os.path.join(load, HF_CONFIG_COPY)):
         hf_config = os.path.join(load, HF_CONFIG_COPY)
     if hf_config is not None and os.path.isdir(hf_config):
@@ -235,8 +260,7 @@ def megatron_to_hf_folder(
         )
     template = None
     if hf_config is not None:
-        with open(hf_config, encoding="utf-8") as f:
-            template = json.load(f)
+        template = _read_json(hf_config, "--hf-config")
     tokenizer = tokenizer or args.get("tokenizer_model")
     if tokenizer and os.path.isdir(tokenizer):
         tokenizer = os.path.join(tokenizer, "tokenizer.json")
@@ -306,6 +330,13 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=None,
         help="tokenizer.json to ship (default: the run's --tokenizer-model).",
     )
+    b.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="Load the shards with torch.load(weights_only=False): allows files holding "
+        "arbitrary pickled objects, and so lets them run any code as you. Only for "
+        "checkpoints you made yourself (default: tensors and plain data only).",
+    )
     return parser.parse_args(argv)
 
 
@@ -334,13 +365,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.iteration,
                 args.vocab_size,
                 args.tokenizer_model,
+                args.trust_checkpoint,
             )
             print(
                 f"wrote {args.output}: {config['architectures'][0]}, "
                 f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']}, "
                 f"{config['dtype']}"
             )
-    except (ConversionError, FileNotFoundError) as e:
+    except (ConversionError, FileNotFoundError, VelocituneError) as e:
         print(f"velocitune-convert-hf-llama: error: {e}", file=sys.stderr)
         return 2
     return 0

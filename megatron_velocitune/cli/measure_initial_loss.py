@@ -36,6 +36,20 @@ def _with_defaults(argv: List[str]) -> List[str]:
     return argv + ["--velocitune-policy", "static", "--lr-warmup-iters", "0"]
 
 
+def _output_problem(output: str) -> Optional[str]:
+    """Why ``output`` cannot be written (checked before the measurement), or None."""
+    if os.path.isdir(output):
+        return "is a directory (give the JSON file to write)"
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot create its folder {folder} ({e.strerror})"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is not writable"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: 0 on success, 2 on a user error."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -54,6 +68,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: --output needs a path", file=sys.stderr)
         return 2
     del argv[i : i + 2]
+    problem = _output_problem(output)
+    if problem:
+        print(f"{PROG}: error: --output {output}: {problem}", file=sys.stderr)
+        return 2
     return run_pretrain(PROG, parse_args(_with_defaults(argv)), measure_initial_loss, output=output)
 
 

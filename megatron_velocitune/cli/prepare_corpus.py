@@ -83,7 +83,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(set(names)) != len(names):
         print(f"error: --domain: repeated domain names {names}", file=sys.stderr)
         return 2
-    os.makedirs(args.output_dir, exist_ok=True)
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        print(f"error: --output-dir {args.output_dir}: is a file, not a folder", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as e:
+        print(f"error: --output-dir {args.output_dir}: cannot create it ({e})", file=sys.stderr)
+        return 2
     try:
         texts = {n: list(iter_documents(s, args.max_bytes_per_domain)) for n, s in args.domain}
     except FileNotFoundError as e:

@@ -95,6 +95,8 @@ class VelocituneController:
             megatron-core's parallel state at the first update (imported only then).
         observers (Sequence[Observer]): more observers of the updates.
         groups (Optional[UpdateGroups]): process groups for the default distributed sync.
+        run_id (Optional[str]): the run's identity in the trajectory (identical on every rank;
+            a resumed run takes the one its sidecar holds).
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class VelocituneController:
         sync: Optional[UpdateSync] = None,
         observers: Sequence[Observer] = (),
         groups: Optional[Any] = None,
+        run_id: Optional[str] = None,
     ) -> None:
         self.config = config
+        self.run_id = run_id
         self.initial_weights = check_blend_weights(weights, None, what="--data-path weights")
         self.num_domains = int(self.initial_weights.shape[0])
         config.validate(self.num_domains, self.initial_weights.tolist())
@@ -166,7 +170,7 @@ class VelocituneController:
 
             self.sync = DistributedSync(self._groups)
         if self.sync.is_decider and self.trajectory_path:
-            self.observers.insert(0, TrajectoryObserver(self.trajectory_path))
+            self.observers.insert(0, TrajectoryObserver(self.trajectory_path, self.run_id))
 
     def is_update_iteration(self, iteration: int) -> bool:
         """Whether :meth:`maybe_update` evaluates at ``iteration`` (every ``m``, never at 0)."""
@@ -322,6 +326,7 @@ class VelocituneController:
             "target_given": _floats(self.given_target),
             "target_rules": self.target_rules,
             "history": [dict(r) for r in self.history],
+            "run_id": self.run_id,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -330,7 +335,7 @@ class VelocituneController:
         The dataset is not touched: it restores its own state, or use :meth:`replay`.
 
         Raises:
-            ValueError: the state belongs to another blend (domains) or version.
+            VelocituneConfigError: the state belongs to another blend (domains) or version.
         """
         if state.get("version") != STATE_VERSION:
             raise InputError(f"velocitune state version {state.get('version')} != {STATE_VERSION}")
@@ -354,6 +359,7 @@ class VelocituneController:
         if self.config.target_loss is None and saved is not None:
             self.given_target = np.asarray(saved, np.float64)
         self.history = [dict(r) for r in state["history"]]
+        self.run_id = state.get("run_id") or self.run_id
 
     # ------------------------------------------------------------------ internals
     def _decide(self, eval_loss: np.ndarray) -> np.ndarray:

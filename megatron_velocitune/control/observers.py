@@ -6,7 +6,7 @@ TensorBoard writer is anything with ``add_scalar`` (and optionally ``add_text``)
 controller stays importable without torch.
 """
 
-from typing import Any, Dict, Protocol, Sequence
+from typing import Any, Dict, Optional, Protocol, Sequence
 
 from megatron_velocitune.core.trajectory import TrajectoryWriter
 
@@ -36,17 +36,18 @@ class TrajectoryObserver:
 
     Args:
         path (str): the ``.jsonl`` file; a resumed run appends to it.
+        run_id (Optional[str]): the run's identity, stamped on every record: a second run into
+            the same file writes a header of its own, and readers keep the runs apart.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run_id: Optional[str] = None) -> None:
         self.path = path
-        self._writer = TrajectoryWriter(path)
+        self._writer = TrajectoryWriter(path, run_id)
 
     def on_header(self, header: Dict[str, Any]) -> None:
-        """Write the header unless the file already has one (a resumed run)."""
-        if self._writer.has_records():
-            return
-        self._writer.write(header)
+        """Write the header unless this run has one in the file already (a resumed run)."""
+        if self._writer.needs_header():
+            self._writer.write(header)
 
     def on_update(self, record: Dict[str, Any]) -> None:
         """Append the record."""

@@ -80,6 +80,7 @@ class VelocituneRun:
         sync (Optional[UpdateSync]): the update synchronisation (default: distributed).
         eval_context (Callable[[], ContextManager]): entered around every evaluation (Megatron-LM
             turns its overlapped-parameter-gather hooks off there).
+        run_id (Optional[str]): this run's identity in the trajectory (the same on every rank).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class VelocituneRun:
         header_extra: Optional[Dict[str, Any]] = None,
         sync: Optional[UpdateSync] = None,
         eval_context: Callable[[], ContextManager] = contextlib.nullcontext,
+        run_id: Optional[str] = None,
     ) -> None:
         if not args.velocitune_domain_names:
             args.velocitune_domain_names = default_domain_names(prefixes)
@@ -119,6 +121,7 @@ class VelocituneRun:
                 **(header_extra or {}),
             },
             sync=sync,
+            run_id=run_id,
         )
         self._iteration = 0
 

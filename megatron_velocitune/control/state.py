@@ -17,7 +17,9 @@ from typing import Any, Dict, Optional
 import torch.distributed as dist
 
 from megatron_velocitune.core import files
+from megatron_velocitune.core.errors import CheckpointError
 from megatron_velocitune.core.files import SIDECAR_NAME
+from megatron_velocitune.core.strict_json import nan_from_null, strict
 
 __all__ = [
     "SIDECAR_NAME",
@@ -48,13 +50,16 @@ def sidecar_path(checkpoint_dir: str, iteration: Optional[int] = None) -> str:
 
 
 def save_state(path: str, state: Dict[str, Any]) -> None:
-    """Write ``state`` as JSON atomically (tmp file + fsync + rename + directory fsync).
+    """Write ``state`` as strict JSON atomically (tmp file + fsync + rename + directory fsync).
+
+    A non-finite loss (a skipped update's) is written as ``null``; :func:`load_state` reads it
+    back as NaN.
 
     Args:
         path (str): destination file; its folder is created.
         state (Dict[str, Any]): JSON-able data.
     """
-    files.write_json(path, state, allow_nan=True)
+    files.write_json(path, strict(state))
 
 
 def load_state(path: str) -> Dict[str, Any]:
@@ -62,9 +67,24 @@ def load_state(path: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no sidecar at ``path``.
+        CheckpointError: the file is empty, not UTF-8 or not a JSON object (the file named).
     """
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: the Velocitune sidecar is not a text file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: the Velocitune sidecar is a directory") from None
+    if not text.strip():
+        raise CheckpointError(f"{path}: the Velocitune sidecar is empty")
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the Velocitune sidecar is not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the Velocitune sidecar is not a JSON object")
+    return nan_from_null(state)
 
 
 def save_controller_state(

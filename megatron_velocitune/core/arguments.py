@@ -173,12 +173,24 @@ def read_loss_file(path: str, names: Optional[Sequence[str]], flag: str) -> List
             f"{flag}: {path!r} must hold a JSON object of domain -> loss (optionally under "
             f"'losses')"
         )
+    for domain, value in losses.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise VelocituneConfigError(
+                f"{flag}: {path!r} gives domain {domain!r} the loss {json.dumps(value)}, not a "
+                "number"
+            )
     if names is None:
         return [float(v) for v in losses.values()]
     missing = [n for n in names if n not in losses]
     if missing:
         raise VelocituneConfigError(
             f"{flag}: {path!r} has no loss for domains {missing} (it has {sorted(losses)})"
+        )
+    extra = [n for n in losses if n not in names]
+    if extra:
+        raise VelocituneConfigError(
+            f"{flag}: {path!r} has losses for domains {extra} that are not in this run "
+            f"({list(names)})"
         )
     return [float(losses[n]) for n in names]
 

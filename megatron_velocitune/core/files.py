@@ -21,8 +21,6 @@ import tempfile
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator, Optional
 
-from megatron_velocitune.core.errors import InputError
-
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 SIDECAR_NAME = "velocitune_state.json"
 MODEL_FILE_NAME = "model_optim_rng.pt"
@@ -136,7 +134,8 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
     """The iteration named in ``root``'s tracker file, or None when there is none.
 
     Raises:
-        ValueError: the tracker holds something else than an iteration (named with ``flag``).
+        CheckpointError: the tracker holds something else than an iteration (named with
+            ``flag``).
     """
     path = tracker_path(root)
     if not os.path.isfile(path):
@@ -146,7 +145,9 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
     try:
         return int(text)
     except ValueError:
-        raise InputError(
+        from megatron_velocitune.core.errors import CheckpointError
+
+        raise CheckpointError(
             f"{flag} {root}: {TRACKER_NAME} holds {text!r}, not an iteration"
         ) from None
 

@@ -16,6 +16,12 @@ header's ``weights`` apply from sample 0). ``eval_loss`` is the per-domain loss 
 ``train_tokens`` for comparison. ``domain_tokens[i]`` counts the training tokens drawn
 from domain ``i`` before ``consumed_samples``. A resumed run appends to the same file; readers
 keep the last record per iteration, so a replayed stretch never counts twice.
+
+One run, one trajectory: every record carries the run's ``run_id`` (kept across resumes in the
+sidecar). A different run logging into the same folder appends its own header, and
+:func:`read_trajectory` returns the last run in the file (its header and only its updates), so
+no tool ever mixes two runs. Records are strict JSON: a non-finite number inside a list (the
+loss of a skipped update) is ``null``, read back as NaN.
 """
 
 import json
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.strict_json import nan_from_null, strict
 
 __all__ = ["Trajectory", "TrajectoryWriter", "read_trajectory"]
 
@@ -35,10 +42,13 @@ class Trajectory:
     Attributes:
         header (Dict[str, Any]): the run's header record.
         updates (List[Dict[str, Any]]): update records, by increasing iteration.
+        earlier_runs (List[str]): ``run_id`` of the other runs logged earlier in the same file
+            (not read).
     """
 
     header: Dict[str, Any]
     updates: List[Dict[str, Any]] = field(default_factory=list)
+    earlier_runs: List[str] = field(default_factory=list)
 
     @property
     def domains(self) -> List[str]:
@@ -55,22 +65,48 @@ class TrajectoryWriter:
 
     Args:
         path (str): the ``.jsonl`` file; created with its folder, appended to when it exists.
+        run_id (Optional[str]): the run's identity, added to every record.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run_id: Optional[str] = None) -> None:
         self.path = path
+        self.run_id = run_id
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
-    def has_records(self) -> bool:
-        """Whether the file already holds something (a resumed run appends to it)."""
-        return os.path.exists(self.path) and os.path.getsize(self.path) > 0
+    def needs_header(self) -> bool:
+        """Whether this run has no header in the file yet (a new file, or another run's)."""
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            return True
+        last = _last_header_run(self.path)
+        return last is _NO_HEADER or last != self.run_id
 
     def write(self, record: Dict[str, Any]) -> None:
         """Append one record and flush it to disk, so a killed run loses nothing logged."""
+        if self.run_id is not None:
+            record = {**record, "run_id": self.run_id}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
+            f.write(json.dumps(strict(record), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+_NO_HEADER = object()
+
+
+def _last_header_run(path: str) -> Any:
+    """The ``run_id`` of the file's last header (None for a header without one)."""
+    run: Any = _NO_HEADER
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if '"header"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("type") == "header":
+                run = record.get("run_id")
+    return run
 
 
 def read_trajectory(path: str) -> Trajectory:
@@ -80,10 +116,12 @@ def read_trajectory(path: str) -> Trajectory:
         path (str): the ``.jsonl`` file.
 
     Returns:
-        Trajectory: the first header and the updates, deduplicated by iteration (last wins).
+        Trajectory: the last run in the file: its first header and its updates, deduplicated
+        by iteration (last wins). Files written before records carried a ``run_id`` hold one
+        run: their first header and every update.
     """
-    header: Optional[Dict[str, Any]] = None
-    by_iteration: Dict[int, Dict[str, Any]] = {}
+    headers: List[Dict[str, Any]] = []
+    records: List[Dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -92,10 +130,25 @@ def read_trajectory(path: str) -> Trajectory:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{line_no}: not a JSON record ({e})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{line_no}: not a JSON object")
+            record = nan_from_null(record)
             if record.get("type") == "header":
-                header = header or record
+                headers.append(record)
             elif record.get("type") == "update":
-                by_iteration[int(record["iteration"])] = record
-    if header is None:
+                records.append(record)
+    if not headers:
         raise InputError(f"{path}: no header record (is this a velocitune trajectory?)")
-    return Trajectory(header, [by_iteration[i] for i in sorted(by_iteration)])
+    run = headers[-1].get("run_id")
+    if run is None:  # one run per file (legacy): the first header, every update
+        header, mine = headers[0], records
+    else:
+        header = next(h for h in headers if h.get("run_id") == run)
+        mine = [r for r in records if r.get("run_id") == run]
+    earlier: List[str] = []
+    for h in headers:
+        rid = h.get("run_id")
+        if rid != run and rid is not None and rid not in earlier:
+            earlier.append(rid)
+    by_iteration: Dict[int, Dict[str, Any]] = {int(r["iteration"]): r for r in mine}
+    return Trajectory(header, [by_iteration[i] for i in sorted(by_iteration)], earlier)

@@ -13,7 +13,6 @@ holds out for its (blended) validation set.
 """
 
 import math
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.data.datafiles import check_data_file, parse_data_path
 from megatron_velocitune.data.dataset import VelocityBlendedDataset
 
 __all__ = [
@@ -117,14 +116,13 @@ def blend_from_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[
     """Megatron-LM's ``--data-path w1 p1 w2 p2 ...`` (or ``p1 p2 ...``) as (prefixes, weights).
 
     Raises:
-        FileNotFoundError: a prefix without its ``.bin`` or ``.idx`` (checked here, before any
-            model is built, so the run stops with one line instead of deep in megatron-core).
+        DataError: a weight that is not a finite number > 0, or a prefix whose ``.bin``/``.idx``
+            is missing, truncated or empty (checked here, before any model is built, so the
+            run stops with one line instead of deep in megatron-core).
     """
-    prefixes, weights = get_blend_from_list(list(data_path))
+    prefixes, weights = parse_data_path(data_path)
     for prefix in prefixes:
-        missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
-        if missing:
-            raise FileNotFoundError(f"--data-path {prefix}: no {' or '.join(missing)}")
+        check_data_file(prefix, hash_index=False)
     return prefixes, weights
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from megatron_velocitune.core.config import VelocituneConfigError
 from megatron_velocitune.core.errors import InputError
 
 __all__ = [
@@ -163,7 +164,7 @@ def eod_token_id(tokenizer, path: str, eod_token: Optional[str] = None) -> int:
         int: the token id.
 
     Raises:
-        ValueError: no such token in the vocabulary, or none can be found.
+        VelocituneConfigError: no such token in the vocabulary, or none can be found.
     """
     path = tokenizer_file(path)
     candidates = [eod_token] if eod_token else [EOD_TOKEN, _config_eos(path)]
@@ -171,8 +172,8 @@ def eod_token_id(tokenizer, path: str, eod_token: Optional[str] = None) -> int:
         if token is not None and tokenizer.token_to_id(token) is not None:
             return tokenizer.token_to_id(token)
     if eod_token:
-        raise InputError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
-    raise InputError(
+        raise VelocituneConfigError(f"{path}: tokenizer has no end-of-document token {eod_token!r}")
+    raise VelocituneConfigError(
         f"{path}: no end-of-document token: the tokenizer has no {EOD_TOKEN!r} and no "
         "tokenizer_config.json with an eos_token lies beside it (name one with "
         "--tokenizer-eod-token)"
@@ -188,10 +189,23 @@ def load_tokenizer(path: str, eod_token: Optional[str] = None):
 
     Returns:
         tokenizers.Tokenizer: the tokenizer.
+
+    Raises:
+        VelocituneConfigError: no such file, not a tokenizer, or no end-of-document token.
     """
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(tokenizer_file(path))
+    source = tokenizer_file(path)
+    if not os.path.isfile(source):
+        raise VelocituneConfigError(f"--tokenizer-model {path}: no such file {source}")
+    try:
+        tokenizer = Tokenizer.from_file(source)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VelocituneConfigError(
+            f"--tokenizer-model {path}: {source} is not a readable Hugging Face tokenizer.json "
+            f"({first[:200]})"
+        ) from None
     eod_token_id(tokenizer, path, eod_token)  # fail early, naming the file
     return tokenizer
 

@@ -41,6 +41,7 @@ from megatron_velocitune.megatron_lm.train_loss import (
     stream_evaluator,
 )
 from megatron_velocitune.megatron_lm.writers import megatron_writers
+from megatron_velocitune.training.startup import shared_run_id
 
 __all__ = ["VelocitunePlugin"]
 
@@ -138,6 +139,7 @@ class VelocitunePlugin:
             tensorboard_writer=self.writers(),
             header_extra={"megatron_lm": ".".join(map(str, self.compat.version))},
             eval_context=functools.partial(self._forward_pre_hooks_off, model, optimizer),
+            run_id=shared_run_id(),  # one header per run in a shared log folder
         )
         evaluator = self.evaluator_factory(
             model, self.registry.held_out(), len(data.prefixes), args, run.config

@@ -105,6 +105,14 @@ def _training(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Stop (after saving) once the iteration is a multiple of this.",
     )
+    g.add_argument(
+        "--no-check-for-nan-in-loss-and-grad",
+        dest="check_for_nan_in_loss_and_grad",
+        action="store_false",
+        help="Train on when the loss or the gradient norm becomes NaN/inf (by default the run "
+        "stops with exit status 1 before saving, as Megatron-LM's check, and the newest "
+        "checkpoint stays the last good one).",
+    )
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument(
@@ -155,6 +163,14 @@ def _checkpointing(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Load model weights only; start at iteration 0 with a fresh optimizer "
         "(continual pre-training from a base checkpoint).",
+    )
+    g.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="Load --load with torch.load(weights_only=False): allows checkpoints holding "
+        "arbitrary pickled objects (e.g. some Megatron-LM legacy files), and so lets the file "
+        "run any code as you on every rank. Only for checkpoints you made yourself. By "
+        "default only tensors and plain data (and a few numpy/argparse data types) load.",
     )
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from megatron_velocitune.core.errors import CheckpointError
 from megatron_velocitune.core.files import (
     MODEL_FILE_NAME,
     TRACKER_NAME,
@@ -29,6 +30,7 @@ from megatron_velocitune.core.files import (
     save_with,
     write_tracker,
 )
+from megatron_velocitune.training.safe_load import load_checkpoint_file
 
 __all__ = ["checkpoint_dir", "latest_iteration", "load_checkpoint", "save_checkpoint"]
 
@@ -43,9 +45,12 @@ def _shard_path(root: str, iteration: int) -> str:
 
 
 def _rng_state() -> Dict[str, Any]:
+    # numpy's state as plain values (name, keys as a list, ...), so the file loads with
+    # ``weights_only=True`` without numpy types; ``np.random.set_state`` takes it back as is.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "random": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
@@ -54,7 +59,8 @@ def _rng_state() -> Dict[str, Any]:
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -63,6 +69,23 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
     save_with(path, lambda f: torch.save(obj, f))
+
+
+# A test hook: ``VELOCITUNE_TEST_PAUSE_IN_SAVE=<iteration>`` stops every rank in the save of that
+# iteration after its shards are written and before the sidecar and the tracker, so a test can
+# kill the run "during a save" deterministically (tests/test_reliability.py).
+_PAUSE_ENV = "VELOCITUNE_TEST_PAUSE_IN_SAVE"
+
+
+def _test_pause(root: str, iteration: int) -> None:
+    if os.environ.get(_PAUSE_ENV) != str(iteration):
+        return
+    import time
+
+    if dist.get_rank() == 0:
+        open(os.path.join(root, ".paused_in_save"), "w").close()
+    while True:
+        time.sleep(1.0)
 
 
 def save_checkpoint(
@@ -115,6 +138,7 @@ def save_checkpoint(
             },
             _shard_path(root, iteration),
         )
+    _test_pause(root, iteration)
     if dist.get_rank() == 0 and velocitune_state is not None:
         save_state(sidecar_path(root, iteration), velocitune_state)
     dist.barrier()
@@ -133,6 +157,7 @@ def load_checkpoint(
     load_optim: bool = True,
     load_rng: bool = True,
     train_stream=None,
+    trust: bool = False,
 ) -> Tuple[int, int, Optional[Dict[str, Any]]]:
     """Load the latest checkpoint under ``root`` into this rank's model (and optimizer, ...).
 
@@ -146,6 +171,8 @@ def load_checkpoint(
         load_optim (bool): restore optimizer and scheduler state.
         load_rng (bool): restore the RNG states.
         train_stream (Optional[DomainLossAccumulator]): gets this rank's saved window.
+        trust (bool): ``--trust-checkpoint``: load with ``weights_only=False`` (see
+            :mod:`megatron_velocitune.training.safe_load`).
 
     Returns:
         Tuple[int, int, Optional[Dict]]: (iteration, consumed samples, Velocitune state or None).
@@ -156,16 +183,33 @@ def load_checkpoint(
     if iteration is None:
         raise FileNotFoundError(f"--load {root}: no {TRACKER_NAME} (not a checkpoint directory)")
     path = _shard_path(root, iteration)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"--load {root}: {path} is missing (saved with another TP/PP layout?)"
+    if not os.path.isdir(checkpoint_dir(root, iteration)):
+        raise CheckpointError(
+            f"--load {root}: {TRACKER_NAME} names iteration {iteration}, but "
+            f"{checkpoint_dir(root, iteration)} does not exist"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    if not os.path.isfile(path):
+        present = sorted(
+            n for n in os.listdir(checkpoint_dir(root, iteration)) if n.startswith("mp_rank_")
+        )
+        raise CheckpointError(
+            f"--load {root}: {path} is missing (the checkpoint holds {present or 'no shards'}: "
+            "saved with another TP/PP layout, or incomplete)"
+        )
+    ckpt = load_checkpoint_file(path, trust=trust)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"--load {root}: {path} holds no 'model' state dict")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"--load {root}: {path} does not fit this model ({first[:300]})"
+        ) from None
     if finetune:
         return 0, 0, None
     if load_optim and "optimizer" not in ckpt:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"--load {root}: {path} holds model weights only (a converted checkpoint, e.g. "
             "tools/convert_hf_llama.py): start from it with --finetune"
         )
@@ -175,7 +219,17 @@ def load_checkpoint(
     if load_rng:
         _set_rng_state(ckpt["rng_state"])
     if train_stream is not None and ckpt.get("train_stream") is not None:
+        saved = len(ckpt["train_stream"])
+        dp = parallel_state.get_data_parallel_world_size()
+        if saved != dp:
+            # Each DP rank's open window holds sums of its own samples; they cannot be split
+            # or merged into another DP size's windows exactly.
+            raise CheckpointError(
+                f"--load {root}: the checkpoint's training-stream window is for data-parallel "
+                f"size {saved}, this run has {dp}: resume with {saved} data-parallel ranks "
+                "(or start a new run from it with --finetune)"
+            )
         train_stream.load_state(ckpt["train_stream"][parallel_state.get_data_parallel_rank()])
     sidecar = sidecar_path(root, iteration)
-    state = load_state(sidecar) if os.path.isfile(sidecar) else None
+    state = load_state(sidecar) if os.path.exists(sidecar) else None
     return int(ckpt["iteration"]), int(ckpt["consumed_train_samples"]), state

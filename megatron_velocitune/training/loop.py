@@ -11,6 +11,7 @@ applies from the first sample of iteration ``t + 1`` and a checkpoint at ``t`` h
 """
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -22,13 +23,20 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.run import VelocituneRun
+from megatron_velocitune.control.resume import (
+    RESUME_KEY,
+    check_resume,
+    check_sidecar,
+    resume_identity,
+)
+from megatron_velocitune.control.run import VelocituneRun, default_domain_names
 from megatron_velocitune.control.state import sidecar_path
 from megatron_velocitune.control.sync import UpdateSync
 from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
 from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.blending import check_blend_weights
-from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.errors import CheckpointError, InputError, NonFiniteLossError
+from megatron_velocitune.core.files import read_tracker
 from megatron_velocitune.data.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.data.builder import (
     DatasetTokenizer,
@@ -38,6 +46,7 @@ from megatron_velocitune.data.builder import (
     gpt_dataset_config,
 )
 from megatron_velocitune.data.corpus import eod_token_id, load_tokenizer
+from megatron_velocitune.data.datafiles import check_data_file
 from megatron_velocitune.data.loader import RebuildableDataIterator
 from megatron_velocitune.device import compute_device
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
@@ -48,6 +57,7 @@ from megatron_velocitune.training.parallel import (
     ParallelInfo,
     initialize_parallel,
 )
+from megatron_velocitune.training.startup import check_heldout, shared_run_id, take_save_lock
 
 __all__ = [
     "RunSummary",
@@ -162,7 +172,10 @@ def build_model_and_optimizer(args, info: ParallelInfo):
     eod = eod_token_id(tokenizer, args.tokenizer_model, args.tokenizer_eod_token)
     if args.vocab_size is not None and args.vocab_size < vocab_size:
         raise InputError(f"--vocab-size {args.vocab_size} is below the tokenizer's {vocab_size}")
-    model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
+    try:
+        model = build_gpt_model(gpt_config_from_args(args, vocab_size, info.tp_size, info.pp_size))
+    except ValueError as e:  # megatron-core's TransformerConfig checks of the model flags
+        raise InputError(f"model flags: {e}") from None
     module, optimizer = build_optimizer(
         model,
         OptimizerSettings(
@@ -229,6 +242,8 @@ class TrainingJob:
         run (VelocituneRun): the Velocitune run (controller, log, loader-rebuild rule).
         validator (DomainEvaluator): Megatron-LM's ``--eval-iters`` validation, per domain.
         writer (Optional[Any]): the TensorBoard writer on the last rank.
+        identity (Dict[str, Any]): what a resume must match (recorded in every sidecar).
+        lock (Optional[RunLock]): this run's lock on ``--save`` (global rank 0).
     """
 
     info: ParallelInfo
@@ -242,10 +257,27 @@ class TrainingJob:
     run: VelocituneRun
     validator: DomainEvaluator
     writer: Optional[Any]
+    identity: Dict[str, Any]
+    lock: Optional[Any] = None
+
+    def close(self) -> None:
+        """Release the ``--save`` lock (the run is over, or failed)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
-def setup(args) -> TrainingJob:
-    """Process groups, model, optimizer, schedule, data, evaluators and the Velocitune run."""
+def setup(args, measuring: bool = False) -> TrainingJob:
+    """Process groups, model, optimizer, schedule, data, evaluators and the Velocitune run.
+
+    Everything that can be checked before training is checked here: the flags, the data files,
+    the held-out sets against the evaluation sizes, ``--save`` (created, writable, and locked
+    for this run).
+
+    Args:
+        args (argparse.Namespace): from :func:`parse_args`.
+        measuring (bool): the initial-loss measurement only (no ``--save`` lock, no training).
+    """
     info = initialize_parallel(
         ParallelConfig(
             args.tensor_model_parallel_size,
@@ -254,6 +286,17 @@ def setup(args) -> TrainingJob:
         ),
         seed=args.seed,
     )
+    # One live run per --save (created and checked writable here, not at the first save).
+    lock = take_save_lock(None if measuring else args.save)
+    try:
+        return _build(args, info, measuring, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
     num_microbatches = _microbatches(args, info)
     model, module, optimizer, tokenizer = build_model_and_optimizer(args, info)
     scheduler = build_scheduler(args, optimizer)
@@ -265,9 +308,29 @@ def setup(args) -> TrainingJob:
     ).tolist()
     data = build_data(args, info, (prefixes, weights), tokenizer, args.velocitune_update_interval)
     valid = data.valid if info.holds_data else None
+    names = args.velocitune_domain_names or default_domain_names(prefixes)
+    if not (measuring and args.velocitune_loss_source == "train"):
+        check_heldout(
+            valid,
+            names,
+            args.split,
+            args.micro_batch_size * info.dp_size,
+            [("--velocitune-eval-iters", args.velocitune_eval_iters)]
+            + ([("--eval-iters", args.eval_iters)] if args.eval_interval else []),
+            len(prefixes),
+        )
     writer = _tensorboard_writer(args)
     stream, evaluator = build_evaluator(args, info, module, data, len(prefixes))
-    run = VelocituneRun(args, prefixes, weights, data.train, evaluator, _print_rank_last, writer)
+    run = VelocituneRun(
+        args,
+        prefixes,
+        weights,
+        data.train,
+        evaluator,
+        _print_rank_last,
+        writer,
+        run_id=shared_run_id(),  # one header per run in a shared log folder
+    )
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
     )
@@ -283,6 +346,34 @@ def setup(args) -> TrainingJob:
         run,
         validator,
         writer,
+        _resume_identity(args, info, prefixes, run, stream),
+        lock,
+    )
+
+
+def _resume_identity(args, info, prefixes, run: VelocituneRun, stream) -> Dict[str, Any]:
+    """What a resume must match to continue exactly (recorded in every sidecar)."""
+    config = run.config
+    return resume_identity(
+        prefixes,
+        [check_data_file(p) for p in prefixes],
+        config.update_interval,
+        None if stream is None else info.dp_size,
+        config.policy,
+        config.rising_rule,
+        {
+            "min_headroom": config.min_headroom,
+            "target_margin": config.target_margin,
+            "forgetting_tolerance": None
+            if config.forgetting_tolerance is None
+            else str(config.forgetting_tolerance),
+        },
+        config.min_weight,
+        config.loss_source,
+        args.split,
+        args.seq_length,
+        args.global_batch_size,
+        args.seed,
     )
 
 
@@ -303,9 +394,21 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
         load_optim=not args.no_load_optim,
         load_rng=not args.no_load_rng,
         train_stream=job.stream,
+        trust=args.trust_checkpoint,
     )
+    sidecar = sidecar_path(args.load, read_tracker(args.load))
+    policy = job.run.config.policy
+    if not args.finetune and state is None and iteration > 0 and policy != "static":
+        raise CheckpointError(
+            f"--load {args.load}: {sidecar} is missing: the weight history and the blend of "
+            f"this {policy} run at iteration {iteration} are lost, so it cannot resume (restore "
+            "the file, or start a new run from the checkpoint with --finetune)"
+        )
     if state is not None:
-        job.run.restore(state, sidecar_path(args.load, iteration))
+        check_sidecar(state, sidecar, len(job.run.names))
+        for note in check_resume(state.get(RESUME_KEY), job.identity, sidecar):
+            _print_rank_last(f" resume: {note}")
+        job.run.restore(state, sidecar)
     _print_rank_last(
         f" loaded checkpoint from {args.load} at iteration {iteration}"
         f" (consumed samples {consumed})"
@@ -323,11 +426,24 @@ def pretrain(args, batch_hook: Optional[BatchHook] = None) -> RunSummary:
 
     Returns:
         RunSummary: the run's end state.
+
+    Raises:
+        VelocituneError: a user error (one line); ``NonFiniteLossError`` when the loss became
+            non-finite (the run stops without saving).
     """
     job = setup(args)
-    iteration, consumed = resume(args, job)
-    job.run.start(iteration, consumed)
-    return train(args, job, iteration, consumed, batch_hook)
+    try:
+        iteration, consumed = resume(args, job)
+        if iteration >= args.train_iters:
+            _print_rank_last(
+                f" the checkpoint in {args.load} is at iteration {iteration}, the end of this "
+                f"run (--train-iters {args.train_iters}): nothing left to train"
+            )
+            return RunSummary(iteration, consumed, job.run.names, job.run.weights.tolist())
+        job.run.start(iteration, consumed)
+        return train(args, job, iteration, consumed, batch_hook)
+    finally:
+        job.close()
 
 
 def measure_initial_loss(args, output: str) -> RunSummary:
@@ -338,7 +454,7 @@ def measure_initial_loss(args, output: str) -> RunSummary:
     Returns:
         RunSummary: with ``initial_loss``.
     """
-    job = setup(args)
+    job = setup(args, measuring=True)
     iteration, consumed = resume(args, job)
     job.run.start(iteration, consumed)
     run = job.run
@@ -416,6 +532,11 @@ def train(
         iteration += 1
         consumed += args.global_batch_size
         lm_loss = _reduce_lm_loss(losses)
+        if args.check_for_nan_in_loss_and_grad and _non_finite(lm_loss, grad_norm):
+            # As Megatron-LM's check: stop before this iteration's update, validation or save,
+            # so the newest checkpoint stays the last good one.
+            what = f"the training loss or gradient norm is not finite (lm loss {lm_loss}, "
+            _stop_non_finite(args, iteration, what + f"grad norm {grad_norm})")
         if lm_loss is not None:
             summary.lm_losses[iteration] = lm_loss
         if iteration % args.log_interval == 0 or iteration == args.train_iters:
@@ -424,7 +545,14 @@ def train(
             _log_iteration(args, job, iteration, consumed, elapsed, lm_loss, grad_norm, ok)
 
         # Every m iterations: evaluate, decide, apply (the loader restarts if the blend changed).
-        run.after_iteration(iteration, consumed, extra=_stream_diagnostic(run, job, iteration))
+        decision = run.after_iteration(
+            iteration, consumed, extra=_stream_diagnostic(run, job, iteration)
+        )
+        if decision is not None and decision.skipped and args.check_for_nan_in_loss_and_grad:
+            # The model itself evaluates to NaN/inf (the step just taken broke it): the same stop.
+            loss = decision.eval_loss.tolist()
+            what = f"the per-domain loss of the velocitune update is not finite ({loss})"
+            _stop_non_finite(args, iteration, what)
 
         if args.eval_interval and iteration % args.eval_interval == 0:
             _validate(job.validator, run.sync, run.names, iteration, consumed, job.writer)
@@ -441,7 +569,7 @@ def train(
                 job.optimizer,
                 job.scheduler,
                 consumed,
-                run.state_dict(),
+                {**run.state_dict(), RESUME_KEY: job.identity},
                 _plain_args(args),
                 None if job.stream is None else job.stream.state(),
             )
@@ -561,6 +689,26 @@ def _log_iteration(args, job, iteration, consumed, elapsed_ms, lm_loss, grad_nor
         job.writer.add_scalar("lm loss", lm_loss, iteration)
         job.writer.add_scalar("lm loss vs samples", lm_loss, consumed)
         job.writer.add_scalar("learning-rate", lr, iteration)
+
+
+def _non_finite(lm_loss: Optional[float], grad_norm) -> bool:
+    """Whether the loss or the gradient norm is NaN/inf on any rank (a world collective)."""
+    bad = (lm_loss is not None and not math.isfinite(lm_loss)) or (
+        grad_norm is not None and not math.isfinite(float(grad_norm))
+    )
+    flag = torch.tensor([1.0 if bad else 0.0], dtype=torch.float32, device=compute_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _stop_non_finite(args, iteration: int, what: str) -> None:
+    """Megatron-LM's stop on a non-finite loss: one line, no save, the last good checkpoint kept."""
+    last = read_tracker(args.save) if args.save else None
+    raise NonFiniteLossError(
+        f"iteration {iteration}: {what}; stopped without saving"
+        + (f", the last good checkpoint is iteration {last} in {args.save}" if last else "")
+        + " (--no-check-for-nan-in-loss-and-grad trains on)"
+    )
 
 
 def _stream_diagnostic(run: VelocituneRun, job: TrainingJob, iteration: int):

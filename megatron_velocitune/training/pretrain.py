@@ -23,12 +23,15 @@ def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) 
         **kwargs: passed to ``job``.
 
     Returns:
-        int: the exit status, 0 or 2.
+        int: the exit status: 0, 2 (a user error) or 1 (a non-finite loss).
     """
     try:
-        job(args, **kwargs)
-    except (VelocituneError, FileNotFoundError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        pretrain(args, **kwargs)
+    except VelocituneError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except FileNotFoundError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
 

@@ -1,0 +1,225 @@
+"""What a resume must match, and the checks of a sidecar before the controller reads it.
+
+A resumed run continues bit for bit only if it reads the same data in the same order and
+updates the blend by the same rule. The sidecar therefore records a *resume identity*
+(:func:`resume_identity`): each domain's data files (sizes and a hash of the ``.idx``), ``m``,
+the data-parallel size of the training-stream window, the policy, the rising-domain rule and
+its knobs, the loss source, the split, the sequence length, the global batch size and the seed.
+:func:`check_resume` compares it with the resuming run's and refuses any difference with one
+line naming the old and the new value. :func:`check_sidecar` checks the sidecar's own fields
+(keys, types, a valid blend, finite initial losses) and names the file. Pure: no torch.
+"""
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+from megatron_velocitune.core.errors import CheckpointError
+
+__all__ = ["RESUME_KEY", "check_resume", "check_sidecar", "resume_identity"]
+
+RESUME_KEY = "resume"
+
+# Identity field -> the flag a user changes it with (for the error line).
+_FLAGS = {
+    "data": "--data-path",
+    "update_interval": "--velocitune-update-interval",
+    "stream_dp_size": "the data-parallel size (world size / (TP x PP))",
+    "policy": "--velocitune-policy",
+    "rising_rule": "--velocitune-rising-rule",
+    "rule_knobs": "the rising rule's knobs (--velocitune-target-margin / "
+    "--velocitune-forgetting-tolerance / --velocitune-min-headroom)",
+    "min_weight": "--velocitune-min-weight",
+    "loss_source": "--velocitune-loss-source",
+    "split": "--split",
+    "seq_length": "--seq-length",
+    "global_batch_size": "--global-batch-size",
+    "seed": "--seed",
+}
+
+
+def resume_identity(
+    prefixes: Sequence[str],
+    files: Sequence[Dict[str, Any]],
+    update_interval: int,
+    stream_dp_size: Optional[int],
+    policy: str,
+    rising_rule: str,
+    rule_knobs: Dict[str, Any],
+    min_weight: float,
+    loss_source: str,
+    split: str,
+    seq_length: int,
+    global_batch_size: int,
+    seed: int,
+) -> Dict[str, Any]:
+    """The JSON-able identity a resume must match (stored in the sidecar under ``resume``).
+
+    Args:
+        prefixes (Sequence[str]): the domains' data prefixes, in blend order.
+        files (Sequence[Dict[str, Any]]): each prefix's
+            :func:`~megatron_velocitune.data.datafiles.check_data_file`.
+        update_interval (int): ``m``.
+        stream_dp_size (Optional[int]): data-parallel size of the saved training-stream windows
+            (None when the run keeps none).
+        policy (str): the policy.
+        rising_rule (str): the rising-domain rule.
+        rule_knobs (Dict[str, Any]): its knobs (margin, tolerance, headroom floor).
+        min_weight (float): the weight floor.
+        loss_source (str): ``eval`` or ``train``.
+        split (str): ``--split``.
+        seq_length (int): ``--seq-length``.
+        global_batch_size (int): ``--global-batch-size``.
+        seed (int): ``--seed``.
+
+    Returns:
+        Dict[str, Any]: the identity.
+    """
+    return {
+        "data": [{"prefix": str(p), **dict(f)} for p, f in zip(prefixes, files)],
+        "update_interval": int(update_interval),
+        "stream_dp_size": None if stream_dp_size is None else int(stream_dp_size),
+        "policy": policy,
+        "rising_rule": rising_rule,
+        "rule_knobs": dict(rule_knobs),
+        "min_weight": float(min_weight),
+        "loss_source": loss_source,
+        "split": str(split),
+        "seq_length": int(seq_length),
+        "global_batch_size": int(global_batch_size),
+        "seed": int(seed),
+    }
+
+
+def _content(entry: Dict[str, Any]) -> tuple:
+    return tuple(entry.get(k) for k in ("bin_bytes", "idx_bytes", "idx_sha256"))
+
+
+def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> List[str]:
+    """Refuse a resume whose identity differs from the saved one.
+
+    Args:
+        saved (Optional[Dict[str, Any]]): the sidecar's ``resume`` record (None: a sidecar
+            written before it existed; nothing can be compared).
+        current (Dict[str, Any]): :func:`resume_identity` of the resuming run.
+        where (str): the sidecar path, for the error line.
+
+    Returns:
+        List[str]: notes for the log (data moved to other paths with the same content).
+
+    Raises:
+        CheckpointError: the first difference, naming the flag, the old and the new value.
+    """
+    notes: List[str] = []
+    if saved is None:
+        return [
+            "the sidecar records no resume identity (written by an older version): "
+            "data files and settings were not compared"
+        ]
+    for key, flag in _FLAGS.items():
+        old, new = saved.get(key), current.get(key)
+        if key == "data":
+            old = old or []
+            if len(old) != len(new):
+                raise CheckpointError(
+                    f"{where}: the run was saved with {len(old)} domains in --data-path, "
+                    f"this run has {len(new)}"
+                )
+            for i, (a, b) in enumerate(zip(old, new)):
+                if _content(a) != _content(b):
+                    raise CheckpointError(
+                        f"{where}: domain {i} of --data-path was {a.get('prefix')} "
+                        f"({a.get('bin_bytes')} + {a.get('idx_bytes')} bytes, idx sha256 "
+                        f"{str(a.get('idx_sha256'))[:12]}), this run has {b.get('prefix')} "
+                        f"({b.get('bin_bytes')} + {b.get('idx_bytes')} bytes, idx sha256 "
+                        f"{str(b.get('idx_sha256'))[:12]}): other data, it cannot resume"
+                    )
+                if a.get("prefix") != b.get("prefix"):
+                    notes.append(
+                        f"domain {i}: data moved from {a.get('prefix')} to {b.get('prefix')} "
+                        "(same content)"
+                    )
+            continue
+        if old != new:
+            raise CheckpointError(
+                f"{where}: the run was saved with {flag} {old!r}, this run has {new!r}: it "
+                "cannot resume exactly (use the saved value, or start a new run from the "
+                "checkpoint with --finetune)"
+            )
+    return notes
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers(state: Dict[str, Any], key: str, k: int, where: str, optional: bool) -> None:
+    value = state.get(key)
+    if value is None and optional:
+        return
+    if not isinstance(value, list) or len(value) != k or not all(_is_number(v) for v in value):
+        raise CheckpointError(
+            f"{where}: {key!r} must be a list of {k} numbers, one per domain; it holds {value!r}"
+        )
+
+
+def check_sidecar(state: Dict[str, Any], where: str, num_domains: int) -> None:
+    """Check a sidecar's fields before the controller reads them.
+
+    Args:
+        state (Dict[str, Any]): the sidecar, as
+            :func:`~megatron_velocitune.control.state.load_state` returns it (NaN for the
+            ``null`` s of number lists).
+        where (str): its path, for the error line.
+        num_domains (int): the run's domain count.
+
+    Raises:
+        CheckpointError: a missing key, a wrong type, an invalid blend or a non-finite or
+            non-positive initial loss, naming the file and the field.
+    """
+    required = ("version", "domains", "policy", "initial_weights", "weights", "history")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{where}: the Velocitune sidecar has no {', '.join(missing)}")
+    domains = state["domains"]
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise CheckpointError(f"{where}: 'domains' must be a list of names; it holds {domains!r}")
+    k = len(domains)
+    if k != num_domains:
+        raise CheckpointError(
+            f"{where}: the sidecar is for {k} domains {domains}, this run has {num_domains}"
+        )
+    for key in ("initial_weights", "weights"):
+        _numbers(state, key, k, where, optional=False)
+        w = state[key]
+        if not all(math.isfinite(x) and x > 0 for x in w) or abs(sum(w) - 1.0) > 1e-6:
+            raise CheckpointError(
+                f"{where}: {key!r} {w} is not a blend (finite, > 0, summing to 1)"
+            )
+    for key in ("initial_loss", "target_loss", "target_given"):
+        _numbers(state, key, k, where, optional=True)
+    initial = state.get("initial_loss")
+    if initial is not None and not all(math.isfinite(x) and x > 0 for x in initial):
+        raise CheckpointError(
+            f"{where}: 'initial_loss' {initial} must be finite and positive (the base model's "
+            "loss per domain)"
+        )
+    history = state["history"]
+    if not isinstance(history, list):
+        raise CheckpointError(f"{where}: 'history' must be a list of updates; it holds {history!r}")
+    last = -1
+    for n, record in enumerate(history):
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{where}: history[{n}] is not an update record: {record!r}")
+        for key in ("iteration", "start_sample", "weights", "skipped"):
+            if key not in record:
+                raise CheckpointError(f"{where}: history[{n}] has no {key!r}")
+        if not isinstance(record["iteration"], int) or record["iteration"] <= last:
+            raise CheckpointError(
+                f"{where}: history[{n}] iteration {record['iteration']!r} does not increase"
+            )
+        last = record["iteration"]
+        _numbers(record, "weights", k, f"{where}: history[{n}]", optional=False)
+        if not record["skipped"] and not all(math.isfinite(x) and x > 0 for x in record["weights"]):
+            raise CheckpointError(
+                f"{where}: history[{n}] weights {record['weights']} are not a blend"
+            )

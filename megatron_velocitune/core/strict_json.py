@@ -1,0 +1,59 @@
+"""Strict JSON for the trajectory and the sidecar: a non-finite float is written as ``null``.
+
+Python's ``json`` writes NaN as the bare literal ``NaN``, which strict JSON readers (``jq``,
+JavaScript, most other languages) refuse. The project's files store a non-finite number as
+``null`` inside a list of numbers instead, and :func:`nan_from_null` turns such ``null``\\ s back
+into NaN on reading, so the tools see the same float arrays as before. A ``null`` that stands
+alone (e.g. ``"velocity": null``: no velocity at all) stays ``None``.
+"""
+
+import math
+from typing import Any
+
+__all__ = ["nan_from_null", "strict"]
+
+
+def strict(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth) replaced by None.
+
+    Args:
+        value (Any): JSON-able data (dicts, lists, tuples, numbers, strings, None).
+
+    Returns:
+        Any: the same structure, safe for ``json.dumps(..., allow_nan=False)``.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def _numbers_with_nulls(values: list) -> bool:
+    # The project's files hold no list of nulls other than a list of non-finite numbers.
+    return any(v is None for v in values) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
+    )
+
+
+def nan_from_null(value: Any) -> Any:
+    """Undo :func:`strict` for number lists: ``[1.0, null]`` -> ``[1.0, nan]``, at any depth.
+
+    A list of numbers and ``null`` s (``null`` s only included: every domain's loss NaN) is a
+    number list.
+
+    Args:
+        value (Any): data read with ``json.load``.
+
+    Returns:
+        Any: the same structure with the ``null`` s of mixed number lists as NaN.
+    """
+    if isinstance(value, dict):
+        return {k: nan_from_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if _numbers_with_nulls(value):
+            return [math.nan if v is None else v for v in value]
+        return [nan_from_null(v) for v in value]
+    return value

@@ -1,0 +1,763 @@
+"""Issue 18: bad inputs end in one line naming the flag or file and the value; checkpoints cannot
+run code; resumes refuse what they cannot continue exactly; one run per trajectory; a NaN stop;
+a lock on --save; a SIGKILL during a save resumes to the uninterrupted result.
+
+The entry cases run the real entry function (``run_pretrain(prog, parse_args(argv))``, what
+``pretrain_gpt.py`` runs) in a fresh one-rank torch.distributed process on the small real
+corpus; a traceback there fails the test (the child raises), a user error returns its exit code
+and one stderr line.
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_velocitune.core.trajectory import read_trajectory
+
+from ._multiproc import free_port, run_distributed
+from .test_training import base_argv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARD = os.path.join("iter_0000004", "mp_rank_00_000", "model_optim_rng.pt")
+SIDECAR = os.path.join("iter_0000004", "velocitune_state.json")
+
+
+def entry_worker(rank, world_size, argv):
+    """The entry in this process: (exit code, stderr)."""
+    from megatron_velocitune.training.arguments import parse_args
+    from megatron_velocitune.training.pretrain import run_pretrain
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = run_pretrain("pretrain_gpt.py", parse_args(argv))
+        except SystemExit as e:  # argparse
+            rc = e.code
+    return rc, err.getvalue()
+
+
+def run_entry(argv, world_size=1):
+    return run_distributed(entry_worker, world_size, (argv,), timeout=240)[0]
+
+
+INITIAL = ("--velocitune-initial-loss", "7", "7", "7")
+
+
+def argv_for(corpus, save, train_iters=4, extra=(), data_path=None):
+    # A given initial loss: no full held-out measurement at start (it is not what is tested).
+    extra = ("--num-workers", "0", "--save-interval", "2", *INITIAL, *extra)
+    argv = base_argv(corpus, save, train_iters=train_iters, extra=extra)
+    if data_path is not None:
+        i = argv.index("--data-path")
+        j = argv.index("--split")
+        argv[i + 1 : j] = data_path
+    return argv
+
+
+def one_line(err):
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    errors = [x for x in lines if "error:" in x]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def ckpt(corpus, tmp_path_factory):
+    """A finished 4-iteration one-rank velocity run, checkpoints at 2 and 4."""
+    save = str(tmp_path_factory.mktemp("rel") / "base")
+    rc, err = run_entry(argv_for(corpus, save))
+    assert rc == 0, err
+    return save
+
+
+def copy_ckpt(ckpt, tmp_path, name="run"):
+    dst = str(tmp_path / name)
+    shutil.copytree(ckpt, dst, ignore=shutil.ignore_patterns("tb"))
+    return dst
+
+
+def write(path, text, mode="w"):
+    with open(path, mode) as f:
+        f.write(text)
+    return path
+
+
+def domain_copy(corpus, tmp_path, name, mutate):
+    src = corpus.prefixes[0]
+    dst = str(tmp_path / name)
+    shutil.copyfile(src + ".bin", dst + ".bin")
+    shutil.copyfile(src + ".idx", dst + ".idx")
+    mutate(dst)
+    return dst
+
+
+def empty_domain(prefix):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    os.remove(prefix + ".bin")
+    IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16).finalize(prefix + ".idx")
+
+
+def blend(corpus, weights, prefixes=None):
+    out = []
+    for w, p in zip(weights, prefixes or corpus.prefixes):
+        out += [w, p]
+    return out
+
+
+# ----------------------------------------------------------------- fresh-run cases
+def _fresh_cases():
+    def tok(text):
+        def setup(corpus, tmp_path):
+            return ["--tokenizer-model", write(str(tmp_path / "tokenizer.json"), text)]
+
+        return setup
+
+    def target(value):
+        def setup(corpus, tmp_path):
+            losses = {"code": 1.0, "docs": 3.0, "legal": 5.0}
+            losses["code"] = value
+            path = write(str(tmp_path / "t.json"), json.dumps({"losses": losses}))
+            return ["--velocitune-target-loss-file", path]
+
+        return setup
+
+    def extra_domain(corpus, tmp_path):
+        losses = {"code": 1.0, "docs": 3.0, "legal": 5.0, "web": 2.0}
+        return [
+            "--velocitune-target-loss-file",
+            write(str(tmp_path / "t.json"), json.dumps(losses)),
+        ]
+
+    def weights(ws):
+        return lambda corpus, tmp_path: ["--data-path", *blend(corpus, ws)]
+
+    def domain(mutate):
+        def setup(corpus, tmp_path):
+            bad = domain_copy(corpus, tmp_path, "bad", mutate)
+            return [
+                "--data-path",
+                *blend(corpus, ["0.5", "0.3", "0.2"], [bad, *corpus.prefixes[1:]]),
+            ]
+
+        return setup
+
+    def truncate(prefix):
+        size = os.path.getsize(prefix + ".bin")
+        with open(prefix + ".bin", "r+b") as f:
+            f.truncate(size // 2)
+
+    def missing_tok(corpus, tmp_path):
+        return ["--tokenizer-model", str(tmp_path / "nope" / "tokenizer.json")]
+
+    def save_under_file(corpus, tmp_path):
+        return ["--save", os.path.join(write(str(tmp_path / "f"), "x"), "sub")]
+
+    def live_lock(corpus, tmp_path):
+        import socket
+
+        save = str(tmp_path / "locked")
+        os.makedirs(save)
+        # The lock of a live process on this host: this test process.
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "start_time": None}
+        write(os.path.join(save, ".velocitune.lock"), json.dumps(owner))
+        return ["--save", save]
+
+    no_targets = ("--velocitune-target-loss",)
+    return [
+        (
+            "tokenizer truncated",
+            tok('{"version": "1.0", "trunc'),
+            (),
+            "is not a readable Hugging Face tokenizer.json",
+        ),
+        ("tokenizer {}", tok("{}"), (), "is not a readable Hugging Face tokenizer.json"),
+        ("tokenizer missing", missing_tok, (), "no such file"),
+        (
+            "target null",
+            target(None),
+            no_targets,
+            "gives domain 'code' the loss null, not a number",
+        ),
+        ("target [3.7]", target([3.7]), no_targets, "the loss [3.7], not a number"),
+        ("target abc", target("abc"), no_targets, 'the loss "abc", not a number'),
+        ("target true", target(True), no_targets, "the loss true, not a number"),
+        (
+            "target extra domain",
+            extra_domain,
+            no_targets,
+            "losses for domains ['web'] that are not in this run",
+        ),
+        ("weight abc", weights(["0.5", "abc", "0.2"]), (), "--data-path: weight 'abc' of"),
+        ("weight inf", weights(["inf", "0.3", "0.2"]), (), "--data-path: weight 'inf' of"),
+        ("weight 0", weights(["0", "0.3", "0.2"]), (), "--data-path: weight '0' of"),
+        ("weight -1", weights(["0.5", "-1", "0.2"]), (), "--data-path: weight '-1' of"),
+        ("truncated .bin", domain(truncate), (), "bad.bin is truncated"),
+        ("0-document domain", domain(empty_domain), (), "bad: the domain holds no documents"),
+        (
+            "split 100,0,0",
+            lambda c, t: ["--split", "100,0,0", "--velocitune-initial-loss", "7", "7", "7"],
+            (),
+            "--split 100,0,0: domain 'code' gets no held-out documents",
+        ),
+        (
+            "eval-iters too many",
+            lambda c, t: ["--velocitune-eval-iters", "100000"],
+            (),
+            "--velocitune-eval-iters 100000: 100000 x 2 samples",
+        ),
+        ("save uncreatable", save_under_file, (), "sub: cannot create it"),
+        ("live lock", live_lock, (), "another run holds it (pid"),
+    ]
+
+
+def _drop(argv, flags):
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skip = a in flags
+        if not skip:
+            out.append(a)
+    return out
+
+
+FRESH = _fresh_cases()
+
+
+@pytest.mark.parametrize("name, setup, drop, message", FRESH, ids=[c[0] for c in FRESH])
+def test_bad_input_is_one_line(corpus, tmp_path, name, setup, drop, message):
+    argv = _drop(argv_for(corpus, str(tmp_path / "save")), set(drop))
+    extra = setup(corpus, tmp_path)
+    # Later flags win in argparse, except nargs="+" lists: replace those in place.
+    for flag in ("--data-path", "--tokenizer-model", "--save"):
+        if flag in extra:
+            argv = _drop(argv, {flag})
+    rc, err = run_entry(argv + extra)
+    line = one_line(err)
+    assert rc == 2, err
+    assert message in line, line
+
+
+# ----------------------------------------------------------------- resume cases
+class Payload:
+    """Pickles as a call that creates a folder: harmless proof that loading ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def _resume_cases():
+    def shard(root):
+        return os.path.join(root, SHARD)
+
+    def sidecar(root):
+        return os.path.join(root, SIDECAR)
+
+    def edit_sidecar(change):
+        def mutate(root, tmp_path, corpus):
+            state = json.load(open(sidecar(root)))
+            change(state)
+            write(sidecar(root), json.dumps(state))
+            return []
+
+        return mutate
+
+    def truncate_shard(root, tmp_path, corpus):
+        data = open(shard(root), "rb").read()
+        write(shard(root), data[: len(data) // 2], "wb")
+        return []
+
+    def raw_sidecar(data):
+        def mutate(root, tmp_path, corpus):
+            write(sidecar(root), data, "wb")
+            return []
+
+        return mutate
+
+    def no_sidecar(root, tmp_path, corpus):
+        os.remove(sidecar(root))
+        return ["--velocitune-initial-loss", "7", "7", "7"]
+
+    def tracker(root, tmp_path, corpus):
+        write(os.path.join(root, "latest_checkpointed_iteration.txt"), "7")
+        return []
+
+    def swapped(root, tmp_path, corpus):
+        # The same domain names, the files behind two of them swapped.
+        p = corpus.prefixes
+        return [
+            "--data-path",
+            *blend(corpus, ["0.5", "0.3", "0.2"], [p[1], p[0], p[2]]),
+            "--velocitune-domain-names",
+            "code",
+            "docs",
+            "legal",
+        ]
+
+    def set_key(key, value):
+        def change(state):
+            state[key] = value
+
+        return change
+
+    def drop_key(key):
+        return lambda state: state.pop(key)
+
+    return [
+        ("truncated shard", truncate_shard, "model_optim_rng.pt is truncated or corrupt"),
+        (
+            "sidecar no history",
+            edit_sidecar(drop_key("history")),
+            "velocitune_state.json: the Velocitune sidecar has no history",
+        ),
+        (
+            "sidecar history null",
+            edit_sidecar(set_key("history", None)),
+            "'history' must be a list of updates; it holds None",
+        ),
+        (
+            "sidecar corrupt",
+            raw_sidecar(b"\xff\xfe\x00garbage"),
+            "velocitune_state.json: the Velocitune sidecar is not a text file",
+        ),
+        (
+            "sidecar empty",
+            raw_sidecar(b""),
+            "velocitune_state.json: the Velocitune sidecar is empty",
+        ),
+        ("sidecar missing", no_sidecar, "velocitune_state.json is missing: the weight history"),
+        ("tracker names a missing iteration", tracker, "names iteration 7, but"),
+        (
+            "sidecar weights invalid",
+            edit_sidecar(set_key("weights", [0.5, 0.5, 0.5])),
+            "velocitune_state.json: 'weights' [0.5, 0.5, 0.5] is not a blend",
+        ),
+        (
+            "sidecar NaN initial loss",
+            edit_sidecar(lambda s: s["initial_loss"].__setitem__(0, None)),
+            "velocitune_state.json: 'initial_loss' [nan,",
+        ),
+        ("prefixes swapped", swapped, "domain 0 of --data-path was"),
+        (
+            "update interval changed",
+            lambda r, t, c: ["--velocitune-update-interval", "4"],
+            "--velocitune-update-interval 2, this run has 4",
+        ),
+        (
+            "rising rule changed",
+            lambda r, t, c: ["--velocitune-rising-rule", "budget"],
+            "--velocitune-rising-rule 'budget-hold', this run has 'budget'",
+        ),
+    ]
+
+
+RESUME = _resume_cases()
+
+
+@pytest.mark.parametrize("name, mutate, message", RESUME, ids=[c[0] for c in RESUME])
+def test_bad_resume_is_one_line(corpus, ckpt, tmp_path, name, mutate, message):
+    root = copy_ckpt(ckpt, tmp_path)
+    extra = mutate(root, tmp_path, corpus)
+    argv = argv_for(corpus, root, train_iters=6, extra=("--load", root))
+    if "--data-path" in extra:
+        argv = _drop(argv, {"--data-path"})
+    rc, err = run_entry(argv + extra)
+    line = one_line(err)
+    assert rc == 2, err
+    assert message in line, line
+
+
+def test_malicious_checkpoint_is_refused_and_runs_nothing(corpus, ckpt, tmp_path):
+    root = copy_ckpt(ckpt, tmp_path)
+    marker = str(tmp_path / "payload-ran")
+    path = os.path.join(root, SHARD)
+    payload = torch.load(path, weights_only=True)
+    payload["extra"] = Payload(marker)
+    torch.save(payload, path)
+    argv = argv_for(corpus, str(tmp_path / "new"), extra=("--load", root, "--finetune"))
+    rc, err = run_entry(argv)
+    line = one_line(err)
+    assert rc == 2 and f"--load: {path} needs the global" in line and "makedirs" in line, line
+    assert "--trust-checkpoint" in line
+    assert not os.path.exists(marker)
+    # The converter refuses it the same way.
+    from megatron_velocitune.cli import convert_hf_llama
+
+    out = io.StringIO()
+    with contextlib.redirect_stderr(out):
+        rc = convert_hf_llama.main(
+            [
+                "megatron-to-hf",
+                "--load",
+                root,
+                "--output",
+                str(tmp_path / "hf"),
+                "--vocab-size",
+                "1024",
+            ]
+        )
+    assert rc == 2 and "needs the global" in one_line(out.getvalue())
+    assert not os.path.exists(marker)
+    # The explicit opt-in loads it (and so runs it).
+    from megatron_velocitune.training.safe_load import load_checkpoint_file
+
+    load_checkpoint_file(path, trust=True)
+    assert os.path.isdir(marker)
+
+
+def test_finished_run_says_it_is_done(corpus, ckpt, tmp_path):
+    root = copy_ckpt(ckpt, tmp_path)
+    rc, out = run_distributed(_entry_stdout, 1, (argv_for(corpus, root, extra=("--load", root)),))[
+        0
+    ]
+    assert rc == 0 and "the end of this run (--train-iters 4): nothing left to train" in out
+
+
+def _entry_stdout(rank, world_size, argv):
+    from megatron_velocitune.training.arguments import parse_args
+    from megatron_velocitune.training.pretrain import run_pretrain
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = run_pretrain("pretrain_gpt.py", parse_args(argv))
+    return rc, out.getvalue()
+
+
+@pytest.mark.slow
+def test_data_parallel_change_is_refused(corpus, ckpt, tmp_path):
+    root = copy_ckpt(ckpt, tmp_path)
+    argv = argv_for(corpus, root, train_iters=6, extra=("--load", root))
+    results = run_distributed(entry_worker, 2, (argv,), timeout=240)
+    for rc, err in results:
+        assert rc == 2
+        assert "window is for data-parallel size 1, this run has 2" in one_line(err)
+
+
+# ----------------------------------------------------------------- tools
+def test_tools_check_their_paths_and_files_first(corpus, ckpt, tmp_path):
+    from megatron_velocitune.cli import convert_hf_llama, measure_initial_loss, prepare_corpus
+
+    def call(main, argv):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code
+        return rc, one_line(err.getvalue())
+
+    rc, line = call(measure_initial_loss.main, ["--output", str(tmp_path), "--num-layers", "2"])
+    assert rc == 2 and f"--output {tmp_path}: is a directory" in line
+    a_file = write(str(tmp_path / "a_file"), "x")
+    rc, line = call(
+        prepare_corpus.main,
+        ["--output-dir", a_file, "--vocab-size", "300", "--domain", f"x={corpus.root}"],
+    )
+    assert rc == 2 and f"--output-dir {a_file}: is a file" in line
+    # A broken Hugging Face config.json, for either direction.
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    write(str(hf / "config.json"), '{"hidden_size": ')
+    rc, line = call(
+        convert_hf_llama.main,
+        ["hf-to-megatron", "--hf-dir", str(hf), "--output", str(tmp_path / "o")],
+    )
+    assert rc == 2 and "config.json is not readable JSON" in line
+    root = copy_ckpt(ckpt, tmp_path)
+    rc, line = call(
+        convert_hf_llama.main,
+        [
+            "megatron-to-hf",
+            "--load",
+            root,
+            "--output",
+            str(tmp_path / "h"),
+            "--hf-config",
+            str(hf / "config.json"),
+        ],
+    )
+    assert rc == 2 and "--hf-config" in line and "config.json is not readable JSON" in line
+    # A truncated shard.
+    data = open(os.path.join(root, SHARD), "rb").read()
+    write(os.path.join(root, SHARD), data[:1000], "wb")
+    rc, line = call(
+        convert_hf_llama.main, ["megatron-to-hf", "--load", root, "--output", str(tmp_path / "h")]
+    )
+    assert rc == 2 and "model_optim_rng.pt is truncated or corrupt" in line
+
+
+# ----------------------------------------------------------------- runs, NaN, lock
+def strict_lines(path):
+    def refuse(name):
+        raise ValueError(f"{path}: non-strict JSON constant {name}")
+
+    with open(path) as f:
+        return [json.loads(line, parse_constant=refuse) for line in f if line.strip()]
+
+
+def test_two_runs_in_one_log_dir_stay_apart(corpus, ckpt, tmp_path):
+    tb = str(tmp_path / "tb")
+    first = argv_for(corpus, str(tmp_path / "a"), extra=("--tensorboard-dir", tb))
+    assert run_entry(first)[0] == 0
+    second = argv_for(
+        corpus,
+        str(tmp_path / "b"),
+        extra=(
+            "--tensorboard-dir",
+            tb,
+            "--velocitune-policy",
+            "static",
+            "--velocitune-update-interval",
+            "4",
+        ),
+    )
+    assert run_entry(_drop(second, {"--velocitune-target-loss"}))[0] == 0
+    path = os.path.join(tb, "velocitune_trajectory.jsonl")
+    records = strict_lines(path)
+    headers = [r for r in records if r["type"] == "header"]
+    assert len(headers) == 2 and headers[0]["run_id"] != headers[1]["run_id"]
+    traj = read_trajectory(path)
+    assert traj.header["policy"] == "static" and traj.header["update_interval"] == 4
+    assert [u["iteration"] for u in traj.updates] == [4]
+    assert traj.earlier_runs == [headers[0]["run_id"]]
+    # The tools' reader sees the last run only.
+    from megatron_velocitune.cli._common import load_trajectory
+
+    assert load_trajectory(path).header["policy"] == "static"
+
+
+def test_non_finite_loss_stops_without_saving(corpus, tmp_path):
+    save = str(tmp_path / "nan")
+    extra = ("--lr", "1e20", "--clip-grad", "0", "--save-interval", "1")
+    rc, err = run_entry(argv_for(corpus, save, train_iters=6, extra=extra))
+    line = one_line(err)
+    assert rc == 1 and "is not finite" in line and "stopped without saving" in line, err
+    last = int(open(os.path.join(save, "latest_checkpointed_iteration.txt")).read())
+    stopped = int(line.split("error: iteration ")[1].split(":")[0])
+    assert last == stopped - 1 and f"the last good checkpoint is iteration {last}" in line
+    assert not os.path.exists(os.path.join(save, f"iter_{stopped:07d}"))
+    assert not os.path.exists(os.path.join(save, ".velocitune.lock"))
+    # The checkpoint kept is a good one: every weight finite.
+    shard = os.path.join(save, f"iter_{last:07d}", "mp_rank_00_000", "model_optim_rng.pt")
+    model = torch.load(shard, weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in model.values() if isinstance(v, torch.Tensor))
+    # With the opt-out it trains on; every file is strict JSON and reads back with NaN.
+    save = str(tmp_path / "nan-on")
+    extra += ("--no-check-for-nan-in-loss-and-grad",)
+    rc, err = run_entry(argv_for(corpus, save, train_iters=4, extra=extra))
+    assert rc == 0, err
+    path = os.path.join(save, "tb", "velocitune_trajectory.jsonl")
+    strict_lines(path)
+    with open(os.path.join(save, "iter_0000004", "velocitune_state.json")) as f:
+        state = json.loads(f.read(), parse_constant=lambda name: pytest.fail(name))
+    assert any(r["skipped"] and None in r["eval_loss"] for r in state["history"])
+    skipped = [u for u in read_trajectory(path).updates if u["skipped"]]
+    assert skipped and any(math.isnan(x) for x in skipped[-1]["eval_loss"])
+
+
+def test_stale_lock_is_taken_over(corpus, tmp_path):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    save = str(tmp_path / "stale")
+    os.makedirs(save)
+    write(
+        os.path.join(save, ".velocitune.lock"),
+        json.dumps({"host": socket.gethostname(), "pid": dead.pid, "start_time": "1"}),
+    )
+    from megatron_velocitune.training.runlock import RunLock
+
+    lock = RunLock(save).acquire()
+    assert lock.took_over["pid"] == dead.pid
+    assert json.load(open(lock.path))["pid"] == os.getpid()
+    lock.release()
+    assert not os.path.exists(lock.path)
+
+
+# ----------------------------------------------------------------- SIGKILL during a save
+def _descendants(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _torchrun(argv, env=None, wait=True):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        os.path.join(REPO, "examples", "pretrain_gpt.py"),
+        *argv,
+    ]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(
+        cmd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    if wait:
+        out = proc.communicate(timeout=400)[0]
+        assert proc.returncode == 0, out[-3000:]
+        return out
+    return proc
+
+
+@pytest.mark.slow
+def test_sigkill_of_every_worker_during_a_save_resumes_to_the_same_run(corpus, tmp_path):
+    full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
+
+    def argv(save, *extra):
+        return base_argv(corpus, save, train_iters=6, extra=(*INITIAL, *extra))
+
+    _torchrun(argv(full))
+    proc = _torchrun(argv(parts), env={"VELOCITUNE_TEST_PAUSE_IN_SAVE": "6"}, wait=False)
+    marker = os.path.join(parts, ".paused_in_save")
+    deadline = time.monotonic() + 400
+    while not os.path.exists(marker):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the save"
+        time.sleep(0.2)
+    # torchrun, its two workers (in process groups of their own) and their loader workers.
+    tree = _descendants(proc.pid)
+    assert len(tree) >= 3
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    # Killed during the save of 6: its shards are written, its sidecar and tracker are not.
+    assert open(os.path.join(parts, "latest_checkpointed_iteration.txt")).read().strip() == "4"
+    assert os.path.exists(os.path.join(parts, "iter_0000006", "mp_rank_00_000"))
+    assert not os.path.exists(os.path.join(parts, "iter_0000006", "velocitune_state.json"))
+    assert os.path.exists(os.path.join(parts, ".velocitune.lock"))  # the dead run's
+    out = _torchrun(argv(parts, "--load", parts))
+    assert "took over the stale lock" in out
+    assert " loaded checkpoint from" in out and "at iteration 4" in out
+    assert not os.path.exists(os.path.join(parts, ".velocitune.lock"))
+
+    def sidecar(root):
+        return json.load(open(os.path.join(root, "iter_0000006", "velocitune_state.json")))
+
+    assert len(sidecar(full)["history"]) == 3
+    assert sidecar(full)["history"] == sidecar(parts)["history"]
+    assert sidecar(full)["weights"] == sidecar(parts)["weights"]
+
+    def shard(root):
+        path = os.path.join(root, "iter_0000006", "mp_rank_00_000", "model_optim_rng.pt")
+        return torch.load(path, weights_only=True)
+
+    x, y = shard(full), shard(parts)
+    for k, v in x["model"].items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, y["model"][k]), k
+
+
+# ----------------------------------------------------------------- pure pieces
+def test_strict_json_round_trip():
+    from megatron_velocitune.core.strict_json import nan_from_null, strict
+
+    data = {"a": [1.0, float("nan"), float("inf")], "b": None, "c": [[float("nan")]], "d": [1, 2]}
+    text = json.dumps(strict(data), allow_nan=False)
+    back = nan_from_null(json.loads(text))
+    assert back["b"] is None and back["d"] == [1, 2]
+    assert back["a"][0] == 1.0 and math.isnan(back["a"][1]) and math.isnan(back["a"][2])
+    assert math.isnan(back["c"][0][0])
+
+
+def test_resume_identity_accepts_moved_data_and_names_changes():
+    from megatron_velocitune.control.resume import check_resume, resume_identity
+    from megatron_velocitune.core.errors import CheckpointError
+
+    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32}]
+
+    def ident(prefix="/a/code", m=150, dp=2, seed=1):
+        knobs = {"min_headroom": 0.0}
+        return resume_identity(
+            [prefix],
+            files,
+            m,
+            dp,
+            "velocity",
+            "budget",
+            knobs,
+            0.0,
+            "eval",
+            "98,2,0",
+            256,
+            32,
+            seed,
+        )
+
+    notes = check_resume(ident(), ident(prefix="/b/code"), "s.json")
+    assert notes == ["domain 0: data moved from /a/code to /b/code (same content)"]
+    with pytest.raises(CheckpointError, match=r"--seed 1, this run has 2"):
+        check_resume(ident(), ident(seed=2), "s.json")
+    with pytest.raises(CheckpointError, match=r"data-parallel size .* 2, this run has 1"):
+        check_resume(ident(), ident(dp=1), "s.json")
+    assert "older version" in check_resume(None, ident(), "s.json")[0]
+
+
+def test_legacy_data_types_load_without_trust(tmp_path):
+    # What older checkpoints of this project (numpy RNG state) and Megatron-LM's legacy files
+    # (args as a Namespace) hold: data only, allowed by name.
+    import argparse
+
+    from megatron_velocitune.training.safe_load import load_checkpoint_file
+
+    path = str(tmp_path / "legacy.pt")
+    state = np.random.get_state()
+    torch.save({"args": argparse.Namespace(num_layers=2, lr=1e-3), "numpy": state}, path)
+    loaded = load_checkpoint_file(path)
+    assert loaded["args"].num_layers == 2
+    np.testing.assert_array_equal(loaded["numpy"][1], state[1])
+
+
+def test_entry_catches_only_project_errors(monkeypatch, capsys):
+    from megatron_velocitune.core.errors import NonFiniteLossError
+    from megatron_velocitune.training import pretrain as entry
+
+    def bug(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(entry, "pretrain", bug)
+    with pytest.raises(ValueError, match="an internal bug"):  # keeps its traceback
+        entry.run_pretrain("prog", None)
+
+    def diverged(args):
+        raise NonFiniteLossError("iteration 3: not finite")
+
+    monkeypatch.setattr(entry, "pretrain", diverged)
+    assert entry.run_pretrain("prog", None) == 1
+    assert capsys.readouterr().err == "prog: error: iteration 3: not finite\n"

@@ -41,8 +41,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import compare_policies as cp  # noqa: E402
+from dcpt_law_runs import ratio_runs  # noqa: E402 - the same cached ratio runs
 
-from megatron_velocitune.laws.comparison import replay_share_blend  # noqa: E402
 from megatron_velocitune.laws.cross_domain_law import (  # noqa: E402
     CrossDomainFit,
     EarlyLosses,
@@ -50,7 +50,12 @@ from megatron_velocitune.laws.cross_domain_law import (  # noqa: E402
     fit_cross_domain,
     points_by_domain,
 )
-from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, DcptFit, fit_dcpt, static_points  # noqa: E402
+from megatron_velocitune.laws.dcpt_law import (  # noqa: E402
+    DEFAULT_EPS,
+    DcptFit,
+    fit_domain,
+    static_points,
+)
 from megatron_velocitune.laws.scaling_law import loss_points  # noqa: E402
 
 #: The ratio runs of dcpt_law_runs.py (same shares, same run folders).
@@ -59,39 +64,9 @@ SETTING = "replay-only"
 NEW_DOMAINS = [n for n in cp.DOMAINS if n != cp.REPLAY_DOMAIN]
 
 
-def ratio_key(share: float) -> str:
-    """Run folder of the ratio run at replay share ``share`` (as dcpt_law_runs.py names it)."""
-    return f"dcpt_g{share:.2f}"
-
-
-def ratio_runs(out, python, corpus, s, shares, seed, interval, init) -> List[dict]:
-    """The static ratio runs (cached under ``out/runs``; dcpt_law_runs.py shares them)."""
-    tokens = [d["tokens"] for d in corpus["domains"]]
-    replay = cp.DOMAINS.index(cp.REPLAY_DOMAIN)
-    return [
-        cp.cpt_run(
-            out,
-            python,
-            corpus,
-            s,
-            ratio_key(g),
-            seed,
-            "static",
-            replay_share_blend(tokens, [replay], g).tolist(),
-            interval,
-            ["--velocitune-initial-loss-file", init],
-        )
-        for g in shares
-    ]
-
-
 def own_law(name: str, ratios: np.ndarray, points: list, runs: Sequence[int]) -> DcptFit:
     """The standard D-CPT Law of ``name`` fitted on the given ratio runs."""
-    j = cp.DOMAINS.index(name)
-    d = np.concatenate([points[i][name][0] for i in runs])
-    y = np.concatenate([points[i][name][1] for i in runs])
-    r = np.concatenate([np.full(points[i][name][0].size, ratios[i, j]) for i in runs])
-    return fit_dcpt(d, r, y, eps=DEFAULT_EPS)
+    return fit_domain(name, ratios, points, runs, eps=DEFAULT_EPS)
 
 
 def k_features(traj, names, initial, window) -> Dict[str, EarlyLosses]:

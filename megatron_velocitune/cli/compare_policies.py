@@ -319,7 +319,7 @@ def check_setting(out: str, s: Setting) -> None:
                 f"{out} holds runs of another setting (old, new): {diff}; use another --out"
             )
         return
-    write_json(path, mine)
+    write_json(path, mine, allow_nan=True)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -523,7 +523,7 @@ def train_run(
         "trajectory": os.path.join(tb, TRAJECTORY),
         **record,
     }
-    write_json(result, res)
+    write_json(result, res, allow_nan=True)
     return res
 
 
@@ -861,6 +861,7 @@ def report(
             "fits": {k: {x: v for x, v in f.items() if x != "per_seed"} for k, f in fits.items()},
             "runs": results,
         },
+        allow_nan=True,  # a method without a value (NaN) stays readable by json.load
     )
     return text
 

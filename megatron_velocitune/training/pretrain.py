@@ -10,10 +10,11 @@ from megatron_velocitune.training.loop import pretrain
 
 
 def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) -> int:
-    """Run ``job(args, **kwargs)``; a user error prints ``prog: error: ...`` and gives 2.
+    """Run ``job(args, **kwargs)``; a user error prints ``prog: error: ...`` and its exit code.
 
-    Only the project's own errors (bad flags, files, values: :class:`VelocituneError`) and a
-    missing file are a user's; anything else is a bug and propagates with its traceback.
+    Only the project's own errors (:class:`VelocituneError`: bad flags, files, checkpoints, a
+    held lock; a non-finite loss gives 1) and a missing file are a user's; anything else is a
+    bug and propagates with its traceback.
 
     Args:
         prog (str): the program name the error line starts with.
@@ -26,7 +27,7 @@ def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) 
         int: the exit status: 0, 2 (a user error) or 1 (a non-finite loss).
     """
     try:
-        pretrain(args, **kwargs)
+        job(args, **kwargs)
     except VelocituneError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

@@ -839,3 +839,28 @@ def test_train_loss_tap_reads_domains_from_the_iterator():
     out, fn = tap.wrap(bare_step)(iter(list(batches())), model)
     with pytest.raises(RuntimeError, match="--velocitune-loss-source eval"):
         fn(out)
+
+
+def test_train_stream_window_goes_into_the_sidecar_and_back():
+    """A checkpoint between two updates keeps each rank's open window (one-process world)."""
+    import torch
+
+    from megatron_velocitune.megatron_lm.train_loss import gather_windows, restore_window
+    from megatron_velocitune.train_stream import DomainLossAccumulator
+
+    acc = DomainLossAccumulator(3)
+    acc.add(torch.tensor([0, 2]), torch.full((2, 4), 2.5), torch.ones(2, 4))
+    assert gather_windows(None) is None
+    windows = gather_windows(acc)
+    assert windows == [acc.state().tolist()]
+    state = json.loads(json.dumps({"train_stream_windows": windows}))  # as the sidecar holds it
+    resumed = DomainLossAccumulator(3)
+    assert restore_window(resumed, state)
+    assert torch.equal(resumed.state(), acc.state())
+    sums = resumed.take()
+    assert np.array_equal(sums.loss_sum, [10.0, 0.0, 10.0])
+    assert np.array_equal(sums.tokens, [4.0, 0.0, 4.0])
+    # Another world size: which rank drew which samples is unknown; the window restarts.
+    other = DomainLossAccumulator(3)
+    assert not restore_window(other, {"train_stream_windows": windows * 2})
+    assert not restore_window(other, {}) and other.state().sum() == 0

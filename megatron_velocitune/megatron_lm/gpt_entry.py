@@ -46,6 +46,17 @@ def _accepted(fn, **kwargs) -> Dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def _layer_spec(specs, kind: str, **kwargs):
+    """``get_gpt_layer_<kind>_spec`` with the options it takes.
+
+    From 0.19 the spec functions take ``*args, **kwargs`` and pass them to
+    ``get_gpt_layer_<kind>_submodules``, whose signature then says which options exist.
+    """
+    spec = getattr(specs, f"get_gpt_layer_{kind}_spec")
+    signature_of = getattr(specs, f"get_gpt_layer_{kind}_submodules", spec)
+    return spec(**_accepted(signature_of, **kwargs))
+
+
 def model_provider(
     pre_process: bool = True,
     post_process: bool = True,
@@ -75,18 +86,10 @@ def model_provider(
     if config is None:
         config = core_transformer_config_from_args(args)
     if args.transformer_impl == "transformer_engine":
-        layer_spec = specs.get_gpt_layer_with_transformer_engine_spec(
-            **_accepted(
-                specs.get_gpt_layer_with_transformer_engine_spec, qk_layernorm=args.qk_layernorm
-            )
-        )
+        layer_spec = _layer_spec(specs, "with_transformer_engine", qk_layernorm=args.qk_layernorm)
     else:
-        layer_spec = specs.get_gpt_layer_local_spec(
-            **_accepted(
-                specs.get_gpt_layer_local_spec,
-                qk_layernorm=args.qk_layernorm,
-                normalization=args.normalization,
-            )
+        layer_spec = _layer_spec(
+            specs, "local", qk_layernorm=args.qk_layernorm, normalization=args.normalization
         )
     return GPTModel(
         config=config,

@@ -845,8 +845,8 @@ def test_train_stream_window_goes_into_the_sidecar_and_back():
     """A checkpoint between two updates keeps each rank's open window (one-process world)."""
     import torch
 
+    from megatron_velocitune.control.train_stream import DomainLossAccumulator
     from megatron_velocitune.megatron_lm.train_loss import gather_windows, restore_window
-    from megatron_velocitune.train_stream import DomainLossAccumulator
 
     acc = DomainLossAccumulator(3)
     acc.add(torch.tensor([0, 2]), torch.full((2, 4), 2.5), torch.ones(2, 4))

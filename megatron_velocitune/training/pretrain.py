@@ -2,14 +2,14 @@
 
 import logging
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from megatron_velocitune.core.errors import VelocituneError
 from megatron_velocitune.training.arguments import parse_args
 from megatron_velocitune.training.loop import pretrain
 
 
-def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) -> int:
+def run_pretrain(prog: str, args, job: Optional[Callable[..., Any]] = None, **kwargs) -> int:
     """Run ``job(args, **kwargs)``; a user error prints ``prog: error: ...`` and its exit code.
 
     Only the project's own errors (:class:`VelocituneError`: bad flags, files, checkpoints, a
@@ -19,7 +19,7 @@ def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) 
     Args:
         prog (str): the program name the error line starts with.
         args (argparse.Namespace): from :func:`parse_args`.
-        job (Callable[..., Any]): :func:`~megatron_velocitune.training.loop.pretrain` or
+        job (Optional[Callable[..., Any]]): what to run: :func:`pretrain` (the default) or
             :func:`~megatron_velocitune.training.loop.measure_initial_loss`.
         **kwargs: passed to ``job``.
 
@@ -27,7 +27,7 @@ def run_pretrain(prog: str, args, job: Callable[..., Any] = pretrain, **kwargs) 
         int: the exit status: 0, 2 (a user error) or 1 (a non-finite loss).
     """
     try:
-        job(args, **kwargs)
+        (job or pretrain)(args, **kwargs)
     except VelocituneError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

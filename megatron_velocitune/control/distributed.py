@@ -38,6 +38,7 @@ from megatron_velocitune.control.sync import (
     WeightMismatchError,
     decide,
     make_decision,
+    raise_policy_error,
 )
 from megatron_velocitune.core.sums import DomainSums
 from megatron_velocitune.device import compute_device
@@ -195,9 +196,7 @@ def synchronize_update(
     status = UpdateStatus(int(payload[0]))
     if status is UpdateStatus.ERROR:
         # Every rank raises (the decider knows why), instead of hanging in the next collective.
-        make_decision(
-            status, weights, weights, None, iteration, fallback, False, groups.decider_rank, error
-        )
+        raise_policy_error(groups.decider_rank, iteration, error)
     candidate = payload[1 : 1 + k].copy()
     sums = DomainSums.from_vector(payload[1 + k :])
 

@@ -31,6 +31,7 @@ __all__ = [
     "WeightMismatchError",
     "decide",
     "make_decision",
+    "raise_policy_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,18 @@ def decide(
     return UpdateStatus.APPLIED, new, ""
 
 
+def raise_policy_error(decider: int, iteration: int, error: str) -> None:
+    """Raise the deciding rank's policy failure (on every rank, so none waits in a collective).
+
+    Raises:
+        RuntimeError: always.
+    """
+    raise RuntimeError(
+        f"velocitune: the weight policy failed on rank {decider} at iteration "
+        f"{iteration}" + (f": {error}" if error else " (see that rank's log)")
+    )
+
+
 def make_decision(
     status: UpdateStatus,
     weights: np.ndarray,
@@ -159,10 +172,7 @@ def make_decision(
         RuntimeError: the policy raised on the decider.
     """
     if status is UpdateStatus.ERROR:
-        raise RuntimeError(
-            f"velocitune: the weight policy failed on rank {decider} at iteration "
-            f"{iteration}" + (f": {error}" if error else " (see that rank's log)")
-        )
+        raise_policy_error(decider, iteration, error)
     if status is UpdateStatus.SKIPPED or bad_elsewhere:
         reason = "non-finite loss " + (
             f"{sums.mean(fallback).tolist()}" if status is UpdateStatus.SKIPPED else "on some rank"

@@ -396,7 +396,8 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
         train_stream=job.stream,
         trust=args.trust_checkpoint,
     )
-    sidecar = sidecar_path(args.load, read_tracker(args.load))
+    # Without --finetune, load_checkpoint returned the tracker's iteration: its sidecar.
+    sidecar = sidecar_path(args.load, iteration)
     policy = job.run.config.policy
     if not args.finetune and state is None and iteration > 0 and policy != "static":
         raise CheckpointError(

@@ -89,7 +89,7 @@ def logic_alone(n: int, rounds: int) -> float:
             w = synchronize_update(
                 evaluator.evaluate(),
                 w,
-                lambda mean: update_weights("velocity", w, mean, initial, target, 1e-3),
+                lambda mean, stderr: update_weights("velocity", w, mean, initial, target, 1e-3),
                 1,
                 0,
                 groups,
@@ -139,7 +139,7 @@ def worker(rank: int, world_size: int, tp: int, pp: int, n: int, rounds: int, lo
         w = synchronize_update(
             local,
             w,
-            lambda mean: update_weights("velocity", w, mean, initial, target, 1e-3),
+            lambda mean, stderr: update_weights("velocity", w, mean, initial, target, 1e-3),
             1,
             0,
             groups,

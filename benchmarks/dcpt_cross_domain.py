@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run (or resume) the ratio runs, leave each new domain out, print the report."""
     args = build_parser().parse_args(argv)
-    s = replace(cp.Setting(), base_replay_share=cp.SETTINGS[SETTING])
+    s = replace(cp.Setting(), setting=SETTING)
     shares = sorted(set(args.replay_shares))
     if len(shares) < 3 or not all(0.0 < g < 1.0 for g in shares):
         raise SystemExit(f"--replay-shares {shares}: need 3 or more distinct shares in (0, 1)")

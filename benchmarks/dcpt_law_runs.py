@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run (or resume) the ratio runs, the fits and the Velocitune runs; print the report."""
     args = build_parser().parse_args(argv)
-    s = replace(cp.QUICK if args.quick else cp.Setting(), base_replay_share=cp.SETTINGS[SETTING])
+    s = replace(cp.QUICK if args.quick else cp.Setting(), setting=SETTING)
     if args.seeds:
         s = replace(s, seeds=tuple(args.seeds))
     shares = sorted(set(args.replay_shares))

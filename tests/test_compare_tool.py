@@ -66,6 +66,248 @@ class TestMethods:
         with pytest.raises(ToolError, match=key):
             compare.parse_method(key)
 
+    def test_default_is_the_shipped_velocitune(self):
+        m = compare.parse_method("default")
+        assert (m.policy, m.rule, m.floor, m.shipped, m.fit) == (
+            "velocity",
+            None,
+            False,
+            True,
+            "default",
+        )
+        assert m.label("5%", 0.1) == "Velocitune, shipped defaults"
+        assert compare.DEFAULT_METHODS[:2] == ("cpt", "default")
+        assert "default" in compare.QUICK_METHODS
+        assert compare.parse_method("vt-budget").fit == "budget"
+        assert compare.parse_method("ratio").fit is None
+
+    def test_paper_only_where_the_entry_has_it(self, monkeypatch):
+        monkeypatch.setattr(compare, "entry_policies", lambda: ["velocity", "static"])
+        with pytest.raises(ToolError, match="--methods vt-paper: the training entry has no "):
+            compare.parse_method("vt-paper")
+        monkeypatch.setattr(compare, "entry_policies", lambda: ["paper", "velocity", "static"])
+        for key in ("vt-paper", "paper"):
+            m = compare.parse_method(key)
+            assert (m.key, m.policy, m.rule, m.shipped, m.fit) == (
+                "vt-paper",
+                "paper",
+                None,
+                True,
+                "default",
+            )
+        assert "paper" not in compare.DEFAULT_METHODS + compare.QUICK_METHODS
+        assert "vt-paper" not in compare.DEFAULT_METHODS + compare.QUICK_METHODS
+        keys = [m.key for m in compare.select_methods(["paper", "vt-paper", "default"], [0.4], "")]
+        assert keys == ["cpt", "vt-paper", "default", "frontier-0.40"]
+
+    def test_entry_policies_are_the_entry_choices(self):
+        from megatron_velocitune.core.policy import POLICIES
+
+        assert set(compare.entry_policies()) == set(POLICIES)
+
+    def test_run_order_puts_default_first(self):
+        methods = compare.select_methods(
+            ["vt-budget", "reweighted", "vt-budget-hold", "default"], [0.1, 0.4], "vt-budget-hold"
+        )
+        order = [m.key for m in compare.run_order(methods, "vt-budget-hold")]
+        assert order[:2] == ["default", "vt-budget-hold"]
+        assert order[2:4] == ["frontier-0.10", "frontier-0.40"]
+        assert order[-2:] == ["reweighted", "cpt"]
+
+
+def fake_setting(**change):
+    """A :class:`compare.Setting` without files (the commands only read it)."""
+    fields = dict(
+        prefixes=("/d/general", "/d/man", "/d/code"),
+        weights=(0.5, 0.25, 0.25),
+        load="/base",
+        replay_domain="general",
+        train_iters=20,
+        update_interval=5,
+        cpt_eval_interval=2,
+        eval_iters=3,
+        min_weight=0.02,
+        fit_fraction=0.5,
+        tolerance="5%",
+        min_headroom=0.1,
+        nproc=2,
+        entry_args=("--seq-length", "32", "--global-batch-size", "8"),
+        seq_length=32,
+        global_batch_size=8,
+        warmup_iters=1,
+    )
+    fields.update(change)
+    return compare.Setting(**fields)
+
+
+FITS = {
+    name: {"targets": f"/out/targets-{name}.json"}
+    for name in ("default", "budget", "budget-hold", "tolerance", "hold-initial")
+}
+
+
+def command_of(key, seed=2, s=None):
+    """The command ``run_all`` gives ``train_run`` for method ``key``."""
+    s = s or fake_setting()
+    m = compare.parse_method(key)
+    r = compare.method_run(m, s, FITS, "/out/initial_loss_seed2.json", reweighted=[0.3, 0.3, 0.4])
+    folder = compare.run_dir("/out", m.key, seed)
+    return compare.train_command(
+        "python", s, folder, seed, r.policy, r.weights, r.interval, r.extra, r.min_weight
+    )
+
+
+def flag(cmd, name):
+    """The word after ``name`` in ``cmd`` (None when absent; it must appear at most once)."""
+    assert cmd.count(name) <= 1, name
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+class TestCommands:
+    SHARED = {
+        "--velocitune-update-interval": "5",
+        "--velocitune-eval-iters": "3",
+        "--seed": "2",
+        "--train-iters": "20",
+        "--load": "/base",
+    }
+
+    def test_default_passes_only_the_shared_settings_and_default_targets(self):
+        cmd = command_of("default")
+        for name in (
+            "--velocitune-rising-rule",
+            "--velocitune-min-weight",
+            "--velocitune-min-headroom",
+            "--velocitune-initial-loss-file",
+            "--velocitune-forgetting-tolerance",
+        ):
+            assert name not in cmd, name
+        assert flag(cmd, "--velocitune-policy") == "velocity"
+        assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-default.json"
+        for name, value in self.SHARED.items():
+            assert flag(cmd, name) == value, name
+        assert flag(cmd, "--tensorboard-dir") == "/out/runs/default/seed2/tb"
+        assert "--finetune" in cmd
+        # The CPT blend, the entry flags after '--', under torchrun with --nproc 2.
+        assert cmd[cmd.index("--data-path") + 1 : cmd.index("--data-path") + 3] == [
+            "0.500000",
+            "/d/general",
+        ]
+        assert cmd[cmd.index("--seq-length") + 1] == "32"
+        assert flag(cmd, "--nproc-per-node") == "2"
+
+    def test_paper_as_default_with_its_own_policy(self, monkeypatch):
+        monkeypatch.setattr(compare, "entry_policies", lambda: ["paper", "velocity"])
+        cmd = command_of("vt-paper")
+        assert flag(cmd, "--velocitune-policy") == "paper"
+        assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-default.json"
+        for name in ("--velocitune-rising-rule", "--velocitune-min-weight"):
+            assert name not in cmd
+        assert "--velocitune-initial-loss-file" not in cmd
+
+    def test_a_rule_method_keeps_its_comparison_flags(self):
+        cmd = command_of("vt-tolerance-floor")
+        assert flag(cmd, "--velocitune-rising-rule") == "tolerance"
+        assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-tolerance.json"
+        assert flag(cmd, "--velocitune-initial-loss-file") == "/out/initial_loss_seed2.json"
+        assert flag(cmd, "--velocitune-forgetting-tolerance") == "5%"
+        assert flag(cmd, "--velocitune-min-headroom") == "0.1"
+        assert flag(cmd, "--velocitune-min-weight") == "0.02"
+        assert flag(cmd, "--velocitune-update-interval") == "5"
+
+    def test_static_methods(self):
+        cmd = command_of("frontier-0.40")
+        assert flag(cmd, "--velocitune-policy") == "static"
+        assert "--velocitune-min-weight" not in cmd and "--velocitune-rising-rule" not in cmd
+        assert flag(cmd, "--velocitune-update-interval") == "20"  # no update in the run
+        start = cmd.index("--data-path") + 1
+        assert cmd[start : start + 6] == [
+            "0.400000",
+            "/d/general",
+            "0.300000",
+            "/d/man",
+            "0.300000",
+            "/d/code",
+        ]
+        cmd = command_of("reweighted")
+        assert cmd[cmd.index("--data-path") + 1] == "0.300000"
+        assert flag(cmd, "--velocitune-initial-loss-file") == "/out/initial_loss_seed2.json"
+
+    def test_fit_command_default_rule_passes_no_rule(self):
+        s = fake_setting()
+        cmd = compare.fit_command("python", ["a.jsonl", "b.jsonl"], s, None, "t.json", "t.png")
+        assert "--rising-domains" not in cmd and "--forgetting-tolerance" not in cmd
+        assert flag(cmd, "--fit-fraction") == "0.5"
+        assert flag(cmd, "--budget-tokens") == str(20 * 8 * 32)
+        assert flag(cmd, "--min-tokens") == str(8 * 32)
+        assert flag(cmd, "-o") == "t.json" and flag(cmd, "--plot") == "t.png"
+        assert cmd[3:5] == ["a.jsonl", "b.jsonl"]
+        cmd = compare.fit_command("python", ["a.jsonl"], s, "tolerance", "t.json", "t.png")
+        assert flag(cmd, "--rising-domains") == "tolerance"
+        assert flag(cmd, "--forgetting-tolerance") == "5%"
+        assert compare.fit_name(None) == "default" and compare.fit_name("budget") == "budget"
+
+
+def fake_result(key, seed, final, start=(4.0, 9.0, 9.0)):
+    return {
+        "key": key,
+        "seed": seed,
+        "domains": ["general", "man", "code"],
+        "start_loss": list(start),
+        "final_loss": list(final),
+        "final_weights": [0.5, 0.25, 0.25],
+        "wall_s": 10.0,
+        "stable_at": 0,
+        "trajectory": f"/nowhere/{key}/seed{seed}/tb/t.jsonl",
+    }
+
+
+def test_report_prints_each_seed_and_the_collapsed_runs(tmp_path):
+    s = fake_setting()
+    methods = [compare.parse_method(k) for k in ("cpt", "default", "frontier-0.40")]
+    results = {
+        "cpt": [fake_result("cpt", 1, [4.20, 5.0, 6.0]), fake_result("cpt", 2, [4.22, 5.1, 6.1])],
+        # seed 2: behind that seed's CPT by 0.031 (replay) and 0.142 (new): collapsed.
+        "default": [
+            fake_result("default", 1, [4.25, 4.9, 5.9]),
+            fake_result("default", 2, [4.251, 5.242, 6.242]),
+        ],
+        # Behind on both, but by less than 0.01 on replay: not collapsed.
+        "frontier-0.40": [
+            fake_result("frontier-0.40", 1, [4.205, 5.5, 6.5]),
+            fake_result("frontier-0.40", 2, [4.225, 5.6, 6.6]),
+        ],
+    }
+    text = compare.report(str(tmp_path), s, methods, results, {}, [1, 2])
+    assert "- collapsed: default seed 2 (replay +0.031, new +0.142 vs that seed's CPT)\n" in text
+    assert "1 of 4 runs collapsed" in text
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| method | seeds |"))
+    column = lines[at].split(" | ").index("collapsed seeds")
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in lines[at + 2 : at + 5]}
+    assert rows["| Velocitune, shipped defaults"][column] == "1/2"
+    assert rows["| static, replay 0.40"][column] == "0/2"
+    assert rows["| CPT (static)"][column] == "-"
+    assert "| Velocitune, shipped defaults | 2 | 4.2510 | 5.7420 | +0.0310 | +0.1420 | yes |" in (
+        text
+    )
+    assert "| static, replay 0.40 | 1 | 4.2050 | 6.0000 | +0.0050 | +0.5000 |  |" in text
+    assert (tmp_path / "table.md").read_text().strip() == text.strip()
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["collapsed"] == [
+        {
+            "method": "default",
+            "seed": 2,
+            "replay_delta": pytest.approx(0.031),
+            "new_delta": pytest.approx(0.142),
+        }
+    ]
+    seeds = table["per_seed"]["default"]
+    assert [(p["seed"], p["collapsed"]) for p in seeds] == [(1, False), (2, True)]
+    assert seeds[0]["replay"] == pytest.approx(4.25) and seeds[0]["new"] == pytest.approx(5.4)
+    compare.pareto_plot(str(tmp_path), s, methods, results, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
 
 class TestFrontier:
     FRONT = [point("a", 3.9, 5.2), point("b", 4.0, 5.0), point("c", 4.2, 4.8)]

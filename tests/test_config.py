@@ -56,8 +56,11 @@ def test_wrong_number_of_losses():
 
 
 def test_target_not_below_initial():
+    # Checked at start-up on the paper's footing (the full-set L_init it is given).
     cfg = config_from_args(
         parse(
+            "--velocitune-policy",
+            "paper",
             "--velocitune-initial-loss",
             "2.0",
             "3.0",
@@ -130,6 +133,8 @@ def test_target_file_named_in_error(tmp_path):
     write_loss_file(path, ["a", "b"], [1.0, 5.0])
     cfg = config_from_args(
         parse(
+            "--velocitune-policy",
+            "paper",
             "--velocitune-target-loss-file",
             path,
             "--velocitune-initial-loss",

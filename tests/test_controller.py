@@ -113,8 +113,10 @@ class RecordingWriter:
 
 
 def _config(**kw):
+    # The controller's mechanics on Algorithm 1 as the paper writes it (L_init on the full sets);
+    # the default policy's footing, noise floor and brake have their own tests below.
     base = dict(
-        policy="velocity",
+        policy="paper",
         update_interval=2,
         eval_iters=EVAL_ITERS,
         target_loss=[6.0, 6.0, 6.0],
@@ -186,7 +188,7 @@ def test_initial_loss_measured_then_policy_updates(setup, tmp_path):
         if it % 2:
             assert decision is None
             continue
-        w = update_weights("velocity", w, decision.eval_loss, full, np.full(3, 6.0))
+        w = update_weights("paper", w, decision.eval_loss, full, np.full(3, 6.0))
         np.testing.assert_array_equal(decision.weights, w)
         assert received[-1] == (w.tolist(), it * 8)
     assert len(received) == 3
@@ -271,7 +273,7 @@ def test_policy_failure_raises_instead_of_hanging(world):
     groups = UpdateGroups.from_parallel_state()
     sums = DomainSums(np.array([7.0, 7.0]), np.array([1.0, 1.0]))
 
-    def broken(mean):
+    def broken(mean, stderr):
         raise ValueError("bad policy")
 
     with pytest.raises(RuntimeError, match="policy failed.*bad policy"):

@@ -67,15 +67,30 @@ def _setup(corpus_info, tp, pp):
 
 
 def reference_worker(rank, world_size, corpus_info):
-    """TP=1 PP=1 DP=1: full-set sums and fixed-subset sums for 1x and 2x eval_iters."""
+    """TP=1 PP=1 DP=1: full-set sums and fixed-subset sums for 1x and 2x eval_iters.
+
+    Also each subset sequence's own mean loss per domain (``seq<dp>``), recorded as the
+    evaluation hands them over, for the standard error by hand.
+    """
     from megatron_velocitune.control.evaluation import subset_plan
+    from megatron_velocitune.core.sums import DomainSums
 
     _, _, evaluator = _setup(corpus_info, 1, 1)
     k = len(corpus_info[1])
     out = {"full": evaluator.evaluate(full=True).to_vector()}
+    add = DomainSums.add_sequences
     for dp in (1, 2):
+        seen = {d: [] for d in range(k)}
+
+        def record(self, domain, seq_loss, seq_tokens, seen=seen):
+            seen[domain].extend((np.asarray(seq_loss) / np.asarray(seq_tokens)).tolist())
+            add(self, domain, seq_loss, seq_tokens)
+
+        DomainSums.add_sequences = record
         plan = subset_plan(k, EVAL_ITERS * dp, MBS, 0, 1)
         out[dp] = evaluator.evaluate(plan=plan).to_vector()
+        out[f"seq{dp}"] = seen
+    DomainSums.add_sequences = add
     return out
 
 
@@ -90,7 +105,7 @@ def controller_worker(rank, world_size, corpus_info, tp, pp, log_dir):
     names = corpus_info[1]
     received = []
     config = VelocituneConfig(
-        policy="velocity",
+        policy="paper",  # Algorithm 1 on the full-set L_init, no guards: checked by hand below
         update_interval=1,
         eval_iters=EVAL_ITERS,
         target_loss=[TARGET] * len(names),
@@ -162,8 +177,9 @@ def reference(corpus):
 
 
 def _mean(vector):
-    k = len(vector) // 2
-    return np.asarray(vector[:k]) / np.asarray(vector[k:])
+    from megatron_velocitune.core.sums import DomainSums
+
+    return DomainSums.from_vector(np.asarray(vector)).mean()
 
 
 @pytest.mark.slow
@@ -200,8 +216,10 @@ def test_controller_across_ranks(corpus, reference, tmp_path, tp, pp, dp):
             assert not np.isfinite(d["sums"][:k]).all()
         if not np.isfinite(d["sums"]).all():
             continue
-        np.testing.assert_array_equal(d["sums"][k:], subset[k:])  # token counts
+        np.testing.assert_array_equal(d["sums"][k : 2 * k], subset[k : 2 * k])  # token counts
         np.testing.assert_allclose(d["sums"][:k], subset[:k], rtol=2e-6)
+        # The per-sequence moments, summed over the DP ranks, equal one process's.
+        np.testing.assert_allclose(d["sums"][2 * k :], subset[2 * k :], rtol=2e-6)
 
     # NaN anywhere: skipped on every rank, weights kept; the other updates follow the policy.
     w = np.asarray(WEIGHTS)
@@ -212,8 +230,15 @@ def test_controller_across_ranks(corpus, reference, tmp_path, tp, pp, dp):
         assert record["skipped"] == expect_skip, it
         if not expect_skip:
             w = update_weights(
-                "velocity", w, np.asarray(record["eval_loss"]), initial, np.full(k, TARGET)
+                "paper", w, np.asarray(record["eval_loss"]), initial, np.full(k, TARGET)
             )
+            # Every subset sequence has SEQ tokens, so the ratio estimator's standard error is
+            # the textbook one of the per-sequence means: std(ddof=1) / sqrt(N), over all ranks.
+            by_hand = [
+                np.std(reference[f"seq{dp}"][d], ddof=1) / np.sqrt(len(reference[f"seq{dp}"][d]))
+                for d in range(k)
+            ]
+            np.testing.assert_allclose(record["eval_stderr"], by_hand, rtol=1e-6)
         np.testing.assert_array_equal(record["weights"], w)
     assert all(r["skipped_warnings"] == 2 for r in results)
 
@@ -271,7 +296,7 @@ def sync_worker(rank, world_size, mode):
     if mode == "iteration" and rank == 1:
         iteration = 11
 
-    def decide(mean):
+    def decide(mean, stderr):
         if mode == "policy":
             raise ValueError("policy exploded")
         return weights[::-1].copy()

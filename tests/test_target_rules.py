@@ -5,6 +5,7 @@ import pytest
 
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.policy import (
+    Guards,
     TargetRuleError,
     Tolerance,
     domain_velocity,
@@ -63,7 +64,7 @@ class TestHeadroomFloor:
 
     def test_reaches_the_policy(self):
         w = update_weights(
-            "velocity", [0.5, 0.5], [4.02, 5.0], INITIAL, [3.96, 4.5], min_headroom=0.2
+            "velocity", [0.5, 0.5], [4.02, 5.0], INITIAL, [3.96, 4.5], guards=Guards(headroom=0.2)
         )
         a, b = np.exp(0.3), np.exp(1.0 / 3.0)
         assert w == pytest.approx([a / (a + b), b / (a + b)])
@@ -122,6 +123,9 @@ class TestConfig:
     """One line naming the flag, the domain and the values."""
 
     def cfg(self, **kw):
+        # Given absolute targets and L_init are checked at start-up on the paper's footing; on
+        # the subset footing they are checked once L_init is measured (the controller).
+        kw.setdefault("policy", "paper")
         return VelocituneConfig(
             initial_loss=INITIAL, target_loss=[4.2, 4.5], domain_names=["general", "code"], **kw
         )
@@ -162,7 +166,10 @@ class TestConfig:
 
     def test_equal_target_under_budget(self):
         cfg = VelocituneConfig(
-            initial_loss=INITIAL, target_loss=[4.0, 4.5], domain_names=["general", "code"]
+            policy="paper",
+            initial_loss=INITIAL,
+            target_loss=[4.0, 4.5],
+            domain_names=["general", "code"],
         )
         with pytest.raises(
             VelocituneConfigError,
@@ -187,7 +194,9 @@ class TestHeldBudget:
         assert held_budget_velocity([4.25, 5.0, 5.5], init, tgt, w)[0] == pytest.approx(pace + 0.25)
         assert held_budget_velocity([4.0, 5.0, 5.5], init, tgt, w)[0] == 0.0
         # At the budget the update leaves its weight's ratio to the pace-weighted others as is.
-        new = update_weights("velocity", w, [4.2, 5.0, 5.5], init, tgt, hold_budget=True)
+        new = update_weights(
+            "velocity", w, [4.2, 5.0, 5.5], init, tgt, guards=Guards(hold_budget=True)
+        )
         e = np.array(w) * np.exp([pace, 1 / 3, 2 / 3])
         assert new == pytest.approx(e / e.sum())
 

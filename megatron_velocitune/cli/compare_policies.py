@@ -7,6 +7,12 @@ Every method continues pre-training the same base checkpoint (``--load``) on the
 - ``cpt``: the static blend (the ``--data-path`` weights, else token-proportional), evaluating
   every domain every ``--cpt-eval-interval`` iterations: the baseline and the proxy run the
   targets are fitted on (its seeds pooled, the first ``--fit-fraction`` of the budget);
+- ``default``: Velocitune exactly as shipped, what a user gets without choosing anything: the
+  entry's defaults (no ``--velocitune-rising-rule``, ``--velocitune-min-weight`` or
+  ``--velocitune-min-headroom``; the run measures its own initial loss at iteration 0) on
+  targets ``velocitune-fit-targets`` fits with its own default rule (``targets-default.json``);
+- ``vt-paper`` (or ``paper``), where the entry has ``--velocitune-policy paper``: the paper's
+  Algorithm 1 as written, on the same targets and the same entry defaults as ``default``;
 - ``vt-<rule>`` (``vt-budget``, ``vt-tolerance``, ``vt-hold-initial``) and ``vt-<rule>-floor``:
   Velocitune (``--velocitune-policy velocity``) with that rising-domain rule (the targets fitted
   with the same rule), ``-floor`` adding ``--velocitune-min-headroom``;
@@ -15,10 +21,16 @@ Every method continues pre-training the same base checkpoint (``--load``) on the
 - ``frontier-<g>``: the static frontier, the CPT blend with the replay domain's share set to
   ``g`` (``--frontier``), the other domains splitting the rest in their CPT ratio.
 
+The methods other than ``default`` and ``vt-paper`` start from the initial loss the CPT run of
+the same seed measured, and floor the weights at ``--min-weight``.
+
 It prints one table (final held-out loss per domain, mean ± std over seeds, ``*`` where a
-difference from CPT exceeds the seed spread, and each method's place against the frontier),
-writes it to ``OUT/table.md`` and ``table.json``, and plots the Pareto plane (x: the replay
-domain's final loss, y: the mean new-domain final loss; seed error bars; the frontier as a
+difference from CPT exceeds the seed spread, each method's collapsed seeds, and each method's
+place against the frontier), then every seed's point (replay loss, mean new-domain loss) with
+its distance from that seed's CPT run, naming each collapsed run: one that ends behind its
+seed's CPT run by more than 0.01 nats on both axes. It writes the tables to ``OUT/table.md``
+and ``table.json``, and plots the Pareto plane (x: the replay domain's final loss, y: the mean
+new-domain final loss; seed means with error bars and each seed's point; the frontier as a
 line) and the weight trajectories. Finished runs are kept (``OUT/runs/<method>/seed<N>/
 result.json``): a killed or extended comparison resumes where it stopped, and several
 workers may share one ``--out`` (runs are claimed, never run twice).
@@ -51,17 +63,22 @@ from megatron_velocitune.cli._common import ToolError, run_tool
 from megatron_velocitune.core.files import write_json
 from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, RISING_RULES, Tolerance
 from megatron_velocitune.laws.comparison import (
+    COLLAPSE_TOLERANCE,
     STABLE_TOLERANCE,
     MethodRuns,
     ParetoPoint,
+    SeedPoint,
     dominated_by,
+    find_collapses,
     frontier_margin,
     mean_std,
     parse_final_losses,
     parse_loop_time,
     render_mae_table,
+    render_seed_table,
     render_table,
     replay_share_blend,
+    seed_points,
     stabilisation_iteration,
     summarise_method,
 )
@@ -71,6 +88,7 @@ TRAJECTORY = "velocitune_trajectory.jsonl"
 DEFAULT_FRONTIER = (0.1, 0.4, 0.6, 0.8)
 DEFAULT_METHODS = (
     "cpt",
+    "default",
     f"vt-{DEFAULT_RISING_RULE}",
     "vt-budget",
     "vt-tolerance",
@@ -80,9 +98,11 @@ DEFAULT_METHODS = (
     "ratio",
     "reweighted",
 )
-QUICK_METHODS = ("cpt", f"vt-{DEFAULT_RISING_RULE}", "vt-hold-initial")
+QUICK_METHODS = ("cpt", "default", "vt-hold-initial")
 QUICK_FRONTIER = (0.1, 0.6)
 VT_RULES = tuple(r for r in RISING_RULES if r != "refuse")
+#: The name of the targets fitted with ``velocitune-fit-targets``' own default rule.
+DEFAULT_FIT = "default"
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,8 @@ class Method:
         rule (Optional[str]): ``--velocitune-rising-rule`` and the targets fitted with it.
         floor (bool): with ``--velocitune-min-headroom``.
         share (Optional[float]): a frontier point: the replay domain's share.
+        shipped (bool): the entry's and the fit tool's defaults: no rising rule, weight floor,
+            headroom floor or initial-loss file; the targets of the fit tool's default rule.
     """
 
     key: str
@@ -102,15 +124,27 @@ class Method:
     rule: Optional[str] = None
     floor: bool = False
     share: Optional[float] = None
+    shipped: bool = False
 
     @property
     def dynamic(self) -> bool:
         return self.policy != "static"
 
+    @property
+    def fit(self) -> Optional[str]:
+        """The name of the targets it runs on (:func:`fit_name`), or None (no targets)."""
+        if self.shipped:
+            return DEFAULT_FIT
+        return self.rule
+
     def label(self, tolerance: str, min_headroom: float, reweight_from: str = "") -> str:
         """The method's row name in the table."""
         if self.key == "cpt":
             return "CPT (static)"
+        if self.key == "default":
+            return "Velocitune, shipped defaults"
+        if self.shipped:
+            return f"Velocitune, {self.policy} policy (entry defaults)"
         if self.share is not None:
             return f"static, replay {self.share:.2f}"
         if self.policy == "velocity":
@@ -123,12 +157,31 @@ class Method:
         }[self.key]
 
 
+def entry_policies() -> List[str]:
+    """The values the training entry's ``--velocitune-policy`` accepts."""
+    from megatron_velocitune.core.arguments import add_velocitune_args
+
+    parser = add_velocitune_args(argparse.ArgumentParser(add_help=False))
+    action = next(a for a in parser._actions if "--velocitune-policy" in a.option_strings)
+    return list(action.choices or [])
+
+
 def parse_method(key: str) -> Method:
     """A method from its name.
 
     Raises:
-        ToolError: an unknown name.
+        ToolError: an unknown name, or ``vt-paper`` where the entry has no ``paper`` policy.
     """
+    if key == "default":
+        return Method(key, "velocity", shipped=True)
+    if key in ("paper", "vt-paper"):
+        policies = entry_policies()
+        if "paper" not in policies:
+            raise ToolError(
+                f"--methods {key}: the training entry has no --velocitune-policy paper "
+                f"(its policies: {policies})"
+            )
+        return Method("vt-paper", "paper", shipped=True)
     if key in ("cpt", "reweighted"):
         return Method(key, "static")
     if key == "dbl":
@@ -150,8 +203,9 @@ def parse_method(key: str) -> Method:
         if rule in VT_RULES:
             return Method(key, "velocity", rule, floor)
     raise ToolError(
-        f"--methods {key}: unknown method; choose from cpt, dbl, ratio, reweighted, "
-        f"vt-<rule>[-floor] with rule in {list(VT_RULES)} (frontier points come from --frontier)"
+        f"--methods {key}: unknown method; choose from cpt, default, vt-paper, dbl, ratio, "
+        f"reweighted, vt-<rule>[-floor] with rule in {list(VT_RULES)} (frontier points come "
+        f"from --frontier)"
     )
 
 
@@ -446,32 +500,34 @@ def read_traj(path: str):
     return read_trajectory(path)
 
 
-def train_run(
-    out: str,
+def train_command(
     python: str,
     s: Setting,
-    key: str,
+    folder: str,
     seed: int,
     policy: str,
     weights: Sequence[float],
     interval: int,
     extra: Sequence[str] = (),
-    **record,
-) -> dict:
-    """One continual pre-training run from the base; returns (and keeps) its result (with
-    ``record``'s fields added).
+    min_weight: bool = True,
+) -> List[str]:
+    """The command line of one continual pre-training run from the base.
+
+    Args:
+        python (str): the interpreter.
+        s (Setting): the comparison's setting (base, budget, entry flags).
+        folder (str): the run's folder (its ``tb`` holds the trajectory).
+        seed (int): the dataset seed.
+        policy (str): ``--velocitune-policy``.
+        weights (Sequence[float]): the starting blend.
+        interval (int): ``--velocitune-update-interval``.
+        extra (Sequence[str]): further entry flags (the method's own).
+        min_weight (bool): a dynamic policy floors the weights at ``s.min_weight``; False: no
+            ``--velocitune-min-weight`` (the entry's default).
+
+    Returns:
+        List[str]: the command.
     """
-    folder = run_dir(out, key, seed)
-    result = os.path.join(folder, "result.json")
-    if not claim(folder):
-        with open(result, encoding="utf-8") as f:
-            return json.load(f)
-    log(f"run {key} seed {seed} ({policy}, every {interval} iterations)")
-    for name in os.listdir(folder):
-        if name != ".claim":
-            target = os.path.join(folder, name)
-            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
-    tb = os.path.join(folder, "tb")
     cmd = (
         torchrun(python, s.nproc)
         + list(s.entry_args)
@@ -492,12 +548,43 @@ def train_run(
             "--velocitune-eval-iters",
             str(s.eval_iters),
             "--tensorboard-dir",
-            tb,
+            os.path.join(folder, "tb"),
             *extra,
         ]
     )
-    if policy != "static":
+    if policy != "static" and min_weight:
         cmd += ["--velocitune-min-weight", str(s.min_weight)]
+    return cmd
+
+
+def train_run(
+    out: str,
+    python: str,
+    s: Setting,
+    key: str,
+    seed: int,
+    policy: str,
+    weights: Sequence[float],
+    interval: int,
+    extra: Sequence[str] = (),
+    min_weight: bool = True,
+    **record,
+) -> dict:
+    """One continual pre-training run from the base (:func:`train_command`); returns (and
+    keeps) its result (with ``record``'s fields added).
+    """
+    folder = run_dir(out, key, seed)
+    result = os.path.join(folder, "result.json")
+    if not claim(folder):
+        with open(result, encoding="utf-8") as f:
+            return json.load(f)
+    log(f"run {key} seed {seed} ({policy}, every {interval} iterations)")
+    for name in os.listdir(folder):
+        if name != ".claim":
+            target = os.path.join(folder, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    tb = os.path.join(folder, "tb")
+    cmd = train_command(python, s, folder, seed, policy, weights, interval, extra, min_weight)
     log_path = os.path.join(folder, "log.txt")
     wall = run_command(cmd, log_path)
     with open(log_path, encoding="utf-8") as f:
@@ -535,39 +622,61 @@ def initial_loss_file(out: str, cpt: dict) -> str:
     """
     path = os.path.join(out, f"initial_loss_seed{cpt['seed']}.json")
     # The trajectory's header keeps full precision; the printed table has 4 decimals.
-    losses = read_traj(cpt["trajectory"]).header.get("initial_loss") or cpt["start_loss"]
+    # The full held-out sets' value (a run on the subset footing measures its own subset L_init).
+    header = read_traj(cpt["trajectory"]).header
+    losses = header.get("initial_loss_full") or header.get("initial_loss") or cpt["start_loss"]
     write_json(path, {"losses": dict(zip(cpt["domains"], losses)), "source": cpt["trajectory"]})
     return path
 
 
-def fit_targets(out: str, python: str, cpt: List[dict], s: Setting, rule: str) -> dict:
-    """Targets by ``rule`` from the pooled CPT trajectories, and each seed's fit error."""
-    from megatron_velocitune.laws.scaling_law import held_out_error, loss_points
+def fit_name(rule: Optional[str]) -> str:
+    """The name of the targets fitted with ``rule`` (None: the fit tool's default rule)."""
+    return DEFAULT_FIT if rule is None else rule
 
-    targets = os.path.join(out, f"targets-{rule}.json")
-    cpt = sorted(cpt, key=lambda r: r["seed"])
-    tmp = f".{os.getpid()}.tmp"
-    png, text = os.path.join(out, f"target_fit-{rule}.png"), os.path.join(out, f"fit-{rule}.txt")
+
+def fit_command(
+    python: str, trajectories: Sequence[str], s: Setting, rule: Optional[str], output: str, png: str
+) -> List[str]:
+    """``velocitune-fit-targets`` on the CPT trajectories, with ``rule`` as its
+    ``--rising-domains`` (None: no such flag, the tool's own default).
+
+    Returns:
+        List[str]: the command.
+    """
     cmd = [
         python,
         "-m",
         "megatron_velocitune.cli.fit_target_loss",
-        *[r["trajectory"] for r in cpt],
+        *trajectories,
         "--fit-fraction",
         str(s.fit_fraction),
         "--budget-tokens",
         str(s.budget_tokens),
         "--min-tokens",
         str(s.warmup_tokens),
-        "--rising-domains",
-        rule,
-        "-o",
-        targets + tmp,
-        "--plot",
-        png + tmp + ".png",
     ]
+    if rule is not None:
+        cmd += ["--rising-domains", rule]
     if rule == "tolerance":
         cmd += ["--forgetting-tolerance", s.tolerance]
+    return cmd + ["-o", output, "--plot", png]
+
+
+def fit_targets(
+    out: str, python: str, cpt: List[dict], s: Setting, rule: Optional[str] = None
+) -> dict:
+    """Targets by ``rule`` (None: the fit tool's default) from the pooled CPT trajectories, and
+    each seed's fit error; the file is ``targets-<rule>.json`` (``targets-default.json``).
+    """
+    from megatron_velocitune.laws.scaling_law import held_out_error, loss_points
+
+    name = fit_name(rule)
+    targets = os.path.join(out, f"targets-{name}.json")
+    cpt = sorted(cpt, key=lambda r: r["seed"])
+    tmp = f".{os.getpid()}.tmp"
+    png, text = os.path.join(out, f"target_fit-{name}.png"), os.path.join(out, f"fit-{name}.txt")
+    trajectories = [r["trajectory"] for r in cpt]
+    cmd = fit_command(python, trajectories, s, rule, targets + tmp, png + tmp + ".png")
     run_command(cmd, text + tmp)
     for path in (targets, png, text):
         os.replace(path + tmp + (".png" if path == png else ""), path)
@@ -624,6 +733,99 @@ def time_averaged(results: List[dict]) -> np.ndarray:
 # ----------------------------------------------------------------------------- the comparison
 
 
+@dataclass(frozen=True)
+class MethodRun:
+    """What :func:`train_run` gets for one method on one seed.
+
+    Attributes:
+        policy (str): ``--velocitune-policy``.
+        weights (List[float]): the starting (for a static policy: the whole run's) blend.
+        interval (int): ``--velocitune-update-interval``.
+        extra (List[str]): the method's own entry flags.
+        min_weight (bool): ``--velocitune-min-weight`` of the comparison (dynamic policies).
+    """
+
+    policy: str
+    weights: List[float]
+    interval: int
+    extra: List[str]
+    min_weight: bool
+
+
+def method_run(
+    m: Method,
+    s: Setting,
+    fits: Dict[str, dict],
+    initial_loss: str,
+    reweighted: Optional[Sequence[float]] = None,
+) -> MethodRun:
+    """The run of method ``m`` (no process: the flags only).
+
+    Every method but the shipped ones (``default``, ``vt-paper``) starts from ``initial_loss``
+    (the file of the same seed's CPT measurement) and a dynamic one floors its weights at
+    ``s.min_weight``; a method with a rule runs on that rule's targets with that rule, a shipped
+    one on the fit tool's default targets with nothing else (the entry's defaults).
+
+    Args:
+        m (Method): the method.
+        s (Setting): the setting.
+        fits (Dict[str, dict]): the target fits by name (:func:`fit_name`).
+        initial_loss (str): the seed's initial-loss file.
+        reweighted (Optional[Sequence[float]]): the ``reweighted`` method's blend.
+
+    Returns:
+        MethodRun: the run's arguments.
+    """
+    if m.shipped:
+        extra = ["--velocitune-target-loss-file", fits[DEFAULT_FIT]["targets"]]
+        return MethodRun(m.policy, list(s.weights), s.update_interval, extra, False)
+    extra = ["--velocitune-initial-loss-file", initial_loss]
+    if m.rule:
+        extra += [
+            "--velocitune-target-loss-file",
+            fits[m.rule]["targets"],
+            "--velocitune-rising-rule",
+            m.rule,
+        ]
+        if m.rule == "tolerance":
+            extra += ["--velocitune-forgetting-tolerance", s.tolerance]
+        if m.floor:
+            extra += ["--velocitune-min-headroom", str(s.min_headroom)]
+    if m.dynamic:
+        return MethodRun(m.policy, list(s.weights), s.update_interval, extra, True)
+    if m.key == "reweighted":
+        if reweighted is None:
+            raise ValueError("the reweighted method needs its blend")
+        return MethodRun("static", list(reweighted), s.train_iters, extra, True)
+    blend = replay_share_blend(s.weights, [s.replay], m.share).tolist()
+    return MethodRun("static", blend, s.train_iters, extra, True)
+
+
+def fit_all(
+    out: str, python: str, cpt: List[dict], s: Setting, methods: Sequence[Method]
+) -> Dict[str, dict]:
+    """The target fits the methods need, by name (:func:`fit_name`)."""
+    names = sorted({m.fit for m in methods if m.fit})
+    return {n: fit_targets(out, python, cpt, s, None if n == DEFAULT_FIT else n) for n in names}
+
+
+def run_order(methods: Sequence[Method], reweight_from: str) -> List[Method]:
+    """The order workers take the methods in: ``default``, the ``--reweight-from`` method, the
+    frontier, then the rest, ``reweighted`` (it needs every ``--reweight-from`` run) and CPT
+    last.
+    """
+    return sorted(
+        methods,
+        key=lambda m: (
+            m.key == "cpt",
+            m.key == "reweighted",
+            m.key != "default",
+            m.key != reweight_from,
+            m.share is None,
+        ),
+    )
+
+
 def run_all(
     out: str,
     python: str,
@@ -635,30 +837,20 @@ def run_all(
     """Run (or pick up) every method on every seed.
 
     Returns:
-        tuple: the results by method, and the target fits by rule.
+        tuple: the results by method, and the target fits by name (:func:`fit_name`).
     """
     cpt = [
         train_run(out, python, s, "cpt", x, "static", s.weights, s.cpt_eval_interval) for x in seeds
     ]
-    rules = sorted({m.rule for m in methods if m.rule})
-    fits = {rule: fit_targets(out, python, cpt, s, rule) for rule in rules}
+    fits = fit_all(out, python, cpt, s, methods)
     init = {r["seed"]: initial_loss_file(out, r) for r in cpt}
 
     def reweighted_blend() -> Optional[List[float]]:
         runs = [result_of(out, reweight_from, x) for x in seeds]
         return None if any(r is None for r in runs) else time_averaged(runs).tolist()
 
-    # Priority: Velocitune's default rule, the frontier, then the rest; a worker takes the first
-    # task nobody holds whose inputs exist (reweighted needs every --reweight-from run).
-    order = sorted(
-        methods,
-        key=lambda m: (
-            m.key == "cpt",
-            m.key == "reweighted",
-            not m.key == reweight_from,
-            m.share is None,
-        ),
-    )
+    # A worker takes the first task nobody holds whose inputs exist (run_order's priority).
+    order = run_order(methods, reweight_from)
     tasks = [(m, x) for m in order if m.key != "cpt" for x in seeds]
     pending = list(tasks)
     while pending:
@@ -675,36 +867,24 @@ def run_all(
             continue
         pending.remove(picked)
         m, x = picked
-        extra = ["--velocitune-initial-loss-file", init[x]]
-        if m.rule:
-            extra += [
-                "--velocitune-target-loss-file",
-                fits[m.rule]["targets"],
-                "--velocitune-rising-rule",
-                m.rule,
-            ]
-            if m.rule == "tolerance":
-                extra += ["--velocitune-forgetting-tolerance", s.tolerance]
-            if m.floor:
-                extra += ["--velocitune-min-headroom", str(s.min_headroom)]
-        if m.dynamic:
-            train_run(out, python, s, m.key, x, m.policy, s.weights, s.update_interval, extra)
-        elif m.key == "reweighted":
-            train_run(
-                out,
-                python,
-                s,
-                m.key,
-                x,
-                "static",
-                reweighted_blend(),
-                s.train_iters,
-                extra,
-                reweighted_from=reweight_from,
-            )
-        else:
-            blend = replay_share_blend(s.weights, [s.replay], m.share).tolist()
-            train_run(out, python, s, m.key, x, "static", blend, s.train_iters, extra)
+        if result_of(out, m.key, x) is not None:
+            continue
+        blend = reweighted_blend() if m.key == "reweighted" else None
+        r = method_run(m, s, fits, init[x], blend)
+        record = {"reweighted_from": reweight_from} if m.key == "reweighted" else {}
+        train_run(
+            out,
+            python,
+            s,
+            m.key,
+            x,
+            r.policy,
+            r.weights,
+            r.interval,
+            r.extra,
+            r.min_weight,
+            **record,
+        )
     results: Dict[str, List[dict]] = {"cpt": cpt}
     for m, x in tasks:  # runs another worker still has in hand
         while result_of(out, m.key, x) is None:
@@ -745,6 +925,15 @@ def labels_of(s: Setting, methods: List[Method], results: Dict[str, List[dict]])
     return {m.key: m.label(s.tolerance, s.min_headroom, source) for m in methods}
 
 
+def run_points(s: Setting, results: Dict[str, List[dict]]) -> Dict[str, List[SeedPoint]]:
+    """Each method's runs as points of the Pareto plane, one per seed."""
+    return {
+        k: seed_points(k, [r["seed"] for r in rs], [r["final_loss"] for r in rs], [s.replay])
+        for k, rs in results.items()
+        if rs
+    }
+
+
 def report(
     out: str,
     s: Setting,
@@ -774,11 +963,21 @@ def report(
     rows = {k: summarise_method(runs(k), s.domains, [s.replay], ref) for k in keys}
     plain = [r for k in keys if not by_key[k].dynamic and k != "cpt" for r in results[k]]
     static_cpu = mean_std([_cpu_ms(r) for r in plain])
+    per_seed = run_points(s, {k: results[k] for k in keys})
+    others = [p for k in keys if k != "cpt" for p in per_seed[k]]
+    collapses = find_collapses(others, per_seed["cpt"])
     table = render_table(
         [rows[k] for k in keys],
         s.domains,
         overhead_base=static_cpu if static_cpu.n else None,
         overhead_label="static (no periodic eval)" if static_cpu.n else "CPT",
+        collapsed=[None if k == "cpt" else sum(c.method == k for c in collapses) for k in keys],
+    )
+    seed_table = render_seed_table([p for k in keys for p in per_seed[k]], per_seed["cpt"], labels)
+    collapse_lines = [f"- {c.line()}" for c in collapses] + ([""] if collapses else [])
+    collapse_lines.append(
+        f"{len(collapses)} of {len(others)} runs collapsed (ended behind their seed's CPT run by "
+        f"more than {COLLAPSE_TOLERANCE} nats on both axes)."
     )
     points = pareto_points(s, rows)
     frontier = [points[k] for k in keys if k == "cpt" or by_key[k].share is not None]
@@ -807,14 +1006,26 @@ def report(
         f"Domains {s.domains} (replay: `{s.replay_domain}`), CPT blend "
         + ", ".join(f"{d} {w:.4f}" for d, w in zip(s.domains, s.weights))
         + f"; base `{s.load}`; dynamic policies update every {s.update_interval} iterations "
-        f"(floor {s.min_weight}); CPT evaluates every {s.cpt_eval_interval} for the target fit.",
+        f"(floor {s.min_weight}; the shipped-defaults runs: the entry's defaults, their own "
+        f"initial loss); CPT evaluates every {s.cpt_eval_interval} for the target fit.",
         "",
         "Final held-out loss per domain (nats, full held-out sets), mean ± std over seeds. `*`: "
         "differs from CPT by more than the seed spread (|mean difference| > std + std_CPT). "
         f"Stable at: the iteration of the last update that moved any weight by more than "
-        f"{STABLE_TOLERANCE}.",
+        f"{STABLE_TOLERANCE}. Collapsed seeds: runs that ended behind the same seed's CPT run "
+        f"by more than {COLLAPSE_TOLERANCE} nats on both the replay loss and the mean new-domain "
+        f"loss.",
         "",
         table,
+        "",
+        "### Each seed",
+        "",
+        "Each run's point: the replay domain's final loss and the mean new-domain final loss, "
+        "each against the CPT run of the same seed (+ = behind it).",
+        "",
+        seed_table,
+        "",
+        *collapse_lines,
         "",
         "### Against the static frontier",
         "",
@@ -828,8 +1039,9 @@ def report(
         "",
     ]
     for rule, fit in sorted(fits.items()):
+        name = f"{rule} (the fit tool's default rule)" if rule == DEFAULT_FIT else rule
         lines.append(
-            f"- `{rule}`: "
+            f"- `{name}`: "
             + ", ".join(
                 f"{d} {fit['losses'][d]:.4f} ({fit['rules'].get(d, '?')}; predicted "
                 f"{fit['predicted'][d]:.4f})"
@@ -857,6 +1069,18 @@ def report(
             "labels": labels,
             "rows": {k: asdict(r) for k, r in rows.items()},
             "pareto": {k: asdict(p) for k, p in points.items()},
+            "per_seed": {
+                k: [
+                    {
+                        **asdict(p),
+                        "collapsed": any(c.method == k and c.seed == p.seed for c in collapses),
+                    }
+                    for p in ps
+                ]
+                for k, ps in per_seed.items()
+            },
+            "collapsed": [asdict(c) for c in collapses],
+            "collapse_tolerance": COLLAPSE_TOLERANCE,
             "base_new_loss": base_new,
             "fits": {k: {x: v for x, v in f.items() if x != "per_seed"} for k, f in fits.items()},
             "runs": results,
@@ -873,8 +1097,8 @@ def _base_new_loss(s: Setting, cpt: List[dict]) -> float:
 
 
 def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str) -> None:
-    """The (replay loss, mean new-domain loss) plane: each method with seed error bars, the
-    static frontier as a line.
+    """The (replay loss, mean new-domain loss) plane: each method's seed mean with error bars
+    and each seed's point (small markers, collapsed runs ringed), the static frontier as a line.
     """
     import matplotlib
 
@@ -885,6 +1109,9 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
     new = [i for i in range(len(s.domains)) if i != s.replay]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     front = []
+    points = run_points(s, {m.key: results[m.key] for m in methods if results.get(m.key)})
+    others = [p for k, ps in points.items() if k != "cpt" for p in ps]
+    collapsed = {(c.method, c.seed) for c in find_collapses(others, points.get("cpt", []))}
     for m in methods:
         rs = results.get(m.key)
         if not rs:
@@ -896,7 +1123,7 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
             share = m.share if m.share is not None else s.weights[s.replay]
             front.append((x.mean, y.mean, share))
         err = dict(xerr=0 if np.isnan(x.std) else x.std, yerr=0 if np.isnan(y.std) else y.std)
-        ax.errorbar(
+        bars = ax.errorbar(
             x.mean,
             y.mean,
             fmt="s" if is_front else "o",
@@ -906,6 +1133,27 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
             label=None if is_front and m.key != "cpt" else labels[m.key],
             **err,
         )
+        color = bars.lines[0].get_color()
+        seeds = points[m.key]
+        ax.scatter(
+            [p.replay for p in seeds],
+            [p.new for p in seeds],
+            s=12,
+            marker="s" if is_front else "o",
+            color=color,
+            alpha=0.45,
+            linewidths=0,
+        )
+        ringed = [p for p in seeds if (p.method, p.seed) in collapsed]
+        if ringed:
+            ax.scatter(
+                [p.replay for p in ringed],
+                [p.new for p in ringed],
+                s=60,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1,
+            )
     if front:
         front.sort()
         ax.plot(
@@ -927,7 +1175,7 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
             )
     ax.set_xlabel(f"replay domain `{s.replay_domain}`: final held-out loss")
     ax.set_ylabel("mean new-domain final held-out loss")
-    ax.set_title("lower-left is better; seed mean ± std")
+    ax.set_title("lower-left is better; seed mean ± std, small: each seed (red ring: collapsed)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -965,7 +1213,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         usage=f"{PROG} --out DIR --data-path ... --load BASE --replay-domain NAME "
         "--train-iters N [options] -- ENTRY_FLAGS...",
-        description="Velocitune (each rising-domain rule), DBL, the ablations and the static "
+        description="Velocitune (as shipped, and with each rising-domain rule), DBL, the "
+        "ablations and the static "
         "frontier, continued from one base on your domains at equal tokens over seeds: one "
         "table, a Pareto plot and the weight trajectories. Flags after '--' go to every run of "
         "the training entry (model, optimizer, tokenizer, --split).",
@@ -1026,7 +1275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=None,
-        help=f"Methods (default: {' '.join(DEFAULT_METHODS)}); cpt always runs.",
+        help=f"Methods (default: {' '.join(DEFAULT_METHODS)}); cpt always runs. Also: "
+        "vt-paper (the entry's --velocitune-policy paper, where it has it), vt-<rule>[-floor].",
     )
     p.add_argument(
         "--frontier",
@@ -1085,6 +1335,25 @@ def split_argv(argv: Sequence[str]) -> tuple:
     return argv, []
 
 
+def select_methods(
+    keys: Sequence[str], shares: Sequence[float], reweight_from: str
+) -> List[Method]:
+    """CPT, the ``--methods`` (each once) and the frontier points, checked.
+
+    Raises:
+        ToolError: an unknown method, nothing to compare, or ``reweighted`` without its source.
+    """
+    methods: Dict[str, Method] = {}
+    for k in ["cpt", *keys, *(frontier_key(g) for g in shares)]:
+        m = parse_method(k)
+        methods.setdefault(m.key, m)
+    if len(methods) < 2:
+        raise ToolError("--methods: nothing to compare with CPT (and --frontier is empty)")
+    if "reweighted" in methods and reweight_from not in methods:
+        raise ToolError(f"--reweight-from {reweight_from}: not among --methods {list(keys)}")
+    return list(methods.values())
+
+
 def run(argv: Sequence[str]) -> int:
     """Run (or resume) the comparison and print the tables."""
     own, entry = split_argv(argv)
@@ -1104,12 +1373,7 @@ def run(argv: Sequence[str]) -> int:
         if args.frontier is not None
         else (QUICK_FRONTIER if args.quick else DEFAULT_FRONTIER)
     )
-    methods = [parse_method(k) for k in dict.fromkeys(["cpt", *keys])]
-    methods += [parse_method(frontier_key(g)) for g in shares]
-    if len(methods) < 2:
-        raise ToolError("--methods: nothing to compare with CPT (and --frontier is empty)")
-    if any(m.key == "reweighted" for m in methods) and args.reweight_from not in keys:
-        raise ToolError(f"--reweight-from {args.reweight_from}: not among --methods {keys}")
+    methods = select_methods(keys, shares, args.reweight_from)
     s = setting_from_args(args)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -1119,8 +1383,8 @@ def run(argv: Sequence[str]) -> int:
         results = finished(out, methods, seeds)
         if not results.get("cpt"):
             raise ToolError(f"{out}: no finished CPT run yet")
-        rules = sorted({m.rule for m in methods if m.rule})
-        fits = {r: fit_targets(out, args.python, results["cpt"], s, r) for r in rules}
+        done = [m for m in methods if results.get(m.key)]
+        fits = fit_all(out, args.python, results["cpt"], s, done)
     else:
         results, fits = run_all(out, args.python, s, methods, seeds, args.reweight_from)
     done = [m for m in methods if results.get(m.key)]

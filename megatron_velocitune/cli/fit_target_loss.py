@@ -6,6 +6,12 @@ budget, prints the parameters, the predicted loss at the full budget and the abs
 the later (held-out) evaluations, and writes the targets JSON that
 ``--velocitune-target-loss-file`` reads.
 
+Runs on the subset footing (the default policy's: each run's ``L_init`` measured on the very
+samples its updates evaluate) are fitted on one level: each run's curve is shifted by the runs'
+mean ``L_init`` minus its own, so the data seeds' different subsets pool as changes, not as one
+band per seed; the targets file then names that mean as ``reference_initial`` and the training
+run applies each predicted change to its own ``L_init``.
+
 A domain whose fitted target is not below its initial loss (a replay domain that forgets) gets
 the ``--rising-domains`` rule: ``budget`` (the default) keeps the prediction as a forgetting
 budget, refitting a rising curve with the mirrored law ``E - B / D^beta`` so the budget is what
@@ -36,6 +42,7 @@ from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 from megatron_velocitune.laws.scaling_law import (
     TargetAboveInitialError,
     TooFewPointsError,
+    common_footing,
     header_budget,
     held_out_error,
     initial_losses,
@@ -169,8 +176,19 @@ def run(args: argparse.Namespace) -> int:
             "global_batch_size or seq_length)"
         )
     cutoff = args.fit_fraction * budget
-    initial = read_initial_losses(trajectories, names, args.initial_loss_file)
-    points = [loss_points(t, names) for t in trajectories]
+    if args.initial_loss_file:
+        reference = None
+        points = [loss_points(t, names) for t in trajectories]
+    else:
+        try:
+            points, reference = common_footing(trajectories, names)
+        except ValueError as e:
+            raise ToolError(f"{', '.join(args.trajectories)}: {e}") from None
+    initial = (
+        dict(zip(names, reference))
+        if reference is not None
+        else read_initial_losses(trajectories, names, args.initial_loss_file)
+    )
 
     results, errors = [], []
     for n in names:
@@ -221,6 +239,12 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"budget {budget:.6g} tokens; fit on points <= {cutoff:.6g} tokens "
         f"({args.fit_fraction:g}); {len(trajectories)} trajectory file(s)"
+        + (
+            "; subset footing: each run's change from its own L_init, on their mean L_init "
+            "(targets carry over as changes)"
+            if reference is not None
+            else ""
+        )
     )
     head = (
         f"{'domain':<16}{'fit/held':>9}{'E':>9}{'B':>11}{'beta':>7}{'R2':>8}"
@@ -270,6 +294,14 @@ def run(args: argparse.Namespace) -> int:
                 None if args.forgetting_tolerance is None else str(args.forgetting_tolerance)
             ),
             rules={r["name"]: r["decision"].rule for r in results},
+            **(
+                {
+                    "footing": trajectories[0].header["footing"],
+                    "reference_initial": dict(zip(names, reference)),
+                }
+                if reference is not None
+                else {}
+            ),
             fits={
                 r["name"]: dict(
                     E=r["held"].fit.E,

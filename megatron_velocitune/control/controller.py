@@ -23,11 +23,24 @@ update:
 The controller imports neither torch nor megatron: ranks live in the sync, files in the
 observers.
 
-The initial loss ``L_init`` is measured at iteration 0 on the full held-out sets when the config
-does not give it. Each domain's target is then resolved against it by the config's rising-domain
-rule (``--velocitune-rising-rule``): a target above ``L_init`` is a forgetting budget under
-``budget`` and ``tolerance``, held below it under ``hold-initial``, an error under ``refuse``;
-the trajectory header records each domain's rule.
+**One footing.** Every loss the velocity reads comes from the same measurement
+(``config.footing``): under ``subset`` (policy ``velocity`` and the baselines) ``L_init`` is
+measured at iteration 0 on the very subset ``S'_eval`` every update evaluates, and the full-set
+value (given, or measured) is kept for the start/end table; a fitted targets file that names its
+proxy's own initial loss (``reference_initial``) is carried over as each target's change from it,
+added to this run's ``L_init``. Under ``full`` (policy ``paper``, the paper's own procedure)
+``L_init`` is the full held-out sets' loss and targets are absolute; under ``stream`` (the
+training-stream source) it is the stream's first draws. The header records the footing and a
+resume keeps it. Each domain's target is then resolved against ``L_init`` by the config's
+rising-domain rule (``--velocitune-rising-rule``): a target above ``L_init`` is a forgetting
+budget under ``budget`` and ``tolerance``, held below it under ``hold-initial``, an error under
+``refuse``; the trajectory header records each domain's rule.
+
+**Guards** (policy ``velocity``; ``paper`` has none): the headroom is never below
+``--velocitune-noise-multiple`` standard errors of the evaluated loss, and the brake stops a
+domain above its initial share whose loss did not fall over ``--velocitune-brake-window``
+updates from gaining more (see :mod:`megatron_velocitune.core.policy`). Each update's record
+holds the standard errors, the headroom floors and the braked domains.
 :meth:`state_dict` / :meth:`load_state_dict` carry the history and the losses as JSON-able data
 (:mod:`megatron_velocitune.control.state` writes them next to a checkpoint).
 """
@@ -44,8 +57,11 @@ from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.policy import (
+    Guards,
     domain_velocity,
     held_budget_velocity,
+    noise_headroom,
+    unresponsive,
     update_weights,
 )
 from megatron_velocitune.core.sums import DomainSums
@@ -124,9 +140,15 @@ class VelocituneController:
         self.weights = self.initial_weights.copy()
         # The blend in force when the latest losses were measured (budget-hold's pace).
         self._measured_under = self.weights.copy()
-        self.initial_loss = (
+        # The footing of every loss the velocity reads; a resumed run keeps the one it started on.
+        self.footing = config.footing
+        # L_init as the velocity reads it (on ``footing``), and on the full held-out sets (the
+        # start/end table); a given initial loss is the full-set value except under ``stream``.
+        given_initial = (
             None if config.initial_loss is None else np.asarray(config.initial_loss, np.float64)
         )
+        self.initial_loss_full = None if self.footing == "stream" else given_initial
+        self.initial_loss = given_initial if self.footing != "subset" else None
         # The targets as given (a fit's predictions); ``target_loss`` holds them resolved by
         # the rising-domain rule once the initial loss is known.
         self.given_target = (
@@ -180,8 +202,9 @@ class VelocituneController:
         """Measure the initial loss if needed, check the targets, write the log header.
 
         Runs once (call on every rank; :meth:`maybe_update` calls it on first use). With no
-        initial loss configured or restored, it evaluates the full held-out sets, which must
-        happen before training (``iteration == 0``).
+        initial loss configured or restored, it evaluates it (on the footing's samples, and the
+        full held-out sets for the table), which must happen before training
+        (``iteration == 0``).
 
         Raises:
             VelocituneConfigError: targets not below the initial losses, or a measured initial
@@ -198,20 +221,24 @@ class VelocituneController:
                     f"sidecar, and the run is at iteration {iteration}: the initial loss must be "
                     f"the base model's (measure it at iteration 0, or pass it)"
                 )
-            sums = self.evaluator.evaluate(full=True)
-            # The identity policy: this round only reduces and shares the losses.
-            decision = self.sync.update(
-                sums, self.weights, lambda mean: self.weights, iteration, consumed_samples
-            )
-            loss = decision.eval_loss
-            if decision.skipped or not np.isfinite(loss).all():
-                raise VelocituneConfigError(
-                    f"--velocitune-initial-loss: measured initial losses {loss.tolist()} are not "
-                    f"all finite"
-                )
-            self.initial_loss = loss
+            # The stream's evaluator answers full=True with its first draws (its footing).
+            on_subset = self.footing == "subset"
+            self.initial_loss = self._measure(not on_subset, iteration, consumed_samples)
+            if on_subset and self.initial_loss_full is None:
+                self.initial_loss_full = self._measure(True, iteration, consumed_samples)
+            elif self.footing == "full":
+                self.initial_loss_full = self.initial_loss
             measured = True
-            logger.info("velocitune: measured initial held-out losses %s", loss.tolist())
+            logger.info(
+                "velocitune: measured initial losses %s (%s footing)",
+                self.initial_loss.tolist(),
+                self.footing,
+            )
+        if self.config.target_loss is not None and self.config.target_reference is not None:
+            # Fitted targets: their change from the proxy's own L_init, on this run's L_init.
+            self.given_target = np.asarray(
+                self.config.targets_for(self.initial_loss.tolist()), np.float64
+            )
         if self.given_target is not None:
             flag = self.config.target_loss_file or "--velocitune-target-loss"
             if measured:
@@ -227,6 +254,26 @@ class VelocituneController:
         if measured:
             self._log_scalars("eval-loss", self.initial_loss, iteration, consumed_samples)
         self._log_scalars("weight", self.weights, iteration, consumed_samples)
+
+    @property
+    def full_initial_loss(self) -> Optional[np.ndarray]:
+        """L_init on the full held-out sets (the start/end table), else the footing's own."""
+        return self.initial_loss if self.initial_loss_full is None else self.initial_loss_full
+
+    def _measure(self, full: bool, iteration: int, consumed_samples: int) -> np.ndarray:
+        """Evaluate, reduce and share the losses without changing the blend (every rank)."""
+        sums = self.evaluator.evaluate(full=full)
+        # The identity policy: this round only reduces and shares the losses.
+        decision = self.sync.update(
+            sums, self.weights, lambda mean, stderr: self.weights, iteration, consumed_samples
+        )
+        loss = decision.eval_loss
+        if decision.skipped or not np.isfinite(loss).all():
+            raise VelocituneConfigError(
+                f"--velocitune-initial-loss: measured initial losses {loss.tolist()} are not "
+                f"all finite"
+            )
+        return loss
 
     def maybe_update(
         self,
@@ -283,21 +330,51 @@ class VelocituneController:
                 return np.asarray(record["eval_loss"], np.float64)
         return self.initial_loss
 
-    def velocity(self, eval_loss: np.ndarray) -> Optional[np.ndarray]:
-        """Velocity of each domain (None without initial and target losses)."""
+    def velocity(
+        self, eval_loss: np.ndarray, stderr: Optional[np.ndarray] = None
+    ) -> Optional[np.ndarray]:
+        """Velocity of each domain (None without initial and target losses).
+
+        Args:
+            eval_loss (np.ndarray): ``L_t``.
+            stderr (Optional[np.ndarray]): its standard errors (the noise floor of policy
+                ``velocity``).
+        """
         if self.initial_loss is None or self.target_loss is None:
             return None
+        headroom = self.headroom_floor(stderr)
         if self.config.rising_rule == "budget-hold":
             return held_budget_velocity(
-                eval_loss,
-                self.initial_loss,
-                self.target_loss,
-                self._measured_under,
-                self.config.min_headroom,
+                eval_loss, self.initial_loss, self.target_loss, self._measured_under, headroom
             )
-        return domain_velocity(
-            eval_loss, self.initial_loss, self.target_loss, self.config.min_headroom
+        return domain_velocity(eval_loss, self.initial_loss, self.target_loss, headroom)
+
+    def headroom_floor(self, stderr: Optional[np.ndarray]) -> np.ndarray:
+        """The headroom floor per domain: the stated one, or the noise's (policy velocity)."""
+        k = self.num_domains
+        if self.config.policy == "paper":
+            return np.zeros(k)
+        if self.config.policy != "velocity":
+            return np.full(k, self.config.min_headroom)
+        floor = noise_headroom(self.config.min_headroom, stderr, self.config.noise_multiple)
+        return np.broadcast_to(floor, (k,)).astype(np.float64)
+
+    def braked(self, eval_loss: np.ndarray, weights: np.ndarray) -> Optional[np.ndarray]:
+        """The domains the brake holds at this update (policy velocity; None: no brake).
+
+        A domain is braked when it holds more than its initial share and its loss is not below
+        its loss ``brake_window`` updates ago (or ``L_init`` before that many updates).
+        """
+        window = self.config.brake_window
+        if self.config.policy != "velocity" or window == 0 or self.initial_loss is None:
+            return None
+        applied = [r for r in self.history if not r["skipped"]]
+        earlier = (
+            np.asarray(applied[-window]["eval_loss"], np.float64)
+            if len(applied) >= window
+            else self.initial_loss
         )
+        return unresponsive(eval_loss, earlier, weights, self.initial_weights)
 
     def replay(self, sink: WeightSink) -> int:
         """Feed every applied update of the history, in order, to ``sink`` (e.g. a rebuilt dataset).
@@ -321,7 +398,9 @@ class VelocituneController:
             "update_interval": self.config.update_interval,
             "initial_weights": self.initial_weights.tolist(),
             "weights": self.weights.tolist(),
+            "footing": self.footing,
             "initial_loss": _floats(self.initial_loss),
+            "initial_loss_full": _floats(self.initial_loss_full),
             "target_loss": _floats(self.target_loss),
             "target_given": _floats(self.given_target),
             "target_rules": self.target_rules,
@@ -351,8 +430,24 @@ class VelocituneController:
             )
         self.initial_weights = np.asarray(state["initial_weights"], np.float64)
         self.weights = np.asarray(state["weights"], np.float64)
+        # A sidecar of an older run has no footing: its L_init was the full held-out sets'.
+        footing = state.get("footing", "full")
+        if footing != self.footing:
+            logger.warning(
+                "velocitune: the run started on the %r footing (L_init %s); it continues on it, "
+                "not on %r (start a new run with --finetune to change it)",
+                footing,
+                state.get("initial_loss"),
+                self.footing,
+            )
+            self.footing = footing
         if state.get("initial_loss") is not None:
             self.initial_loss = np.asarray(state["initial_loss"], np.float64)
+        full = state.get("initial_loss_full")
+        if full is None and footing == "full":
+            full = state.get("initial_loss")
+        if full is not None:
+            self.initial_loss_full = np.asarray(full, np.float64)
         # A target given on the command line wins over the saved one (a re-fit target); either
         # is resolved again against the restored initial loss by :meth:`initialize`.
         saved = state.get("target_given") or state.get("target_loss")
@@ -362,8 +457,14 @@ class VelocituneController:
         self.run_id = state.get("run_id") or self.run_id
 
     # ------------------------------------------------------------------ internals
-    def _decide(self, eval_loss: np.ndarray) -> np.ndarray:
+    def _decide(self, eval_loss: np.ndarray, stderr: np.ndarray) -> np.ndarray:
         """The pure policy (runs on the deciding rank only)."""
+        guards = Guards(
+            headroom=self.headroom_floor(stderr),
+            hold_budget=self.config.rising_rule == "budget-hold",
+            braked=self.braked(eval_loss, self.weights),
+            initial_weights=self.initial_weights,
+        )
         return update_weights(
             self.config.policy,
             self.weights,
@@ -371,8 +472,7 @@ class VelocituneController:
             self.initial_loss,
             self.target_loss,
             self.config.min_weight,
-            self.config.min_headroom,
-            self.config.rising_rule == "budget-hold",
+            guards,
         )
 
     def _record(
@@ -384,7 +484,9 @@ class VelocituneController:
         extra: Optional[Dict[str, Any]] = None,
     ) -> None:
         eval_loss = decision.eval_loss
-        vel = self.velocity(eval_loss)
+        stderr = decision.sums.stderr()
+        vel = self.velocity(eval_loss, stderr)
+        braked = self.braked(eval_loss, self._measured_under)
         record = {
             "iteration": int(iteration),
             "consumed_samples": int(consumed_samples),
@@ -392,6 +494,10 @@ class VelocituneController:
             "weights": self.weights.tolist(),
             "eval_loss": eval_loss.tolist(),
             "eval_tokens": decision.sums.tokens.tolist(),
+            # None when the source measures no per-sequence losses (the training stream).
+            "eval_stderr": stderr.tolist() if np.isfinite(stderr).any() else None,
+            "headroom_floor": self.headroom_floor(stderr).tolist(),
+            "braked": None if braked is None else [bool(b) for b in braked],
             "velocity": None if vel is None else vel.tolist(),
             "skipped": bool(decision.skipped),
         }
@@ -415,6 +521,9 @@ class VelocituneController:
                     ),
                     "eval_loss": record["eval_loss"],
                     "eval_tokens": record["eval_tokens"],
+                    "eval_stderr": record["eval_stderr"],
+                    "headroom_floor": record["headroom_floor"],
+                    "braked": record["braked"],
                     "velocity": record["velocity"],
                     "weights": record["weights"],
                     "start_sample": record["start_sample"],
@@ -437,9 +546,12 @@ class VelocituneController:
             "domains": list(self.names),
             "policy": self.config.policy,
             "weights": self.initial_weights.tolist(),
+            "footing": self.footing,
             "initial_loss": _floats(self.initial_loss),
+            "initial_loss_full": _floats(self.initial_loss_full),
             "target_loss": _floats(self.target_loss),
             "target_given": _floats(self.given_target),
+            "target_reference": _floats(self.config.target_reference),
             "rising_rule": self.config.rising_rule,
             "target_rules": self.target_rules,
             "rule_knobs": self._rule_knobs(),
@@ -457,6 +569,9 @@ class VelocituneController:
     def _rule_knobs(self) -> Dict[str, Any]:
         """The knobs of the rising-domain rule and the headroom floor, as the header holds them."""
         knobs: Dict[str, Any] = {"min_headroom": self.config.min_headroom}
+        if self.config.policy == "velocity":
+            knobs["noise_multiple"] = self.config.noise_multiple
+            knobs["brake_window"] = self.config.brake_window
         if self.config.rising_rule == "hold-initial":
             knobs["target_margin"] = self.config.target_margin
         if self.config.forgetting_tolerance is not None:

@@ -3,13 +3,14 @@
 Every rank of the world calls :func:`synchronize_update` at the same iteration. Three collectives,
 whatever the layout:
 
-1. **Reduce** (last pipeline stage only): all-reduce the ``[loss_sum..., tokens...]`` float64
-   vector over the data-parallel group *with* context parallelism. TP ranks of the last stage
-   hold the same losses (the vocab-parallel cross entropy already agreed on them), so each TP
-   rank's DP group reduces independently and all end with the same global sums.
+1. **Reduce** (last pipeline stage only): all-reduce the float64 ``DomainSums`` vector (loss,
+   tokens, per-sequence moments) over the data-parallel group *with* context parallelism. TP
+   ranks of the last stage hold the same losses (the vocab-parallel cross entropy already agreed
+   on them), so each TP rank's DP group reduces independently and all end with the same global
+   sums.
 2. **Decide and broadcast**: the *decider* (last stage, TP/CP/DP rank 0: the lowest such global
    rank, found once) applies the pure policy to the reduced mean losses and broadcasts
-   ``[status, weights..., loss_sum..., tokens...]`` to the whole world, so ranks without a
+   ``[status, weights..., sums...]`` to the whole world, so ranks without a
    dataset (TP > 0, middle stages) hold the blend too. A non-finite reduced loss makes the
    decider keep the weights (status "skipped"); an exception in the policy is broadcast as an
    error so every rank raises instead of hanging in the next collective.
@@ -129,7 +130,7 @@ def reduce_domain_sums(local: DomainSums, groups: UpdateGroups) -> DomainSums:
         groups (UpdateGroups): process groups.
 
     Returns:
-        DomainSums: global sums (one all-reduce of 2k float64 values).
+        DomainSums: global sums (one all-reduce of ``DomainSums.FIELDS * k`` float64 values).
     """
     vec = torch.from_numpy(local.to_vector()).to(groups.device)
     if groups.dp_cp_size > 1:
@@ -140,7 +141,7 @@ def reduce_domain_sums(local: DomainSums, groups: UpdateGroups) -> DomainSums:
 def synchronize_update(
     local: DomainSums,
     weights: np.ndarray,
-    decide_weights: Callable[[np.ndarray], np.ndarray],
+    decide_weights: Callable[[np.ndarray, np.ndarray], np.ndarray],
     iteration: int,
     consumed_samples: int,
     groups: UpdateGroups,
@@ -153,8 +154,9 @@ def synchronize_update(
     Args:
         local (DomainSums): this rank's local sums (zeros off the last pipeline stage).
         weights (np.ndarray): the current blend (identical on every rank).
-        decide_weights (Callable[[np.ndarray], np.ndarray]): new weights from the reduced mean
-            losses; runs on the decider only (the pure policy).
+        decide_weights (Callable[[np.ndarray, np.ndarray], np.ndarray]): new weights from the
+            reduced mean losses and their standard errors; runs on the decider only (the pure
+            policy).
         iteration (int): the training iteration of this update.
         consumed_samples (int): global samples consumed so far (where the new blend starts).
         groups (UpdateGroups): process groups, from :meth:`UpdateGroups.from_parallel_state`.
@@ -182,7 +184,7 @@ def synchronize_update(
     )
 
     # 2. Decide on one rank, broadcast to the world.
-    payload = torch.zeros(1 + 3 * k, dtype=torch.float64)
+    payload = torch.zeros(1 + k + DomainSums.FIELDS * k, dtype=torch.float64)
     error = ""
     if groups.is_decider:
         status, new, error = decide(reduced, weights, decide_weights, fallback)

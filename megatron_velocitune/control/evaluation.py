@@ -239,11 +239,9 @@ class DomainEvaluator:
         sums = DomainSums.zeros(self.num_domains)
         if parallel_state.is_pipeline_last_stage() and store:
             # One host transfer for the whole evaluation, not one per micro-batch.
-            domains = [int(s["domain"]) for s in store]
-            values = torch.stack([torch.stack([s["loss_sum"], s["tokens"]]) for s in store])
-            values = values.cpu().numpy()
-            np.add.at(sums.loss_sum, domains, values[:, 0])
-            np.add.at(sums.tokens, domains, values[:, 1])
+            per_sequence = torch.stack([s["sequences"] for s in store]).cpu().numpy()
+            for s, (seq_loss, seq_tokens) in zip(store, per_sequence):
+                sums.add_sequences(int(s["domain"]), seq_loss, seq_tokens)
         return sums
 
     # ---------------------------------------------------------------- internals
@@ -293,17 +291,18 @@ class DomainEvaluator:
 
     @staticmethod
     def _loss(domain: int, loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-        """Per-micro-batch loss: local float64 sums only, no collective (reduced once later)."""
-        mask = loss_mask.reshape(-1).double()
-        loss_sum = (output_tensor.reshape(-1).double() * mask).sum()
-        tokens = mask.sum()
+        """Per-micro-batch loss: local float64 sums only, no collective (reduced once later).
+
+        Each sequence's (loss sum, tokens) is kept for the standard error; under context
+        parallelism a sequence's shard on this rank counts as a sequence of its own.
+        """
+        mask = loss_mask.reshape(loss_mask.shape[0], -1).double()
+        seq_loss = (output_tensor.reshape(mask.shape).double() * mask).sum(1)
+        seq_tokens = mask.sum(1)
+        loss_sum = seq_loss.sum()
         # The schedule divides the first element in place: hand it a copy.
         return (
             loss_sum.clone(),
-            tokens.to(torch.int),
-            {
-                "domain": domain,
-                "loss_sum": loss_sum,
-                "tokens": tokens,
-            },
+            seq_tokens.sum().to(torch.int),
+            {"domain": domain, "sequences": torch.stack([seq_loss, seq_tokens])},
         )

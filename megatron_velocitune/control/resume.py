@@ -13,6 +13,7 @@ line naming the old and the new value. :func:`check_sidecar` checks the sidecar'
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
+from megatron_velocitune.core.config import FOOTINGS
 from megatron_velocitune.core.errors import CheckpointError
 
 __all__ = ["RESUME_KEY", "check_resume", "check_sidecar", "resume_identity"]
@@ -195,8 +196,11 @@ def check_sidecar(state: Dict[str, Any], where: str, num_domains: int) -> None:
             raise CheckpointError(
                 f"{where}: {key!r} {w} is not a blend (finite, > 0, summing to 1)"
             )
-    for key in ("initial_loss", "target_loss", "target_given"):
+    for key in ("initial_loss", "initial_loss_full", "target_loss", "target_given"):
         _numbers(state, key, k, where, optional=True)
+    footing = state.get("footing", "full")
+    if footing not in FOOTINGS:
+        raise CheckpointError(f"{where}: 'footing' {footing!r} is not one of {list(FOOTINGS)}")
     initial = state.get("initial_loss")
     if initial is not None and not all(math.isfinite(x) and x > 0 for x in initial):
         raise CheckpointError(

@@ -36,8 +36,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: New weights from the reduced mean losses (the pure policy, bound to the run's state).
-Policy = Callable[[np.ndarray], np.ndarray]
+#: New weights from the reduced mean losses and their standard errors (the pure policy, bound
+#: to the run's state).
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class WeightMismatchError(RuntimeError):
@@ -109,7 +110,7 @@ def decide(
     Args:
         reduced (DomainSums): the global sums.
         weights (np.ndarray): the blend in force.
-        policy (Policy): the pure policy.
+        policy (Policy): the pure policy, called with the mean losses and their standard errors.
         fallback (Optional[np.ndarray]): the loss of a domain without tokens (else NaN).
 
     Returns:
@@ -120,7 +121,7 @@ def decide(
     if not np.isfinite(mean).all():
         return UpdateStatus.SKIPPED, weights, ""
     try:
-        new = np.asarray(policy(mean), dtype=np.float64)
+        new = np.asarray(policy(mean, reduced.stderr()), dtype=np.float64)
         if new.shape != weights.shape or not np.isfinite(new).all():
             raise ValueError(f"policy returned {new!r} for {weights.shape[0]} domains")
     except Exception as e:  # noqa: BLE001 - every rank must learn of it, then raise

@@ -11,11 +11,13 @@ domains are matched by name to ``--velocitune-domain-names``, or taken in file o
 
 import argparse
 import json
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.files import write_json
 from megatron_velocitune.core.policy import (
+    DEFAULT_BRAKE_WINDOW,
+    DEFAULT_NOISE_MULTIPLE,
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
     POLICIES,
@@ -23,7 +25,13 @@ from megatron_velocitune.core.policy import (
     Tolerance,
 )
 
-__all__ = ["add_velocitune_args", "config_from_args", "read_loss_file", "write_loss_file"]
+__all__ = [
+    "add_velocitune_args",
+    "config_from_args",
+    "read_loss_file",
+    "read_loss_file_with_reference",
+    "write_loss_file",
+]
 
 
 def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,8 +48,11 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--velocitune-policy",
         default="velocity",
         choices=sorted(POLICIES),
-        help="Reweighting rule: velocity (Velocitune), dbl (Sheared LLaMA DBL), ratio "
-        "(no target loss ablation) or static (fixed blend, per-domain losses still recorded).",
+        help="Reweighting rule: velocity (Velocitune: Algorithm 1 on one footing, with the noise "
+        "floor and the brake), paper (Algorithm 1 exactly as the paper writes it: L_init on the "
+        "full held-out sets, absolute targets, no floor, no brake), dbl (Sheared LLaMA DBL), "
+        "ratio (no target loss ablation) or static (fixed blend, per-domain losses still "
+        "recorded).",
     )
     group.add_argument(
         "--velocitune-update-interval",
@@ -53,15 +64,21 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--velocitune-eval-iters",
         type=int,
         default=10,
-        help="Micro-batches per domain in each held-out evaluation (the same ones every time).",
+        help="Micro-batches per domain and data-parallel rank in each held-out evaluation (the "
+        "same samples every time, also for L_init). The standard error of a domain's loss falls "
+        "as 1/sqrt(eval-iters * micro-batch * data-parallel size) sequences, and the velocity's "
+        "headroom is never below --velocitune-noise-multiple of it: a larger subset costs "
+        "proportionally more forward passes per update and lets smaller headrooms count.",
     )
     group.add_argument(
         "--velocitune-initial-loss",
         type=float,
         nargs="+",
         default=None,
-        help="Initial held-out loss per domain, in blend order. Measured at iteration 0 when "
-        "neither this nor --velocitune-initial-loss-file is given.",
+        help="Initial held-out loss per domain on the full held-out sets, in blend order "
+        "(the start/end table; the velocity of policy paper). Measured at iteration 0 when "
+        "neither this nor --velocitune-initial-loss-file is given. The velocity of policy "
+        "velocity always reads L_init measured at iteration 0 on its evaluation subset.",
     )
     group.add_argument(
         "--velocitune-initial-loss-file",
@@ -112,7 +129,24 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=0.0,
         help="Smallest headroom |L_init - L_target| (nats) the velocity divides by, so that "
         "evaluation noise on a domain with a tiny gap cannot hold its velocity at 0 or 1 "
-        "(default: 0, the paper's rule).",
+        "(default: 0; policy velocity also floors it at --velocitune-noise-multiple standard "
+        "errors).",
+    )
+    group.add_argument(
+        "--velocitune-noise-multiple",
+        type=float,
+        default=DEFAULT_NOISE_MULTIPLE,
+        help="Policy velocity: the headroom is at least this many standard errors of the "
+        "domain's evaluated loss (per-sequence losses of the subset; 0: off; default: "
+        "%(default)s).",
+    )
+    group.add_argument(
+        "--velocitune-brake-window",
+        type=int,
+        default=DEFAULT_BRAKE_WINDOW,
+        help="Policy velocity: a domain above its initial share whose loss did not fall over "
+        "the last this-many updates stops gaining weight and gives half its excess back per "
+        "update (0: off; default: %(default)s).",
     )
     group.add_argument(
         "--velocitune-min-weight",
@@ -162,6 +196,27 @@ def read_loss_file(path: str, names: Optional[Sequence[str]], flag: str) -> List
     Returns:
         List[float]: one loss per domain.
     """
+    return read_loss_file_with_reference(path, names, flag)[0]
+
+
+def read_loss_file_with_reference(
+    path: str, names: Optional[Sequence[str]], flag: str
+) -> Tuple[List[float], Optional[List[float]]]:
+    """Read a per-domain loss JSON file and the initial losses its values are relative to.
+
+    A targets file written by ``velocitune-fit-targets`` from proxy runs on the subset footing
+    names the proxy's own initial loss under ``reference_initial``: the run then takes each
+    target as its change from that reference, applied to its own initial loss.
+
+    Args:
+        path (str): the file.
+        names (Optional[Sequence[str]]): domain names to pick, in blend order; file order if None.
+        flag (str): the flag that named the file, for error messages.
+
+    Returns:
+        Tuple[List[float], Optional[List[float]]]: the losses, and the reference (None: the
+        losses are absolute).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -173,6 +228,21 @@ def read_loss_file(path: str, names: Optional[Sequence[str]], flag: str) -> List
             f"{flag}: {path!r} must hold a JSON object of domain -> loss (optionally under "
             f"'losses')"
         )
+    values = _losses_of(losses, names, flag, path)
+    reference = data.get("reference_initial") if "losses" in data else None
+    if reference is None:
+        return values, None
+    if not isinstance(reference, dict):
+        raise VelocituneConfigError(
+            f"{flag}: {path!r} 'reference_initial' must be a JSON object of domain -> loss"
+        )
+    return values, _losses_of(reference, names or list(losses), flag, path)
+
+
+def _losses_of(
+    losses: Dict[str, object], names: Optional[Sequence[str]], flag: str, path: str
+) -> List[float]:
+    """The numbers of one domain -> loss mapping, in ``names`` order (one-line errors)."""
     for domain, value in losses.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise VelocituneConfigError(
@@ -210,8 +280,11 @@ def _losses_from(args: argparse.Namespace, kind: str, names) -> tuple:
             f"--velocitune-{kind}-loss and --velocitune-{kind}-loss-file {path!r}: give one"
         )
     if path is not None:
-        return read_loss_file(path, names, f"--velocitune-{kind}-loss-file {path}"), path
-    return values, None
+        losses, reference = read_loss_file_with_reference(
+            path, names, f"--velocitune-{kind}-loss-file {path}"
+        )
+        return losses, path, reference
+    return values, None, None
 
 
 def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
@@ -225,8 +298,8 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         known.
     """
     names = args.velocitune_domain_names
-    initial, initial_file = _losses_from(args, "initial", names)
-    target, target_file = _losses_from(args, "target", names)
+    initial, initial_file, _ = _losses_from(args, "initial", names)
+    target, target_file, target_reference = _losses_from(args, "target", names)
     return VelocituneConfig(
         policy=args.velocitune_policy,
         update_interval=args.velocitune_update_interval,
@@ -235,6 +308,7 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         initial_loss_file=initial_file,
         target_loss=target,
         target_loss_file=target_file,
+        target_reference=target_reference,
         min_weight=args.velocitune_min_weight,
         domain_names=names,
         seed=getattr(args, "seed", 1234),
@@ -244,4 +318,6 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         target_margin=getattr(args, "velocitune_target_margin", DEFAULT_TARGET_MARGIN),
         forgetting_tolerance=getattr(args, "velocitune_forgetting_tolerance", None),
         min_headroom=getattr(args, "velocitune_min_headroom", 0.0),
+        noise_multiple=getattr(args, "velocitune_noise_multiple", DEFAULT_NOISE_MULTIPLE),
+        brake_window=getattr(args, "velocitune_brake_window", DEFAULT_BRAKE_WINDOW),
     )

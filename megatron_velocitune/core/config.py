@@ -12,10 +12,13 @@ from typing import List, Optional, Sequence
 from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.policy import (
+    DEFAULT_BRAKE_WINDOW,
+    DEFAULT_NOISE_MULTIPLE,
     DEFAULT_RISING_RULE,
     DEFAULT_TARGET_MARGIN,
     POLICIES,
     RISING_RULES,
+    VELOCITY_POLICIES,
     ResolvedTargets,
     TargetRuleError,
     Tolerance,
@@ -23,6 +26,7 @@ from megatron_velocitune.core.policy import (
 )
 
 __all__ = [
+    "FOOTINGS",
     "VelocituneConfig",
     "VelocituneConfigError",
     "check_losses",
@@ -31,6 +35,13 @@ __all__ = [
 
 
 LOSS_SOURCES = ("eval", "train")
+
+#: What the velocity's L_init (and the targets carried over as changes) is measured on:
+#: ``subset`` the evaluation subset S'_eval that every update measures (policy velocity and the
+#: baselines), ``full`` the full held-out sets (policy paper, as the paper does; also an older
+#: run's sidecar), ``stream`` the training stream's first draws (``--velocitune-loss-source
+#: train``).
+FOOTINGS = ("subset", "full", "stream")
 
 
 class VelocituneConfigError(InputError):
@@ -109,6 +120,13 @@ class VelocituneConfig:
         forgetting_tolerance (Optional[Tolerance]): the tolerance rule's budget.
         min_headroom (float): the velocity never divides by a headroom ``|L_init - L_target|``
             smaller than this (nats): a floor against evaluation noise.
+        target_reference (Optional[List[float]]): the initial losses the targets were predicted
+            from (a targets file's ``reference_initial``): the run then uses ``L_init +
+            (target - reference)``, each target as a change on its own footing. None: absolute.
+        noise_multiple (float): policy ``velocity``: the headroom is at least this many
+            standard errors of the evaluated loss.
+        brake_window (int): policy ``velocity``: updates over which a domain above its initial
+            share must lower its loss to keep gaining weight (0: no brake).
     """
 
     policy: str = "velocity"
@@ -127,6 +145,16 @@ class VelocituneConfig:
     target_margin: float = DEFAULT_TARGET_MARGIN
     forgetting_tolerance: Optional[Tolerance] = None
     min_headroom: float = 0.0
+    target_reference: Optional[List[float]] = None
+    noise_multiple: float = DEFAULT_NOISE_MULTIPLE
+    brake_window: int = DEFAULT_BRAKE_WINDOW
+
+    @property
+    def footing(self) -> str:
+        """What L_init is measured on (one of :data:`FOOTINGS`), from the policy and source."""
+        if self.loss_source == "train":
+            return "stream"
+        return "full" if self.policy == "paper" else "subset"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -162,6 +190,14 @@ class VelocituneConfig:
         if not math.isfinite(self.min_headroom) or self.min_headroom < 0.0:
             raise VelocituneConfigError(
                 f"{_flag('min_headroom')}: {self.min_headroom} must be finite and >= 0"
+            )
+        if not math.isfinite(self.noise_multiple) or self.noise_multiple < 0.0:
+            raise VelocituneConfigError(
+                f"{_flag('noise_multiple')}: {self.noise_multiple} must be finite and >= 0"
+            )
+        if not isinstance(self.brake_window, int) or self.brake_window < 0:
+            raise VelocituneConfigError(
+                f"{_flag('brake_window')}: {self.brake_window!r} must be an integer >= 0"
             )
         if not math.isfinite(self.min_weight) or self.min_weight < 0.0:
             raise VelocituneConfigError(
@@ -202,12 +238,21 @@ class VelocituneConfig:
             check_losses(self.initial_loss, num_domains, initial_flag, names)
         if self.target_loss is not None:
             check_losses(self.target_loss, num_domains, target_flag, names)
-        elif self.policy in ("velocity", "dbl"):
+            if self.target_reference is not None:
+                check_losses(
+                    self.target_reference, num_domains, f"{target_flag} reference_initial", names
+                )
+        elif self.policy in VELOCITY_POLICIES + ("dbl",):
             raise VelocituneConfigError(
                 f"{_flag('target_loss')}: policy {self.policy!r} needs target losses "
                 f"(--velocitune-target-loss or --velocitune-target-loss-file)"
             )
-        if self.initial_loss is not None and self.target_loss is not None:
+        if (
+            self.initial_loss is not None
+            and self.target_loss is not None
+            and self.target_reference is None
+            and self.footing == "full"
+        ):
             self.resolve_targets(self.initial_loss, self.target_loss, target_flag, names)
 
     def resolve_targets(
@@ -233,6 +278,28 @@ class VelocituneConfig:
             )
         except TargetRuleError as e:
             raise VelocituneConfigError(f"{flag}: {e} ({_flag('rising_rule')})") from None
+
+    def targets_for(self, initial: Sequence[float]) -> List[float]:
+        """The given targets for a run whose velocity reads ``initial``.
+
+        With a reference (a fitted targets file), each target is its change from the reference
+        added to ``initial``, so a proxy's subset and this run's subset need not agree on the
+        level, only on the change; without one the targets are absolute.
+
+        Args:
+            initial (Sequence[float]): the L_init the velocity reads.
+
+        Returns:
+            List[float]: one target per domain.
+        """
+        if self.target_loss is None:
+            raise VelocituneConfigError(f"{_flag('target_loss')}: no targets given")
+        if self.target_reference is None:
+            return [float(t) for t in self.target_loss]
+        return [
+            float(i) + float(t) - float(r)
+            for i, t, r in zip(initial, self.target_loss, self.target_reference)
+        ]
 
     def names(self, num_domains: int) -> List[str]:
         """Domain names, defaulting to ``domain0 .. domain{k-1}``."""

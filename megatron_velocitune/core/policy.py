@@ -9,7 +9,10 @@ a new weight vector on the probability simplex.
     domain_velocity:  each domain by its rule (target below L_init: Algorithm 1; above: the
                       forgetting budget), the headroom |L_init - L_target| floored
     held_budget_velocity: a budget domain at its budget keeps pace with the others
+    noise_headroom:   the headroom floor, max(min_headroom, noise_multiple * stderr)
     velocity_update:  w <- normalize(w * exp(V))                      (Velocitune, Algorithm 1)
+    unresponsive:     domains above their initial share whose loss did not fall over a window
+    brake:            those domains' shares stop growing and move back towards the initial blend
     dbl_update:       w <- normalize(w * exp(max(L_t - L_target, 0))) (Sheared LLaMA's DBL)
     ratio_update:     w <- normalize(w * exp(L_t / L_init))           ("without target loss")
     static_update:    w <- w                                          (CPT baseline)
@@ -25,6 +28,12 @@ of its forgetting budget used so far.
 With ``min_weight == 0`` (the default of these functions) the results are the formulas above to
 the last bit. A positive ``min_weight`` mixes the result towards uniform just enough that every
 domain keeps at least ``min_weight``: ``w <- (1 - k * min_weight) * w + min_weight``.
+
+Two policies read the velocity (:data:`POLICIES`): ``paper`` is Algorithm 1 exactly as the paper
+writes it (:func:`velocity_update` with no headroom floor and no brake); ``velocity``, the
+default, adds the two guards a small evaluation needs: a headroom never below the evaluation's
+own noise (:func:`noise_headroom`) and the brake (:func:`unresponsive`, :func:`brake`), so that
+a domain whose loss does not fall when it gets more data cannot keep compounding its weight.
 """
 
 import math
@@ -36,24 +45,32 @@ import numpy as np
 from megatron_velocitune.core.errors import InputError
 
 __all__ = [
+    "DEFAULT_BRAKE_PULLBACK",
+    "DEFAULT_BRAKE_WINDOW",
+    "DEFAULT_NOISE_MULTIPLE",
     "DEFAULT_RISING_RULE",
     "DEFAULT_TARGET_MARGIN",
     "POLICIES",
     "RISING_RULES",
+    "VELOCITY_POLICIES",
+    "Guards",
     "ResolvedTargets",
     "TargetRuleError",
     "Tolerance",
     "apply_floor",
+    "brake",
     "dbl_update",
     "domain_velocity",
     "forgetting_velocity",
     "held_budget_velocity",
     "hold_initial_target",
+    "noise_headroom",
     "resolve_targets",
     "tolerance_target",
     "normalize",
     "ratio_update",
     "static_update",
+    "unresponsive",
     "update_weights",
     "velocity",
     "velocity_update",
@@ -199,6 +216,29 @@ def held_budget_velocity(
     return np.where(budget, np.clip(pace + past, 0.0, 1.0), v)
 
 
+def noise_headroom(
+    min_headroom: float, stderr: Optional[np.ndarray], noise_multiple: float
+) -> np.ndarray:
+    """Each domain's headroom floor: the stated floor, or the evaluation's noise if larger.
+
+    A headroom ``|L_init - L_target|`` within a few standard errors of the evaluation is noise:
+    dividing by it would turn that noise into ``V = 0`` or ``V = 1``.
+
+    Args:
+        min_headroom (float): the stated floor in nats (>= 0).
+        stderr (Optional[np.ndarray]): each domain's standard error of ``L_t`` (NaN: unknown).
+        noise_multiple (float): how many standard errors the headroom is at least (>= 0).
+
+    Returns:
+        np.ndarray: ``max(min_headroom, noise_multiple * stderr)`` per domain (``min_headroom``
+        where the standard error is unknown).
+    """
+    if stderr is None:
+        return np.asarray(min_headroom, np.float64)
+    noise = np.nan_to_num(noise_multiple * np.asarray(stderr, np.float64), nan=0.0)
+    return np.maximum(min_headroom, noise)
+
+
 def velocity_update(
     weights: np.ndarray,
     current: np.ndarray,
@@ -220,6 +260,84 @@ def velocity_update(
     else:
         v = domain_velocity(current, initial, target, min_headroom)
     return apply_floor(normalize(np.asarray(weights, dtype=np.float64) * np.exp(v)), min_weight)
+
+
+#: The brake's window (updates): a domain above its initial share must have lowered its loss over
+#: this many updates to keep gaining weight.
+DEFAULT_BRAKE_WINDOW = 3
+
+#: Share of a braked domain's excess over its initial share given back at each update.
+DEFAULT_BRAKE_PULLBACK = 0.5
+
+#: The velocity's headroom is at least this many standard errors of the evaluation.
+DEFAULT_NOISE_MULTIPLE = 2.0
+
+
+def unresponsive(
+    current: np.ndarray,
+    earlier: np.ndarray,
+    weights: np.ndarray,
+    initial_weights: np.ndarray,
+) -> np.ndarray:
+    """Domains holding more than their initial share whose loss did not fall over the window.
+
+    More weight that buys no lower loss (a saturated, repeated or already-learned domain, or one
+    whose velocity only reads noise) is weight the other domains could have used.
+
+    Args:
+        current (np.ndarray): ``L_t`` now.
+        earlier (np.ndarray): the same domains' loss at the start of the window (same footing).
+        weights (np.ndarray): the blend in force.
+        initial_weights (np.ndarray): the run's starting blend.
+
+    Returns:
+        np.ndarray: a boolean mask, True where ``w > w_0`` and ``L_t >= L_earlier``.
+    """
+    current, earlier, weights, initial_weights = (
+        np.asarray(a, dtype=np.float64) for a in (current, earlier, weights, initial_weights)
+    )
+    return (weights > initial_weights) & ~(current < earlier)
+
+
+def brake(
+    candidate: np.ndarray,
+    weights: np.ndarray,
+    initial_weights: np.ndarray,
+    braked: np.ndarray,
+    pullback: float = DEFAULT_BRAKE_PULLBACK,
+) -> np.ndarray:
+    """Hold back the braked domains: their share moves towards the initial one, never up.
+
+    A braked domain gets ``min(candidate, w_0 + (1 - pullback) * (w - w_0))``; the other domains
+    share the rest in the candidate's proportions. With no domain braked this is ``candidate``.
+
+    Args:
+        candidate (np.ndarray): the rule's new blend (on the simplex).
+        weights (np.ndarray): the blend in force.
+        initial_weights (np.ndarray): the run's starting blend.
+        braked (np.ndarray): boolean mask of the braked domains (see :func:`unresponsive`).
+        pullback (float): share of the excess ``w - w_0`` given back per update, in [0, 1].
+
+    Returns:
+        np.ndarray: the braked blend, on the simplex.
+    """
+    candidate, weights, initial_weights = (
+        np.asarray(a, dtype=np.float64) for a in (candidate, weights, initial_weights)
+    )
+    braked = np.asarray(braked, dtype=bool)
+    if not braked.any():
+        return candidate
+    held = np.where(
+        braked,
+        np.minimum(candidate, initial_weights + (1.0 - pullback) * (weights - initial_weights)),
+        candidate,
+    )
+    free = ~braked
+    rest = candidate[free].sum()
+    if not free.any() or rest <= 0.0:
+        return normalize(held)
+    held[free] = candidate[free] * (1.0 - held[braked].sum()) / rest
+    return held
 
 
 def dbl_update(
@@ -255,13 +373,43 @@ def static_update(weights: np.ndarray) -> np.ndarray:
     return np.array(weights, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Guards:
+    """What the default ``velocity`` policy adds to Algorithm 1 (``paper`` reads none of it).
+
+    Attributes:
+        headroom (float | np.ndarray): the headroom floor per domain (:func:`noise_headroom`).
+        hold_budget (bool): budget domains held at their budget (the ``budget-hold`` rule).
+        braked (Optional[np.ndarray]): the domains to brake (:func:`unresponsive`); None: none.
+        initial_weights (Optional[np.ndarray]): the starting blend the brake pulls back to.
+        pullback (float): the brake's pull-back per update.
+    """
+
+    headroom: object = 0.0
+    hold_budget: bool = False
+    braked: Optional[np.ndarray] = None
+    initial_weights: Optional[np.ndarray] = None
+    pullback: float = DEFAULT_BRAKE_PULLBACK
+
+
+def _guarded_velocity_update(w, cur, ini, tgt, floor: float, guards: Guards) -> np.ndarray:
+    new = velocity_update(w, cur, ini, tgt, 0.0, guards.headroom, guards.hold_budget)
+    if guards.braked is not None:
+        new = brake(new, w, guards.initial_weights, guards.braked, guards.pullback)
+    return apply_floor(new, floor)
+
+
 # Each policy in one signature, so callers pick a rule by name without caring which losses it reads.
 POLICIES: Dict[str, Callable[..., np.ndarray]] = {
-    "velocity": lambda w, cur, ini, tgt, f, h, hb: velocity_update(w, cur, ini, tgt, f, h, hb),
-    "dbl": lambda w, cur, ini, tgt, f, h, hb: dbl_update(w, cur, tgt, f),
-    "ratio": lambda w, cur, ini, tgt, f, h, hb: ratio_update(w, cur, ini, f),
-    "static": lambda w, cur, ini, tgt, f, h, hb: static_update(w),
+    "velocity": lambda w, cur, ini, tgt, f, g: _guarded_velocity_update(w, cur, ini, tgt, f, g),
+    "paper": lambda w, cur, ini, tgt, f, g: velocity_update(w, cur, ini, tgt, f),
+    "dbl": lambda w, cur, ini, tgt, f, g: dbl_update(w, cur, tgt, f),
+    "ratio": lambda w, cur, ini, tgt, f, g: ratio_update(w, cur, ini, f),
+    "static": lambda w, cur, ini, tgt, f, g: static_update(w),
 }
+
+#: The policies that read a velocity, hence targets and an initial loss.
+VELOCITY_POLICIES = ("velocity", "paper")
 
 
 def update_weights(
@@ -271,30 +419,26 @@ def update_weights(
     initial: Optional[np.ndarray],
     target: Optional[np.ndarray],
     min_weight: float = 0.0,
-    min_headroom: float = 0.0,
-    hold_budget: bool = False,
+    guards: Optional[Guards] = None,
 ) -> np.ndarray:
     """Apply the named policy (one of :data:`POLICIES`).
 
     Args:
-        policy (str): ``velocity``, ``dbl``, ``ratio`` or ``static``.
+        policy (str): ``velocity``, ``paper``, ``dbl``, ``ratio`` or ``static``.
         weights (np.ndarray): the current blend.
         current (np.ndarray): held-out loss now.
-        initial (Optional[np.ndarray]): initial loss (``velocity``, ``ratio``).
-        target (Optional[np.ndarray]): target loss (``velocity``, ``dbl``).
+        initial (Optional[np.ndarray]): initial loss (``velocity``, ``paper``, ``ratio``).
+        target (Optional[np.ndarray]): target loss (``velocity``, ``paper``, ``dbl``).
         min_weight (float): weight floor.
-        min_headroom (float): headroom floor of the velocity (``velocity`` only).
-        hold_budget (bool): budget domains held at their budget (``velocity`` only; the
-            ``budget-hold`` rule).
+        guards (Optional[Guards]): the ``velocity`` policy's headroom floor, budget hold and
+            brake (default: none of them, which is ``paper``'s rule).
 
     Returns:
         np.ndarray: the new blend.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
-    return POLICIES[policy](
-        weights, current, initial, target, min_weight, min_headroom, hold_budget
-    )
+    return POLICIES[policy](weights, current, initial, target, min_weight, guards or Guards())
 
 
 # ----------------------------------------------------------------------------- target rules

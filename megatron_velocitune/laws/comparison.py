@@ -7,6 +7,11 @@
 * :func:`parse_final_losses` - the end-of-run loss table that ``examples/pretrain_gpt.py`` prints.
 * :class:`ParetoPoint`, :func:`dominated_by`, :func:`frontier_margin` - a method against the
   static frontier (replay-domain loss vs mean new-domain loss, both lower is better).
+* :class:`SeedPoint`, :func:`seed_points`, :func:`collapse_of`, :func:`find_collapses`,
+  :func:`render_seed_table` - each seed's point in that plane, and the runs that ended behind
+  the same seed's CPT run on both axes (:data:`COLLAPSE_TOLERANCE`).
+* :func:`fixed_share_blend` - a blend with given shares for some domains, the others splitting
+  the rest in their token ratio.
 """
 
 from __future__ import annotations
@@ -19,11 +24,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
+    "COLLAPSE_TOLERANCE",
     "STABLE_TOLERANCE",
+    "Collapse",
     "MethodRuns",
     "MethodSummary",
     "ParetoPoint",
+    "SeedPoint",
+    "collapse_of",
     "dominated_by",
+    "find_collapses",
+    "fixed_share_blend",
     "frontier_margin",
     "Stat",
     "is_real_difference",
@@ -31,14 +42,20 @@ __all__ = [
     "parse_final_losses",
     "parse_loop_time",
     "render_mae_table",
+    "render_seed_table",
     "render_table",
     "replay_share_blend",
+    "seed_points",
     "stabilisation_iteration",
     "summarise_method",
 ]
 
 #: A run's weights are stable once no later update moves any weight by more than this (absolute).
 STABLE_TOLERANCE = 0.01
+
+#: A run has collapsed when it ends behind the same seed's CPT run by more than this many nats on
+#: both axes of the Pareto plane (replay-domain loss and mean new-domain loss).
+COLLAPSE_TOLERANCE = 0.01
 
 
 def stabilisation_iteration(
@@ -109,6 +126,46 @@ def replay_share_blend(
     out = np.empty_like(t)
     out[is_replay] = replay_share * t[is_replay] / t[is_replay].sum()
     out[~is_replay] = (1.0 - replay_share) * t[~is_replay] / t[~is_replay].sum()
+    return out / out.sum()
+
+
+def fixed_share_blend(tokens: Sequence[float], shares: Dict[int, float]) -> np.ndarray:
+    """A static blend in which some domains get a fixed share each, the others splitting the
+    rest in their token-proportional ratio.
+
+    ``{replay: g}`` is :func:`replay_share_blend` with one replay domain; ``{replay: 0.5,
+    first_new: 0.4}`` gives the other domains 0.1 in all.
+
+    Args:
+        tokens (Sequence[float]): each domain's token count.
+        shares (Dict[int, float]): domain index -> its share, each > 0, in all < 1.
+
+    Returns:
+        np.ndarray: the blend, summing to 1.
+
+    Raises:
+        ValueError: bad counts, an index out of range, a share not in (0, 1), shares summing to
+            1 or more, or no domain left to split the rest.
+    """
+    t = np.asarray(tokens, np.float64)
+    if t.ndim != 1 or t.size < 2 or np.any(t <= 0):
+        raise ValueError(f"tokens must be >= 2 positive counts, got {list(tokens)}")
+    if not shares:
+        raise ValueError("no fixed shares given")
+    for i, g in shares.items():
+        if not 0 <= i < t.size:
+            raise ValueError(f"domain index {i} out of range for {t.size} domains")
+        if not 0.0 < g < 1.0:
+            raise ValueError(f"share {g} of domain {i} must be in (0, 1)")
+    fixed = float(sum(shares.values()))
+    rest = np.ones(t.size, bool)
+    rest[list(shares)] = False
+    if fixed >= 1.0 or not rest.any():
+        raise ValueError(f"fixed shares {shares} must sum below 1 and leave a domain for the rest")
+    out = np.zeros_like(t)
+    for i, g in shares.items():
+        out[i] = g
+    out[rest] = (1.0 - fixed) * t[rest] / t[rest].sum()
     return out / out.sum()
 
 
@@ -245,14 +302,19 @@ def render_table(
     reference: int = 0,
     overhead_base: Optional[Stat] = None,
     overhead_label: str = "CPT",
+    collapsed: Optional[Sequence[Optional[int]]] = None,
 ) -> str:
     """The comparison as one Markdown table.
 
     Loss cells are ``mean ± std`` over seeds; ``*`` marks a cell whose difference from the
     reference row (CPT) exceeds the seed spread (see :func:`is_real_difference`). The overhead
     compares mean training-loop CPU time per iteration (when every row has it, else mean wall
-    time) with ``overhead_base`` (default: the reference row's).
+    time) with ``overhead_base`` (default: the reference row's). ``collapsed``, when given,
+    adds a column: per row, how many of its seeds collapsed (:func:`find_collapses`; None: not
+    applicable, as for the reference row).
     """
+    if collapsed is not None and len(collapsed) != len(rows):
+        raise ValueError(f"{len(collapsed)} collapse counts for {len(rows)} rows")
     ref = rows[reference]
     use_cpu = all(r.cpu_ms.n for r in rows)
     if overhead_base is None:
@@ -265,6 +327,7 @@ def render_table(
             "mean (all)",
             "mean (new)",
             "worst vs CPT",
+            *(["collapsed seeds"] if collapsed is not None else []),
             "stable at (iter)",
             "wall (s)",
             "loop CPU (ms/iter)",
@@ -272,13 +335,15 @@ def render_table(
         ]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    for n, r in enumerate(rows):
         cells = [r.name, str(r.seeds)]
         for s, rs in zip(r.per_domain, ref.per_domain):
             cells.append(s.fmt() + _mark(s, rs))
         cells.append(r.mean_all.fmt() + _mark(r.mean_all, ref.mean_all))
         cells.append(r.mean_new.fmt() + _mark(r.mean_new, ref.mean_new))
         cells.append("-" if r is ref else f"{r.worst_domain} {r.worst_delta.mean:+.4f}")
+        if collapsed is not None:
+            cells.append("-" if collapsed[n] is None else f"{collapsed[n]}/{r.seeds}")
         if not r.dynamic:
             cells.append("static")
         else:
@@ -432,3 +497,152 @@ def frontier_margin(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Opti
     if not xs[0] <= x <= xs[-1]:
         return None
     return float(np.interp(x, xs, ys) - point.new.mean)
+
+
+@dataclass(frozen=True)
+class SeedPoint:
+    """One run (a method on one seed) in the (replay loss, mean new-domain loss) plane.
+
+    Attributes:
+        method (str): the method's key.
+        seed (int): the dataset seed.
+        replay (float): the replay domain's final held-out loss (several: their mean).
+        new (float): the mean final held-out loss of the other (new) domains.
+    """
+
+    method: str
+    seed: int
+    replay: float
+    new: float
+
+
+def seed_points(
+    method: str,
+    seeds: Sequence[int],
+    final_loss: Sequence[Sequence[float]],
+    replay: Sequence[int],
+) -> List[SeedPoint]:
+    """Each seed's point of one method.
+
+    Args:
+        method (str): the method's key.
+        seeds (Sequence[int]): the seed of each run.
+        final_loss (Sequence[Sequence[float]]): per run, each domain's final held-out loss.
+        replay (Sequence[int]): indices of the replay domains ("new" = all others).
+
+    Returns:
+        List[SeedPoint]: one point per run, in the given order.
+    """
+    loss = np.asarray(final_loss, np.float64)
+    if loss.ndim != 2 or loss.shape[0] != len(seeds):
+        raise ValueError(f"final_loss must be {len(seeds)} runs x domains, got {loss.shape}")
+    is_replay = np.zeros(loss.shape[1], bool)
+    is_replay[list(replay)] = True
+    if not is_replay.any() or is_replay.all():
+        raise ValueError(f"replay indices {list(replay)} must name some but not all domains")
+    return [
+        SeedPoint(method, int(x), float(row[is_replay].mean()), float(row[~is_replay].mean()))
+        for x, row in zip(seeds, loss)
+    ]
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """A run that ended behind its seed's CPT run on both axes.
+
+    Attributes:
+        method (str): the method's key.
+        seed (int): the seed.
+        replay_delta (float): its replay loss minus CPT's (nats, > the tolerance).
+        new_delta (float): its mean new-domain loss minus CPT's (nats, > the tolerance).
+    """
+
+    method: str
+    seed: int
+    replay_delta: float
+    new_delta: float
+
+    def line(self, label: Optional[str] = None) -> str:
+        """``collapsed: <method> seed <n> (replay +0.031, new +0.142 vs that seed's CPT)``."""
+        return (
+            f"collapsed: {label or self.method} seed {self.seed} (replay "
+            f"{self.replay_delta:+.3f}, new {self.new_delta:+.3f} vs that seed's CPT)"
+        )
+
+
+def collapse_of(
+    point: SeedPoint, cpt: SeedPoint, tolerance: float = COLLAPSE_TOLERANCE
+) -> Optional[Collapse]:
+    """``point`` as a :class:`Collapse` when the same seed's CPT run dominates it on both axes
+    by more than ``tolerance`` nats, else None.
+
+    Args:
+        point (SeedPoint): the run.
+        cpt (SeedPoint): the CPT run of the same seed.
+        tolerance (float): the margin each axis must exceed (nats).
+
+    Returns:
+        Optional[Collapse]: the collapse, or None.
+
+    Raises:
+        ValueError: the two points are of different seeds.
+    """
+    if point.seed != cpt.seed:
+        raise ValueError(f"seed {point.seed} compared with CPT's seed {cpt.seed}")
+    d_replay, d_new = point.replay - cpt.replay, point.new - cpt.new
+    if d_replay > tolerance and d_new > tolerance:
+        return Collapse(point.method, point.seed, d_replay, d_new)
+    return None
+
+
+def find_collapses(
+    points: Sequence[SeedPoint],
+    cpt: Sequence[SeedPoint],
+    tolerance: float = COLLAPSE_TOLERANCE,
+) -> List[Collapse]:
+    """The collapsed runs among ``points`` (:func:`collapse_of`), in their order.
+
+    A point of a seed without a CPT run, and a CPT point itself, is never collapsed.
+    """
+    by_seed = {c.seed: c for c in cpt}
+    found = []
+    for p in points:
+        ref = by_seed.get(p.seed)
+        if ref is None or p is ref or p.method == ref.method:
+            continue
+        c = collapse_of(p, ref, tolerance)
+        if c is not None:
+            found.append(c)
+    return found
+
+
+def render_seed_table(
+    points: Sequence[SeedPoint],
+    cpt: Sequence[SeedPoint],
+    labels: Dict[str, str],
+    tolerance: float = COLLAPSE_TOLERANCE,
+) -> str:
+    """Every run's point as one Markdown table, with its distance from its seed's CPT run.
+
+    Columns: method, seed, replay loss, mean new-domain loss, each minus that seed's CPT
+    value, and ``collapsed`` where :func:`collapse_of` says so.
+    """
+    by_seed = {c.seed: c for c in cpt}
+    collapsed = {(c.method, c.seed) for c in find_collapses(points, cpt, tolerance)}
+    head = ["method", "seed", "replay loss", "mean new loss", "replay vs CPT", "new vs CPT"]
+    head.append("collapsed")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        ref = by_seed.get(p.seed)
+        same = ref is None or p.method == ref.method
+        cells = [
+            labels.get(p.method, p.method),
+            str(p.seed),
+            f"{p.replay:.4f}",
+            f"{p.new:.4f}",
+            "-" if same else f"{p.replay - ref.replay:+.4f}",
+            "-" if same else f"{p.new - ref.new:+.4f}",
+            "yes" if (p.method, p.seed) in collapsed else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -55,6 +55,7 @@ __all__ = [
     "fit_chinchilla",
     "header_budget",
     "held_out_error",
+    "common_footing",
     "initial_losses",
     "loss_points",
     "resolve_target",
@@ -434,6 +435,55 @@ def loss_points(trajectory: Trajectory, domains: Optional[Sequence[str]] = None)
         tokens=np.asarray(tokens, dtype=np.float64),
         losses=np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names)),
     )
+
+
+#: Footings whose header ``initial_loss`` was measured on the same samples as the updates.
+MEASURED_FOOTINGS = ("subset", "stream")
+
+
+def common_footing(
+    trajectories: Sequence[Trajectory], names: Sequence[str]
+) -> Tuple[List[LossPoints], Optional[List[float]]]:
+    """Every run's loss points on one level: each run's change from its own initial loss.
+
+    A run on the ``subset`` (or ``stream``) footing measured ``L_init`` on the very samples its
+    updates evaluate, so its curve carries the subset's fixed offset from the full held-out set
+    (a different one per data seed). Pooling such runs as they are fits one band per seed; here
+    each run is shifted by ``reference - L_init(run)``, the reference being the runs' mean
+    ``L_init``, so only their changes are pooled. A consumer of the fit then applies the
+    predicted change (``target - reference``) to its own ``L_init``.
+
+    Args:
+        trajectories (Sequence[Trajectory]): parsed proxy runs.
+        names (Sequence[str]): domains, in the order wanted.
+
+    Returns:
+        Tuple[List[LossPoints], Optional[List[float]]]: the (shifted) points per run, and the
+        reference initial loss per domain; ``None`` (points as they are) when the runs are on the
+        ``full`` footing (older runs, policy ``paper``).
+
+    Raises:
+        ValueError: the runs mix footings, or a measured-footing run has no initial loss.
+    """
+    footings = {t.header.get("footing", "full") for t in trajectories}
+    points = [loss_points(t, names) for t in trajectories]
+    if footings <= {"full"}:
+        return points, None
+    if len(footings) > 1:
+        raise ValueError(f"the runs mix footings {sorted(footings)}: fit each footing apart")
+    initial = []
+    for t in trajectories:
+        init = t.header.get("initial_loss")
+        if init is None or any(init[t.domains.index(n)] is None for n in names):
+            raise ValueError(f"a run on the {footings.pop()} footing has no initial_loss")
+        initial.append([float(init[t.domains.index(n)]) for n in names])
+    initial = np.asarray(initial, np.float64)
+    reference = initial.mean(axis=0)
+    shifted = [
+        LossPoints(p.domains, p.tokens, p.losses + (reference - own)[None, :])
+        for p, own in zip(points, initial)
+    ]
+    return shifted, reference.tolist()
 
 
 def header_budget(trajectories: Sequence[Trajectory]) -> Optional[float]:

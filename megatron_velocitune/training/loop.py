@@ -459,7 +459,7 @@ def measure_initial_loss(args, output: str) -> RunSummary:
     iteration, consumed = resume(args, job)
     job.run.start(iteration, consumed)
     run = job.run
-    initial = run.controller.initial_loss.tolist()
+    initial = run.controller.full_initial_loss.tolist()
     if dist.get_rank() == 0:
         write_loss_file(
             output,
@@ -501,7 +501,7 @@ def train(
         args.micro_batch_size, args.seq_length, job.stream, batch_hook
     )
     forward_backward = get_forward_backward_func()
-    initial = run.controller.initial_loss
+    initial = run.controller.full_initial_loss
     summary = RunSummary(
         iteration,
         consumed,

@@ -24,7 +24,11 @@ from megatron_velocitune.control.state import (
     sidecar_path,
 )
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
-from megatron_velocitune.core.policy import update_weights
+from megatron_velocitune.core.policy import (
+    DEFAULT_BRAKE_WINDOW,
+    DEFAULT_NOISE_MULTIPLE,
+    update_weights,
+)
 from megatron_velocitune.core.sums import DomainSums
 from megatron_velocitune.core.trajectory import read_trajectory
 
@@ -207,6 +211,40 @@ def test_initial_loss_measured_then_policy_updates(setup, tmp_path):
             assert f"velocitune/{kind}/{name}" in tags
             assert f"velocitune/{kind}/{name} vs samples" in tags
     assert ("velocitune/weight/code vs samples", w[0], 48) in tb.scalars
+
+
+def test_initial_and_update_losses_share_the_subset(setup, tmp_path):
+    _, _, evaluator = setup
+    controller = VelocituneController(
+        VelocituneConfig(
+            policy="velocity",
+            update_interval=2,
+            eval_iters=EVAL_ITERS,
+            target_loss=[6.0] * 3,
+            domain_names=["code", "docs", "legal"],
+            log_dir=str(tmp_path),
+        ),
+        WEIGHTS,
+        evaluator,
+        seq_length=SEQ,
+    )
+    controller.maybe_update(0, 0)
+    subset, full = evaluator.evaluate(), evaluator.evaluate(full=True)
+    # L_init is the subset's (the same samples every update reads), the full value is kept.
+    np.testing.assert_array_equal(controller.initial_loss, subset.mean())
+    np.testing.assert_array_equal(controller.initial_loss_full, full.mean())
+    assert not np.array_equal(controller.initial_loss, controller.initial_loss_full)
+    decision = controller.maybe_update(2, 16)
+    # The model did not train: the update reads exactly L_init, so every velocity is 1.
+    np.testing.assert_array_equal(decision.eval_loss, controller.initial_loss)
+    assert controller.history[-1]["velocity"] == [1.0, 1.0, 1.0]
+    np.testing.assert_allclose(controller.history[-1]["eval_stderr"], subset.stderr())
+    header = read_trajectory(os.path.join(str(tmp_path), TRAJECTORY_FILE)).header
+    assert header["footing"] == "subset"
+    assert header["initial_loss"] == subset.mean().tolist()
+    assert header["initial_loss_full"] == full.mean().tolist()
+    assert header["rule_knobs"]["noise_multiple"] == DEFAULT_NOISE_MULTIPLE
+    assert header["rule_knobs"]["brake_window"] == DEFAULT_BRAKE_WINDOW
 
 
 def test_target_not_below_measured_initial_loss_fails_clearly(setup):

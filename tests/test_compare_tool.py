@@ -196,6 +196,21 @@ class TestCommands:
         assert cmd[cmd.index("--seq-length") + 1] == "32"
         assert flag(cmd, "--nproc-per-node") == "2"
 
+    @pytest.mark.parametrize(
+        "key, off",
+        [
+            ("default-nobrake", ["--velocitune-brake-window", "0"]),
+            ("default-nonoise", ["--velocitune-noise-multiple", "0"]),
+        ],
+    )
+    def test_default_ablations_switch_one_guard_off(self, key, off):
+        cmd = command_of(key)
+        assert flag(cmd, off[0]) == off[1]
+        assert "--velocitune-rising-rule" not in cmd and "--velocitune-min-weight" not in cmd
+        assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-default.json"
+        label = compare.parse_method(key).label("5%", 0.1)
+        assert label == f"Velocitune, defaults with {' '.join(off)}"
+
     def test_paper_as_default_with_its_own_policy(self, monkeypatch):
         monkeypatch.setattr(compare, "entry_policies", lambda: ["paper", "velocity"])
         cmd = command_of("vt-paper")

@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -117,6 +117,8 @@ class Method:
         share (Optional[float]): a frontier point: the replay domain's share.
         shipped (bool): the entry's and the fit tool's defaults: no rising rule, weight floor,
             headroom floor or initial-loss file; the targets of the fit tool's default rule.
+        ablation (Tuple[str, ...]): entry flags that switch one guard of the default off
+            (``default-nobrake``, ``default-nonoise``).
     """
 
     key: str
@@ -125,6 +127,7 @@ class Method:
     floor: bool = False
     share: Optional[float] = None
     shipped: bool = False
+    ablation: Tuple[str, ...] = ()
 
     @property
     def dynamic(self) -> bool:
@@ -143,6 +146,8 @@ class Method:
             return "CPT (static)"
         if self.key == "default":
             return "Velocitune, shipped defaults"
+        if self.ablation:
+            return f"Velocitune, defaults with {' '.join(self.ablation)}"
         if self.shipped:
             return f"Velocitune, {self.policy} policy (entry defaults)"
         if self.share is not None:
@@ -174,6 +179,8 @@ def parse_method(key: str) -> Method:
     """
     if key == "default":
         return Method(key, "velocity", shipped=True)
+    if key.startswith("default-") and key[len("default-") :] in DEFAULT_ABLATIONS:
+        return Method(key, "velocity", shipped=True, ablation=DEFAULT_ABLATIONS[key[8:]])
     if key in ("paper", "vt-paper"):
         policies = entry_policies()
         if "paper" not in policies:
@@ -203,10 +210,18 @@ def parse_method(key: str) -> Method:
         if rule in VT_RULES:
             return Method(key, "velocity", rule, floor)
     raise ToolError(
-        f"--methods {key}: unknown method; choose from cpt, default, vt-paper, dbl, ratio, "
+        f"--methods {key}: unknown method; choose from cpt, default, default-nobrake, "
+        f"default-nonoise, vt-paper, dbl, ratio, "
         f"reweighted, vt-<rule>[-floor] with rule in {list(VT_RULES)} (frontier points come "
         f"from --frontier)"
     )
+
+
+#: The default with one guard off: which of them a result owes to.
+DEFAULT_ABLATIONS = {
+    "nobrake": ("--velocitune-brake-window", "0"),
+    "nonoise": ("--velocitune-noise-multiple", "0"),
+}
 
 
 def frontier_key(share: float) -> str:
@@ -777,7 +792,7 @@ def method_run(
         MethodRun: the run's arguments.
     """
     if m.shipped:
-        extra = ["--velocitune-target-loss-file", fits[DEFAULT_FIT]["targets"]]
+        extra = ["--velocitune-target-loss-file", fits[DEFAULT_FIT]["targets"], *m.ablation]
         return MethodRun(m.policy, list(s.weights), s.update_interval, extra, False)
     extra = ["--velocitune-initial-loss-file", initial_loss]
     if m.rule:

@@ -295,3 +295,23 @@ def test_the_brake_stops_a_flat_domain_from_compounding(world):
     assert all(b <= a + 1e-15 for a, b in zip(braked[1:], braked[2:]))
     assert braked[-1] < weights[0] + 0.01
     assert [r["braked"][0] for r in ctl.history][1:] == [True] * 9
+
+
+def test_a_resume_compares_the_guards_when_the_sidecar_has_them():
+    from megatron_velocitune.control.resume import check_resume, resume_identity
+    from megatron_velocitune.core.errors import CheckpointError
+
+    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32}]
+
+    def ident(guards):
+        fixed = ([("/a/code")], files, 150, None, "velocity", "budget-hold", {}, 0.0, "eval")
+        return resume_identity(*fixed, "98,2,0", 256, 32, 1, guards)
+
+    saved = ident({"noise_multiple": 2.0, "brake_window": 3})
+    assert check_resume(saved, ident({"noise_multiple": 2.0, "brake_window": 3}), "s") == []
+    with pytest.raises(CheckpointError, match=r"--velocitune-brake-window\) \{.*'brake_window': 3"):
+        check_resume(saved, ident({"noise_multiple": 2.0, "brake_window": 0}), "s")
+    # An older sidecar (no guards recorded) resumes; the log says they were not compared.
+    older = dict(saved, guards=None)
+    notes = check_resume(older, ident({"noise_multiple": 2.0, "brake_window": 3}), "s")
+    assert notes == ["the sidecar records no guards (written by an older version)"]

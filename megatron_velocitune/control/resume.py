@@ -30,6 +30,8 @@ _FLAGS = {
     "rule_knobs": "the rising rule's knobs (--velocitune-target-margin / "
     "--velocitune-forgetting-tolerance / --velocitune-min-headroom)",
     "min_weight": "--velocitune-min-weight",
+    "guards": "the default policy's guards (--velocitune-noise-multiple / "
+    "--velocitune-brake-window)",
     "loss_source": "--velocitune-loss-source",
     "split": "--split",
     "seq_length": "--seq-length",
@@ -52,6 +54,7 @@ def resume_identity(
     seq_length: int,
     global_batch_size: int,
     seed: int,
+    guards: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The JSON-able identity a resume must match (stored in the sidecar under ``resume``).
 
@@ -71,6 +74,8 @@ def resume_identity(
         seq_length (int): ``--seq-length``.
         global_batch_size (int): ``--global-batch-size``.
         seed (int): ``--seed``.
+        guards (Optional[Dict[str, Any]]): the ``velocity`` policy's noise multiple and brake
+            window (an older sidecar has none: not compared).
 
     Returns:
         Dict[str, Any]: the identity.
@@ -88,6 +93,7 @@ def resume_identity(
         "seq_length": int(seq_length),
         "global_batch_size": int(global_batch_size),
         "seed": int(seed),
+        "guards": None if guards is None else dict(guards),
     }
 
 
@@ -139,6 +145,9 @@ def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where
                         f"domain {i}: data moved from {a.get('prefix')} to {b.get('prefix')} "
                         "(same content)"
                     )
+            continue
+        if key == "guards" and old is None:
+            notes.append("the sidecar records no guards (written by an older version)")
             continue
         if old != new:
             raise CheckpointError(

@@ -234,8 +234,13 @@ class VelocituneController:
                 self.initial_loss.tolist(),
                 self.footing,
             )
-        if self.config.target_loss is not None and self.config.target_reference is not None:
-            # Fitted targets: their change from the proxy's own L_init, on this run's L_init.
+        if (
+            self.config.target_loss is not None
+            and self.config.target_reference is not None
+            and self.footing != "full"
+        ):
+            # Fitted targets: their change from the proxy's own L_init, on this run's L_init
+            # (the paper's footing takes them as the absolute losses they are).
             self.given_target = np.asarray(
                 self.config.targets_for(self.initial_loss.tolist()), np.float64
             )

@@ -315,3 +315,18 @@ def test_a_resume_compares_the_guards_when_the_sidecar_has_them():
     older = dict(saved, guards=None)
     notes = check_resume(older, ident({"noise_multiple": 2.0, "brake_window": 3}), "s")
     assert notes == ["the sidecar records no guards (written by an older version)"]
+
+
+def test_fitted_targets_land_on_the_runs_own_initial_loss(world):
+    given, reference = [4.5, 5.2, 5.6], [5.0, 6.0, 6.0]
+    kw = dict(target_loss=given, target_reference=reference, initial_loss=[7.0] * 3)
+    subset = [5.1, 5.9, 6.2]
+    ctl = VelocituneController(_velocity(**kw), WEIGHTS, ScriptedEvaluator([7.0] * 3, [subset]))
+    ctl.initialize(0, 0)
+    # The predicted changes -0.5 / -0.8 / -0.4 on this run's subset L_init.
+    np.testing.assert_allclose(ctl.target_loss, [4.6, 5.1, 5.8])
+    paper = VelocituneController(
+        _velocity(policy="paper", **kw), WEIGHTS, ScriptedEvaluator([7.0] * 3, [])
+    )
+    paper.initialize(0, 0)
+    assert paper.target_loss.tolist() == given  # the paper's absolute targets

@@ -146,7 +146,7 @@ def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where
                         "(same content)"
                     )
             continue
-        if key == "guards" and old is None:
+        if key == "guards" and old is None and new is not None:
             notes.append("the sidecar records no guards (written by an older version)")
             continue
         if old != new:

@@ -6,20 +6,14 @@
 #   changelog:         Debian package changelogs             (/usr/share/doc/*/changelog.Debian.gz)
 # Usage: get_text_debian2.sh OUT_DIR   (idempotent: a domain already rendered is kept)
 set -euo pipefail
+source "$(dirname "$0")/../examples/cpu_demo/install_packages.sh"
 out=${1:?usage: get_text_debian2.sh OUT_DIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 need=()
 [ -d /usr/share/games/fortunes ] || need+=(fortunes)
 command -v man >/dev/null || need+=(man-db)
 command -v col >/dev/null || need+=(bsdextrautils)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "error: the second corpus needs Debian packages ${need[*]}: run as root or apt-get install them" >&2
-    exit 2
-  fi
-  echo "installing ${need[*]} ..."
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_packages "the second corpus" ${need[@]+"${need[@]}"}
 if [ ! -d "$out/fortunes" ]; then
   # One document per 40 fortunes, so the held-out split has documents.
   mkdir -p "$out/fortunes.tmp"

@@ -6,6 +6,7 @@
 #   code:             the Python standard library   (the interpreter's own)
 # Usage: get_text.sh OUT_DIR   (idempotent: a domain already rendered is kept)
 set -euo pipefail
+source "$(dirname "$0")/install_packages.sh"
 out=${1:?usage: get_text.sh OUT_DIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 need=()
@@ -14,14 +15,7 @@ command -v bible >/dev/null || need+=(bible-kjv bible-kjv-text)
 [ -d /usr/share/man/man2 ] || need+=(manpages manpages-dev)
 command -v man >/dev/null || need+=(man-db)
 command -v col >/dev/null || need+=(bsdextrautils)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "error: the demo needs Debian packages ${need[*]}: run as root or apt-get install them" >&2
-    exit 2
-  fi
-  echo "installing ${need[*]} ..."
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_packages "the demo" ${need[@]+"${need[@]}"}
 if [ ! -d "$out/general" ]; then
   # One document per 300 verses (about a chapter group), so the held-out split has documents.
   mkdir -p "$out/general.tmp"

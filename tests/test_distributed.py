@@ -238,7 +238,8 @@ def test_controller_across_ranks(corpus, reference, tmp_path, tp, pp, dp):
                 np.std(reference[f"seq{dp}"][d], ddof=1) / np.sqrt(len(reference[f"seq{dp}"][d]))
                 for d in range(k)
             ]
-            np.testing.assert_allclose(record["eval_stderr"], by_hand, rtol=1e-6)
+            # (float32 per-token losses summed in another order under TP/PP: 1e-5, not 2e-6)
+            np.testing.assert_allclose(record["eval_stderr"], by_hand, rtol=1e-5)
         np.testing.assert_array_equal(record["weights"], w)
     assert all(r["skipped_warnings"] == 2 for r in results)
 
@@ -315,7 +316,9 @@ def sync_worker(rank, world_size, mode):
 def test_agreement_check_and_policy_errors_fail_on_every_rank():
     ok = run_distributed(sync_worker, 2, args=("ok",), timeout=60)
     assert ok[0] == ok[1] and ok[0][1] == [0.5, 0.25, 0.25]
-    assert ok[0][2] == [14.0, 12.0, 10.0, 20.0, 20.0, 20.0]  # summed over the 2 DP ranks
+    # Summed over the 2 DP ranks (no per-sequence moments given: those stay zero).
+    assert ok[0][2][:6] == [14.0, 12.0, 10.0, 20.0, 20.0, 20.0]
+    assert ok[0][2][6:] == [0.0] * 12
     for mode, kind, text in [
         ("weights", "mismatch", "entries [0, 1, 2]"),
         ("iteration", "mismatch", "entries [6]"),

@@ -108,13 +108,14 @@ import sys
 from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.trajectory import read_trajectory
 h = read_trajectory(sys.argv[1]).header
-write_loss_file(sys.argv[2], h['domains'], h['initial_loss'], source=sys.argv[1])
+write_loss_file(sys.argv[2], h['domains'], h.get('initial_loss_full') or h['initial_loss'], source=sys.argv[1])
 \" $proxy/velocitune_trajectory.jsonl $RUN_ROOT/initial.json"
       ;;
     main)
       # Velocitune: every 150 iterations, velocity-guided reweighting towards the targets. The
-      # initial losses are the proxy's iteration-0 measurement (same base model, same held-out
-      # sets), which spares the main run a full held-out evaluation.
+      # full-set initial losses are the proxy's iteration-0 measurement (same base model, same
+      # held-out sets), which spares the main run a full held-out evaluation; the velocity's own
+      # L_init is measured on the main run's evaluation subset (a few micro-batches).
       megatron ${MODEL_ARGS} ${TRAIN_ARGS} --train-iters "$TRAIN_ITERS" \
         $(common_args "$main") $(load_args "$main") --velocitune-policy velocity \
         --velocitune-target-loss-file "$RUN_ROOT/targets.json" \

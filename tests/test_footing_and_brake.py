@@ -330,3 +330,33 @@ def test_fitted_targets_land_on_the_runs_own_initial_loss(world):
     )
     paper.initialize(0, 0)
     assert paper.target_loss.tolist() == given  # the paper's absolute targets
+
+
+class _NoisyEvaluator:
+    """Two sequences per domain whose losses differ by 0.4 nats: a standard error of 0.2."""
+
+    def __init__(self, means):
+        self.means = [np.asarray(m, np.float64) for m in means]
+
+    def evaluate(self, full=False, plan=None):
+        mean = self.means[0] if full or len(self.means) == 1 else self.means.pop(0)
+        sums = DomainSums.zeros(len(mean))
+        for d, m in enumerate(mean):
+            sums.add_sequences(d, [(m - 0.2) * 10, (m + 0.2) * 10], [10.0, 10.0])
+        return sums
+
+
+def test_the_update_line_prints_the_recorded_noise_floored_velocity(world):
+    from megatron_velocitune.control.run import format_update
+
+    ctl = VelocituneController(
+        _velocity(target_loss=[4.9, 5.9, 5.9]),
+        WEIGHTS,
+        _NoisyEvaluator([[5.0, 6.0, 6.0], [4.95, 5.95, 5.95]]),
+    )
+    ctl.maybe_update(0, 0)
+    decision = ctl.maybe_update(1, 8)
+    # Headroom 0.1 floored to 2 x 0.2: V = 0.05 / 0.4, not 0.05 / 0.1.
+    assert ctl.history[-1]["headroom_floor"] == pytest.approx([0.4] * 3)
+    assert ctl.history[-1]["velocity"] == pytest.approx([0.125] * 3)
+    assert format_update(ctl, decision, 1).count("v=0.125") == 3

@@ -177,18 +177,17 @@ def run(args: argparse.Namespace) -> int:
         )
     cutoff = args.fit_fraction * budget
     if args.initial_loss_file:
-        reference = None
-        points = [loss_points(t, names) for t in trajectories]
+        # Given initial losses are absolute: the runs' points as they are.
+        points, reference = [loss_points(t, names) for t in trajectories], None
     else:
         try:
             points, reference = common_footing(trajectories, names)
         except ValueError as e:
             raise ToolError(f"{', '.join(args.trajectories)}: {e}") from None
-    initial = (
-        dict(zip(names, reference))
-        if reference is not None
-        else read_initial_losses(trajectories, names, args.initial_loss_file)
-    )
+    if reference is None:
+        initial = read_initial_losses(trajectories, names, args.initial_loss_file)
+    else:
+        initial = dict(zip(names, reference))
 
     results, errors = [], []
     for n in names:

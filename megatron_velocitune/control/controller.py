@@ -335,19 +335,15 @@ class VelocituneController:
                 return np.asarray(record["eval_loss"], np.float64)
         return self.initial_loss
 
-    def velocity(
-        self, eval_loss: np.ndarray, stderr: Optional[np.ndarray] = None
-    ) -> Optional[np.ndarray]:
+    def _velocity(self, eval_loss: np.ndarray, headroom: np.ndarray) -> Optional[np.ndarray]:
         """Velocity of each domain (None without initial and target losses).
 
         Args:
             eval_loss (np.ndarray): ``L_t``.
-            stderr (Optional[np.ndarray]): its standard errors (the noise floor of policy
-                ``velocity``).
+            headroom (np.ndarray): the headroom floor per domain (:meth:`headroom_floor`).
         """
         if self.initial_loss is None or self.target_loss is None:
             return None
-        headroom = self.headroom_floor(stderr)
         if self.config.rising_rule == "budget-hold":
             return held_budget_velocity(
                 eval_loss, self.initial_loss, self.target_loss, self._measured_under, headroom
@@ -462,14 +458,17 @@ class VelocituneController:
         self.run_id = state.get("run_id") or self.run_id
 
     # ------------------------------------------------------------------ internals
-    def _decide(self, eval_loss: np.ndarray, stderr: np.ndarray) -> np.ndarray:
-        """The pure policy (runs on the deciding rank only)."""
-        guards = Guards(
+    def _guards(self, eval_loss: np.ndarray, stderr: np.ndarray, weights: np.ndarray) -> Guards:
+        """This update's headroom floors, budget hold and braked domains (under ``weights``)."""
+        return Guards(
             headroom=self.headroom_floor(stderr),
             hold_budget=self.config.rising_rule == "budget-hold",
-            braked=self.braked(eval_loss, self.weights),
+            braked=self.braked(eval_loss, weights),
             initial_weights=self.initial_weights,
         )
+
+    def _decide(self, eval_loss: np.ndarray, stderr: np.ndarray) -> np.ndarray:
+        """The pure policy (runs on the deciding rank only)."""
         return update_weights(
             self.config.policy,
             self.weights,
@@ -477,7 +476,7 @@ class VelocituneController:
             self.initial_loss,
             self.target_loss,
             self.config.min_weight,
-            guards,
+            self._guards(eval_loss, stderr, self.weights),
         )
 
     def _record(
@@ -490,8 +489,10 @@ class VelocituneController:
     ) -> None:
         eval_loss = decision.eval_loss
         stderr = decision.sums.stderr()
-        vel = self.velocity(eval_loss, stderr)
-        braked = self.braked(eval_loss, self._measured_under)
+        # The guards as the decider applied them (every rank holds the same history and sums).
+        guards = self._guards(eval_loss, stderr, self._measured_under)
+        vel = self._velocity(eval_loss, guards.headroom)
+        braked = guards.braked
         record = {
             "iteration": int(iteration),
             "consumed_samples": int(consumed_samples),
@@ -501,7 +502,7 @@ class VelocituneController:
             "eval_tokens": decision.sums.tokens.tolist(),
             # None when the source measures no per-sequence losses (the training stream).
             "eval_stderr": stderr.tolist() if np.isfinite(stderr).any() else None,
-            "headroom_floor": self.headroom_floor(stderr).tolist(),
+            "headroom_floor": guards.headroom.tolist(),
             "braked": None if braked is None else [bool(b) for b in braked],
             "velocity": None if vel is None else vel.tolist(),
             "skipped": bool(decision.skipped),

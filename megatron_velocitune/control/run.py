@@ -48,8 +48,11 @@ def default_domain_names(prefixes: Sequence[str]) -> List[str]:
 def format_update(
     controller: VelocituneController, decision: UpdateDecision, iteration: int
 ) -> str:
-    """One log line per update, in Megatron-LM's style (both drivers print it)."""
-    vel = controller.velocity(decision.eval_loss)
+    """One log line per update, in Megatron-LM's style (both drivers print it).
+
+    The velocities are the ones the update recorded (its noise floor included).
+    """
+    vel = controller.history[-1]["velocity"] if controller.history else None
     cells = []
     for i, name in enumerate(controller.names):
         v = "" if vel is None else f" v={vel[i]:.3f}"

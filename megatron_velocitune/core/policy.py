@@ -38,7 +38,7 @@ a domain whose loss does not fall when it gets more data cannot keep compounding
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -385,7 +385,7 @@ class Guards:
         pullback (float): the brake's pull-back per update.
     """
 
-    headroom: object = 0.0
+    headroom: Union[float, np.ndarray] = 0.0
     hold_budget: bool = False
     braked: Optional[np.ndarray] = None
     initial_weights: Optional[np.ndarray] = None

@@ -81,11 +81,7 @@ class TestMethods:
         assert compare.parse_method("vt-budget").fit == "budget"
         assert compare.parse_method("ratio").fit is None
 
-    def test_paper_only_where_the_entry_has_it(self, monkeypatch):
-        monkeypatch.setattr(compare, "entry_policies", lambda: ["velocity", "static"])
-        with pytest.raises(ToolError, match="--methods vt-paper: the training entry has no "):
-            compare.parse_method("vt-paper")
-        monkeypatch.setattr(compare, "entry_policies", lambda: ["paper", "velocity", "static"])
+    def test_paper_is_the_entry_policy_paper(self):
         for key in ("vt-paper", "paper"):
             m = compare.parse_method(key)
             assert (m.key, m.policy, m.rule, m.shipped, m.fit) == (
@@ -100,10 +96,12 @@ class TestMethods:
         keys = [m.key for m in compare.select_methods(["paper", "vt-paper", "default"], [0.4], "")]
         assert keys == ["cpt", "vt-paper", "default", "frontier-0.40"]
 
-    def test_entry_policies_are_the_entry_choices(self):
+    def test_every_method_runs_a_policy_the_entry_accepts(self):
         from megatron_velocitune.core.policy import POLICIES
 
-        assert set(compare.entry_policies()) == set(POLICIES)
+        keys = ["cpt", "default", "default-nobrake", "default-nonoise", "vt-paper", "dbl"]
+        keys += ["ratio", "reweighted", "vt-budget-hold-floor", "frontier-0.4"]
+        assert {compare.parse_method(k).policy for k in keys} <= set(POLICIES)
 
     def test_run_order_puts_default_first(self):
         methods = compare.select_methods(
@@ -211,8 +209,7 @@ class TestCommands:
         label = compare.parse_method(key).label("5%", 0.1)
         assert label == f"Velocitune, defaults with {' '.join(off)}"
 
-    def test_paper_as_default_with_its_own_policy(self, monkeypatch):
-        monkeypatch.setattr(compare, "entry_policies", lambda: ["paper", "velocity"])
+    def test_paper_as_default_with_its_own_policy(self):
         cmd = command_of("vt-paper")
         assert flag(cmd, "--velocitune-policy") == "paper"
         assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-default.json"

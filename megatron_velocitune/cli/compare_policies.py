@@ -162,32 +162,17 @@ class Method:
         }[self.key]
 
 
-def entry_policies() -> List[str]:
-    """The values the training entry's ``--velocitune-policy`` accepts."""
-    from megatron_velocitune.core.arguments import add_velocitune_args
-
-    parser = add_velocitune_args(argparse.ArgumentParser(add_help=False))
-    action = next(a for a in parser._actions if "--velocitune-policy" in a.option_strings)
-    return list(action.choices or [])
-
-
 def parse_method(key: str) -> Method:
     """A method from its name.
 
     Raises:
-        ToolError: an unknown name, or ``vt-paper`` where the entry has no ``paper`` policy.
+        ToolError: an unknown name.
     """
     if key == "default":
         return Method(key, "velocity", shipped=True)
     if key.startswith("default-") and key[len("default-") :] in DEFAULT_ABLATIONS:
         return Method(key, "velocity", shipped=True, ablation=DEFAULT_ABLATIONS[key[8:]])
     if key in ("paper", "vt-paper"):
-        policies = entry_policies()
-        if "paper" not in policies:
-            raise ToolError(
-                f"--methods {key}: the training entry has no --velocitune-policy paper "
-                f"(its policies: {policies})"
-            )
         return Method("vt-paper", "paper", shipped=True)
     if key in ("cpt", "reweighted"):
         return Method(key, "static")

@@ -191,6 +191,11 @@ class Setting:
     global_batch: int = 32
     micro_batch: int = 8
     seq_length: int = 128
+    #: The model (the README's tiny GPT) and the ranks of every run (``--nproc``).
+    num_layers: int = 4
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    nproc: int = 2
     seeds: tuple = (1, 2, 3)
     base_seed: int = 1234
     #: The corpus (:data:`CORPORA`) and the regime (:data:`SETTINGS`).
@@ -225,6 +230,21 @@ class Setting:
         return self.warmup * self.global_batch * self.seq_length
 
 
+#: The flags that size the model and the runs: (flag, :class:`Setting` field, type); the
+#: ``argparse`` destination is the field's name.
+SIZE_FLAGS: Tuple[Tuple[str, str, type], ...] = (
+    ("--num-layers", "num_layers", int),
+    ("--hidden-size", "hidden_size", int),
+    ("--num-attention-heads", "num_attention_heads", int),
+    ("--seq-length", "seq_length", int),
+    ("--micro-batch-size", "micro_batch", int),
+    ("--global-batch-size", "global_batch", int),
+    ("--base-lr", "base_lr", float),
+    ("--cpt-lr", "cpt_lr", float),
+    ("--cpt-eval-interval", "cpt_eval_interval", int),
+    ("--nproc", "nproc", int),
+)
+
 QUICK = Setting(
     base_iters=150, cpt_iters=60, warmup=5, cpt_eval_interval=2, update_interval=6, seeds=(1,)
 )
@@ -235,18 +255,14 @@ def _run(cmd: Sequence[str], log_path: str) -> float:
     return compare.run_command(cmd, log_path, cwd=REPO)
 
 
-def _torchrun(python: str) -> List[str]:
-    return compare.torchrun(python, 2)
-
-
 def _model_args(corpus: str, s: Setting) -> List[str]:
     return [
         "--num-layers",
-        "4",
+        str(s.num_layers),
         "--hidden-size",
-        "128",
+        str(s.hidden_size),
         "--num-attention-heads",
-        "4",
+        str(s.num_attention_heads),
         "--seq-length",
         str(s.seq_length),
         "--micro-batch-size",
@@ -324,6 +340,8 @@ def compare_argv(
         str(s.fit_fraction),
         "--seeds",
         *map(str, s.seeds),
+        "--nproc",
+        str(s.nproc),
         "--python",
         python,
         *extra,
@@ -453,6 +471,10 @@ def _manifest(folder: str, corpus: str) -> dict:
     """The ``corpus.json`` in ``folder``, checked to hold ``corpus``'s domains."""
     with open(os.path.join(folder, "corpus.json"), encoding="utf-8") as f:
         manifest = json.load(f)
+    # The files are wherever the folder is now (it may have been copied, e.g. to a GPU machine).
+    manifest["tokenizer"] = os.path.join(folder, "tokenizer.json")
+    for d in manifest["domains"]:
+        d["prefix"] = os.path.join(folder, d["name"])
     names = [d["name"] for d in manifest["domains"]]
     if names != list(CORPORA[corpus].domains):
         raise SystemExit(
@@ -539,7 +561,7 @@ def train_base(out: str, python: str, corpus: dict, s: Setting) -> dict:
         _log(f"base model ({s.setting}): {s.base_iters} iterations, {shares}")
         blend = data_path(prefixes, weights)
     cmd = (
-        _torchrun(python)
+        compare.torchrun(python, s.nproc)
         + _model_args(os.path.dirname(prefixes[0]), s)
         + [
             "--data-path",
@@ -653,6 +675,18 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help=f"velocitune-compare --frontier (default: {' '.join(map(str, BENCH_FRONTIER))}).",
     )
+    size = p.add_argument_group(
+        "model and sizes",
+        "The README's tiny GPT on 2 CPU ranks unless given (a GPU: examples/gpu_checks/run.sh).",
+    )
+    for flag, field, kind in SIZE_FLAGS:
+        size.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            metavar="N" if kind is int else "LR",
+            help=f"(default: {getattr(Setting(), field)})",
+        )
     p.add_argument(
         "--python",
         default=os.path.join(REPO, ".venv", "bin", "python"),
@@ -698,6 +732,17 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
         s = replace(s, cpt_iters=args.cpt_iters)
     if args.update_interval:
         s = replace(s, update_interval=args.update_interval)
+    for flag, field, _ in SIZE_FLAGS:
+        value = getattr(args, field, None)
+        if value is not None:
+            if value <= 0:
+                raise SystemExit(f"{flag} {value}: must be > 0")
+            s = replace(s, **{field: value})
+    if s.global_batch % (s.micro_batch * s.nproc):
+        raise SystemExit(
+            f"--global-batch-size {s.global_batch}: not a multiple of --micro-batch-size "
+            f"{s.micro_batch} x --nproc {s.nproc}"
+        )
     if len(set(s.seeds)) != len(s.seeds):
         raise SystemExit(f"--seeds {list(s.seeds)}: repeated seed")
     return s
@@ -721,7 +766,9 @@ def check_setting(out: str, s: Setting) -> None:
         old.setdefault("corpus", "demo")
         old.setdefault("saturated_replay_bytes", None)
     mine = json.loads(json.dumps(asdict(s)))
-    diff = {k: (old.get(k), v) for k, v in mine.items() if k != "seeds" and old.get(k) != v}
+    # A field added since that file was written held its default then.
+    before = {**json.loads(json.dumps(asdict(Setting()))), **old}
+    diff = {k: (before.get(k), v) for k, v in mine.items() if k != "seeds" and before.get(k) != v}
     if diff:
         raise SystemExit(f"{out} holds runs of another setting {diff}: use another --out")
 

@@ -4,21 +4,28 @@
 # iterations once straight through and once stopped at ITERS/2 and resumed, and a comparison of the
 # two weight trajectories.
 #
-# Usage: examples/megatron_lm/run_single_gpu.sh MEGATRON_LM_DIR CORPUS_DIR [OUT_DIR]
-#   MEGATRON_LM_DIR: a Megatron-LM checkout (core_v0.14 .. main); its dataset helpers are compiled
-#                    at start-up by Megatron-LM itself (needs pybind11 and a C++ compiler) unless
-#                    already built
+# Usage: examples/megatron_lm/run_single_gpu.sh MEGATRON_LM_DIR|wheel CORPUS_DIR [OUT_DIR]
+#   MEGATRON_LM_DIR: a Megatron-LM checkout (core_v0.14 .. main): its pretrain_gpt.py; its dataset
+#                    helpers are compiled at start-up by Megatron-LM itself (needs pybind11 and a
+#                    C++ compiler) unless already built
+#   wheel:           the installed megatron-core wheel's own megatron.training (0.17+, Python
+#                    3.12) through examples/megatron_lm/pretrain_gpt_velocitune.py
 #   CORPUS_DIR:      velocitune-prepare-corpus output (corpus.json, tokenizer.json, <domain>.bin/.idx),
 #                    e.g. the CPU demo's outputs/demo/corpus
 # Environment: PYTHON (default python3, with torch+CUDA, numpy, scipy), ITERS (default 300),
-#   INTERVAL (update interval m, default 20).
+#   INTERVAL (update interval m, default 20), EXTRA_ARGS (more flags for every run, e.g.
+#   "--velocitune-loss-source train").
 #
 # The model is tiny (4 layers, hidden 256, seq 256) and trained from scratch: the point is the
 # adapter in Megatron-LM's real loop (flags, dataset substitution, updates every m iterations with
 # the loader restarted at the consumed position, sidecar checkpoints, resume), not the model.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-MLM=$(cd "${1:?Megatron-LM checkout}" && pwd)
+if [ "${1:?Megatron-LM checkout, or wheel}" = wheel ]; then
+  MLM=$REPO ENTRY=examples/megatron_lm/pretrain_gpt_velocitune.py
+else
+  MLM=$(cd "$1" && pwd) ENTRY=pretrain_gpt.py
+fi
 CORPUS=$(cd "${2:?corpus dir}" && pwd)
 OUT=${3:-$REPO/outputs/megatron_lm_gpu}
 PY=${PYTHON:-python3}
@@ -54,7 +61,7 @@ megatron() {
   from=$(wc -l < "$LOG")
   local status=0
   (cd "$MLM" && $PY -m torch.distributed.run --nproc-per-node 1 \
-    --master-port "${MASTER_PORT:-29610}" -m megatron_velocitune.launch pretrain_gpt.py "$@") \
+    --master-port "${MASTER_PORT:-29610}" -m megatron_velocitune.launch "$ENTRY" "$@") \
     >> "$LOG" 2>&1 || status=$?
   tail -n +$((from + 1)) "$LOG" | grep -E \
     "velocitune|iteration +[0-9]+/|validation loss|saved checkpoint|loaded checkpoint|Error" \
@@ -76,7 +83,8 @@ ARGS=(--num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length $SEQ
       --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 20 --lr-decay-iters $ITERS
       --weight-decay 0.01 --clip-grad 1.0 --seed 1234
       --eval-interval 100 --eval-iters 4 --log-interval 25 --save-interval 50
-      --velocitune-update-interval $INTERVAL --velocitune-eval-iters 4)
+      --velocitune-update-interval $INTERVAL --velocitune-eval-iters 4
+      ${EXTRA_ARGS:-})
 
 nvidia-smi -L || true
 start=$(date +%s)

@@ -10,6 +10,11 @@
 #      with --velocitune-loss-source train;
 #   3. benchmarks/bench_train_stream.py at hidden 1024, seq 1024: what the estimators cost a step.
 #
+# What each step took on an H200 (2026-12-04, docs/logs/gpu_checks_h200/): 1: 295 s; 2: about
+# 330 s per estimator (4 process starts of 40-60 s each dominate); 3: 83 s; the machine's start
+# and the wheels' install about a minute. That is more than one session's 15 device minutes and
+# one call's 10: split it with STEPS, e.g. "1 3" in one call and "2-eval" then "2-train".
+#
 # Usage: examples/gpu_checks/run.sh OUT
 #   OUT gets one log per step (1_compare.log, 1_compare.md, 1_compare_pareto.png,
 #   2_megatron_training_eval.log, 2_megatron_training_train.log, 3_bench_train_stream.log) and
@@ -22,7 +27,7 @@
 #   WORK        where the runs and checkpoints go (default OUT/work)
 #   PYTHON      interpreter with torch, megatron-core and this repository's requirements
 #               (default python3); this repository is put on PYTHONPATH
-#   STEPS       the steps to run (default "1 2 3")
+#   STEPS       the steps to run (default "1 2 3"; 2-eval and 2-train: one half of step 2)
 #   GPU_CHECKS_DRY=1  tiny sizes, 1 rank: the whole script on a CPU in a few minutes (step 2 needs
 #               CUDA, as Megatron-LM's train() does, and says so); tests/test_gpu_checks.py runs it
 #   Sizes (GPU defaults; dry-run defaults in brackets): LAYERS 8 [2], HIDDEN 1024 [64], HEADS 16
@@ -31,7 +36,7 @@
 #   8 [2], BENCH_HIDDEN 1024 [64], BENCH_SEQ 1024 [64], BENCH_MBS 4 [2], BENCH_GBS 32 [4],
 #   BENCH_PAIRS 40 [3].
 #
-# On the device machine (no network; the wheels it lacks carried in .whl, see README "On a GPU"):
+# On a GPU machine without network (the wheels it lacks carried in .whl; README "The GPU checks"):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   PYTHONPATH=/tmp/site WORK=/tmp/gc CORPUS_DIR=.gpu bash examples/gpu_checks/run.sh $OUT
 set -uo pipefail
@@ -61,11 +66,20 @@ fi
 : "${BENCH_LAYERS:=8}" "${BENCH_HIDDEN:=1024}" "${BENCH_SEQ:=1024}" "${BENCH_MBS:=4}"
 : "${BENCH_GBS:=32}" "${BENCH_PAIRS:=40}"
 
+# The steps asked for, step 2 as its two halves.
+steps() { for s in ${STEPS:-1 2 3}; do if [ "$s" = 2 ]; then echo 2-eval 2-train; else echo "$s"; fi; done; }
+for step in $(steps); do
+  case $step in
+    1 | 2-eval | 2-train | 3) ;;
+    *) echo "STEPS=${STEPS}: unknown step $step (1, 2, 2-eval, 2-train or 3)" >&2; exit 1 ;;
+  esac
+done
 has_cuda=$($PY -c 'import torch; print(int(torch.cuda.is_available()))')
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 summary "=== $(date -u +%FT%TZ) gpu_checks: cuda=$has_cuda; $( (nvidia-smi -L 2>/dev/null || echo 'no GPU') | head -1)"
 
 failed=0
+SKIPPED=3 # a step's exit status when it cannot run here (its log's last line says why)
 # run_step NAME LOG CMD...: CMD's output to OUT/LOG, unless that log already ends in "step done".
 run_step() {
   local name=$1 log=$OUT/$2 start rc
@@ -80,6 +94,8 @@ run_step() {
   if [ "$rc" = 0 ]; then
     echo "step done" >> "$log"
     summary "$name: ok in $(($(date +%s) - start)) s"
+  elif [ "$rc" = "$SKIPPED" ]; then
+    summary "$name: skipped, $(tail -n 1 "$log")"
   else
     failed=1
     summary "$name: FAILED (exit $rc) after $(($(date +%s) - start)) s; the end of $log:"
@@ -103,8 +119,8 @@ compare() {
 
 megatron_training() {
   if [ "$has_cuda" != 1 ]; then
-    echo "skipped: Megatron-LM's train() needs CUDA (it runs on the GPU machine)"
-    return 0
+    echo "Megatron-LM's train() needs CUDA: this step runs on a GPU machine"
+    return $SKIPPED
   fi
   ITERS=$MLM_ITERS INTERVAL=$MLM_INTERVAL EXTRA_ARGS="$1" PYTHON=$PY \
     bash "$REPO/examples/megatron_lm/run_single_gpu.sh" wheel "$CORPUS" "$WORK/mlm$2"
@@ -116,16 +132,15 @@ bench() {
     --seq-length "$BENCH_SEQ" --micro-batch-size "$BENCH_MBS" --global-batch-size "$BENCH_GBS"
 }
 
-for step in ${STEPS:-1 2 3}; do
+for step in $(steps); do
   case $step in
     1) run_step "1 compare (${LAYERS}x${HIDDEN}, seq $SEQ)" 1_compare.log compare ;;
-    2) run_step "2 megatron.training, held-out" 2_megatron_training_eval.log \
-         megatron_training "" _eval
-       run_step "2 megatron.training, train stream" 2_megatron_training_train.log \
+    2-eval) run_step "2 megatron.training, held-out" 2_megatron_training_eval.log \
+         megatron_training "" _eval ;;
+    2-train) run_step "2 megatron.training, train stream" 2_megatron_training_train.log \
          megatron_training "--velocitune-loss-source train" _train ;;
     3) run_step "3 bench_train_stream (hidden $BENCH_HIDDEN, seq $BENCH_SEQ)" \
          3_bench_train_stream.log bench ;;
-    *) echo "STEPS: unknown step $step (1, 2 or 3)" >&2; exit 1 ;;
   esac
 done
 exit $failed

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import asdict, replace
 
@@ -260,6 +261,40 @@ class TestArguments:
         with pytest.raises(SystemExit):
             p.parse_args([])
 
+    def test_model_sizes_and_ranks(self):
+        p = cp.build_parser()
+        argv = ["--out", "x", "--num-layers", "8", "--hidden-size", "1024"]
+        argv += ["--num-attention-heads", "16", "--seq-length", "256", "--nproc", "1"]
+        argv += ["--micro-batch-size", "32", "--global-batch-size", "32", "--base-lr", "6e-4"]
+        s = cp.setting_from_args(p.parse_args(argv + ["--cpt-eval-interval", "5"]))
+        assert (s.num_layers, s.hidden_size, s.num_attention_heads) == (8, 1024, 16)
+        assert (s.seq_length, s.micro_batch, s.global_batch, s.nproc) == (256, 32, 32, 1)
+        assert (s.base_lr, s.cpt_eval_interval) == (6e-4, 5)
+        model = cp._model_args("corpus", s)
+        for flag, value in (
+            ("--num-layers", "8"),
+            ("--hidden-size", "1024"),
+            ("--seq-length", "256"),
+        ):
+            assert model[model.index(flag) + 1] == value
+        corpus = {"domains": [{"name": "general", "prefix": "c/general", "tokens": 5}]}
+        argv_cmp = cp.compare_argv("out", s, corpus, "python")
+        assert argv_cmp[argv_cmp.index("--nproc") + 1] == "1"
+        assert argv_cmp[argv_cmp.index("--cpt-eval-interval") + 1] == "5"
+        # Unset: the README's tiny GPT on 2 ranks.
+        d = cp.setting_from_args(p.parse_args(["--out", "x"]))
+        assert (d.num_layers, d.hidden_size, d.nproc) == (4, 128, 2)
+
+    def test_bad_sizes_get_one_line(self):
+        p = cp.build_parser()
+        with pytest.raises(SystemExit, match=r"^--nproc 0: must be > 0$"):
+            cp.setting_from_args(p.parse_args(["--out", "x", "--nproc", "0"]))
+        with pytest.raises(
+            SystemExit,
+            match=r"^--global-batch-size 30: not a multiple of --micro-batch-size 8 x --nproc 2$",
+        ):
+            cp.setting_from_args(p.parse_args(["--out", "x", "--global-batch-size", "30"]))
+
     def test_data_path(self):
         assert cp.data_path(["a", "b"], [0.25, 0.75]) == ["0.250000", "a", "0.750000", "b"]
 
@@ -332,6 +367,16 @@ class TestRegimes:
             with pytest.raises(SystemExit):
                 cp.check_setting(str(tmp_path), cp.Setting(setting="small-headroom"))
 
+    def test_a_setting_json_from_before_the_model_sizes(self, tmp_path):
+        old = asdict(cp.Setting())
+        for field in ("num_layers", "hidden_size", "num_attention_heads", "nproc"):
+            old.pop(field)
+        with open(tmp_path / "setting.json", "w") as f:
+            json.dump(old, f)
+        cp.check_setting(str(tmp_path), cp.Setting())  # written when the sizes were fixed
+        with pytest.raises(SystemExit, match="hidden_size"):
+            cp.check_setting(str(tmp_path), cp.Setting(hidden_size=1024))
+
     def test_the_comparison_runs_default_and_the_frontier(self):
         p = cp.build_parser()
         flags = cp.comparison_flags(p.parse_args(["--out", "x"]))
@@ -390,13 +435,32 @@ class TestCorpusFolders:
         folder = tmp_path / "corpus-debian2"
         folder.mkdir()
         names = cp.CORPORA["debian2"].domains
-        manifest = {"domains": [{"name": n, "prefix": str(folder / n), "tokens": 5} for n in names]}
+        manifest = {
+            "tokenizer": str(folder / "tokenizer.json"),
+            "domains": [{"name": n, "prefix": str(folder / n), "tokens": 5} for n in names],
+        }
         (folder / "corpus.json").write_text(json.dumps(manifest))
         assert cp.prepare_corpus(str(tmp_path), "no-python", "debian2") == manifest
         (tmp_path / "corpus").mkdir()
         (tmp_path / "corpus" / "corpus.json").write_text(json.dumps(manifest))
         with pytest.raises(SystemExit, match="not the demo corpus's"):
             cp.prepare_corpus(str(tmp_path), "no-python", "demo")
+
+
+def test_a_copied_corpus_is_read_where_it_is_now(tmp_path):
+    """``corpus.json`` holds the paths it was written at; a copy (to a GPU machine, say) is read
+    from where it is.
+    """
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    manifest = {
+        "tokenizer": "/elsewhere/tokenizer.json",
+        "domains": [{"name": d, "prefix": f"/elsewhere/{d}", "tokens": 1} for d in cp.DOMAINS],
+    }
+    (folder / "corpus.json").write_text(json.dumps(manifest))
+    read = cp._manifest(str(folder), "demo")
+    assert [d["prefix"] for d in read["domains"]] == [str(folder / d) for d in cp.DOMAINS]
+    assert read["tokenizer"] == str(folder / "tokenizer.json")
 
 
 def test_corpus_dir_is_the_folder_above_a_corpus(tmp_path):
@@ -420,8 +484,9 @@ def test_saturated_corpus_cuts_the_replay_text_and_keeps_the_tokenizer(tmp_path,
             (root / "text-debian2" / d / f"{i}.txt").write_text(f"{d} document {i}. " * 20)
     full = root / "corpus-debian2"
     full.mkdir()
+    shutil.copyfile(corpus.tokenizer_path, full / "tokenizer.json")
     manifest = {
-        "tokenizer": corpus.tokenizer_path,
+        "tokenizer": str(full / "tokenizer.json"),
         "domains": [
             {"name": d, "prefix": str(full / d), "tokens": k}
             for d, k in zip(spec.domains, (400, 200, 200, 200))

@@ -199,6 +199,8 @@ class TestCommands:
         [
             ("default-nobrake", ["--velocitune-brake-window", "0"]),
             ("default-nonoise", ["--velocitune-noise-multiple", "0"]),
+            ("default-cap", ["--velocitune-runaway-guard", "cap"]),
+            ("default-anchored", ["--velocitune-runaway-guard", "anchored"]),
         ],
     )
     def test_default_ablations_switch_one_guard_off(self, key, off):

@@ -297,6 +297,76 @@ def test_the_brake_stops_a_flat_domain_from_compounding(world):
     assert [r["braked"][0] for r in ctl.history][1:] == [True] * 9
 
 
+def test_cap_by_hand():
+    # 0.8 over its bound 0.6: the 0.2 excess goes to the others in their 0.1 : 0.1 proportion.
+    np.testing.assert_allclose(P.cap([0.8, 0.1, 0.1], [0.3, 0.4, 0.3]), [0.6, 0.2, 0.2])
+    # A cascade: capping domain 0 at 0.5 lifts domain 1 over its 0.5 too; domain 2 takes the rest.
+    np.testing.assert_allclose(
+        P.cap([0.7, 0.2, 0.1], [0.25, 0.25, 0.5]), [0.5, 1 / 3, 1 / 6], rtol=1e-12
+    )
+    # Under every bound: unchanged.
+    np.testing.assert_array_equal(P.cap([0.3, 0.3, 0.4], [0.3, 0.3, 0.4]), [0.3, 0.3, 0.4])
+
+
+@pytest.mark.parametrize("guard", ["cap", "anchored"])
+def test_the_other_runaway_guards_hold_a_flat_domain(world, guard):
+    """The same flat-loss domain as above under ``--velocitune-runaway-guard cap|anchored``,
+    against the update computed by hand: capped at twice its share, or each update from the
+    initial blend (which cannot compound).
+    """
+    initial = [5.0, 6.0, 6.0]
+    targets = [4.5, 5.0, 5.0]
+    updates = [[5.0, 6.0 - 0.08 * i, 6.0 - 0.08 * i] for i in range(1, 11)]
+    weights = [0.2, 0.4, 0.4]
+    ctl = VelocituneController(
+        _velocity(target_loss=targets, initial_loss=initial, runaway_guard=guard),
+        weights,
+        ScriptedEvaluator(initial, [initial] + updates),
+    )
+    ctl.maybe_update(0, 0)
+    got = [ctl.maybe_update(it, it * 8).weights for it in range(1, 11)]
+    w0 = np.asarray(weights)
+    w = w0.copy()
+    for cur, new in zip(updates, got):
+        v = P.domain_velocity(cur, initial, targets)
+        if guard == "anchored":
+            w = P.normalize(w0 * np.exp(v))
+        else:
+            w = P.cap(P.normalize(w * np.exp(v)), w0, 2.0)
+        np.testing.assert_allclose(new, w, rtol=1e-12)
+    flat = [g[0] for g in got]
+    if guard == "cap":
+        assert max(flat) == pytest.approx(0.4) and flat[-1] == pytest.approx(0.4)
+    else:  # at most e / (e w0 + (1 - w0)) times its share, whatever the number of updates
+        assert max(flat) <= math.e * 0.2 / (math.e * 0.2 + 0.8) + 1e-12
+    assert all(r["braked"] is None for r in ctl.history)
+    assert ctl._rule_knobs()["runaway_guard"] == guard  # in the header
+
+
+def test_the_runaway_guard_flag():
+    import argparse
+
+    from megatron_velocitune.core.arguments import add_velocitune_args, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_velocitune_args(p)
+    args = p.parse_args(["--velocitune-target-loss", "1", "--velocitune-runaway-guard", "cap"])
+    config = config_from_args(args)
+    assert config.runaway_guard == "cap"
+    assert config.guards_identity() == {
+        "noise_multiple": 2.0,
+        "brake_window": 3,
+        "runaway_guard": "cap",
+    }
+    # The default records what sidecars from before the choice recorded.
+    assert VelocituneConfig().guards_identity() == {"noise_multiple": 2.0, "brake_window": 3}
+    with pytest.raises(
+        VelocituneConfigError,
+        match=r"^--velocitune-runaway-guard: 'slope' is not one of \['brake', 'cap', 'anchored'\]$",
+    ):
+        VelocituneConfig(runaway_guard="slope")
+
+
 def test_a_resume_compares_the_guards_when_the_sidecar_has_them():
     from megatron_velocitune.control.resume import check_resume, resume_identity
     from megatron_velocitune.core.errors import CheckpointError
@@ -309,7 +379,9 @@ def test_a_resume_compares_the_guards_when_the_sidecar_has_them():
 
     saved = ident({"noise_multiple": 2.0, "brake_window": 3})
     assert check_resume(saved, ident({"noise_multiple": 2.0, "brake_window": 3}), "s") == []
-    with pytest.raises(CheckpointError, match=r"--velocitune-brake-window\) \{.*'brake_window': 3"):
+    with pytest.raises(
+        CheckpointError, match=r"--velocitune-runaway-guard\) \{.*'brake_window': 3"
+    ):
         check_resume(saved, ident({"noise_multiple": 2.0, "brake_window": 0}), "s")
     # An older sidecar (no guards recorded) resumes; the log says they were not compared.
     older = dict(saved, guards=None)

@@ -13,6 +13,9 @@ Every method continues pre-training the same base checkpoint (``--load``) on the
   targets ``velocitune-fit-targets`` fits with its own default rule (``targets-default.json``);
 - ``vt-paper`` (or ``paper``), where the entry has ``--velocitune-policy paper``: the paper's
   Algorithm 1 as written, on the same targets and the same entry defaults as ``default``;
+- ``default-<ablation>``: ``default`` with one guard changed: ``default-nobrake`` (no runaway
+  guard), ``default-nonoise`` (no noise floor), ``default-cap`` and ``default-anchored`` (the
+  other runaway guards of ``--velocitune-runaway-guard`` in the brake's place);
 - ``vt-<rule>`` (``vt-budget``, ``vt-tolerance``, ``vt-hold-initial``) and ``vt-<rule>-floor``:
   Velocitune (``--velocitune-policy velocity``) with that rising-domain rule (the targets fitted
   with the same rule), ``-floor`` adding ``--velocitune-min-headroom``;
@@ -118,7 +121,7 @@ class Method:
         shipped (bool): the entry's and the fit tool's defaults: no rising rule, weight floor,
             headroom floor or initial-loss file; the targets of the fit tool's default rule.
         ablation (Tuple[str, ...]): entry flags that switch one guard of the default off
-            (``default-nobrake``, ``default-nonoise``).
+            (``default-<ablation>``, :data:`DEFAULT_ABLATIONS`).
     """
 
     key: str
@@ -195,8 +198,8 @@ def parse_method(key: str) -> Method:
         if rule in VT_RULES:
             return Method(key, "velocity", rule, floor)
     raise ToolError(
-        f"--methods {key}: unknown method; choose from cpt, default, default-nobrake, "
-        f"default-nonoise, vt-paper, dbl, ratio, "
+        f"--methods {key}: unknown method; choose from cpt, default, "
+        f"{', '.join('default-' + a for a in DEFAULT_ABLATIONS)}, vt-paper, dbl, ratio, "
         f"reweighted, vt-<rule>[-floor] with rule in {list(VT_RULES)} (frontier points come "
         f"from --frontier)"
     )
@@ -206,6 +209,9 @@ def parse_method(key: str) -> Method:
 DEFAULT_ABLATIONS = {
     "nobrake": ("--velocitune-brake-window", "0"),
     "nonoise": ("--velocitune-noise-multiple", "0"),
+    # The other runaway guards in the brake's place.
+    "cap": ("--velocitune-runaway-guard", "cap"),
+    "anchored": ("--velocitune-runaway-guard", "anchored"),
 }
 
 

@@ -367,7 +367,12 @@ class VelocituneController:
         its loss ``brake_window`` updates ago (or ``L_init`` before that many updates).
         """
         window = self.config.brake_window
-        if self.config.policy != "velocity" or window == 0 or self.initial_loss is None:
+        if (
+            self.config.policy != "velocity"
+            or self.config.runaway_guard != "brake"
+            or window == 0
+            or self.initial_loss is None
+        ):
             return None
         applied = [r for r in self.history if not r["skipped"]]
         earlier = (
@@ -465,6 +470,7 @@ class VelocituneController:
             hold_budget=self.config.rising_rule == "budget-hold",
             braked=self.braked(eval_loss, weights),
             initial_weights=self.initial_weights,
+            runaway=self.config.runaway_guard,
         )
 
     def _decide(self, eval_loss: np.ndarray, stderr: np.ndarray) -> np.ndarray:
@@ -578,6 +584,8 @@ class VelocituneController:
         if self.config.policy == "velocity":
             knobs["noise_multiple"] = self.config.noise_multiple
             knobs["brake_window"] = self.config.brake_window
+            if self.config.runaway_guard != "brake":  # older headers: brake, the only guard then
+                knobs["runaway_guard"] = self.config.runaway_guard
         if self.config.rising_rule == "hold-initial":
             knobs["target_margin"] = self.config.target_margin
         if self.config.forgetting_tolerance is not None:

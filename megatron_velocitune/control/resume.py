@@ -31,7 +31,7 @@ _FLAGS = {
     "--velocitune-forgetting-tolerance / --velocitune-min-headroom)",
     "min_weight": "--velocitune-min-weight",
     "guards": "the default policy's guards (--velocitune-noise-multiple / "
-    "--velocitune-brake-window)",
+    "--velocitune-brake-window / --velocitune-runaway-guard)",
     "loss_source": "--velocitune-loss-source",
     "split": "--split",
     "seq_length": "--seq-length",

@@ -19,9 +19,11 @@ from megatron_velocitune.core.policy import (
     DEFAULT_BRAKE_WINDOW,
     DEFAULT_NOISE_MULTIPLE,
     DEFAULT_RISING_RULE,
+    DEFAULT_RUNAWAY_GUARD,
     DEFAULT_TARGET_MARGIN,
     POLICIES,
     RISING_RULES,
+    RUNAWAY_GUARDS,
     Tolerance,
 )
 
@@ -147,6 +149,15 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="Policy velocity: a domain above its initial share whose loss did not fall over "
         "the last this-many updates stops gaining weight and gives half its excess back per "
         "update (0: off; default: %(default)s).",
+    )
+    group.add_argument(
+        "--velocitune-runaway-guard",
+        choices=RUNAWAY_GUARDS,
+        default=DEFAULT_RUNAWAY_GUARD,
+        help="Policy velocity: what stops a domain's weight from compounding when more of it "
+        "does not lower its loss: brake (see --velocitune-brake-window), cap (no share above "
+        "2x its initial one) or anchored (each update starts from the initial blend; "
+        "default: %(default)s).",
     )
     group.add_argument(
         "--velocitune-min-weight",
@@ -320,4 +331,5 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         min_headroom=getattr(args, "velocitune_min_headroom", 0.0),
         noise_multiple=getattr(args, "velocitune_noise_multiple", DEFAULT_NOISE_MULTIPLE),
         brake_window=getattr(args, "velocitune_brake_window", DEFAULT_BRAKE_WINDOW),
+        runaway_guard=getattr(args, "velocitune_runaway_guard", DEFAULT_RUNAWAY_GUARD),
     )

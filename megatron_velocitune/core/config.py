@@ -15,9 +15,11 @@ from megatron_velocitune.core.policy import (
     DEFAULT_BRAKE_WINDOW,
     DEFAULT_NOISE_MULTIPLE,
     DEFAULT_RISING_RULE,
+    DEFAULT_RUNAWAY_GUARD,
     DEFAULT_TARGET_MARGIN,
     POLICIES,
     RISING_RULES,
+    RUNAWAY_GUARDS,
     VELOCITY_POLICIES,
     ResolvedTargets,
     TargetRuleError,
@@ -127,6 +129,9 @@ class VelocituneConfig:
             standard errors of the evaluated loss.
         brake_window (int): policy ``velocity``: updates over which a domain above its initial
             share must lower its loss to keep gaining weight (0: no brake).
+        runaway_guard (str): policy ``velocity``: what keeps a domain's weight from compounding
+            (one of :data:`~megatron_velocitune.core.policy.RUNAWAY_GUARDS`; ``brake`` reads
+            ``brake_window``).
     """
 
     policy: str = "velocity"
@@ -148,6 +153,7 @@ class VelocituneConfig:
     target_reference: Optional[List[float]] = None
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     brake_window: int = DEFAULT_BRAKE_WINDOW
+    runaway_guard: str = DEFAULT_RUNAWAY_GUARD
 
     @property
     def footing(self) -> str:
@@ -155,6 +161,15 @@ class VelocituneConfig:
         if self.loss_source == "train":
             return "stream"
         return "full" if self.policy == "paper" else "subset"
+
+    def guards_identity(self) -> dict:
+        """The ``velocity`` policy's guards as a resume identity records them (the runaway guard
+        only when it is not ``brake``, so that sidecars from before the choice compare equal).
+        """
+        guards = {"noise_multiple": self.noise_multiple, "brake_window": self.brake_window}
+        if self.runaway_guard != DEFAULT_RUNAWAY_GUARD:
+            guards["runaway_guard"] = self.runaway_guard
+        return guards
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -198,6 +213,11 @@ class VelocituneConfig:
         if not isinstance(self.brake_window, int) or self.brake_window < 0:
             raise VelocituneConfigError(
                 f"{_flag('brake_window')}: {self.brake_window!r} must be an integer >= 0"
+            )
+        if self.runaway_guard not in RUNAWAY_GUARDS:
+            raise VelocituneConfigError(
+                f"{_flag('runaway_guard')}: {self.runaway_guard!r} is not one of "
+                f"{list(RUNAWAY_GUARDS)}"
             )
         if not math.isfinite(self.min_weight) or self.min_weight < 0.0:
             raise VelocituneConfigError(

@@ -13,6 +13,7 @@ a new weight vector on the probability simplex.
     velocity_update:  w <- normalize(w * exp(V))                      (Velocitune, Algorithm 1)
     unresponsive:     domains above their initial share whose loss did not fall over a window
     brake:            those domains' shares stop growing and move back towards the initial blend
+    cap:              no share above a multiple of its initial one (a runaway guard to compare)
     dbl_update:       w <- normalize(w * exp(max(L_t - L_target, 0))) (Sheared LLaMA's DBL)
     ratio_update:     w <- normalize(w * exp(L_t / L_init))           ("without target loss")
     static_update:    w <- w                                          (CPT baseline)
@@ -47,17 +48,21 @@ from megatron_velocitune.core.errors import InputError
 __all__ = [
     "DEFAULT_BRAKE_PULLBACK",
     "DEFAULT_BRAKE_WINDOW",
+    "DEFAULT_CAP_RATIO",
     "DEFAULT_NOISE_MULTIPLE",
+    "DEFAULT_RUNAWAY_GUARD",
     "DEFAULT_RISING_RULE",
     "DEFAULT_TARGET_MARGIN",
     "POLICIES",
     "RISING_RULES",
+    "RUNAWAY_GUARDS",
     "VELOCITY_POLICIES",
     "Guards",
     "ResolvedTargets",
     "TargetRuleError",
     "Tolerance",
     "apply_floor",
+    "cap",
     "brake",
     "dbl_update",
     "domain_velocity",
@@ -272,6 +277,17 @@ DEFAULT_BRAKE_PULLBACK = 0.5
 #: The velocity's headroom is at least this many standard errors of the evaluation.
 DEFAULT_NOISE_MULTIPLE = 2.0
 
+#: How the default policy keeps a domain's weight from compounding when more of it buys no lower
+#: loss: ``brake`` (:func:`brake`, on the domains :func:`unresponsive` finds), ``cap`` (no share
+#: above :data:`DEFAULT_CAP_RATIO` times its initial one, :func:`cap`) or ``anchored`` (the update
+#: starts from the initial blend, not the last one: ``w <- normalize(w_0 * exp(V))``, which cannot
+#: compound).
+RUNAWAY_GUARDS = ("brake", "cap", "anchored")
+DEFAULT_RUNAWAY_GUARD = "brake"
+
+#: The ``cap`` guard's bound: a share at most this multiple of the domain's initial share.
+DEFAULT_CAP_RATIO = 2.0
+
 
 def unresponsive(
     current: np.ndarray,
@@ -340,6 +356,34 @@ def brake(
     return held
 
 
+def cap(candidate: np.ndarray, initial_weights: np.ndarray, ratio: float = DEFAULT_CAP_RATIO):
+    """No share above ``ratio`` times its initial share; the excess goes to the other domains in
+    the candidate's proportions (repeated until none is over its bound).
+
+    Args:
+        candidate (np.ndarray): the rule's new blend (on the simplex).
+        initial_weights (np.ndarray): the run's starting blend.
+        ratio (float): the bound, >= 1 (so the bounds add up to at least 1).
+
+    Returns:
+        np.ndarray: the capped blend, on the simplex.
+    """
+    candidate = np.asarray(candidate, dtype=np.float64)
+    bound = ratio * np.asarray(initial_weights, dtype=np.float64)
+    held = candidate.copy()
+    capped = np.zeros(candidate.shape, dtype=bool)
+    while True:
+        over = ~capped & (held > bound)
+        if not over.any():
+            return held
+        capped |= over
+        held[capped] = bound[capped]
+        rest = candidate[~capped].sum()
+        if rest <= 0.0:
+            return normalize(held)
+        held[~capped] = candidate[~capped] * (1.0 - held[capped].sum()) / rest
+
+
 def dbl_update(
     weights: np.ndarray, current: np.ndarray, target: np.ndarray, min_weight: float = 0.0
 ) -> np.ndarray:
@@ -381,8 +425,11 @@ class Guards:
         headroom (float | np.ndarray): the headroom floor per domain (:func:`noise_headroom`).
         hold_budget (bool): budget domains held at their budget (the ``budget-hold`` rule).
         braked (Optional[np.ndarray]): the domains to brake (:func:`unresponsive`); None: none.
-        initial_weights (Optional[np.ndarray]): the starting blend the brake pulls back to.
+        initial_weights (Optional[np.ndarray]): the starting blend (the brake pulls back to it,
+            the cap is relative to it, the anchored update starts from it).
         pullback (float): the brake's pull-back per update.
+        runaway (str): the runaway guard, one of :data:`RUNAWAY_GUARDS`.
+        cap_ratio (float): the ``cap`` guard's bound.
     """
 
     headroom: Union[float, np.ndarray] = 0.0
@@ -390,11 +437,16 @@ class Guards:
     braked: Optional[np.ndarray] = None
     initial_weights: Optional[np.ndarray] = None
     pullback: float = DEFAULT_BRAKE_PULLBACK
+    runaway: str = DEFAULT_RUNAWAY_GUARD
+    cap_ratio: float = DEFAULT_CAP_RATIO
 
 
 def _guarded_velocity_update(w, cur, ini, tgt, floor: float, guards: Guards) -> np.ndarray:
-    new = velocity_update(w, cur, ini, tgt, 0.0, guards.headroom, guards.hold_budget)
-    if guards.braked is not None:
+    start = guards.initial_weights if guards.runaway == "anchored" else w
+    new = velocity_update(start, cur, ini, tgt, 0.0, guards.headroom, guards.hold_budget)
+    if guards.runaway == "cap":
+        new = cap(new, guards.initial_weights, guards.cap_ratio)
+    elif guards.braked is not None:
         new = brake(new, w, guards.initial_weights, guards.braked, guards.pullback)
     return apply_floor(new, floor)
 

@@ -374,7 +374,7 @@ def _resume_identity(args, info, prefixes, run: VelocituneRun, stream) -> Dict[s
         args.seq_length,
         args.global_batch_size,
         args.seed,
-        {"noise_multiple": config.noise_multiple, "brake_window": config.brake_window},
+        config.guards_identity(),
     )
 
 

@@ -594,6 +594,51 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
 
 
+@pytest.mark.parametrize("case", ["missing", "interval", "data", "plain"])
+def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case):
+    """One resume for both drivers (``VelocituneRun.resume``): the adapter refuses a dynamic
+    run without its sidecar, another ``m`` and other data behind the same domain names, each
+    with the megatron-core entry's line; a plain resume continues.
+    """
+    from megatron_velocitune.core.errors import CheckpointError
+
+    args = _megatron_args(tmp_path, split="90,10,0")
+    plugin = _plugin(corpus, tmp_path, args)
+    loader = plugin.training.build_pretraining_data_loader
+    plugin.start([], None, SimpleNamespace(iterable=iter(loader(plugin.registry.data.train, 0))))
+    args.consumed_train_samples = 20
+    plugin.after_iteration([], None, 5, SimpleNamespace(iterable=None))
+    path = plugin.after_save(5, non_persistent=False)
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["resume"]["update_interval"] == 5  # the sidecar records the identity
+
+    overrides = dict(load=args.save, iteration=5, consumed_train_samples=20, split="90,10,0")
+    if case == "missing":
+        os.remove(path)
+        expected = (
+            f"^--load {args.save}: {path} is missing: the weight history and the blend of this "
+            "velocity run at iteration 5 are lost, so it cannot resume \\(restore the file, or "
+            "start a new run from the checkpoint with --finetune\\)$"
+        )
+    elif case == "interval":
+        overrides["velocitune_update_interval"] = 4
+        expected = r"--velocitune-update-interval.*cannot resume exactly"
+    elif case == "data":
+        saved["resume"]["data"][1]["idx_sha256"] = "0" * 64
+        with open(path, "w") as f:
+            json.dump(saved, f)
+        expected = r"domain 1 of --data-path was .*: other data, it cannot resume$"
+    resumed = _plugin(corpus, tmp_path, _megatron_args(tmp_path, **overrides))
+    iterator = SimpleNamespace(iterable=iter(loader(resumed.registry.data.train, 20)))
+    if case == "plain":
+        resumed.start([], None, iterator)
+        assert np.array_equal(resumed.controller.weights, plugin.controller.weights)
+        return
+    with pytest.raises(CheckpointError, match=expected):
+        resumed.start([], None, iterator)
+
+
 def test_plugin_without_a_velocitune_build_says_why(world, corpus, tmp_path):
     plugin = _plugin(corpus, tmp_path, _megatron_args(tmp_path))
     plugin.registry.data = None

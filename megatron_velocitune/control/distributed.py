@@ -25,6 +25,8 @@ No collective runs inside the per-micro-batch loss function (see
 :mod:`megatron_velocitune.control.evaluation`); this module is the only place the losses move.
 """
 
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -51,6 +53,7 @@ __all__ = [
     "UpdateStatus",
     "WeightMismatchError",
     "reduce_domain_sums",
+    "shared_run_id",
     "synchronize_update",
 ]
 
@@ -252,3 +255,11 @@ class DistributedSync:
     def reduce(self, local: DomainSums) -> DomainSums:
         """:func:`reduce_domain_sums` with this sync's groups (last stage; others keep zeros)."""
         return reduce_domain_sums(local, self.groups)
+
+
+def shared_run_id() -> str:
+    """A new run's identity for its trajectory, drawn on rank 0 and the same on every rank."""
+    box = [f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -5,19 +5,21 @@ A driver (the megatron-core loop in :mod:`megatron_velocitune.training.loop`, or
 its own way, then hands them here and calls four hooks in this order::
 
     run = VelocituneRun(args, prefixes, weights, train_dataset, evaluator, ...)
-    run.restore(state, source)                  # resuming: the saved history, replayed
+    run.set_identity(stream_dp_size)            # what a resume must match, in every sidecar
+    run.resume(state, sidecar, iteration, load) # resuming: checked, the history replayed
     run.start(iteration, consumed)              # L_init (measured at iteration 0), targets, header
     run.on_blend_change(rebuild_loader)         # the driver's loader restart
     for each iteration:
         train_step(...)
         run.after_iteration(iteration, consumed)  # every m: evaluate, decide, apply, log
-        if saving: save(..., run.state_dict())    # or run.after_save(folder, iteration)
+        if saving: save(..., run.sidecar())       # or run.after_save(path)
 
 What this owns, once for both drivers: the config from the flags (domain names defaulting to the
 prefixes' basenames), the log dir and trajectory path, the trajectory header, the controller,
-restoring and replaying the history, the rule and update log lines, and when to restart the
-loader: only when an update changed the blend, and never after the last iteration (nothing is
-left to draw).
+the resume (the refusal of a dynamic run without its sidecar, the sidecar's checks, the resume
+identity, restoring and replaying the history), the rule and update log lines, and when to
+restart the loader: only when an update changed the blend, and never after the last iteration
+(nothing is left to draw).
 """
 
 import contextlib
@@ -28,9 +30,17 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_velocitune.control.controller import TRAJECTORY_FILE, VelocituneController
+from megatron_velocitune.control.resume import (
+    RESUME_KEY,
+    check_resume,
+    check_sidecar,
+    resume_identity,
+)
 from megatron_velocitune.control.state import save_state
 from megatron_velocitune.control.sync import UpdateDecision, UpdateSync
 from megatron_velocitune.core.arguments import config_from_args
+from megatron_velocitune.core.errors import CheckpointError
+from megatron_velocitune.data.datafiles import check_data_file
 
 __all__ = ["LoaderRebuild", "VelocituneRun", "default_domain_names", "format_update"]
 
@@ -127,6 +137,95 @@ class VelocituneRun:
             run_id=run_id,
         )
         self._iteration = 0
+        # Read at set_identity (a driver that never resumes never sets one).
+        self._identity_fields = (
+            list(prefixes),
+            getattr(args, "split", None),
+            args.seq_length,
+            args.global_batch_size,
+            getattr(args, "seed", None),
+        )
+        self.identity: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ resume
+    def set_identity(self, stream_dp_size: Optional[int]) -> Dict[str, Any]:
+        """Fix what a resume of this run must match (every sidecar records it).
+
+        Args:
+            stream_dp_size (Optional[int]): the data-parallel size when the run keeps per-rank
+                training-stream windows across a resume (None when it keeps none).
+
+        Returns:
+            Dict[str, Any]: the identity (:func:`~.resume.resume_identity`).
+        """
+        c = self.config
+        prefixes, split, seq_length, global_batch_size, seed = self._identity_fields
+        self.identity = resume_identity(
+            prefixes,
+            [check_data_file(p) for p in prefixes],
+            c.update_interval,
+            stream_dp_size,
+            c.policy,
+            c.rising_rule,
+            {
+                "min_headroom": c.min_headroom,
+                "target_margin": c.target_margin,
+                "forgetting_tolerance": None
+                if c.forgetting_tolerance is None
+                else str(c.forgetting_tolerance),
+            },
+            c.min_weight,
+            c.loss_source,
+            split,
+            seq_length,
+            global_batch_size,
+            seed,
+            c.guards_identity(),
+        )
+        return self.identity
+
+    def resume(
+        self, state: Optional[Dict[str, Any]], sidecar: str, iteration: int, load: str
+    ) -> bool:
+        """Continue from a checkpoint's sidecar: checked, then the history replayed (every rank).
+
+        Both drivers refuse the same resumes with the same line: a dynamic run at iteration > 0
+        whose sidecar is missing (its weight history and blend are lost), a sidecar for other
+        domains, and one whose identity differs from :meth:`set_identity`'s. A ``--finetune``
+        start calls none of this.
+
+        Args:
+            state (Optional[Dict[str, Any]]): the sidecar's content, None when there is none.
+            sidecar (str): its path (for the messages).
+            iteration (int): the checkpoint's iteration.
+            load (str): ``--load``.
+
+        Returns:
+            bool: whether a history was restored.
+
+        Raises:
+            CheckpointError: a resume that cannot continue exactly (one line).
+        """
+        if state is None:
+            if iteration > 0 and self.config.policy != "static":
+                raise CheckpointError(
+                    f"--load {load}: {sidecar} is missing: the weight history and the blend of "
+                    f"this {self.config.policy} run at iteration {iteration} are lost, so it "
+                    "cannot resume (restore the file, or start a new run from the checkpoint "
+                    "with --finetune)"
+                )
+            return False
+        check_sidecar(state, sidecar, len(self.names))
+        if self.identity is not None:
+            for note in check_resume(state.get(RESUME_KEY), self.identity, sidecar):
+                self.print(f" resume: {note}")
+        self.restore(state, sidecar)
+        return True
+
+    def sidecar(self, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """A sidecar's content: the controller's state, the resume identity, ``extra``."""
+        identity = {} if self.identity is None else {RESUME_KEY: self.identity}
+        return {**self.state_dict(), **identity, **(extra or {})}
 
     # ------------------------------------------------------------------ hooks
     def restore(self, state: Dict[str, Any], source: str) -> int:
@@ -211,7 +310,7 @@ class VelocituneRun:
             extra (Optional[Dict[str, Any]]): more JSON-able fields the driver keeps there
                 (Megatron-LM: the training-stream windows, which its checkpoint cannot hold).
         """
-        save_state(path, {**self.state_dict(), **(extra or {})})
+        save_state(path, self.sidecar(extra))
         return path
 
     # ------------------------------------------------------------------ views

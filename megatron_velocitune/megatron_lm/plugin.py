@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from megatron_velocitune.control.controller import VelocituneController
+from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
 from megatron_velocitune.control.run import VelocituneRun
 from megatron_velocitune.control.state import load_state, sidecar_path
@@ -41,7 +42,6 @@ from megatron_velocitune.megatron_lm.train_loss import (
     stream_evaluator,
 )
 from megatron_velocitune.megatron_lm.writers import megatron_writers
-from megatron_velocitune.training.startup import shared_run_id
 
 __all__ = ["VelocitunePlugin"]
 
@@ -71,6 +71,14 @@ def _non_persistent_dir(args, folder: Optional[str]) -> Optional[str]:
     if explicit or folder is None:
         return explicit
     return os.path.join(folder, "non_persistent")
+
+
+def _data_parallel_size() -> int:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        return parallel_state.get_data_parallel_world_size()
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def _rank() -> int:
@@ -149,6 +157,8 @@ class VelocitunePlugin:
                 self.train_loss, self.evaluator_factory, model, data, args, run.config
             )
         run.controller.evaluator = evaluator
+        # The training-stream windows travel in the sidecar, per data-parallel rank.
+        run.set_identity(_data_parallel_size() if run.config.loss_source == "train" else None)
         self._train_iterator = train_data_iterator
         run.on_blend_change(self._rebuild_train_iterator)
         iteration = int(getattr(args, "iteration", 0) or 0)
@@ -160,23 +170,20 @@ class VelocitunePlugin:
             self._rebuild_train_iterator(consumed)
 
     def _restore(self, args, iteration: int) -> bool:
-        """Load the sidecar of the checkpoint Megatron-LM resumed from, replay it (all ranks)."""
+        """Check and replay the sidecar of the checkpoint Megatron-LM resumed from (all ranks);
+        refused as the megatron-core entry refuses (:meth:`VelocituneRun.resume`).
+        """
         if not args.load or iteration <= 0 or getattr(args, "finetune", False):
             return False
         # Megatron-LM loads the newer of the persistent and the non-persistent (global) checkpoint.
-        folders = [args.load, _non_persistent_dir(args, args.load)]
-        for folder in folders:
+        for folder in (args.load, _non_persistent_dir(args, args.load)):
             path = sidecar_path(folder, iteration)
             if os.path.exists(path):
                 state = load_state(path)
-                self.run.restore(state, path)
+                self.run.resume(state, path, iteration, args.load)
                 restore_window(self.train_loss.accumulator, state)
                 return True
-        _print_rank_last(
-            f" velocitune: WARNING no {os.path.basename(sidecar_path(args.load, iteration))} for "
-            f"iteration {iteration} under {folders}: starting the weight history here"
-        )
-        return False
+        return self.run.resume(None, sidecar_path(args.load, iteration), iteration, args.load)
 
     # ------------------------------------------------------------------ every iteration
     def after_iteration(

@@ -22,20 +22,15 @@ from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.resume import (
-    RESUME_KEY,
-    check_resume,
-    check_sidecar,
-    resume_identity,
-)
 from megatron_velocitune.control.run import VelocituneRun, default_domain_names
 from megatron_velocitune.control.state import sidecar_path
 from megatron_velocitune.control.sync import UpdateSync
 from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
 from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.blending import check_blend_weights
-from megatron_velocitune.core.errors import CheckpointError, InputError, NonFiniteLossError
+from megatron_velocitune.core.errors import InputError, NonFiniteLossError
 from megatron_velocitune.core.files import read_tracker
 from megatron_velocitune.data.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.data.builder import (
@@ -46,7 +41,6 @@ from megatron_velocitune.data.builder import (
     gpt_dataset_config,
 )
 from megatron_velocitune.data.corpus import eod_token_id, load_tokenizer
-from megatron_velocitune.data.datafiles import check_data_file
 from megatron_velocitune.data.loader import RebuildableDataIterator
 from megatron_velocitune.device import compute_device
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
@@ -57,7 +51,7 @@ from megatron_velocitune.training.parallel import (
     ParallelInfo,
     initialize_parallel,
 )
-from megatron_velocitune.training.startup import check_heldout, shared_run_id, take_save_lock
+from megatron_velocitune.training.startup import check_heldout, take_save_lock
 
 __all__ = [
     "RunSummary",
@@ -346,35 +340,9 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
         run,
         validator,
         writer,
-        _resume_identity(args, info, prefixes, run, stream),
+        # The stream's windows are in the checkpoint, per data-parallel rank.
+        run.set_identity(None if stream is None else info.dp_size),
         lock,
-    )
-
-
-def _resume_identity(args, info, prefixes, run: VelocituneRun, stream) -> Dict[str, Any]:
-    """What a resume must match to continue exactly (recorded in every sidecar)."""
-    config = run.config
-    return resume_identity(
-        prefixes,
-        [check_data_file(p) for p in prefixes],
-        config.update_interval,
-        None if stream is None else info.dp_size,
-        config.policy,
-        config.rising_rule,
-        {
-            "min_headroom": config.min_headroom,
-            "target_margin": config.target_margin,
-            "forgetting_tolerance": None
-            if config.forgetting_tolerance is None
-            else str(config.forgetting_tolerance),
-        },
-        config.min_weight,
-        config.loss_source,
-        args.split,
-        args.seq_length,
-        args.global_batch_size,
-        args.seed,
-        config.guards_identity(),
     )
 
 
@@ -398,19 +366,8 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
         trust=args.trust_checkpoint,
     )
     # Without --finetune, load_checkpoint returned the tracker's iteration: its sidecar.
-    sidecar = sidecar_path(args.load, iteration)
-    policy = job.run.config.policy
-    if not args.finetune and state is None and iteration > 0 and policy != "static":
-        raise CheckpointError(
-            f"--load {args.load}: {sidecar} is missing: the weight history and the blend of "
-            f"this {policy} run at iteration {iteration} are lost, so it cannot resume (restore "
-            "the file, or start a new run from the checkpoint with --finetune)"
-        )
-    if state is not None:
-        check_sidecar(state, sidecar, len(job.run.names))
-        for note in check_resume(state.get(RESUME_KEY), job.identity, sidecar):
-            _print_rank_last(f" resume: {note}")
-        job.run.restore(state, sidecar)
+    if not args.finetune:
+        job.run.resume(state, sidecar_path(args.load, iteration), iteration, args.load)
     _print_rank_last(
         f" loaded checkpoint from {args.load} at iteration {iteration}"
         f" (consumed samples {consumed})"
@@ -571,7 +528,7 @@ def train(
                 job.optimizer,
                 job.scheduler,
                 consumed,
-                {**run.state_dict(), RESUME_KEY: job.identity},
+                run.sidecar(),
                 _plain_args(args),
                 None if job.stream is None else job.stream.state(),
             )

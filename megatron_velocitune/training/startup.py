@@ -6,8 +6,6 @@ no rank is left waiting in a collective while another has stopped.
 """
 
 import os
-import time
-import uuid
 from typing import Callable, List, Optional, Sequence, TypeVar
 
 import torch
@@ -16,7 +14,7 @@ import torch.distributed as dist
 from megatron_velocitune.core.errors import RunLockError, VelocituneError
 from megatron_velocitune.training.runlock import RunLock
 
-__all__ = ["agree", "check_heldout", "shared_run_id", "take_save_lock"]
+__all__ = ["agree", "check_heldout", "take_save_lock"]
 
 T = TypeVar("T")
 
@@ -49,14 +47,6 @@ def agree(fn: Callable[[], T], root: int = 0) -> T:
                 raise cls(text)
         raise VelocituneError(text)
     return result
-
-
-def shared_run_id() -> str:
-    """A new run's identity for its trajectory, drawn on rank 0 and the same on every rank."""
-    box = [f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"]
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def take_save_lock(save: Optional[str]) -> Optional[RunLock]:

@@ -11,7 +11,7 @@
 #   3. target losses: the Chinchilla fit L(D) = E + B / D^beta on the proxy run, predicted at
 #      the full budget; a replay domain whose loss rose keeps the prediction of its rise as a
 #      forgetting budget, and Velocitune holds it at that budget (the default rising-domain
-#      rule, budget-hold; see README)
+#      rule, budget-hold; see docs/targets.md)
 #   4. the Velocitune run: the same continual pre-training, weights updated every 20 iterations
 #   5. a plot of the weights, eval losses and velocities, and the before/after loss table
 #

@@ -36,7 +36,7 @@
 #   8 [2], BENCH_HIDDEN 1024 [64], BENCH_SEQ 1024 [64], BENCH_MBS 4 [2], BENCH_GBS 32 [4],
 #   BENCH_PAIRS 40 [3].
 #
-# On a GPU machine without network (the wheels it lacks carried in .whl; README "The GPU checks"):
+# On a GPU machine without network (the wheels it lacks carried in .whl; docs/using.md, "The GPU checks"):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   PYTHONPATH=/tmp/site WORK=/tmp/gc CORPUS_DIR=.gpu bash examples/gpu_checks/run.sh $OUT
 set -uo pipefail

@@ -96,7 +96,7 @@ run_step() {
     fit)
       # L(D) = E + B / D^beta per domain on the proxy's evaluations (all of them: the proxy is
       # the budget's first 51% or 58%), predicted at the main run's full token budget. A replay
-      # domain whose loss rises gets L_init * (1 - 1%) (see the README, "Replay domains").
+      # domain whose loss rises gets L_init * (1 - 1%) (see docs/targets.md, "Replay domains").
       local budget=$((TRAIN_ITERS * GBS * SEQ))
       # shellcheck disable=SC2046
       srun --ntasks=1 $(container_flags) bash -c "velocitune-fit-targets \

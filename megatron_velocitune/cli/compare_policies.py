@@ -679,13 +679,14 @@ def fit_targets(
     name = fit_name(rule)
     targets = os.path.join(out, f"targets-{name}.json")
     cpt = sorted(cpt, key=lambda r: r["seed"])
-    tmp = f".{os.getpid()}.tmp"
     png, text = os.path.join(out, f"target_fit-{name}.png"), os.path.join(out, f"fit-{name}.txt")
     trajectories = [r["trajectory"] for r in cpt]
-    cmd = fit_command(python, trajectories, s, rule, targets + tmp, png + tmp + ".png")
-    run_command(cmd, text + tmp)
-    for path in (targets, png, text):
-        os.replace(path + tmp + (".png" if path == png else ""), path)
+    # The fit tool writes the targets and the plot atomically itself, so it is given their final
+    # names (its log then says what a user will find); only its log, captured here, goes through
+    # a temporary name of this process (workers may share --out).
+    tmp = f"{text}.{os.getpid()}.tmp"
+    run_command(fit_command(python, trajectories, s, rule, targets, png), tmp)
+    os.replace(tmp, text)
     with open(targets, encoding="utf-8") as f:
         fits = json.load(f)
     cutoff = s.fit_fraction * s.budget_tokens

@@ -38,6 +38,7 @@ from megatron_velocitune.cli._common import (
 )
 from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
 from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.core.files import save_figure
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 from megatron_velocitune.laws.scaling_law import (
     TargetAboveInitialError,
@@ -149,7 +150,7 @@ def _plot(path: str, results: List[dict], budget: float, cutoff: float) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -110,7 +110,7 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "past it it gains weight, below it it gives weight away), tolerance "
         "(L_init + --velocitune-forgetting-tolerance, same velocity), hold-initial "
         "(L_init * (1 - --velocitune-target-margin): any forgetting reads velocity 1) or "
-        "refuse (an error). Default: %(default)s (README, Results).",
+        "refuse (an error). Default: %(default)s (docs/results.md).",
     )
     group.add_argument(
         "--velocitune-target-margin",

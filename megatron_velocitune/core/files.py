@@ -101,6 +101,22 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
     _fsync_dir(folder)
 
 
+def save_figure(fig: Any, path: str, **kwargs: Any) -> None:
+    """Save a matplotlib figure to ``path`` atomically (:func:`atomic_write`).
+
+    The format comes from ``path``'s extension, not from the temporary name (which ends in
+    ``.tmp``), so the caller passes, and reports, the final file only.
+
+    Args:
+        fig (Any): a ``matplotlib.figure.Figure`` (not imported here: this module is pure).
+        path (str): the destination; its folder is created.
+        **kwargs (Any): passed to ``fig.savefig`` (``dpi``, ...).
+    """
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=ext or None, **kwargs)
+
+
 def write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
     with atomic_write(path) as f:

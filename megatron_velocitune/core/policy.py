@@ -499,7 +499,7 @@ def update_weights(
 #: forgets under the static proxy) gets; see :func:`resolve_targets`.
 RISING_RULES = ("budget", "budget-hold", "tolerance", "hold-initial", "refuse")
 
-#: The rule the policy comparison favours (README, "Results").
+#: The rule the policy comparison favours (docs/results.md).
 DEFAULT_RISING_RULE = "budget-hold"
 
 #: hold-initial's default margin: the target sits 1% below the initial loss.

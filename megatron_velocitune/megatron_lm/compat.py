@@ -5,7 +5,7 @@ core_v0.17.0, core_v0.17.1, core_v0.18.0, core_v0.18.2, core_v0.19.0 and main (0
 development, snapshot of 2026-08-22). Exercised (tests/test_megatron_lm.py) against a core_v0.16.1
 checkout on Python 3.11 and, on Python 3.12, the megatron-core 0.19.2 wheel's
 ``megatron.training`` and checkouts of core_v0.17.1, core_v0.18.2, core_v0.19.0 and main
-(README, "Megatron-LM releases").
+(docs/megatron-lm.md, "Megatron-LM releases").
 The integration points the adapter wraps are the same module-level names in every one of them,
 which is why it wraps those and nothing else (each is looked up at call time by its caller, so
 wrapping the module attribute reaches every call):

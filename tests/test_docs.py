@@ -192,26 +192,13 @@ def console_scripts() -> List[Tuple[str, str, str]]:
 
 
 SCRIPTS = console_scripts()
-# Its --help prints the module docstring, with no usage line; cli/ was out of bounds for the
-# change that added this test. strict: once it prints one, the marker must go.
-NO_USAGE_LINE = {"velocitune-measure-initial-loss"}
 
 
 def test_console_scripts_are_found():
     assert len(SCRIPTS) >= 8 and ("velocitune-fit-targets" in {s[0] for s in SCRIPTS})
 
 
-@pytest.mark.parametrize(
-    "name,module,function",
-    [
-        pytest.param(
-            *s,
-            id=s[0],
-            marks=pytest.mark.xfail(s[0] in NO_USAGE_LINE, reason="no usage line", strict=True),
-        )
-        for s in SCRIPTS
-    ],
-)
+@pytest.mark.parametrize("name,module,function", [pytest.param(*s, id=s[0]) for s in SCRIPTS])
 def test_console_script_help(name, module, function):
     # What the installed script does: sys.exit(entry()) with sys.argv as the shell sets it.
     entry = getattr(importlib.import_module(module), function)

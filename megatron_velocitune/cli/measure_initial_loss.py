@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
-from megatron_velocitune.training.arguments import parse_args
+from megatron_velocitune.training.arguments import build_parser, parse_args
 from megatron_velocitune.training.loop import measure_initial_loss
 from megatron_velocitune.training.pretrain import run_pretrain
 
@@ -54,7 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: 0 on success, 2 on a user error."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(__doc__)
+        print(f"usage: {PROG} --output FILE --load CHECKPOINT [--finetune] [the entry's flags]")
+        print("\n" + __doc__.strip() + "\n\nThe entry's flags:\n")
+        print(build_parser(PROG).format_help().split("\n\n", 2)[-1])
         return 0
     if "--output" not in argv:
         print(

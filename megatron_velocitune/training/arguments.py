@@ -177,6 +177,24 @@ def _checkpointing(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard-dir", default=None)
 
 
+def build_parser(prog: str = "pretrain_gpt.py") -> argparse.ArgumentParser:
+    """The entry's flags: model, training, data, checkpointing and ``--velocitune-*``.
+
+    Args:
+        prog (str): the program name its messages and ``--help`` give.
+
+    Returns:
+        argparse.ArgumentParser: the parser (its errors are one line, exit 2).
+    """
+    parser = _Parser(
+        prog=prog, description="GPT pretraining on megatron-core with Velocitune reweighting."
+    )
+    for add in (_model, _training, _data, _checkpointing):
+        add(parser)
+    add_velocitune_args(parser)
+    return parser
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Parse and check the entry's flags.
 
@@ -187,13 +205,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         argparse.Namespace: Megatron-LM-style attributes (``args.num_layers`` ...) and the
         ``velocitune_*`` group.
     """
-    parser = _Parser(
-        prog="pretrain_gpt.py",
-        description="GPT pretraining on megatron-core with Velocitune reweighting.",
-    )
-    for add in (_model, _training, _data, _checkpointing):
-        add(parser)
-    add_velocitune_args(parser)
+    parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _check(parser, args)
     return args

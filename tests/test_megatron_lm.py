@@ -594,7 +594,7 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
 
 
-@pytest.mark.parametrize("case", ["missing", "interval", "data", "plain"])
+@pytest.mark.parametrize("case", ["missing", "interval", "data", "blend", "plain"])
 def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case):
     """One resume for both drivers (``VelocituneRun.resume``): the adapter refuses a dynamic
     run without its sidecar, another ``m`` and other data behind the same domain names, each
@@ -629,6 +629,13 @@ def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case
         with open(path, "w") as f:
             json.dump(saved, f)
         expected = r"domain 1 of --data-path was .*: other data, it cannot resume$"
+    elif case == "blend":  # a run started from other --data-path weights
+        saved["resume"]["blend"] = [0.2, 0.3, 0.5]
+        with open(path, "w") as f:
+            json.dump(saved, f)
+        expected = (
+            r"saved with --data-path weights \[0.2, 0.3, 0.5\], this run has \[0.5, 0.3, 0.2\]"
+        )
     resumed = _plugin(corpus, tmp_path, _megatron_args(tmp_path, **overrides))
     iterator = SimpleNamespace(iterable=iter(loader(resumed.registry.data.train, 20)))
     if case == "plain":

@@ -23,6 +23,7 @@ RESUME_KEY = "resume"
 # Identity field -> the flag a user changes it with (for the error line).
 _FLAGS = {
     "data": "--data-path",
+    "blend": "--data-path weights",
     "update_interval": "--velocitune-update-interval",
     "stream_dp_size": "the data-parallel size (world size / (TP x PP))",
     "policy": "--velocitune-policy",
@@ -40,6 +41,10 @@ _FLAGS = {
 }
 
 
+#: Fields an older sidecar's identity lacks: not compared then (a note says so).
+_ADDED_LATER = {"guards": "guards", "blend": "--data-path weights"}
+
+
 def resume_identity(
     prefixes: Sequence[str],
     files: Sequence[Dict[str, Any]],
@@ -55,6 +60,7 @@ def resume_identity(
     global_batch_size: int,
     seed: int,
     guards: Optional[Dict[str, Any]] = None,
+    blend: Optional[Sequence[float]] = None,
 ) -> Dict[str, Any]:
     """The JSON-able identity a resume must match (stored in the sidecar under ``resume``).
 
@@ -76,6 +82,9 @@ def resume_identity(
         seed (int): ``--seed``.
         guards (Optional[Dict[str, Any]]): the ``velocity`` policy's noise multiple and brake
             window (an older sidecar has none: not compared).
+        blend (Optional[Sequence[float]]): the ``--data-path`` weights the run started from
+            (a changed static blend would otherwise resume silently on the saved one; an older
+            sidecar has none: not compared).
 
     Returns:
         Dict[str, Any]: the identity.
@@ -94,6 +103,7 @@ def resume_identity(
         "global_batch_size": int(global_batch_size),
         "seed": int(seed),
         "guards": None if guards is None else dict(guards),
+        "blend": None if blend is None else [round(float(w), 12) for w in blend],
     }
 
 
@@ -146,8 +156,10 @@ def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where
                         "(same content)"
                     )
             continue
-        if key == "guards" and old is None and new is not None:
-            notes.append("the sidecar records no guards (written by an older version)")
+        if key in _ADDED_LATER and old is None and new is not None:
+            notes.append(
+                f"the sidecar records no {_ADDED_LATER[key]} (written by an older version)"
+            )
             continue
         if old != new:
             raise CheckpointError(

@@ -137,6 +137,7 @@ class VelocituneRun:
             run_id=run_id,
         )
         self._iteration = 0
+        self._start_blend = [float(w) for w in weights]
         # Read at set_identity (a driver that never resumes never sets one).
         self._identity_fields = (
             list(prefixes),
@@ -181,6 +182,7 @@ class VelocituneRun:
             global_batch_size,
             seed,
             c.guards_identity(),
+            self._start_blend,
         )
         return self.identity
 

@@ -44,6 +44,7 @@ from megatron_velocitune.cli._common import (
 from megatron_velocitune.cli.fit_cross_domain import add_cross_domain_args, run_cross_domain
 from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
 from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.core.errors import InputError
 from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.laws.dcpt_law import (
     DEFAULT_EPS,
@@ -279,11 +280,15 @@ def run(args: argparse.Namespace) -> int:
     held = args.held_out_run % len(runs)
     rest = [i for i in range(len(runs)) if i != held]
     validation: Dict[str, Tuple[float, float]] = {}
+    # A domain whose refit fails (too few points without the left-out run) has no left-out
+    # error; the laws fitted on every run still answer the questions below.
+    refit_failures: Dict[str, str] = {}
     if len({tuple(np.round(ratios[i], 9)) for i in rest}) >= 2:
         for n in names:
             try:
                 law = fit_domain(n, ratios, fitted, rest, args.eps, eta)
-            except ToolError:
+            except InputError as e:
+                refit_failures[n] = str(e)
                 continue
             d, y = points[held][n]
             if d.size:
@@ -306,7 +311,9 @@ def run(args: argparse.Namespace) -> int:
             f"{n:<14}{f.E:>8.4f}{f.B:>10.4g}{f.eta:>7.3f}{f.beta:>7.3f}{f.C:>8.4f}"
             f"{f.gamma:>7.3f}{f.r2:>8.4f}{f.huber_loss:>10.2e}{mae:>14}{fin:>11}"
         )
-    if validation:
+    for reason in refit_failures.values():
+        print(f"note: {reason} (the refit without the left-out run); no left-out error")
+    if validation or refit_failures:
         blend = " ".join(f"{n}={ratios[held, j]:.3f}" for j, n in enumerate(names))
         print(f"left-out run: {args.trajectories[held]} ({blend})")
     else:

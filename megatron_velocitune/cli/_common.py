@@ -3,12 +3,8 @@
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from megatron_velocitune.core.errors import VelocituneError
+from megatron_velocitune.core.errors import ToolError, VelocituneError
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
-
-
-class ToolError(VelocituneError):
-    """A user-facing, one-line error."""
 
 
 def load_trajectory(path: str) -> Trajectory:

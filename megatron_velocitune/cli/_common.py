@@ -38,6 +38,17 @@ def load_trajectory(path: str) -> Trajectory:
     return t
 
 
+def read_trajectories(paths: Sequence[str]) -> List[Trajectory]:
+    """Read trajectories as the fit tools do: an unreadable file is one :class:`ToolError`."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(read_trajectory(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise ToolError(f"cannot read trajectory {path!r}: {e}") from None
+    return runs
+
+
 def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:
     return [load_trajectory(p) for p in paths]
 

@@ -3,7 +3,7 @@
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from megatron_velocitune.core.errors import ToolError, VelocituneError
+from megatron_velocitune.core.errors import ToolError, VelocituneConfigError, VelocituneError
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 
 
@@ -47,6 +47,16 @@ def read_trajectories(paths: Sequence[str]) -> List[Trajectory]:
         except (OSError, ValueError, KeyError) as e:
             raise ToolError(f"cannot read trajectory {path!r}: {e}") from None
     return runs
+
+
+def read_initial_loss_file(path: str, names: Sequence[str]) -> List[Optional[float]]:
+    """``--initial-loss-file``'s losses of ``names``; a bad file is one :class:`ToolError`."""
+    from megatron_velocitune.core.arguments import read_loss_file
+
+    try:
+        return read_loss_file(path, names, "--initial-loss-file")
+    except VelocituneConfigError as e:
+        raise ToolError(str(e)) from None
 
 
 def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:

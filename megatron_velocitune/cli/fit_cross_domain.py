@@ -23,8 +23,8 @@ from typing import List, Sequence
 
 import numpy as np
 
-from megatron_velocitune.core.arguments import read_loss_file
-from megatron_velocitune.core.errors import ToolError, VelocituneConfigError
+from megatron_velocitune.cli._common import read_initial_loss_file
+from megatron_velocitune.core.errors import ToolError
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 from megatron_velocitune.laws.cross_domain_law import DEFAULT_MIN_DECLINE
 from megatron_velocitune.laws.cross_domain_report import (
@@ -145,10 +145,7 @@ def run_cross_domain(args: argparse.Namespace) -> int:
     short = _read(args.short_run, "--short-run")
     roles = cross_domain_roles(paths, runs, short, config)
     if args.initial_loss_file:
-        try:
-            init = read_loss_file(args.initial_loss_file, roles.wanted, "--initial-loss-file")
-        except VelocituneConfigError as e:
-            raise ToolError(str(e)) from None
+        init = read_initial_loss_file(args.initial_loss_file, roles.wanted)
     else:
         init = initial_losses([short] + runs, roles.wanted)
     report = fit_cross_domain_runs(paths, runs, short, roles, dict(zip(roles.wanted, init)), config)

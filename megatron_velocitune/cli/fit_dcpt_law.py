@@ -38,12 +38,12 @@ from megatron_velocitune.cli._common import (
     add_rising_rule_args,
     check_rising_rule_args,
     parse_name_value,
+    read_initial_loss_file,
     read_trajectories,
     run_tool,
 )
 from megatron_velocitune.cli.fit_cross_domain import add_cross_domain_args, run_cross_domain
-from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
-from megatron_velocitune.core.errors import ToolError, VelocituneConfigError
+from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, format_data_path
 from megatron_velocitune.laws.dcpt_report import (
     CURVE_FRACTIONS,
@@ -223,10 +223,7 @@ def run(args: argparse.Namespace) -> int:
     names = runs[0].domains
     init_list = None
     if args.initial_loss_file:
-        try:
-            init_list = read_loss_file(args.initial_loss_file, names, "--initial-loss-file")
-        except VelocituneConfigError as e:
-            raise ToolError(str(e)) from None
+        init_list = read_initial_loss_file(args.initial_loss_file, names)
     config = DcptRunsConfig(
         replay=list(args.replay),
         tolerance=args.tolerance,

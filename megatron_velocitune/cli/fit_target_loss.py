@@ -33,11 +33,11 @@ import numpy as np
 from megatron_velocitune.cli._common import (
     add_rising_rule_args,
     check_rising_rule_args,
+    read_initial_loss_file,
     read_trajectories,
     run_tool,
 )
-from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
-from megatron_velocitune.core.errors import ToolError, VelocituneConfigError
+from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.trajectory import Trajectory
 from megatron_velocitune.laws.scaling_law import initial_losses
 from megatron_velocitune.laws.target_report import (
@@ -107,10 +107,7 @@ def read_initial_losses(
 ) -> Dict[str, Optional[float]]:
     """Initial loss per domain: the file, else what the runs recorded (header or 0-token eval)."""
     if path is not None:
-        try:
-            return dict(zip(names, read_loss_file(path, names, "--initial-loss-file")))
-        except VelocituneConfigError as e:
-            raise ToolError(str(e)) from None
+        return dict(zip(names, read_initial_loss_file(path, names)))
     return dict(zip(names, initial_losses(trajectories, names)))
 
 

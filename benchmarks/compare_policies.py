@@ -80,6 +80,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from megatron_velocitune.cli import compare_policies as compare  # noqa: E402
+from megatron_velocitune.comparison import runner, runs, targets  # noqa: E402
+from megatron_velocitune.comparison import setting as compare_setting  # noqa: E402
 from megatron_velocitune.laws.comparison import fixed_share_blend, parse_final_losses  # noqa: E402
 
 
@@ -165,12 +167,12 @@ BENCH_FRONTIER = (0.1, 0.4, 0.7)
 MAX_BYTES_PER_DOMAIN = 2_500_000
 
 # The shared run machinery, under the names the other benchmarks use.
-data_path = compare.data_path
-initial_loss_file = compare.initial_loss_file
-time_averaged = compare.time_averaged
-_log = compare.log
-_read_traj = compare.read_traj
-_result = compare.result_of
+data_path = runner.data_path
+initial_loss_file = targets.initial_loss_file
+time_averaged = runner.time_averaged
+_log = runs.log
+_read_traj = runs.read_traj
+_result = runs.result_of
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ QUICK = Setting(
 
 def _run(cmd: Sequence[str], log_path: str) -> float:
     """Run ``cmd`` from the repository root, output to ``log_path``; returns the wall time."""
-    return compare.run_command(cmd, log_path, cwd=REPO)
+    return runs.run_command(cmd, log_path, cwd=REPO)
 
 
 def _model_args(corpus: str, s: Setting) -> List[str]:
@@ -366,8 +368,16 @@ def cpt_run(
     own, entry = compare.split_argv(compare_argv(out, s, corpus, python))
     args = compare.build_parser().parse_args(own)
     args.entry_args = entry
-    return compare.train_run(
-        out, python, compare.setting_from_args(args), key, seed, policy, weights, interval, extra
+    return runner.train_run(
+        out,
+        python,
+        compare_setting.setting_from_args(args),
+        key,
+        seed,
+        policy,
+        weights,
+        interval,
+        extra,
     )
 
 
@@ -561,7 +571,7 @@ def train_base(out: str, python: str, corpus: dict, s: Setting) -> dict:
         _log(f"base model ({s.setting}): {s.base_iters} iterations, {shares}")
         blend = data_path(prefixes, weights)
     cmd = (
-        compare.torchrun(python, s.nproc)
+        runs.torchrun(python, s.nproc)
         + _model_args(os.path.dirname(prefixes[0]), s)
         + [
             "--data-path",

@@ -32,7 +32,7 @@ _LAZY = {
     "LocalSync": "megatron_velocitune.control.sync",
     "DomainEvaluator": "megatron_velocitune.control.evaluation",
     "VelocituneConfig": "megatron_velocitune.core.config",
-    "VelocituneConfigError": "megatron_velocitune.core.config",
+    "VelocituneConfigError": "megatron_velocitune.core.errors",
     "VelocituneError": "megatron_velocitune.core.errors",
     "add_velocitune_args": "megatron_velocitune.core.arguments",
     "config_from_args": "megatron_velocitune.core.arguments",

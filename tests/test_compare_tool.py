@@ -10,7 +10,20 @@ import sys
 import pytest
 
 from megatron_velocitune.cli import compare_policies as compare
-from megatron_velocitune.cli._common import ToolError
+from megatron_velocitune.comparison.methods import (
+    DEFAULT_METHODS,
+    QUICK_METHODS,
+    fit_name,
+    parse_method,
+    run_order,
+    select_methods,
+)
+from megatron_velocitune.comparison.report import pareto_plot, report
+from megatron_velocitune.comparison.runner import method_run, train_command
+from megatron_velocitune.comparison.runs import read_traj, run_command, run_dir, torchrun
+from megatron_velocitune.comparison.setting import Setting
+from megatron_velocitune.comparison.targets import fit_command
+from megatron_velocitune.core.errors import ToolError
 from megatron_velocitune.laws.comparison import ParetoPoint, Stat, dominated_by, frontier_margin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,21 +66,21 @@ def point(name, replay, new, spread=0.01):
 
 class TestMethods:
     def test_names(self):
-        m = compare.parse_method("vt-hold-initial-floor")
+        m = parse_method("vt-hold-initial-floor")
         assert (m.policy, m.rule, m.floor, m.dynamic) == ("velocity", "hold-initial", True, True)
-        assert compare.parse_method("vt-budget").rule == "budget"
-        assert compare.parse_method("dbl").rule == "budget"
-        assert compare.parse_method("frontier-0.40").share == 0.4
-        assert not compare.parse_method("reweighted").dynamic
-        assert compare.parse_method("vt-tolerance").label("5%", 0.1) == "Velocitune, tolerance 5%"
+        assert parse_method("vt-budget").rule == "budget"
+        assert parse_method("dbl").rule == "budget"
+        assert parse_method("frontier-0.40").share == 0.4
+        assert not parse_method("reweighted").dynamic
+        assert parse_method("vt-tolerance").label("5%", 0.1) == "Velocitune, tolerance 5%"
 
     @pytest.mark.parametrize("key", ["vt-refuse", "doremi", "frontier-1.5", "frontier-x"])
     def test_unknown(self, key):
         with pytest.raises(ToolError, match=key):
-            compare.parse_method(key)
+            parse_method(key)
 
     def test_default_is_the_shipped_velocitune(self):
-        m = compare.parse_method("default")
+        m = parse_method("default")
         assert (m.policy, m.rule, m.floor, m.shipped, m.fit) == (
             "velocity",
             None,
@@ -76,14 +89,14 @@ class TestMethods:
             "default",
         )
         assert m.label("5%", 0.1) == "Velocitune, shipped defaults"
-        assert compare.DEFAULT_METHODS[:2] == ("cpt", "default")
-        assert "default" in compare.QUICK_METHODS
-        assert compare.parse_method("vt-budget").fit == "budget"
-        assert compare.parse_method("ratio").fit is None
+        assert DEFAULT_METHODS[:2] == ("cpt", "default")
+        assert "default" in QUICK_METHODS
+        assert parse_method("vt-budget").fit == "budget"
+        assert parse_method("ratio").fit is None
 
     def test_paper_is_the_entry_policy_paper(self):
         for key in ("vt-paper", "paper"):
-            m = compare.parse_method(key)
+            m = parse_method(key)
             assert (m.key, m.policy, m.rule, m.shipped, m.fit) == (
                 "vt-paper",
                 "paper",
@@ -91,9 +104,9 @@ class TestMethods:
                 True,
                 "default",
             )
-        assert "paper" not in compare.DEFAULT_METHODS + compare.QUICK_METHODS
-        assert "vt-paper" not in compare.DEFAULT_METHODS + compare.QUICK_METHODS
-        keys = [m.key for m in compare.select_methods(["paper", "vt-paper", "default"], [0.4], "")]
+        assert "paper" not in DEFAULT_METHODS + QUICK_METHODS
+        assert "vt-paper" not in DEFAULT_METHODS + QUICK_METHODS
+        keys = [m.key for m in select_methods(["paper", "vt-paper", "default"], [0.4], "")]
         assert keys == ["cpt", "vt-paper", "default", "frontier-0.40"]
 
     def test_every_method_runs_a_policy_the_entry_accepts(self):
@@ -101,20 +114,20 @@ class TestMethods:
 
         keys = ["cpt", "default", "default-nobrake", "default-nonoise", "vt-paper", "dbl"]
         keys += ["ratio", "reweighted", "vt-budget-hold-floor", "frontier-0.4"]
-        assert {compare.parse_method(k).policy for k in keys} <= set(POLICIES)
+        assert {parse_method(k).policy for k in keys} <= set(POLICIES)
 
     def test_run_order_puts_default_first(self):
-        methods = compare.select_methods(
+        methods = select_methods(
             ["vt-budget", "reweighted", "vt-budget-hold", "default"], [0.1, 0.4], "vt-budget-hold"
         )
-        order = [m.key for m in compare.run_order(methods, "vt-budget-hold")]
+        order = [m.key for m in run_order(methods, "vt-budget-hold")]
         assert order[:2] == ["default", "vt-budget-hold"]
         assert order[2:4] == ["frontier-0.10", "frontier-0.40"]
         assert order[-2:] == ["reweighted", "cpt"]
 
 
 def fake_setting(**change):
-    """A :class:`compare.Setting` without files (the commands only read it)."""
+    """A :class:`Setting` without files (the commands only read it)."""
     fields = dict(
         prefixes=("/d/general", "/d/man", "/d/code"),
         weights=(0.5, 0.25, 0.25),
@@ -135,7 +148,7 @@ def fake_setting(**change):
         warmup_iters=1,
     )
     fields.update(change)
-    return compare.Setting(**fields)
+    return Setting(**fields)
 
 
 FITS = {
@@ -147,10 +160,10 @@ FITS = {
 def command_of(key, seed=2, s=None):
     """The command ``run_all`` gives ``train_run`` for method ``key``."""
     s = s or fake_setting()
-    m = compare.parse_method(key)
-    r = compare.method_run(m, s, FITS, "/out/initial_loss_seed2.json", reweighted=[0.3, 0.3, 0.4])
-    folder = compare.run_dir("/out", m.key, seed)
-    return compare.train_command(
+    m = parse_method(key)
+    r = method_run(m, s, FITS, "/out/initial_loss_seed2.json", reweighted=[0.3, 0.3, 0.4])
+    folder = run_dir("/out", m.key, seed)
+    return train_command(
         "python", s, folder, seed, r.policy, r.weights, r.interval, r.extra, r.min_weight
     )
 
@@ -208,7 +221,7 @@ class TestCommands:
         assert flag(cmd, off[0]) == off[1]
         assert "--velocitune-rising-rule" not in cmd and "--velocitune-min-weight" not in cmd
         assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-default.json"
-        label = compare.parse_method(key).label("5%", 0.1)
+        label = parse_method(key).label("5%", 0.1)
         assert label == f"Velocitune, defaults with {' '.join(off)}"
 
     def test_paper_as_default_with_its_own_policy(self):
@@ -249,17 +262,17 @@ class TestCommands:
 
     def test_fit_command_default_rule_passes_no_rule(self):
         s = fake_setting()
-        cmd = compare.fit_command("python", ["a.jsonl", "b.jsonl"], s, None, "t.json", "t.png")
+        cmd = fit_command("python", ["a.jsonl", "b.jsonl"], s, None, "t.json", "t.png")
         assert "--rising-domains" not in cmd and "--forgetting-tolerance" not in cmd
         assert flag(cmd, "--fit-fraction") == "0.5"
         assert flag(cmd, "--budget-tokens") == str(20 * 8 * 32)
         assert flag(cmd, "--min-tokens") == str(8 * 32)
         assert flag(cmd, "-o") == "t.json" and flag(cmd, "--plot") == "t.png"
         assert cmd[3:5] == ["a.jsonl", "b.jsonl"]
-        cmd = compare.fit_command("python", ["a.jsonl"], s, "tolerance", "t.json", "t.png")
+        cmd = fit_command("python", ["a.jsonl"], s, "tolerance", "t.json", "t.png")
         assert flag(cmd, "--rising-domains") == "tolerance"
         assert flag(cmd, "--forgetting-tolerance") == "5%"
-        assert compare.fit_name(None) == "default" and compare.fit_name("budget") == "budget"
+        assert fit_name(None) == "default" and fit_name("budget") == "budget"
 
 
 def fake_result(key, seed, final, start=(4.0, 9.0, 9.0)):
@@ -278,7 +291,7 @@ def fake_result(key, seed, final, start=(4.0, 9.0, 9.0)):
 
 def test_report_prints_each_seed_and_the_collapsed_runs(tmp_path):
     s = fake_setting()
-    methods = [compare.parse_method(k) for k in ("cpt", "default", "frontier-0.40")]
+    methods = [parse_method(k) for k in ("cpt", "default", "frontier-0.40")]
     results = {
         "cpt": [fake_result("cpt", 1, [4.20, 5.0, 6.0]), fake_result("cpt", 2, [4.22, 5.1, 6.1])],
         # seed 2: behind that seed's CPT by 0.031 (replay) and 0.142 (new): collapsed.
@@ -292,7 +305,7 @@ def test_report_prints_each_seed_and_the_collapsed_runs(tmp_path):
             fake_result("frontier-0.40", 2, [4.225, 5.6, 6.6]),
         ],
     }
-    text = compare.report(str(tmp_path), s, methods, results, {}, [1, 2])
+    text = report(str(tmp_path), s, methods, results, {}, [1, 2])
     assert "- collapsed: default seed 2 (replay +0.031, new +0.142 vs that seed's CPT)\n" in text
     assert "1 of 4 runs collapsed" in text
     lines = text.splitlines()
@@ -319,7 +332,7 @@ def test_report_prints_each_seed_and_the_collapsed_runs(tmp_path):
     seeds = table["per_seed"]["default"]
     assert [(p["seed"], p["collapsed"]) for p in seeds] == [(1, False), (2, True)]
     assert seeds[0]["replay"] == pytest.approx(4.25) and seeds[0]["new"] == pytest.approx(5.4)
-    compare.pareto_plot(str(tmp_path), s, methods, results, str(tmp_path / "p.png"))
+    pareto_plot(str(tmp_path), s, methods, results, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -450,7 +463,7 @@ def test_help():
 
 def _train_base(corpus, base):
     cmd = (
-        compare.torchrun(sys.executable, 2)
+        torchrun(sys.executable, 2)
         + ENTRY
         + [
             "--tokenizer-model",
@@ -469,7 +482,7 @@ def _train_base(corpus, base):
             base,
         ]
     )
-    compare.run_command(cmd, os.path.join(os.path.dirname(base), "base.log"))
+    run_command(cmd, os.path.join(os.path.dirname(base), "base.log"))
 
 
 @pytest.mark.slow
@@ -510,7 +523,7 @@ def test_a_tiny_comparison_resumes_with_finished_runs_kept(corpus, tmp_path, cap
     assert front["blend"][legal] == pytest.approx(0.5)
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "weights_by_method.png").exists()
-    header = compare.read_traj(
+    header = read_traj(
         str(out / "runs" / "vt-budget" / "seed1" / "tb" / "velocitune_trajectory.jsonl")
     ).header
     assert header["rising_rule"] == "budget" and len(header["target_rules"]) == 3

@@ -405,6 +405,33 @@ def test_fit_dcpt_three_domains_blend(tmp_path, capsys):
     assert WEB_LAW(1e9, w[2]) <= 2.75 * 1.01 + 2e-3  # the replay constraint holds (true law)
 
 
+def test_fit_dcpt_failed_left_out_refit_skips_the_validation(tmp_path, capsys):
+    # Three runs of five evaluations: 15 points fit the law (12+ needed), the two runs left
+    # for the validation refit only 10; the refit fails and the tool skips the left-out
+    # error with a note instead of stopping.
+    paths = [
+        write_run(
+            tmp_path / f"short{i}.jsonl",
+            ["code", "web"],
+            [r, 1 - r],
+            [lambda d, r=r: CODE_LAW(d, r), lambda d, r=r: WEB_LAW(d, 1 - r)],
+            iters=500,
+            every=100,
+            seed=i,
+            initial=[3.5, 2.75],
+        )
+        for i, r in enumerate([0.2, 0.5, 0.8])
+    ]
+    rc = fit_dcpt_law.main([*paths, "--replay", "web", "--budget-tokens", "1e9"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    notes = [x for x in captured.out.splitlines() if x.startswith("note: domain")]
+    assert len(notes) == 2 and all("no left-out error" in x for x in notes)
+    row = next(x for x in captured.out.splitlines() if x.startswith("code "))
+    assert row.split()[-2:] == ["-", "-"]
+    assert "--data-path " in captured.out
+
+
 def test_fit_dcpt_errors(tmp_path, two_domain_runs, capsys):
     def err(argv):
         assert fit_dcpt_law.main(argv) == 2

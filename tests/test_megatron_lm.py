@@ -320,7 +320,7 @@ def test_patcher_wraps_once_and_restores():
 
 def test_hook_wrappers_bind_megatron_lm_signatures():
     """The wrappers find their arguments by name in Megatron-LM's signatures (0.14 .. main)."""
-    from megatron_velocitune.megatron_lm import (
+    from megatron_velocitune.megatron_lm.installer import (
         _checkpoint_and_decide_exit_wrapper,
         _compile_helpers_wrapper,
         _save_checkpoint_wrapper,

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from megatron_velocitune.cli import compare_policies as cp
+from megatron_velocitune.comparison.setting import Setting
+from megatron_velocitune.comparison.targets import fit_targets
 from megatron_velocitune.core.files import save_figure
 from tests.test_fit_tools import CODE, GBS, MATH, SEQ, chin, rising, write_run
 
@@ -57,7 +58,7 @@ def test_compare_fit_log_names_the_final_files(tmp_path, monkeypatch):
         }
         for seed in (1, 2)
     ]
-    s = cp.Setting(
+    s = Setting(
         prefixes=tuple(f"data/{d}" for d in domains),
         weights=tuple(weights),
         load="base",
@@ -78,7 +79,7 @@ def test_compare_fit_log_names_the_final_files(tmp_path, monkeypatch):
     )
     out = tmp_path / "cmp"
     out.mkdir()
-    res = cp.fit_targets(str(out), sys.executable, cpt, s)
+    res = fit_targets(str(out), sys.executable, cpt, s)
     targets, png = out / "targets-default.json", out / "target_fit-default.png"
     assert res["targets"] == str(targets) and targets.is_file()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

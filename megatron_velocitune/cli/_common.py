@@ -3,12 +3,8 @@
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from megatron_velocitune.core.errors import VelocituneError
+from megatron_velocitune.core.errors import ToolError, VelocituneConfigError, VelocituneError
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
-
-
-class ToolError(VelocituneError):
-    """A user-facing, one-line error."""
 
 
 def load_trajectory(path: str) -> Trajectory:
@@ -40,6 +36,27 @@ def load_trajectory(path: str) -> Trajectory:
                 f"weights {w!r}, not one per domain {domains}"
             )
     return t
+
+
+def read_trajectories(paths: Sequence[str]) -> List[Trajectory]:
+    """Read trajectories as the fit tools do: an unreadable file is one :class:`ToolError`."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(read_trajectory(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise ToolError(f"cannot read trajectory {path!r}: {e}") from None
+    return runs
+
+
+def read_initial_loss_file(path: str, names: Sequence[str]) -> List[Optional[float]]:
+    """``--initial-loss-file``'s losses of ``names``; a bad file is one :class:`ToolError`."""
+    from megatron_velocitune.core.arguments import read_loss_file
+
+    try:
+        return read_loss_file(path, names, "--initial-loss-file")
+    except VelocituneConfigError as e:
+        raise ToolError(str(e)) from None
 
 
 def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:

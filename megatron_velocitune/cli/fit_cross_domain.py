@@ -19,36 +19,22 @@ Example::
 
 import argparse
 import math
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
-from megatron_velocitune.cli._common import ToolError
-from megatron_velocitune.core.arguments import read_loss_file
-from megatron_velocitune.core.config import VelocituneConfigError
+from megatron_velocitune.cli._common import read_initial_loss_file
+from megatron_velocitune.core.errors import ToolError
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
-from megatron_velocitune.laws.cross_domain_law import (
-    DEFAULT_MIN_DECLINE,
-    CoefficientError,
-    CrossDomainFit,
-    EarlyLosses,
-    early_losses,
-    fit_cross_domain,
-    points_by_domain,
+from megatron_velocitune.laws.cross_domain_law import DEFAULT_MIN_DECLINE
+from megatron_velocitune.laws.cross_domain_report import (
+    CrossDomainConfig,
+    CrossDomainReport,
+    cross_domain_roles,
+    fit_cross_domain_runs,
 )
-from megatron_velocitune.laws.dcpt_law import (
-    DcptFit,
-    choose_blend,
-    fit_dcpt,
-    format_data_path,
-    static_points,
-)
-from megatron_velocitune.laws.scaling_law import (
-    TooFewPointsError,
-    header_budget,
-    initial_losses,
-    loss_points,
-)
+from megatron_velocitune.laws.dcpt_law import format_data_path
+from megatron_velocitune.laws.scaling_law import initial_losses
 
 DEFAULT_K_WINDOW = 0.05
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -119,12 +105,6 @@ def _read(path: str, flag: str = "") -> Trajectory:
         ) from None
 
 
-def _check_names(flag: str, given: Sequence[str], known: Sequence[str], where: str) -> None:
-    unknown = [n for n in given if n not in known]
-    if unknown:
-        raise ToolError(f"{flag} {unknown[0]!r}: not a domain of {where} (domains {list(known)})")
-
-
 def run_cross_domain(args: argparse.Namespace) -> int:
     """The ``--cross-domain`` mode of velocitune-fit-dcpt; raises :class:`ToolError`."""
     if args.output:
@@ -146,98 +126,46 @@ def run_cross_domain(args: argparse.Namespace) -> int:
     if bad:
         raise ToolError(f"--ratio {bad[0]}: a share must be in (0, 1]")
 
+    config = CrossDomainConfig(
+        short_run=args.short_run,
+        new_domains=list(args.new_domain),
+        replay=list(args.replay),
+        domains=args.domains,
+        budget_tokens=args.budget_tokens,
+        k_window=args.k_window,
+        min_decline=args.min_decline,
+        min_tokens=args.min_tokens,
+        fit_fraction=args.fit_fraction,
+        eps=args.eps,
+        tolerance=args.tolerance,
+        min_weight=args.min_weight,
+    )
     paths = list(args.trajectories)
     runs = [_read(p) for p in paths]
-    names = runs[0].domains
-    for path, t in zip(paths[1:], runs[1:]):
-        if t.domains != names:
-            raise ToolError(
-                f"{path}: domains {t.domains} differ from {paths[0]}'s {names}; the ratio runs "
-                "need one domain list"
-            )
     short = _read(args.short_run, "--short-run")
-    _check_names("--replay", args.replay, names, "the runs")
-    _check_names("--new-domain", args.new_domain, short.domains, f"--short-run {args.short_run}")
-    new = list(dict.fromkeys(args.new_domain))
-    if args.domains is None:
-        train = [n for n in names if n not in args.replay and n not in new]
-    else:
-        _check_names("--domains", args.domains, names, "the runs")
-        train = list(dict.fromkeys(args.domains))
-        both = [n for n in train if n in new or n in args.replay]
-        if both:
-            raise ToolError(f"--domains {both[0]!r}: also a --new-domain or --replay domain")
-    if len(train) < 2:
-        raise ToolError(f"--domains {train}: the cross-domain law needs 2 or more training domains")
-    _check_names("--domains", train, short.domains, f"--short-run {args.short_run}")
-
-    budget = args.budget_tokens or header_budget(runs)
-    if not budget or budget <= 0:
-        raise ToolError("no token budget: pass --budget-tokens")
-    window = args.k_window * budget
-
-    wanted = list(dict.fromkeys(list(args.replay) + train + new))
+    roles = cross_domain_roles(paths, runs, short, config)
     if args.initial_loss_file:
-        try:
-            init = read_loss_file(args.initial_loss_file, wanted, "--initial-loss-file")
-        except VelocituneConfigError as e:
-            raise ToolError(str(e)) from None
+        init = read_initial_loss_file(args.initial_loss_file, roles.wanted)
     else:
-        init = initial_losses([short] + runs, wanted)
-    initial = dict(zip(wanted, init))
+        init = initial_losses([short] + runs, roles.wanted)
+    report = fit_cross_domain_runs(paths, runs, short, roles, dict(zip(roles.wanted, init)), config)
+    _print_report(report, args, shares)
+    if args.plot:
+        _plot(args.plot, report, shares)
+        print(f"wrote {args.plot}")
+    return 0
 
-    # K's features, every domain from the same short run and window.
-    curves = _curves(short, train + new)
-    early: Dict[str, EarlyLosses] = {}
-    for n in train + new:
-        if initial[n] is None:
-            raise ToolError(
-                f"--short-run {args.short_run}: no initial loss for {n!r} (k1): pass "
-                "--initial-loss-file"
-            )
-        d, y = curves[n]
-        try:
-            early[n] = early_losses(d, y, initial[n], window, args.min_decline)
-        except CoefficientError as e:
-            raise ToolError(f"--short-run {args.short_run}: domain {n!r}: {e}") from None
 
-    ratios, points = [], []
-    for path, t in zip(paths, runs):
-        try:
-            blend, pts = static_points(t, names, args.min_tokens)
-        except ValueError as e:
-            raise ToolError(f"{path}: {e}") from None
-        ratios.append(blend)
-        points.append(pts)
-    ratios = np.array(ratios)
-    cutoff = args.fit_fraction * budget
-    fitted = [{n: (d[d <= cutoff], y[d <= cutoff]) for n, (d, y) in p.items()} for p in points]
-    try:
-        law = fit_cross_domain(points_by_domain(train, ratios, fitted, early), eps=args.eps)
-    except TooFewPointsError as e:
-        raise ToolError(f"{e} (in the {len(paths)} trajectories)") from None
-
-    # The standard law where a domain has ratio runs of its own.
-    own: Dict[str, DcptFit] = {}
-    for n in list(args.replay) + train:
-        j = names.index(n)
-        d = np.concatenate([p[n][0] for p in fitted])
-        y = np.concatenate([p[n][1] for p in fitted])
-        r = np.concatenate([np.full(p[n][0].size, ratios[i, j]) for i, p in enumerate(fitted)])
-        try:
-            own[n] = fit_dcpt(d, r, y, eps=args.eps)
-        except (TooFewPointsError, ValueError) as e:
-            raise ToolError(f"domain {n!r}: {e}") from None
-    coeff = {n: law.coefficient(early[n]) for n in new}
-    predicted = {n: law.domain_law(coeff[n]) for n in new}
-
+def _print_report(report: CrossDomainReport, args: argparse.Namespace, shares) -> None:
+    """The shared law, K per domain, the new domains' curves and the blend, as printed."""
+    law, budget, train, new = report.law, report.budget, report.roles.train, report.roles.new
     print(
-        f"cross-domain D-CPT Law on {len(train)} training domains {train} x {len(paths)} "
-        f"static runs; budget {budget:.6g} tokens; fit on points <= {cutoff:.6g} tokens "
-        f"({args.fit_fraction:g}); eps {args.eps:g}"
+        f"cross-domain D-CPT Law on {len(train)} training domains {train} x "
+        f"{len(report.points)} static runs; budget {budget:.6g} tokens; fit on points <= "
+        f"{report.cutoff:.6g} tokens ({args.fit_fraction:g}); eps {args.eps:g}"
     )
     print(
-        f"K = w1/k1 + w2*k2 from the first {window:.6g} tokens ({args.k_window:g} of the "
+        f"K = w1/k1 + w2*k2 from the first {report.window:.6g} tokens ({args.k_window:g} of the "
         f"budget) of --short-run {args.short_run}"
     )
     print(
@@ -256,55 +184,30 @@ def run_cross_domain(args: argparse.Namespace) -> int:
         )
     print(f"{'domain':<14}{'role':<10}{'k1':>9}{'k2':>8}{'K':>8}{'L(window)':>11}")
     for n in train + new:
-        k = law.coefficients[n] if n in law.coefficients else coeff[n]
+        k = law.coefficients[n] if n in law.coefficients else report.coefficients[n]
         role = "train" if n in train else "new"
-        e = early[n]
+        e = report.early[n]
         print(f"{n:<14}{role:<10}{e.k1:>9.4f}{e.k2:>8.4f}{k:>8.4f}{e.loss_at_window:>11.4f}")
 
     fractions = (0.1, 0.25, 0.5, 1.0)
     for n in new:
         print(f"{n}: predicted loss over D: " + "  ".join(f"{f * budget:.3g}" for f in fractions))
         for r in shares:
-            curve = predicted[n].predict(np.array(fractions) * budget, r)
+            curve = report.predicted[n].predict(np.array(fractions) * budget, r)
             print(f"  r={r:<8.3f}" + "  ".join(f"{v:.4f}" for v in curve))
-        if n in names:
-            # The runs hold the new domain too (a leave-one-domain-out check): score it.
-            j = names.index(n)
-            errs = [
-                predicted[n].predict(p[n][0], ratios[i, j]) - p[n][1]
-                for i, p in enumerate(points)
-                if p[n][0].size
-            ]
-            flat = np.concatenate(errs)
-            last = [float(e[-1]) for e in errs]
+        if n in report.observed:
+            flat, last = report.observed[n]
             print(
                 f"  observed in the runs (not fitted): mean abs error {np.mean(np.abs(flat)):.4f}"
                 f" nats over {flat.size} evaluations; at each run's last evaluation "
                 + " ".join(f"{v:+.4f}" for v in last)
             )
 
-    blend_names = [n for n in short.domains if n in own or n in predicted]
-    laws = {n: own.get(n, predicted.get(n)) for n in blend_names}
-    replay = [n for n in args.replay if n in laws]
-    learn = [n for n in blend_names if n not in replay]
-    no_init = [n for n in replay if initial.get(n) is None]
-    if no_init:
-        raise ToolError(
-            f"replay domains {no_init} have no initial loss: pass --initial-loss-file "
-            "(or record one at iteration 0)"
-        )
-    if len(blend_names) >= 2 and learn:
-        bc = choose_blend(
-            laws,
-            budget,
-            replay=replay,
-            initial={n: initial[n] for n in blend_names if initial.get(n) is not None},
-            tolerance=args.tolerance,
-            min_weight=args.min_weight,
-        )
+    bc = report.blend
+    if bc is not None:
         limits = ", ".join(f"{n} {bc.losses[n]:.4f} <= {lim:.4f}" for n, lim in bc.limits.items())
         print(
-            f"blend minimising the mean relative loss of {learn} (new domains by the "
+            f"blend minimising the mean relative loss of {report.learn} (new domains by the "
             "cross-domain law, the others by their own runs' law)"
             + (f" with {limits}" if limits else "")
         )
@@ -314,26 +217,15 @@ def run_cross_domain(args: argparse.Namespace) -> int:
                 "initial value; the blend shown forgets least"
             )
         prefixes = dict(args.data_prefix)
-        print(
-            "--data-path " + format_data_path([prefixes.get(n, n) for n in blend_names], bc.weights)
-        )
-        for j, n in enumerate(blend_names):
+        names = report.blend_names
+        print("--data-path " + format_data_path([prefixes.get(n, n) for n in names], bc.weights))
+        for j, n in enumerate(names):
             print(f"  {n:<14}w={bc.weights[j]:.4f}  predicted {bc.losses[n]:.4f} at the budget")
-    if args.plot:
-        _plot(args.plot, law, train, new, names, ratios, points, early, coeff, shares, budget)
-        print(f"wrote {args.plot}")
-    return 0
 
 
-def _curves(t: Trajectory, names: Sequence[str]):
-    # A short run need not be static: K reads only its losses.
-    pts = loss_points(t, names)
-    return {n: pts.domain(n) for n in names}
-
-
-def _plot(
-    path, law: CrossDomainFit, train, new, names, ratios, points, early, coeff, shares, budget
-):
+def _plot(path: str, report: CrossDomainReport, shares: Sequence[float]) -> None:
+    law, train, new, names = report.law, report.roles.train, report.roles.new, report.roles.names
+    ratios, points, early, coeff = report.ratios, report.points, report.early, report.coefficients
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,7 +251,7 @@ def _plot(
                 ax.plot(d, y, "o", ms=3, color=c, label=f"r={ratios[i, j]:.2f}")
                 ax.plot(grid, dl.predict(grid, ratios[i, j]), "-", lw=1, color=c)
         else:
-            grid = np.geomspace(early[n].window_tokens, budget, 100)
+            grid = np.geomspace(early[n].window_tokens, report.budget, 100)
             for i, r in enumerate(shares):
                 c = colors[i % len(colors)]
                 ax.plot(grid, dl.predict(grid, r), "-", lw=1, color=c, label=f"r={r:.2f}")

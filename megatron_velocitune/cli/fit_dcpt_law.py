@@ -30,36 +30,27 @@ Example::
 import argparse
 import math
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 
 from megatron_velocitune.cli._common import (
-    ToolError,
     add_rising_rule_args,
     check_rising_rule_args,
     parse_name_value,
+    read_initial_loss_file,
+    read_trajectories,
     run_tool,
 )
 from megatron_velocitune.cli.fit_cross_domain import add_cross_domain_args, run_cross_domain
-from megatron_velocitune.core.arguments import read_loss_file, write_loss_file
-from megatron_velocitune.core.config import VelocituneConfigError
-from megatron_velocitune.core.trajectory import read_trajectory
-from megatron_velocitune.laws.dcpt_law import (
-    DEFAULT_EPS,
-    ETA_BOUNDS,
-    choose_blend,
-    choose_ratio,
-    fit_domain,
-    format_data_path,
-    gather,
-    ratio_for_limited_domain,
-)
-from megatron_velocitune.laws.scaling_law import (
-    TargetAboveInitialError,
-    header_budget,
-    initial_losses,
-    resolve_target,
+from megatron_velocitune.core.arguments import write_loss_file
+from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, format_data_path
+from megatron_velocitune.laws.dcpt_report import (
+    CURVE_FRACTIONS,
+    DcptRunsConfig,
+    DcptRunsReport,
+    dcpt_targets,
+    fit_dcpt_runs,
 )
 
 PROG = "velocitune-fit-dcpt"
@@ -228,180 +219,45 @@ def run(args: argparse.Namespace) -> int:
     if args.cross_domain:
         return run_cross_domain(args)
     check_rising_rule_args(args)
-    if args.tolerance < 0:
-        raise ToolError(f"--tolerance {args.tolerance} must be >= 0")
-    if not 0.0 < args.fit_fraction <= 1.0:
-        raise ToolError(f"--fit-fraction {args.fit_fraction} must be in (0, 1]")
-    runs = []
-    for path in args.trajectories:
-        try:
-            runs.append(read_trajectory(path))
-        except (OSError, ValueError, KeyError) as e:
-            raise ToolError(f"cannot read trajectory {path!r}: {e}") from None
+    runs = read_trajectories(args.trajectories)
     names = runs[0].domains
-    unknown = [n for n in args.replay if n not in names]
-    if unknown:
-        raise ToolError(f"--replay {unknown}: not domains of the runs ({names})")
-    given_blend = None
-    if args.blend:
-        given = dict(args.blend)
-        if sorted(given) != sorted(names) or any(v <= 0 for v in given.values()):
-            raise ToolError(f"--blend needs one positive weight for each of {names}, got {given}")
-        given_blend = np.array([given[n] for n in names]) / sum(given.values())
-    ratios, points = gather(args.trajectories, runs, names, args.min_tokens)
-    distinct = {tuple(np.round(r, 9)) for r in ratios}
-    if len(distinct) < 2:
-        raise ToolError(f"need static runs at 2 or more blends, got {len(distinct)}")
-    budget = args.budget_tokens or header_budget(runs)
-    if not budget or budget <= 0:
-        raise ToolError("no token budget: pass --budget-tokens")
+    init_list = None
     if args.initial_loss_file:
-        try:
-            init_list = read_loss_file(args.initial_loss_file, names, "--initial-loss-file")
-        except VelocituneConfigError as e:
-            raise ToolError(str(e)) from None
-    else:
-        init_list = initial_losses(runs, names)
-    initial = dict(zip(names, init_list))
-    no_init = [n for n in args.replay if initial[n] is None]
-    if no_init:
-        raise ToolError(
-            f"replay domains {no_init} have no initial loss: pass "
-            f"--initial-loss-file (or record one at iteration 0)"
-        )
-
-    cutoff = args.fit_fraction * budget
-    fitted = [{n: (d[d <= cutoff], y[d <= cutoff]) for n, (d, y) in p.items()} for p in points]
-    eta = (-2.0, 2.0) if args.allow_negative_eta else ETA_BOUNDS
-    laws = {n: fit_domain(n, ratios, fitted, range(len(runs)), args.eps, eta) for n in names}
-
-    # Validation: refit without one run and predict it.
-    held = args.held_out_run % len(runs)
-    rest = [i for i in range(len(runs)) if i != held]
-    validation: Dict[str, Tuple[float, float]] = {}
-    if len({tuple(np.round(ratios[i], 9)) for i in rest}) >= 2:
-        for n in names:
-            try:
-                law = fit_domain(n, ratios, fitted, rest, args.eps, eta)
-            except ToolError:
-                continue
-            d, y = points[held][n]
-            if d.size:
-                err = np.abs(law.predict(d, ratios[held, names.index(n)]) - y)
-                validation[n] = (float(err.mean()), float(err[np.argmax(d)]))
-
-    print(
-        f"{len(runs)} static runs; budget {budget:.6g} tokens; fit on points <= "
-        f"{cutoff:.6g} tokens ({args.fit_fraction:g}); eps {args.eps:g}"
+        init_list = read_initial_loss_file(args.initial_loss_file, names)
+    config = DcptRunsConfig(
+        replay=list(args.replay),
+        tolerance=args.tolerance,
+        budget_tokens=args.budget_tokens,
+        min_tokens=args.min_tokens,
+        fit_fraction=args.fit_fraction,
+        held_out_run=args.held_out_run,
+        initial_losses=init_list,
+        domain_tokens=list(args.domain_tokens),
+        blend=dict(args.blend),
+        min_weight=args.min_weight,
+        eps=args.eps,
+        allow_negative_eta=args.allow_negative_eta,
     )
-    print(
-        f"{'domain':<14}{'E':>8}{'B':>10}{'eta':>7}{'beta':>7}{'C':>8}{'gamma':>7}"
-        f"{'R2':>8}{'Huber':>10}{'left-out MAE':>14}{'final err':>11}"
-    )
-    for n in names:
-        f = laws[n]
-        v = validation.get(n)
-        mae, fin = (f"{v[0]:.2e}", f"{v[1]:.2e}") if v else ("-", "-")
-        print(
-            f"{n:<14}{f.E:>8.4f}{f.B:>10.4g}{f.eta:>7.3f}{f.beta:>7.3f}{f.C:>8.4f}"
-            f"{f.gamma:>7.3f}{f.r2:>8.4f}{f.huber_loss:>10.2e}{mae:>14}{fin:>11}"
-        )
-    if validation:
-        blend = " ".join(f"{n}={ratios[held, j]:.3f}" for j, n in enumerate(names))
-        print(f"left-out run: {args.trajectories[held]} ({blend})")
-    else:
-        print("left-out run: none (needs runs at 3 or more blends)")
-
-    # Q1: the blend.
-    replay = list(args.replay)
-    learn = [n for n in names if n not in replay]
-    if len(names) == 2 and len(replay) == 1:
-        dom, gen = learn[0], replay[0]
-        choice = choose_ratio(laws[dom], laws[gen], budget, initial[gen], args.tolerance)
-        weights = np.array([choice.ratio if n == dom else 1.0 - choice.ratio for n in names])
-        feasible = choice.feasible
-        print(
-            f"ratio: {dom} {choice.ratio:.3f} / {gen} {1 - choice.ratio:.3f} minimises "
-            f"{dom}'s loss ({choice.domain_loss:.4f}) with {gen} at {choice.general_loss:.4f} "
-            f"<= {choice.general_limit:.4f} (initial {initial[gen]:.4f} x (1 + "
-            f"{args.tolerance:g}))"
-        )
-    else:
-        bc = choose_blend(
-            laws,
-            budget,
-            replay=replay,
-            initial={n: v for n, v in initial.items() if v is not None},
-            tolerance=args.tolerance,
-            min_weight=args.min_weight,
-            start=ratios[0],
-        )
-        weights, feasible = bc.weights, bc.feasible
-        limits = ", ".join(f"{n} {bc.losses[n]:.4f} <= {lim:.4f}" for n, lim in bc.limits.items())
-        print(
-            f"blend minimising the mean relative loss of {learn}"
-            + (f" with {limits}" if limits else "")
-        )
-    if not feasible:
-        print(
-            f"warning: no blend keeps the replay loss within {args.tolerance:g} of its "
-            f"initial value; the blend shown forgets least"
-        )
-    prefixes = dict(args.data_prefix)
-    print("--data-path " + format_data_path([prefixes.get(n, n) for n in names], weights))
-
-    if given_blend is not None:
-        weights = given_blend
-        print("using --blend " + format_data_path([prefixes.get(n, n) for n in names], weights))
-
-    # Q2: the loss curve over D for that blend.
-    fractions = (0.1, 0.25, 0.5, 1.0)
-    print("predicted loss over D: " + "  ".join(f"{f * budget:.3g}" for f in fractions))
-    for j, n in enumerate(names):
-        curve = laws[n].predict(np.array(fractions) * budget, weights[j])
-        print(f"  {n:<14}" + "  ".join(f"{v:.4f}" for v in curve))
-
-    # Q3: data-limited domains.
-    gen_law = laws[replay[0]] if len(replay) == 1 else None
-    gen_init = initial[replay[0]] if len(replay) == 1 else None
-    for n, tokens in args.domain_tokens:
-        if n not in laws:
-            raise ToolError(f"--domain-tokens {n}: not a domain of the runs ({names})")
-        c = ratio_for_limited_domain(laws[n], tokens, gen_law, gen_init, args.tolerance)
-        extra = f", general {c.general_loss:.4f}" if c.general_loss is not None else ""
-        print(
-            f"data-limited {n} ({tokens:.4g} tokens, seen once): share {c.ratio:.3f}, run of "
-            f"{c.tokens:.4g} tokens, predicted loss {c.domain_loss:.4f}{extra}"
-            + ("" if c.feasible else " (general limit not met)")
-        )
-
+    report = fit_dcpt_runs(args.trajectories, runs, config)
+    _print_report(report, args)
     if args.output:
-        targets, errors = [], []
-        for j, n in enumerate(names):
-            pred = float(laws[n].predict(budget, weights[j]))
-            try:
-                dec = resolve_target(
-                    pred, initial[n], args.rising_domains, args.margin, n, args.forgetting_tolerance
-                )
-                targets.append(dec.target)
-                if dec.note:
-                    print(f"note: domain {n!r}: {dec.note}")
-            except TargetAboveInitialError as e:
-                errors.append(f"{e} (--rising-domains)")
-        if errors:
-            for e in errors:
+        targets = dcpt_targets(report, args.rising_domains, args.margin, args.forgetting_tolerance)
+        for note in targets.notes:
+            print(f"note: {note}")
+        if targets.errors:
+            for e in targets.errors:
                 print(f"{PROG}: error: {e}", file=sys.stderr)
             return 2
         write_loss_file(
             args.output,
             names,
-            targets,
+            targets.targets,
             source="fit_dcpt_law",
             law="L(D, r) = E + B r^eta / D^beta + C / (r + eps)^gamma",
             trajectories=list(args.trajectories),
-            budget_tokens=budget,
+            budget_tokens=report.budget,
             fit_fraction=args.fit_fraction,
-            blend={n: float(w) for n, w in zip(names, weights)},
+            blend={n: float(w) for n, w in zip(names, report.weights)},
             rising_domains=args.rising_domains,
             margin=args.margin,
             forgetting_tolerance=(
@@ -409,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             fits={
                 n: {
-                    k: getattr(laws[n], k)
+                    k: getattr(report.laws[n], k)
                     for k in ("E", "B", "eta", "beta", "C", "gamma", "eps", "r2", "huber_loss")
                 }
                 for n in names
@@ -417,9 +273,83 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.output}")
     if args.plot:
-        _plot(args.plot, names, ratios, points, laws, held if validation else -1)
+        held = report.left_out.index if report.left_out.errors else -1
+        _plot(args.plot, names, report.ratios, report.points, report.laws, held)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _print_report(report: DcptRunsReport, args: argparse.Namespace) -> None:
+    """The laws, the left-out errors and the answers, as the tool prints them."""
+    names, budget, left_out = report.names, report.budget, report.left_out
+    print(
+        f"{len(report.points)} static runs; budget {budget:.6g} tokens; fit on points <= "
+        f"{report.cutoff:.6g} tokens ({args.fit_fraction:g}); eps {args.eps:g}"
+    )
+    print(
+        f"{'domain':<14}{'E':>8}{'B':>10}{'eta':>7}{'beta':>7}{'C':>8}{'gamma':>7}"
+        f"{'R2':>8}{'Huber':>10}{'left-out MAE':>14}{'final err':>11}"
+    )
+    for n in names:
+        f = report.laws[n]
+        v = left_out.errors.get(n)
+        mae, fin = (f"{v[0]:.2e}", f"{v[1]:.2e}") if v else ("-", "-")
+        print(
+            f"{n:<14}{f.E:>8.4f}{f.B:>10.4g}{f.eta:>7.3f}{f.beta:>7.3f}{f.C:>8.4f}"
+            f"{f.gamma:>7.3f}{f.r2:>8.4f}{f.huber_loss:>10.2e}{mae:>14}{fin:>11}"
+        )
+    for reason in left_out.refit_failures.values():
+        print(f"note: {reason} (the refit without the left-out run); no left-out error")
+    if left_out.errors or left_out.refit_failures:
+        held = left_out.index
+        blend = " ".join(f"{n}={report.ratios[held, j]:.3f}" for j, n in enumerate(names))
+        print(f"left-out run: {args.trajectories[held]} ({blend})")
+    else:
+        print("left-out run: none (needs runs at 3 or more blends)")
+
+    # Q1: the blend.
+    initial, tolerance = report.initial, args.tolerance
+    if report.ratio_choice is not None:
+        choice = report.ratio_choice
+        dom, gen = report.learn[0], report.replay[0]
+        print(
+            f"ratio: {dom} {choice.ratio:.3f} / {gen} {1 - choice.ratio:.3f} minimises "
+            f"{dom}'s loss ({choice.domain_loss:.4f}) with {gen} at {choice.general_loss:.4f} "
+            f"<= {choice.general_limit:.4f} (initial {initial[gen]:.4f} x (1 + "
+            f"{tolerance:g}))"
+        )
+    else:
+        bc = report.blend_choice
+        limits = ", ".join(f"{n} {bc.losses[n]:.4f} <= {lim:.4f}" for n, lim in bc.limits.items())
+        print(
+            f"blend minimising the mean relative loss of {report.learn}"
+            + (f" with {limits}" if limits else "")
+        )
+    if not report.feasible:
+        print(
+            f"warning: no blend keeps the replay loss within {tolerance:g} of its "
+            f"initial value; the blend shown forgets least"
+        )
+    prefixes = dict(args.data_prefix)
+    print("--data-path " + format_data_path([prefixes.get(n, n) for n in names], report.chosen))
+    if report.given:
+        print(
+            "using --blend " + format_data_path([prefixes.get(n, n) for n in names], report.weights)
+        )
+
+    # Q2: the loss curve over D for that blend.
+    print("predicted loss over D: " + "  ".join(f"{f * budget:.3g}" for f in CURVE_FRACTIONS))
+    for n in names:
+        print(f"  {n:<14}" + "  ".join(f"{v:.4f}" for v in report.curve[n]))
+
+    # Q3: data-limited domains.
+    for n, tokens, c in report.limited:
+        extra = f", general {c.general_loss:.4f}" if c.general_loss is not None else ""
+        print(
+            f"data-limited {n} ({tokens:.4g} tokens, seen once): share {c.ratio:.3f}, run of "
+            f"{c.tokens:.4g} tokens, predicted loss {c.domain_loss:.4f}{extra}"
+            + ("" if c.feasible else " (general limit not met)")
+        )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

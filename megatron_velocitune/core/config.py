@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from megatron_velocitune.core.blending import check_blend_weights
-from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.errors import TargetRuleError, VelocituneConfigError
 from megatron_velocitune.core.policy import (
     DEFAULT_BRAKE_WINDOW,
     DEFAULT_NOISE_MULTIPLE,
@@ -22,7 +22,6 @@ from megatron_velocitune.core.policy import (
     RUNAWAY_GUARDS,
     VELOCITY_POLICIES,
     ResolvedTargets,
-    TargetRuleError,
     Tolerance,
     resolve_targets,
 )
@@ -44,10 +43,6 @@ LOSS_SOURCES = ("eval", "train")
 #: run's sidecar), ``stream`` the training stream's first draws (``--velocitune-loss-source
 #: train``).
 FOOTINGS = ("subset", "full", "stream")
-
-
-class VelocituneConfigError(InputError):
-    """A configuration value is invalid; the message is one line naming the flag and value."""
 
 
 def _flag(name: str) -> str:

@@ -6,14 +6,26 @@ file and the value named) and exit with :attr:`VelocituneError.exit_code`. Anyth
 ``ValueError`` or ``TypeError`` from deep in the code) is a bug and keeps its traceback.
 :class:`InputError` also derives from :class:`ValueError` where a bad value is the cause, so
 callers that catch ``ValueError`` keep working.
+
+Every user-facing error class lives here; the modules that raise one import it from here (and
+keep it in their ``__all__``, so ``from megatron_velocitune.core.config import
+VelocituneConfigError`` and the like keep working). Errors that mean a bug or a broken run
+(``FitFailedError``, ``WeightMismatchError``) stay with their code, outside this family.
 """
 
 __all__ = [
     "CheckpointError",
+    "CoefficientError",
+    "ConversionError",
     "DataError",
     "InputError",
     "NonFiniteLossError",
     "RunLockError",
+    "TargetAboveInitialError",
+    "TargetRuleError",
+    "TooFewPointsError",
+    "ToolError",
+    "VelocituneConfigError",
     "VelocituneError",
 ]
 
@@ -30,6 +42,34 @@ class VelocituneError(Exception):
 
 class InputError(VelocituneError, ValueError):
     """A bad flag value, file content or combination."""
+
+
+class VelocituneConfigError(InputError):
+    """A configuration value is invalid; the message is one line naming the flag and value."""
+
+
+class TargetRuleError(InputError):
+    """A target rule cannot apply to a domain (the message names the domain and the values)."""
+
+
+class TooFewPointsError(InputError):
+    """Too few (tokens, loss) points to fit the law."""
+
+
+class TargetAboveInitialError(InputError):
+    """The predicted target is not below the initial loss (velocity would be undefined)."""
+
+
+class CoefficientError(InputError):
+    """K cannot be estimated from a domain's early losses (too few, flat or rising)."""
+
+
+class ConversionError(InputError):
+    """A checkpoint or config this mapping cannot convert; the message names the problem."""
+
+
+class ToolError(VelocituneError):
+    """A user-facing, one-line error of a command-line tool or the library behind one."""
 
 
 class CheckpointError(VelocituneError):

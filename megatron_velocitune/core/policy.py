@@ -43,7 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.errors import TargetRuleError
 
 __all__ = [
     "DEFAULT_BRAKE_PULLBACK",
@@ -504,10 +504,6 @@ DEFAULT_RISING_RULE = "budget-hold"
 
 #: hold-initial's default margin: the target sits 1% below the initial loss.
 DEFAULT_TARGET_MARGIN = 0.01
-
-
-class TargetRuleError(InputError):
-    """A target rule cannot apply to a domain (the message names the domain and the values)."""
 
 
 @dataclass(frozen=True)

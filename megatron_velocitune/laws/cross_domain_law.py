@@ -48,6 +48,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron_velocitune.core.errors import CoefficientError, TooFewPointsError
 from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, ETA_BOUNDS, DcptFit
 from megatron_velocitune.laws.fitting import (
     DEFAULT_HUBER_DELTA,
@@ -56,7 +57,6 @@ from megatron_velocitune.laws.fitting import (
     r_squared,
     start_grid,
 )
-from megatron_velocitune.laws.scaling_law import TooFewPointsError
 
 __all__ = [
     "DEFAULT_MIN_DECLINE",
@@ -77,10 +77,6 @@ DEFAULT_MIN_DECLINE = 1e-3
 _MU_BOUNDS = (0.01, 3.0)
 
 _NUM_PARAMS = 9  # E, B, eta, beta, C, gamma, F, mu, lam
-
-
-class CoefficientError(ValueError):
-    """K cannot be estimated from a domain's early losses (too few, flat or rising)."""
 
 
 @dataclass(frozen=True)

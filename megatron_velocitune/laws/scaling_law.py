@@ -24,11 +24,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.errors import (
+    TargetAboveInitialError,
+    TargetRuleError,
+    TooFewPointsError,
+)
 from megatron_velocitune.core.policy import (
     DEFAULT_TARGET_MARGIN,
     RISING_RULES,
-    TargetRuleError,
     Tolerance,
     resolve_targets,
 )
@@ -72,14 +75,6 @@ MIN_FIT_POINTS = 4
 # "refuse": a target at or above the initial loss is an error; the other rules are those of
 # :func:`megatron_velocitune.core.policy.resolve_targets`, the one home of the rules.
 TARGET_RULES = RISING_RULES
-
-
-class TooFewPointsError(InputError):
-    """Too few (tokens, loss) points to fit the law."""
-
-
-class TargetAboveInitialError(InputError):
-    """The predicted target is not below the initial loss (velocity would be undefined)."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from megatron_velocitune.core.errors import InputError
+from megatron_velocitune.core.errors import ConversionError
 
 __all__ = [
     "ConversionError",
@@ -61,10 +61,6 @@ _LINEARS = (
 _IGNORED_HF_SUFFIXES = (".rotary_emb.inv_freq",)
 
 Shards = Dict[Tuple[int, int], Dict[str, Any]]
-
-
-class ConversionError(InputError):
-    """A checkpoint or config this mapping cannot convert; the message names the problem."""
 
 
 @dataclass(frozen=True)

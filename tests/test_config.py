@@ -120,6 +120,16 @@ def test_loss_files_round_trip_and_errors(tmp_path):
     assert cfg.target_loss == [1.25, 2.5] and cfg.target_loss_file == path
     one_line_error(lambda: read_loss_file(path, ["code", "math"], "--x"), r"no loss for .*'math'")
     one_line_error(lambda: read_loss_file(str(tmp_path / "nope.json"), None, "--x"), "cannot read")
+    # A domain named twice (json.load would keep the last) and a file nested too deep to read.
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"losses": {"code": 1.0, "web": 2.0, "code": 3.0}}')
+    one_line_error(
+        lambda: read_loss_file(str(twice), None, "--x"),
+        r"^--x: cannot read .*twice.json': key 'code' appears twice in one object$",
+    )
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    one_line_error(lambda: read_loss_file(str(deep), None, "--x"), r"nested too deeply")
     one_line_error(
         lambda: config_from_args(
             parse("--velocitune-target-loss", "1", "--velocitune-target-loss-file", path)

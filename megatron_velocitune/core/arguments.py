@@ -26,6 +26,7 @@ from megatron_velocitune.core.policy import (
     RUNAWAY_GUARDS,
     Tolerance,
 )
+from megatron_velocitune.core.strict_json import load_unique
 
 __all__ = [
     "add_velocitune_args",
@@ -230,8 +231,8 @@ def read_loss_file_with_reference(
     """
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+            data = load_unique(f)
+    except (OSError, ValueError) as e:
         raise VelocituneConfigError(f"{flag}: cannot read {path!r}: {e}") from None
     losses = data.get("losses", data) if isinstance(data, dict) else None
     if not isinstance(losses, dict):

@@ -7,10 +7,11 @@ into NaN on reading, so the tools see the same float arrays as before. A ``null`
 alone (e.g. ``"velocity": null``: no velocity at all) stays ``None``.
 """
 
+import json
 import math
-from typing import Any
+from typing import IO, Any, List, Tuple
 
-__all__ = ["nan_from_null", "strict"]
+__all__ = ["load_unique", "nan_from_null", "strict"]
 
 
 def strict(value: Any) -> Any:
@@ -57,3 +58,27 @@ def nan_from_null(value: Any) -> Any:
             return [math.nan if v is None else v for v in value]
         return [nan_from_null(v) for v in value]
     return value
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            # json.load would keep the last silently: a loss file naming a domain twice is a
+            # mistake the user must see.
+            raise ValueError(f"key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def load_unique(f: IO[str]) -> Any:
+    """``json.load`` that refuses a key given twice in one object and a document nested too
+    deeply to read.
+
+    Raises:
+        ValueError: the file is not such JSON (``json.JSONDecodeError`` is one), with why.
+    """
+    try:
+        return json.load(f, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a loss, targets or state file") from None

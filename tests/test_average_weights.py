@@ -198,6 +198,7 @@ def test_errors(tmp_path, capsys):
     assert "differ" in err([run, other])
     never = write_run(tmp_path / "n.jsonl", train_iters=200, updates=[])
     assert "stopped before its first update" in err([never])
+    assert f"--json {tmp_path}: is a directory" in err([run, "--json", str(tmp_path)])
 
 
 def test_help(capsys):

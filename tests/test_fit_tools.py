@@ -452,6 +452,15 @@ def test_fit_dcpt_errors(tmp_path, two_domain_runs, capsys):
     # The replay target is above the initial loss (the tolerance lets it rise): refused.
     assert "--blend needs" in err([*two_domain_runs, "--blend", "code=1"])
     assert "--fit-fraction 0.0 must be in (0, 1]" in err([*two_domain_runs, "--fit-fraction", "0"])
+    # Numbers out of range (NaN too) and outputs that cannot be written: before any work.
+    for flags, message in (
+        (["--tolerance", "nan"], "--tolerance nan: must be finite and >= 0"),
+        (["--budget-tokens", "0"], "--budget-tokens 0: must be finite and > 0"),
+        (["--budget-tokens", "-5"], "--budget-tokens -5: must be finite and > 0"),
+        (["--min-weight", "0.5"], "--min-weight 0.5: must be below 1/2 with 2 domains"),
+        (["--output", str(tmp_path)], f"--output {tmp_path}: is a directory"),
+    ):
+        assert message in err([*two_domain_runs, *flags])
     assert "not below the initial loss" in err(
         [
             *two_domain_runs,

@@ -1,5 +1,6 @@
 """Helpers shared by the trajectory tools: one-line errors and checked trajectory reading."""
 
+import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -57,6 +58,33 @@ def read_initial_loss_file(path: str, names: Sequence[str]) -> List[Optional[flo
         return read_loss_file(path, names, "--initial-loss-file")
     except VelocituneConfigError as e:
         raise ToolError(str(e)) from None
+
+
+def output_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as an output file (checked before any work), or None."""
+    if os.path.isdir(path):
+        return "is a directory (give the file to write)"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot create its folder {folder} ({e.strerror})"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is not writable"
+    return None
+
+
+def check_outputs(**flags: Optional[str]) -> None:
+    """Refuse, before any work, an output flag (``output="x.json"`` is ``--output``) that names
+    a folder or an unwritable place.
+
+    Raises:
+        ToolError: the first such flag, with its value and why.
+    """
+    for name, path in flags.items():
+        problem = None if path is None else output_problem(path)
+        if problem:
+            raise ToolError(f"--{name.replace('_', '-')} {path}: {problem}")
 
 
 def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:

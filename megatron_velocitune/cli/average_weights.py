@@ -16,7 +16,6 @@ Example::
 """
 
 import argparse
-import json
 import sys
 from typing import List, Optional, Sequence
 
@@ -24,10 +23,12 @@ import numpy as np
 
 from megatron_velocitune.cli._common import (
     ToolError,
+    check_outputs,
     load_trajectories,
     parse_name_value,
     run_tool,
 )
+from megatron_velocitune.core.files import write_json
 from megatron_velocitune.core.weight_history import UNITS, run_history, time_averaged_weights
 from megatron_velocitune.laws.dcpt_law import format_data_path
 
@@ -86,6 +87,7 @@ def _fmt(w: np.ndarray) -> List[str]:
 def run(args: argparse.Namespace) -> int:
     if args.end is not None and not args.end > 0:
         raise ToolError(f"--end {args.end:g} must be positive")
+    check_outputs(json=args.json)
     trajectories = load_trajectories(args.trajectories)
     domains = trajectories[0].domains
     for path, t in zip(args.trajectories[1:], trajectories[1:]):
@@ -144,20 +146,16 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"cannot write the blend: {e}") from None
     print(f"--data-path {data_path}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "domains": domains,
-                    "prefixes": prefixes,
-                    "weights": [float(x) for x in data_path.split()[::2]],
-                    "per_run": [a.tolist() for a in averages],
-                    "unit": args.unit,
-                    "trajectories": list(args.trajectories),
-                    "data_path": data_path,
-                },
-                f,
-                indent=2,
-            )
+        payload = {
+            "domains": domains,
+            "prefixes": prefixes,
+            "weights": [float(x) for x in data_path.split()[::2]],
+            "per_run": [a.tolist() for a in averages],
+            "unit": args.unit,
+            "trajectories": list(args.trajectories),
+            "data_path": data_path,
+        }
+        write_json(args.json, payload, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from megatron_velocitune.cli._common import (
     add_rising_rule_args,
+    check_outputs,
     check_rising_rule_args,
     parse_name_value,
     read_initial_loss_file,
@@ -44,6 +45,8 @@ from megatron_velocitune.cli._common import (
 )
 from megatron_velocitune.cli.fit_cross_domain import add_cross_domain_args, run_cross_domain
 from megatron_velocitune.core.arguments import write_loss_file
+from megatron_velocitune.core.errors import ToolError
+from megatron_velocitune.core.files import save_figure
 from megatron_velocitune.laws.dcpt_law import DEFAULT_EPS, format_data_path
 from megatron_velocitune.laws.dcpt_report import (
     CURVE_FRACTIONS,
@@ -210,8 +213,22 @@ def _plot(path, names, ratios, points, laws, held):
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """One line for a number flag out of its range (NaN included), before any work."""
+    checks = (
+        ("--tolerance", args.tolerance, lambda v: v >= 0, "finite and >= 0"),
+        ("--budget-tokens", args.budget_tokens, lambda v: v > 0, "finite and > 0"),
+        ("--min-tokens", args.min_tokens, lambda v: v >= 0, "finite and >= 0"),
+        ("--min-weight", args.min_weight, lambda v: v >= 0, "finite and >= 0"),
+        ("--eps", args.eps, lambda v: v > 0, "finite and > 0"),
+    )
+    for flag, value, ok, rule in checks:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise ToolError(f"{flag} {value:g}: must be {rule}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,8 +236,15 @@ def run(args: argparse.Namespace) -> int:
     if args.cross_domain:
         return run_cross_domain(args)
     check_rising_rule_args(args)
+    _check_numbers(args)
+    check_outputs(output=args.output, plot=args.plot)
     runs = read_trajectories(args.trajectories)
     names = runs[0].domains
+    if not args.min_weight < 1.0 / len(names):
+        raise ToolError(
+            f"--min-weight {args.min_weight:g}: must be below 1/{len(names)} with "
+            f"{len(names)} domains"
+        )
     init_list = None
     if args.initial_loss_file:
         init_list = read_initial_loss_file(args.initial_loss_file, names)

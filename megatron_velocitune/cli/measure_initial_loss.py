@@ -15,6 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
+from megatron_velocitune.cli._common import output_problem
 from megatron_velocitune.training.arguments import build_parser, parse_args
 from megatron_velocitune.training.loop import measure_initial_loss
 from megatron_velocitune.training.pretrain import run_pretrain
@@ -34,20 +35,6 @@ def _with_defaults(argv: List[str]) -> List[str]:
             argv += [flag, value]
     # Nothing is trained: no warm-up to fit into the one nominal iteration.
     return argv + ["--velocitune-policy", "static", "--lr-warmup-iters", "0"]
-
-
-def _output_problem(output: str) -> Optional[str]:
-    """Why ``output`` cannot be written (checked before the measurement), or None."""
-    if os.path.isdir(output):
-        return "is a directory (give the JSON file to write)"
-    folder = os.path.dirname(os.path.abspath(output))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        return f"cannot create its folder {folder} ({e.strerror})"
-    if not os.access(folder, os.W_OK):
-        return f"its folder {folder} is not writable"
-    return None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -70,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: --output needs a path", file=sys.stderr)
         return 2
     del argv[i : i + 2]
-    problem = _output_problem(output)
+    problem = output_problem(output)
     if problem:
         print(f"{PROG}: error: --output {output}: {problem}", file=sys.stderr)
         return 2

@@ -199,6 +199,14 @@ def test_errors(tmp_path, capsys):
     never = write_run(tmp_path / "n.jsonl", train_iters=200, updates=[])
     assert "stopped before its first update" in err([never])
     assert f"--json {tmp_path}: is a directory" in err([run, "--json", str(tmp_path)])
+    # A header naming a domain twice, an update without its iteration: the file, one line.
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"type": "header", "domains": ["a", "b", "a"], "weights": [0.3, 0.3, 0.4]}\n')
+    assert "the header names domains ['a'] more than once" in err([str(twice)])
+    headless = tmp_path / "noit.jsonl"
+    header = '{"type": "header", "domains": ["a", "b"], "weights": [0.5, 0.5]}'
+    headless.write_text(header + '\n{"type": "update", "weights": [0.5, 0.5]}\n')
+    assert "an update record has no number 'iteration' (it has None)" in err([str(headless)])
 
 
 def test_help(capsys):

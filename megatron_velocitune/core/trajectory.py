@@ -150,5 +150,16 @@ def read_trajectory(path: str) -> Trajectory:
         rid = h.get("run_id")
         if rid != run and rid is not None and rid not in earlier:
             earlier.append(rid)
-    by_iteration: Dict[int, Dict[str, Any]] = {int(r["iteration"]): r for r in mine}
+    domains = header.get("domains")
+    if isinstance(domains, list) and len(set(map(str, domains))) != len(domains):
+        twice = sorted({d for d in domains if domains.count(d) > 1})
+        raise InputError(f"{path}: the header names domains {twice} more than once")
+    by_iteration: Dict[int, Dict[str, Any]] = {}
+    for r in mine:
+        iteration = r.get("iteration")
+        if isinstance(iteration, bool) or not isinstance(iteration, (int, float)):
+            raise InputError(
+                f"{path}: an update record has no number 'iteration' (it has {iteration!r})"
+            )
+        by_iteration[int(iteration)] = r
     return Trajectory(header, [by_iteration[i] for i in sorted(by_iteration)], earlier)

@@ -42,6 +42,7 @@ from megatron_velocitune.core.files import save_figure
 from megatron_velocitune.core.trajectory import Trajectory
 from megatron_velocitune.laws.scaling_law import initial_losses
 from megatron_velocitune.laws.target_report import (
+    LAW_CHOICES,
     DomainTarget,
     TargetFitConfig,
     TargetFitReport,
@@ -97,6 +98,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Initial losses JSON (default: the header's initial_loss, else an "
         "evaluation at 0 tokens).",
+    )
+    p.add_argument(
+        "--law",
+        choices=LAW_CHOICES,
+        default="chinchilla",
+        help="The law of the targets: chinchilla (the paper's E + B/D^beta, the default), "
+        "annealing (Tissue et al. 2024: L0 + A*S1^-alpha - C*S2), cpt (Wang et al. 2025: the "
+        "annealing law continued from pre-training plus a distribution-shift term), or auto "
+        "(per domain, the law with the lowest error on the last 25%% of the fit window). The "
+        "schedule-aware laws read each record's 'lr'.",
+    )
+    p.add_argument(
+        "--constant-lr",
+        action="store_true",
+        help="The proxy ran at a constant learning rate (older trajectories have no 'lr'): "
+        "take steps as the clock (S1 = steps, S2 = 0).",
+    )
+    p.add_argument(
+        "--pt-area",
+        type=float,
+        default=None,
+        help="The cpt law's pre-training forward area S1_pt (sum of the base model's learning "
+        "rates, in the proxy's S1 units: steps at its LR with --constant-lr); default: fitted.",
+    )
+    p.add_argument(
+        "--annealing-c",
+        type=float,
+        default=None,
+        help="Fix the annealing coefficient C (e.g. fitted on the base model's decaying-LR "
+        "curve); default: fitted where the window anneals, else 0.",
     )
     add_rising_rule_args(p)
     p.add_argument("--plot", default=None, help="Write a PNG of every domain's fit here.")
@@ -166,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
         rising_rule=args.rising_domains,
         margin=args.margin,
         forgetting_tolerance=args.forgetting_tolerance,
+        law=args.law,
+        constant_lr=args.constant_lr,
+        pt_area=args.pt_area,
+        fixed_c=args.annealing_c,
     )
     report = fit_target_losses(args.trajectories, runs, config)
     _print_report(report, args.fit_fraction)
@@ -221,9 +256,35 @@ def _print_report(report: TargetFitReport, fit_fraction: float) -> None:
             f"mean held-out absolute error {np.mean(maes):.3e} (paper: 2.4e-3 Reasoning, "
             f"1.84e-3 SystemStack)"
         )
+    if any(len(r.laws) > 1 or r.law != "chinchilla" for r in report.domains):
+        _print_laws(report)
     for r in report.domains:
         if r.decision is not None and r.decision.note:
             print(f"note: domain {r.name!r}: {r.decision.note}")
+
+
+def _print_laws(report: TargetFitReport) -> None:
+    """Every law's errors per domain, and which one the target came from."""
+
+    def fmt(v: float) -> str:
+        return "-" if math.isnan(v) else f"{v:.2e}"
+
+    print(
+        f"{'domain':<16}{'law':<12}{'val MAE':>10}{'MAE held':>10}{'final err':>10}"
+        f"{'pred@budget':>12}  params"
+    )
+    for r in report.domains:
+        for name, res in r.laws.items():
+            mark = "*" if name == r.law else " "
+            params = " ".join(f"{k}={v:.4g}" for k, v in res.params().items())
+            bound = f"  at bound: {','.join(res.at_bound)}" if res.at_bound else ""
+            notes = getattr(res.fit, "notes", [])
+            print(
+                f"{r.name:<16}{mark}{name:<11}{fmt(res.validation_mae):>10}{fmt(res.mae):>10}"
+                f"{fmt(res.final_error):>10}{res.predicted:>12.4f}  {params}{bound}"
+                + (f"  ({'; '.join(notes)})" if notes else "")
+            )
+    print("* the law each target comes from")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

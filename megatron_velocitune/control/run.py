@@ -42,12 +42,36 @@ from megatron_velocitune.core.arguments import config_from_args
 from megatron_velocitune.core.errors import CheckpointError
 from megatron_velocitune.data.datafiles import check_data_file
 
-__all__ = ["LoaderRebuild", "VelocituneRun", "default_domain_names", "format_update"]
+__all__ = [
+    "LoaderRebuild",
+    "VelocituneRun",
+    "default_domain_names",
+    "format_update",
+    "learning_rate_extra",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Restarts the driver's training data loader at a global sample position.
 LoaderRebuild = Callable[[int], None]
+
+
+def learning_rate_extra(optimizer: Any) -> Optional[Dict[str, Any]]:
+    """The update record's ``lr``: the learning rate of the optimizer's first param group.
+
+    A schedule-aware target law (:mod:`megatron_velocitune.laws.schedule_laws`) fits the proxy's
+    curve against the sum of its learning rates, so every update records the LR it ran at.
+
+    Args:
+        optimizer (Any): a torch or megatron-core optimizer (``param_groups``); None for none.
+
+    Returns:
+        Optional[Dict[str, Any]]: ``{"lr": float}``, or None when the optimizer has no groups.
+    """
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups or "lr" not in groups[0]:
+        return None
+    return {"lr": float(groups[0]["lr"])}
 
 
 def default_domain_names(prefixes: Sequence[str]) -> List[str]:

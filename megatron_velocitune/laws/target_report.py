@@ -11,7 +11,7 @@ Pure: the runs come parsed; reading, printing and writing are the tool's
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ from megatron_velocitune.core.errors import TargetAboveInitialError, TooFewPoint
 from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, DEFAULT_TARGET_MARGIN, Tolerance
 from megatron_velocitune.core.trajectory import Trajectory
 from megatron_velocitune.laws.scaling_law import (
+    ChinchillaFit,
     HeldOutError,
     TargetDecision,
     common_footing,
@@ -29,8 +30,41 @@ from megatron_velocitune.laws.scaling_law import (
     loss_points,
     resolve_target,
 )
+from megatron_velocitune.laws.schedule_laws import (
+    DEFAULT_ANNEALING_DECAY,
+    LawFit,
+    MissingLearningRateError,
+    ScheduleInputs,
+    fit_annealing_law,
+    fit_cpt_law,
+    trajectory_schedule,
+)
 
-__all__ = ["DomainTarget", "TargetFitConfig", "TargetFitReport", "fit_target_losses"]
+__all__ = [
+    "LAWS",
+    "LAW_CHOICES",
+    "VALIDATION_SHARE",
+    "DomainTarget",
+    "LawResult",
+    "TargetFitConfig",
+    "TargetFitReport",
+    "fit_target_losses",
+]
+
+#: The laws a target can come from: the Chinchilla data term (the paper's), Tissue et al.'s
+#: annealing law and Wang et al.'s CPT law (:mod:`megatron_velocitune.laws.schedule_laws`).
+LAWS = ("chinchilla", "annealing", "cpt")
+#: ``auto`` picks per domain the law with the lowest error on the window's last points.
+LAW_CHOICES = ("auto",) + LAWS
+#: ``auto``'s validation slice: this share of the fit window's last evaluations (by tokens).
+VALIDATION_SHARE = 0.25
+
+_LAW_FORMULAS = {
+    "chinchilla": "L(D) = E + B / D^beta",
+    "annealing": "L = L0 + A * S1^-alpha - C * S2 (Tissue et al. 2024)",
+    "cpt": "L = L0 + A * (S1_pt + S1)^-alpha - C * S2 + B * (1 - (1 + E * S1)^-beta), "
+    "L(0) = L_init (Wang et al. 2025)",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,41 @@ class TargetFitConfig:
     rising_rule: str = DEFAULT_RISING_RULE
     margin: float = DEFAULT_TARGET_MARGIN
     forgetting_tolerance: Optional[Tolerance] = None
+    law: str = "chinchilla"
+    constant_lr: bool = False
+    pt_area: Optional[float] = None
+    fixed_c: Optional[float] = None
+    annealing_decay: float = DEFAULT_ANNEALING_DECAY
+
+
+@dataclass
+class LawResult:
+    """One law's fit of one domain on the window, and how it does after it.
+
+    Attributes:
+        law (str): one of :data:`LAWS`.
+        fit (object): the :class:`ChinchillaFit` or :class:`LawFit`.
+        predicted (float): its loss at the budget.
+        mae (float): mean absolute error on the evaluations after the window (``nan`` if none).
+        final_error (float): absolute error at the last of them.
+        validation_mae (float): ``auto``'s score: the error on the window's last
+            :data:`VALIDATION_SHARE` of evaluations of a fit on the rest (``nan`` unless auto).
+        at_bound (List[str]): free parameters that ended on a bound.
+    """
+
+    law: str
+    fit: object
+    predicted: float
+    mae: float
+    final_error: float
+    validation_mae: float = float("nan")
+    at_bound: List[str] = field(default_factory=list)
+
+    def params(self) -> Dict[str, float]:
+        """The fit's parameters by name."""
+        if isinstance(self.fit, ChinchillaFit):
+            return dict(E=self.fit.E, B=self.fit.B, beta=self.fit.beta)
+        return dict(self.fit.params)
 
 
 @dataclass
@@ -82,6 +151,8 @@ class DomainTarget:
     initial: Optional[float]
     decision: Optional[TargetDecision]
     target: float
+    law: str = "chinchilla"
+    laws: Dict[str, LawResult] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +191,13 @@ class TargetFitReport:
             dict: the fields, in the file's order.
         """
         return dict(
-            law="L(D) = E + B / D^beta",
+            law=(
+                _LAW_FORMULAS["chinchilla"]
+                if config.law == "chinchilla"
+                else {r.name: _LAW_FORMULAS[r.law] for r in self.domains}
+            ),
+            law_choice=config.law,
+            laws={r.name: r.law for r in self.domains},
             trajectories=list(paths),
             budget_tokens=self.budget,
             fit_fraction=config.fit_fraction,
@@ -130,7 +207,7 @@ class TargetFitReport:
             forgetting_tolerance=(
                 None if config.forgetting_tolerance is None else str(config.forgetting_tolerance)
             ),
-            rules={r.name: r.decision.rule for r in self.domains},
+            rules={r.name: r.decision.rule if r.decision else None for r in self.domains},
             **(
                 {
                     "footing": self.footing,
@@ -150,8 +227,13 @@ class TargetFitReport:
                     initial=r.initial,
                     held_out_mae=None if math.isnan(r.held.mae) else r.held.mae,
                     held_out_points=int(r.held.tokens.size),
-                    rule_applied=bool(r.decision.rule_applied),
-                    rule=r.decision.rule,
+                    rule_applied=bool(r.decision and r.decision.rule_applied),
+                    rule=r.decision.rule if r.decision else None,
+                    law=r.law,
+                    params=r.laws[r.law].params() if r.law in r.laws else None,
+                    law_held_out_mae={
+                        k: None if math.isnan(v.mae) else v.mae for k, v in r.laws.items()
+                    },
                 )
                 for r in self.domains
             },
@@ -203,12 +285,27 @@ def fit_target_losses(
         else:
             initial = dict(zip(names, reference))
 
+    schedules = None
+    if config.law != "chinchilla":
+        try:
+            schedules = [
+                trajectory_schedule(t, p, budget, config.constant_lr, config.annealing_decay)
+                for t, p in zip(runs, paths)
+            ]
+        except MissingLearningRateError as e:
+            raise ToolError(str(e)) from None
+
     domains, errors = [], []
     for n in names:
         d = np.concatenate([p.domain(n)[0] for p in points])
         y = np.concatenate([p.domain(n)[1] for p in points])
+        x = None
+        if schedules is not None:
+            # The areas of the rows ``domain`` keeps (positive tokens, a finite loss).
+            x = _concat_inputs([s.take(_domain_rows(p, n)) for (s, _), p in zip(schedules, points)])
         keep = d >= config.min_tokens
         d, y = d[keep], y[keep]
+        x = None if x is None else x.take(keep)
         try:
             held = held_out_error(d, y, cutoff)
         except TooFewPointsError as e:
@@ -224,6 +321,28 @@ def fit_target_losses(
             # The learning law fits a rising curve as flat; the budget is its rise, extrapolated.
             held = held_out_error(d, y, cutoff, rising=True)
             predicted = float(held.fit.predict(budget))
+        laws = {"chinchilla": _chinchilla_result(held, predicted)}
+        chosen = "chinchilla"
+        if config.law != "chinchilla":
+            at_budget = schedules[0][1]
+            candidates = LAWS if config.law == "auto" else (config.law,)
+            for law in candidates:
+                if law == "chinchilla":
+                    continue
+                try:
+                    laws[law] = _law_result(law, d, y, x, cutoff, at_budget, initial[n], config)
+                except TooFewPointsError as e:
+                    raise ToolError(f"domain {n!r}: {e} ({law} law)") from None
+            if config.law == "auto":
+                for law in LAWS:
+                    laws[law].validation_mae = _validation_mae(
+                        law, d, y, x, cutoff, initial[n], config
+                    )
+                chosen = min(LAWS, key=lambda k: _nan_last(laws[k].validation_mae))
+            else:
+                chosen = config.law
+                laws = {k: v for k, v in laws.items() if k == chosen}
+            predicted = laws[chosen].predicted
         try:
             decision = resolve_target(
                 predicted,
@@ -237,7 +356,9 @@ def fit_target_losses(
             errors.append(f"{e} (--rising-domains)")
             decision = None
         target = decision.target if decision else predicted
-        domains.append(DomainTarget(n, d, y, held, predicted, initial[n], decision, target))
+        domains.append(
+            DomainTarget(n, d, y, held, predicted, initial[n], decision, target, chosen, laws)
+        )
     return TargetFitReport(
         names=names,
         budget=budget,
@@ -248,3 +369,85 @@ def fit_target_losses(
         domains=domains,
         errors=errors,
     )
+
+
+def _nan_last(v: float) -> float:
+    return math.inf if math.isnan(v) else v
+
+
+def _domain_rows(points, name: str) -> np.ndarray:
+    """The rows :meth:`LossPoints.domain` keeps, as a mask."""
+    col = points.losses[:, points.domains.index(name)]
+    return (points.tokens > 0) & np.isfinite(col)
+
+
+def _concat_inputs(parts: Sequence[ScheduleInputs]) -> ScheduleInputs:
+    return ScheduleInputs(
+        np.concatenate([p.tokens for p in parts]),
+        np.concatenate([p.s1 for p in parts]),
+        np.concatenate([p.s2 for p in parts]),
+    )
+
+
+def _chinchilla_result(held: HeldOutError, predicted: float) -> LawResult:
+    beta_lo, beta_hi = 0.01, 2.0
+    at_bound = [
+        name
+        for name, hit in (
+            ("beta", min(abs(held.fit.beta - beta_lo), abs(held.fit.beta - beta_hi)) < 1e-4),
+            ("B", held.fit.B == 0.0),
+            ("E", held.fit.E <= 1.0001e-6),
+        )
+        if hit
+    ]
+    return LawResult(
+        "chinchilla", held.fit, predicted, held.mae, held.final_error, at_bound=at_bound
+    )
+
+
+def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config) -> LawFit:
+    if law == "annealing":
+        return fit_annealing_law(x, y, fixed_c=config.fixed_c)
+    if initial is None:
+        raise TooFewPointsError("the CPT law needs the initial loss (its starting point)")
+    return fit_cpt_law(x, y, initial, s1_pt=config.pt_area, fixed_c=config.fixed_c)
+
+
+def _law_result(law, d, y, x, cutoff, at_budget, initial, config) -> LawResult:
+    """Fit ``law`` on the window (``d <= cutoff``), score it after, predict at the budget."""
+    early = d <= cutoff
+    fit = _fit_one(law, x.take(early), y[early], initial, config)
+    late = ~early
+    order = np.argsort(d[late], kind="stable")
+    err = np.abs(fit.predict(x.take(late))[order] - y[late][order])
+    return LawResult(
+        law,
+        fit,
+        float(fit.predict(at_budget)[0]),
+        float(err.mean()) if err.size else float("nan"),
+        float(err[-1]) if err.size else float("nan"),
+        at_bound=list(fit.at_bound),
+    )
+
+
+def _validation_mae(law, d, y, x, cutoff, initial, config) -> float:
+    """``auto``'s score: fit on the window's first 75%, the error on its last 25%.
+
+    Only points inside the window (``d <= cutoff``) are touched: the choice cannot see the
+    evaluations the held-out error is measured on.
+    """
+    inside = d <= cutoff
+    window = np.unique(d[inside])
+    if window.size < 4:
+        return float("nan")
+    split = window[int(math.floor((1.0 - VALIDATION_SHARE) * window.size)) - 1]
+    train, val = inside & (d <= split), inside & (d > split)
+    try:
+        if law == "chinchilla":
+            pred = held_out_error(d[inside], y[inside], split).predicted
+            obs = y[val][np.argsort(d[val], kind="stable")]
+            return float(np.mean(np.abs(pred - obs)))
+        fit = _fit_one(law, x.take(train), y[train], initial, config)
+    except (TooFewPointsError, ValueError):
+        return float("nan")
+    return float(np.mean(np.abs(fit.predict(x.take(val)) - y[val])))

@@ -30,7 +30,7 @@ import torch
 from megatron_velocitune.control.controller import VelocituneController
 from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.run import VelocituneRun
+from megatron_velocitune.control.run import VelocituneRun, learning_rate_extra
 from megatron_velocitune.control.state import load_state, sidecar_path
 from megatron_velocitune.data.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
@@ -193,7 +193,11 @@ class VelocitunePlugin:
         if self.run is None:
             return
         self._train_iterator = train_data_iterator
-        self.run.after_iteration(iteration, int(self.get_args().consumed_train_samples))
+        self.run.after_iteration(
+            iteration,
+            int(self.get_args().consumed_train_samples),
+            extra=learning_rate_extra(optimizer),
+        )
 
     def _rebuild_train_iterator(self, consumed: int) -> None:
         data = self.registry.data

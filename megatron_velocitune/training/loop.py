@@ -24,7 +24,11 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.run import VelocituneRun, default_domain_names
+from megatron_velocitune.control.run import (
+    VelocituneRun,
+    default_domain_names,
+    learning_rate_extra,
+)
 from megatron_velocitune.control.state import sidecar_path
 from megatron_velocitune.control.sync import UpdateSync
 from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
@@ -504,9 +508,11 @@ def train(
             _log_iteration(args, job, iteration, consumed, elapsed, lm_loss, grad_norm, ok)
 
         # Every m iterations: evaluate, decide, apply (the loader restarts if the blend changed).
-        decision = run.after_iteration(
-            iteration, consumed, extra=_stream_diagnostic(run, job, iteration)
-        )
+        extra = {
+            **(learning_rate_extra(job.optimizer) or {}),
+            **(_stream_diagnostic(run, job, iteration) or {}),
+        }
+        decision = run.after_iteration(iteration, consumed, extra=extra or None)
         if decision is not None and decision.skipped and args.check_for_nan_in_loss_and_grad:
             # The model itself evaluates to NaN/inf (the step just taken broke it): the same stop.
             loss = decision.eval_loss.tolist()

@@ -12,9 +12,11 @@ The CPT runs here predate the ``lr`` field and ran at a constant LR after a 5-st
 the schedule-aware laws take steps as the clock (``--constant-lr``: ``S1`` = steps, ``S2 = 0``;
 ``C`` is then fixed at 0 and the annealing law is the Chinchilla term in steps).
 
-Example::
+Each folder is the ``--out`` of one regime's ``benchmarks/compare_policies.py`` (its CPT runs
+under ``runs/cpt/seed*/``). Example::
 
-    python benchmarks/target_laws.py /work/exp/demo-realistic /work/exp/d2-realistic
+    python benchmarks/compare_policies.py --out /tmp/demo-real
+    python benchmarks/target_laws.py /tmp/demo-real /tmp/d2-real
 """
 
 import argparse
@@ -28,13 +30,6 @@ import numpy as np
 
 from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.laws.target_report import LAWS, TargetFitConfig, fit_target_losses
-
-DEFAULT_REGIMES = [
-    "/work/exp/demo-realistic",
-    "/work/exp/d2-realistic",
-    "/work/exp/demo-small-headroom",
-    "/work/exp/demo-saturated",
-]
 
 
 def _reached(report) -> Dict[str, float]:
@@ -116,8 +111,12 @@ def run(regimes: Sequence[str]) -> str:
 
 def main(argv=None) -> int:
     """Print the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("regimes", nargs="*", default=DEFAULT_REGIMES, help="regime folders")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("regimes", nargs="+", help="regime folders (each a compare_policies.py --out)")
     args = p.parse_args(argv)
     print(run(args.regimes))
     return 0

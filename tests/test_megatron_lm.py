@@ -594,13 +594,13 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
 
 
-@pytest.mark.parametrize("case", ["missing", "interval", "data", "blend", "plain"])
+@pytest.mark.parametrize("case", ["missing", "interval", "data", "blend", "domains", "plain"])
 def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case):
     """One resume for both drivers (``VelocituneRun.resume``): the adapter refuses a dynamic
     run without its sidecar, another ``m`` and other data behind the same domain names, each
     with the megatron-core entry's line; a plain resume continues.
     """
-    from megatron_velocitune.core.errors import CheckpointError
+    from megatron_velocitune.core.errors import VelocituneError
 
     args = _megatron_args(tmp_path, split="90,10,0")
     plugin = _plugin(corpus, tmp_path, args)
@@ -629,6 +629,12 @@ def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case
         with open(path, "w") as f:
             json.dump(saved, f)
         expected = r"domain 1 of --data-path was .*: other data, it cannot resume$"
+    elif case == "domains":  # a state of other domain names (and no identity to say so first)
+        saved["domains"] = ["a", "b", "c"]
+        del saved["resume"]
+        with open(path, "w") as f:
+            json.dump(saved, f)
+        expected = f"^{path}: velocitune state is for domains \\['a', 'b', 'c'\\], this run has"
     elif case == "blend":  # a run started from other --data-path weights
         saved["resume"]["blend"] = [0.2, 0.3, 0.5]
         with open(path, "w") as f:
@@ -642,7 +648,7 @@ def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case
         resumed.start([], None, iterator)
         assert np.array_equal(resumed.controller.weights, plugin.controller.weights)
         return
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(VelocituneError, match=expected):
         resumed.start([], None, iterator)
 
 

@@ -39,7 +39,7 @@ from megatron_velocitune.control.resume import (
 from megatron_velocitune.control.state import save_state
 from megatron_velocitune.control.sync import UpdateDecision, UpdateSync
 from megatron_velocitune.core.arguments import config_from_args
-from megatron_velocitune.core.errors import CheckpointError
+from megatron_velocitune.core.errors import CheckpointError, InputError
 from megatron_velocitune.data.datafiles import check_data_file
 
 __all__ = [
@@ -264,7 +264,10 @@ class VelocituneRun:
         Returns:
             int: the updates replayed into this rank's dataset (0 where it holds none).
         """
-        self.controller.load_state_dict(state)
+        try:
+            self.controller.load_state_dict(state)
+        except InputError as e:  # name the file the state came from
+            raise type(e)(f"{source}: {e}") from None
         replayed = 0
         if self.train_dataset is not None:
             replayed = self.controller.replay(self.train_dataset.update_weights)

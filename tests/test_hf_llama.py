@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from megatron_velocitune.cli.convert_hf_llama import (
+    main as convert_main,
+)
+from megatron_velocitune.conversion.checkpoints import (
     hf_to_megatron_checkpoint,
     load_hf_state_dict,
     megatron_to_hf_folder,
 )
-from megatron_velocitune.cli.convert_hf_llama import (
-    main as convert_main,
-)
-from megatron_velocitune.training.hf_llama import (
+from megatron_velocitune.conversion.llama import (
     ConversionError,
     architecture_from_hf_config,
     hf_to_megatron,
@@ -256,7 +256,7 @@ def test_unsupported_configs_are_named(changes, message):
 
 
 def _tiny_state(arch):
-    from megatron_velocitune.training.hf_llama import _hf_expected
+    from megatron_velocitune.conversion.llama import _hf_expected
 
     return {k: torch.zeros(shape) for k, shape in _hf_expected(arch).items()}
 

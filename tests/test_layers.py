@@ -22,8 +22,9 @@ LAYERS: Dict[str, int] = {
     "training": 3,
     "megatron_lm": 3,
     "comparison": 3,
-    "cli": 4,
-    "launch": 4,
+    "conversion": 4,
+    "cli": 5,
+    "launch": 5,
 }
 
 

@@ -1,7 +1,7 @@
 """Hugging Face Llama-family checkpoints <-> megatron-core GPTModel state dicts, for any TP x PP.
 
 Pure mapping logic: tensors and config dicts in, tensors and flags out; no files, no processes
-(``megatron_velocitune.cli.convert_hf_llama`` does the I/O). The megatron-core side is the
+(``megatron_velocitune.conversion.checkpoints`` does the I/O). The megatron-core side is the
 GPTModel that ``examples/pretrain_gpt.py`` builds with ``get_gpt_layer_local_spec`` and the flags
 :func:`megatron_flags` returns (RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases):
 

@@ -1,0 +1,3 @@
+"""Hugging Face Llama-family checkpoints <-> megatron-core: the tensor mapping (``llama``) and
+the checkpoint files (``checkpoints``).
+"""

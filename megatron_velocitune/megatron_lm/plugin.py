@@ -73,14 +73,6 @@ def _non_persistent_dir(args, folder: Optional[str]) -> Optional[str]:
     return os.path.join(folder, "non_persistent")
 
 
-def _data_parallel_size() -> int:
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        return parallel_state.get_data_parallel_world_size()
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
 def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
@@ -157,8 +149,9 @@ class VelocitunePlugin:
                 self.train_loss, self.evaluator_factory, model, data, args, run.config
             )
         run.controller.evaluator = evaluator
-        # The training-stream windows travel in the sidecar, per data-parallel rank.
-        run.set_identity(_data_parallel_size() if run.config.loss_source == "train" else None)
+        # No layout in the identity: the training-stream windows travel in the sidecar, and
+        # restore_window restarts them under another world size instead of refusing.
+        run.set_identity(None)
         self._train_iterator = train_data_iterator
         run.on_blend_change(self._rebuild_train_iterator)
         iteration = int(getattr(args, "iteration", 0) or 0)

@@ -240,7 +240,6 @@ class TrainingJob:
         run (VelocituneRun): the Velocitune run (controller, log, loader-rebuild rule).
         validator (DomainEvaluator): Megatron-LM's ``--eval-iters`` validation, per domain.
         writer (Optional[Any]): the TensorBoard writer on the last rank.
-        identity (Dict[str, Any]): what a resume must match (recorded in every sidecar).
         lock (Optional[RunLock]): this run's lock on ``--save`` (global rank 0).
     """
 
@@ -255,7 +254,6 @@ class TrainingJob:
     run: VelocituneRun
     validator: DomainEvaluator
     writer: Optional[Any]
-    identity: Dict[str, Any]
     lock: Optional[Any] = None
 
     def close(self) -> None:
@@ -332,6 +330,8 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
     )
+    # What a resume must match; the stream's windows are in the checkpoint, per DP rank.
+    run.set_identity(None if stream is None else info.dp_size)
     return TrainingJob(
         info,
         num_microbatches,
@@ -344,8 +344,6 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
         run,
         validator,
         writer,
-        # The stream's windows are in the checkpoint, per data-parallel rank.
-        run.set_identity(None if stream is None else info.dp_size),
         lock,
     )
 
@@ -508,10 +506,12 @@ def train(
             _log_iteration(args, job, iteration, consumed, elapsed, lm_loss, grad_norm, ok)
 
         # Every m iterations: evaluate, decide, apply (the loader restarts if the blend changed).
-        extra = {
-            **(learning_rate_extra(job.optimizer) or {}),
-            **(_stream_diagnostic(run, job, iteration) or {}),
-        }
+        extra = None
+        if run.is_update_iteration(iteration):  # the record's fields, only where one is written
+            extra = {
+                **(learning_rate_extra(job.optimizer) or {}),
+                **(_stream_diagnostic(run, job) or {}),
+            }
         decision = run.after_iteration(iteration, consumed, extra=extra or None)
         if decision is not None and decision.skipped and args.check_for_nan_in_loss_and_grad:
             # The model itself evaluates to NaN/inf (the step just taken broke it): the same stop.
@@ -676,15 +676,14 @@ def _stop_non_finite(args, iteration: int, what: str) -> None:
     )
 
 
-def _stream_diagnostic(run: VelocituneRun, job: TrainingJob, iteration: int):
-    """The training-stream estimate beside the held-out one at an update (estimator study).
+def _stream_diagnostic(run: VelocituneRun, job: TrainingJob):
+    """The training-stream estimate beside the held-out one (call at an update iteration only:
+    the estimator study).
 
     Diagnostic only (the held-out estimate drives the policy): one more 2k-float reduction per
     update, in dynamic runs with ``--velocitune-loss-source eval``.
     """
     if job.stream is None or run.config.loss_source != "eval":
-        return None
-    if not run.is_update_iteration(iteration):
         return None
     window = run.sync.reduce(job.stream.take())
     return {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}

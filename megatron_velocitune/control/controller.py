@@ -582,10 +582,7 @@ class VelocituneController:
         """The knobs of the rising-domain rule and the headroom floor, as the header holds them."""
         knobs: Dict[str, Any] = {"min_headroom": self.config.min_headroom}
         if self.config.policy == "velocity":
-            knobs["noise_multiple"] = self.config.noise_multiple
-            knobs["brake_window"] = self.config.brake_window
-            if self.config.runaway_guard != "brake":  # older headers: brake, the only guard then
-                knobs["runaway_guard"] = self.config.runaway_guard
+            knobs.update(self.config.guards_identity())
         if self.config.rising_rule == "hold-initial":
             knobs["target_margin"] = self.config.target_margin
         if self.config.forgetting_tolerance is not None:

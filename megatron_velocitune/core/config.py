@@ -158,8 +158,9 @@ class VelocituneConfig:
         return "full" if self.policy == "paper" else "subset"
 
     def guards_identity(self) -> dict:
-        """The ``velocity`` policy's guards as a resume identity records them (the runaway guard
-        only when it is not ``brake``, so that sidecars from before the choice compare equal).
+        """The ``velocity`` policy's guards as the resume identity and the trajectory header
+        record them (the runaway guard only when it is not ``brake``, so that sidecars and
+        headers from before the choice read the same).
         """
         guards = {"noise_multiple": self.noise_multiple, "brake_window": self.brake_window}
         if self.runaway_guard != DEFAULT_RUNAWAY_GUARD:

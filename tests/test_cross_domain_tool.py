@@ -117,6 +117,8 @@ def test_cross_domain_prediction_table_at_given_ratios(tmp_path, runs, capsys):
         (["--new-domain", "x", "--k-window", "0.5"], "before the K window"),
         (["--new-domain", "x", "--replay", "wb"], "--replay 'wb': not a domain of the runs"),
         ([], "needs --new-domain"),
+        (["--new-domain", "x", "--tolerance", "nan"], "--tolerance nan: must be finite and >= 0"),
+        (["--new-domain", "x", "--tolerance", "-1"], "--tolerance -1: must be finite and >= 0"),
     ],
 )
 def test_cross_domain_one_line_errors(tmp_path, runs, capsys, tail, message):

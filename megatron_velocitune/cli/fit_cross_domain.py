@@ -106,7 +106,10 @@ def _read(path: str, flag: str = "") -> Trajectory:
 
 
 def run_cross_domain(args: argparse.Namespace) -> int:
-    """The ``--cross-domain`` mode of velocitune-fit-dcpt; raises :class:`ToolError`."""
+    """The ``--cross-domain`` mode of velocitune-fit-dcpt; raises :class:`ToolError`.
+
+    The number flags both modes share are checked before (``fit_dcpt_law._check_numbers``).
+    """
     if args.output:
         raise ToolError("--output: the targets JSON is written by the standard law only")
     if args.blend or args.domain_tokens:
@@ -119,8 +122,6 @@ def run_cross_domain(args: argparse.Namespace) -> int:
         raise ToolError(f"--k-window {args.k_window} must be in (0, 1] (a share of the budget)")
     if not 0.0 < args.fit_fraction <= 1.0:
         raise ToolError(f"--fit-fraction {args.fit_fraction} must be in (0, 1]")
-    if args.tolerance < 0:
-        raise ToolError(f"--tolerance {args.tolerance} must be >= 0")
     shares = args.ratio or list(DEFAULT_RATIOS)
     bad = [r for r in shares if not 0.0 < r <= 1.0]
     if bad:

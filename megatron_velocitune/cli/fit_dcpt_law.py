@@ -233,11 +233,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, answer, print and write; raises :class:`ToolError` on a user error."""
+    # Both modes read these flags.
+    _check_numbers(args)
+    check_outputs(plot=args.plot)
     if args.cross_domain:
         return run_cross_domain(args)
     check_rising_rule_args(args)
-    _check_numbers(args)
-    check_outputs(output=args.output, plot=args.plot)
+    check_outputs(output=args.output)
     runs = read_trajectories(args.trajectories)
     names = runs[0].domains
     if not args.min_weight < 1.0 / len(names):

@@ -745,7 +745,7 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
     for flag, field, _ in SIZE_FLAGS:
         value = getattr(args, field, None)
         if value is not None:
-            if value <= 0:
+            if not value > 0:  # NaN too
                 raise SystemExit(f"{flag} {value}: must be > 0")
             s = replace(s, **{field: value})
     if s.global_batch % (s.micro_batch * s.nproc):
@@ -773,10 +773,9 @@ def check_setting(out: str, s: Setting) -> None:
         old = json.load(f)
     if "setting" not in old:  # written when the demo corpus and base_replay_share were all
         old["setting"] = _LEGACY_SETTING.get(old.get("base_replay_share"), "?")
-        old.setdefault("corpus", "demo")
-        old.setdefault("saturated_replay_bytes", None)
     mine = json.loads(json.dumps(asdict(s)))
-    # A field added since that file was written held its default then.
+    # A field added since that file was written (the corpus, the saturated bytes, the sizes)
+    # held its default then.
     before = {**json.loads(json.dumps(asdict(Setting()))), **old}
     diff = {k: (before.get(k), v) for k, v in mine.items() if k != "seeds" and before.get(k) != v}
     if diff:

@@ -45,6 +45,7 @@ holds the standard errors, the headroom floors and the braked domains.
 (:mod:`megatron_velocitune.control.state` writes them next to a checkpoint).
 """
 
+import functools
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
@@ -195,8 +196,14 @@ class VelocituneController:
             self.observers.insert(0, TrajectoryObserver(self.trajectory_path, self.run_id))
 
     def is_update_iteration(self, iteration: int) -> bool:
-        """Whether :meth:`maybe_update` evaluates at ``iteration`` (every ``m``, never at 0)."""
-        return iteration > 0 and iteration % self.config.update_interval == 0
+        """Whether :meth:`maybe_update` evaluates at ``iteration`` (every ``m`` and at each
+        phase of a ``schedule``, never at 0).
+        """
+        schedule = self.config.blend_schedule
+        return iteration > 0 and (
+            iteration % self.config.update_interval == 0
+            or (schedule is not None and iteration in schedule.iterations)
+        )
 
     def initialize(self, iteration: int = 0, consumed_samples: int = 0) -> None:
         """Measure the initial loss if needed, check the targets, write the log header.
@@ -316,7 +323,7 @@ class VelocituneController:
         decision = self.sync.update(
             sums,
             self.weights,
-            self._decide,
+            functools.partial(self._decide, iteration=iteration),
             iteration,
             consumed_samples,
             fallback=self._last_estimate() if self.config.loss_source == "train" else None,
@@ -473,8 +480,10 @@ class VelocituneController:
             runaway=self.config.runaway_guard,
         )
 
-    def _decide(self, eval_loss: np.ndarray, stderr: np.ndarray) -> np.ndarray:
+    def _decide(self, eval_loss: np.ndarray, stderr: np.ndarray, iteration: int) -> np.ndarray:
         """The pure policy (runs on the deciding rank only)."""
+        if self.config.blend_schedule is not None:
+            return self.config.blend_schedule.blend_after(iteration, self.initial_weights)
         return update_weights(
             self.config.policy,
             self.weights,
@@ -566,6 +575,9 @@ class VelocituneController:
             "target_reference": _floats(self.config.target_reference),
             "rising_rule": self.config.rising_rule,
             "target_rules": self.target_rules,
+            "blend_schedule": (
+                None if self.config.blend_schedule is None else self.config.blend_schedule.to_json()
+            ),
             "rule_knobs": self._rule_knobs(),
             "update_interval": self.config.update_interval,
             "eval_iters": self.config.eval_iters,

@@ -21,7 +21,7 @@ from megatron_velocitune.core.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_RUNAWAY_GUARD,
     DEFAULT_TARGET_MARGIN,
-    POLICIES,
+    POLICY_NAMES,
     RISING_RULES,
     RUNAWAY_GUARDS,
     Tolerance,
@@ -50,12 +50,23 @@ def add_velocitune_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument(
         "--velocitune-policy",
         default="velocity",
-        choices=sorted(POLICIES),
+        choices=sorted(POLICY_NAMES),
         help="Reweighting rule: velocity (Velocitune: Algorithm 1 on one footing, with the noise "
         "floor and the brake), paper (Algorithm 1 exactly as the paper writes it: L_init on the "
         "full held-out sets, absolute targets, no floor, no brake), dbl (Sheared LLaMA DBL), "
-        "ratio (no target loss ablation) or static (fixed blend, per-domain losses still "
-        "recorded).",
+        "ratio (no target loss ablation), static (fixed blend, per-domain losses still "
+        "recorded) or schedule (a phased blend: --velocitune-blend-schedule).",
+    )
+    group.add_argument(
+        "--velocitune-blend-schedule",
+        nargs="+",
+        default=None,
+        metavar="ITER:W1,W2,...",
+        help="Policy schedule: the blend after each given iteration, one weight per domain in "
+        "--data-path order (normalised like --data-path weights); the --data-path weights hold "
+        "until the first phase. Example: 1700:0.5,0.25,0.25 switches to half replay for the "
+        "samples after iteration 1700. Each switch is an update (evaluated and logged, kept "
+        "in the checkpoint's sidecar), so a resume across it is exact.",
     )
     group.add_argument(
         "--velocitune-update-interval",
@@ -333,4 +344,6 @@ def config_from_args(args: argparse.Namespace) -> VelocituneConfig:
         noise_multiple=getattr(args, "velocitune_noise_multiple", DEFAULT_NOISE_MULTIPLE),
         brake_window=getattr(args, "velocitune_brake_window", DEFAULT_BRAKE_WINDOW),
         runaway_guard=getattr(args, "velocitune_runaway_guard", DEFAULT_RUNAWAY_GUARD),
+        blend_phases=getattr(args, "velocitune_blend_schedule", None),
+        train_iters=getattr(args, "train_iters", None),
     )

@@ -6,7 +6,7 @@ fails before any rank touches data.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from megatron_velocitune.core.blending import check_blend_weights
@@ -17,14 +17,16 @@ from megatron_velocitune.core.policy import (
     DEFAULT_RISING_RULE,
     DEFAULT_RUNAWAY_GUARD,
     DEFAULT_TARGET_MARGIN,
-    POLICIES,
+    POLICY_NAMES,
     RISING_RULES,
     RUNAWAY_GUARDS,
+    SCHEDULE_POLICY,
     VELOCITY_POLICIES,
     ResolvedTargets,
     Tolerance,
     resolve_targets,
 )
+from megatron_velocitune.core.schedule import SCHEDULE_FLAG, BlendSchedule
 
 __all__ = [
     "FOOTINGS",
@@ -127,6 +129,11 @@ class VelocituneConfig:
         runaway_guard (str): policy ``velocity``: what keeps a domain's weight from compounding
             (one of :data:`~megatron_velocitune.core.policy.RUNAWAY_GUARDS`; ``brake`` reads
             ``brake_window``).
+        blend_phases (Optional[List[str]]): policy ``schedule``: its ``ITER:W1,W2,...`` phases
+            (``--velocitune-blend-schedule``), read into :attr:`blend_schedule` by
+            :meth:`validate` once the number of domains is known.
+        train_iters (Optional[int]): the run's length, when known (a phase at or after it
+            would never apply).
     """
 
     policy: str = "velocity"
@@ -149,6 +156,9 @@ class VelocituneConfig:
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     brake_window: int = DEFAULT_BRAKE_WINDOW
     runaway_guard: str = DEFAULT_RUNAWAY_GUARD
+    blend_phases: Optional[List[str]] = None
+    train_iters: Optional[int] = None
+    blend_schedule: Optional[BlendSchedule] = field(default=None, init=False)
 
     @property
     def footing(self) -> str:
@@ -158,19 +168,29 @@ class VelocituneConfig:
         return "full" if self.policy == "paper" else "subset"
 
     def guards_identity(self) -> dict:
-        """The ``velocity`` policy's guards as the resume identity and the trajectory header
-        record them (the runaway guard only when it is not ``brake``, so that sidecars and
-        headers from before the choice read the same).
+        """The ``velocity`` policy's guards (and a ``schedule``'s phases) as the resume
+        identity and the trajectory header record them (the runaway guard only when it is not
+        ``brake``, so that sidecars and headers from before the choice read the same).
         """
         guards = {"noise_multiple": self.noise_multiple, "brake_window": self.brake_window}
         if self.runaway_guard != DEFAULT_RUNAWAY_GUARD:
             guards["runaway_guard"] = self.runaway_guard
+        if self.blend_schedule is not None:
+            guards["blend_schedule"] = self.blend_schedule.to_json()
         return guards
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
+        if self.policy not in POLICY_NAMES:
             raise VelocituneConfigError(
-                f"{_flag('policy')}: {self.policy!r} is not one of {sorted(POLICIES)}"
+                f"{_flag('policy')}: {self.policy!r} is not one of {sorted(POLICY_NAMES)}"
+            )
+        if (self.policy == SCHEDULE_POLICY) != (self.blend_phases is not None):
+            raise VelocituneConfigError(
+                f"{SCHEDULE_FLAG}: {self.blend_phases} is read by {_flag('policy')} "
+                f"{SCHEDULE_POLICY} and only by it (the policy is {self.policy!r})"
+                if self.blend_phases is not None
+                else f"{_flag('policy')} {SCHEDULE_POLICY} needs {SCHEDULE_FLAG} ITER:W1,W2,... "
+                "(the blend after each given iteration)"
             )
         if self.loss_source not in LOSS_SOURCES:
             raise VelocituneConfigError(
@@ -243,6 +263,17 @@ class VelocituneConfig:
             )
         if weights is not None:
             check_weights(weights)
+        if self.blend_phases is not None:
+            try:
+                self.blend_schedule = BlendSchedule.parse(self.blend_phases, num_domains)
+            except ValueError as e:
+                raise VelocituneConfigError(str(e)) from None
+            last = self.blend_schedule.iterations[-1]
+            if self.train_iters is not None and last >= self.train_iters:
+                raise VelocituneConfigError(
+                    f"{SCHEDULE_FLAG}: the phase after iteration {last} never applies in a run "
+                    f"of --train-iters {self.train_iters}"
+                )
         if self.min_weight * num_domains >= 1.0:
             raise VelocituneConfigError(
                 f"{_flag('min_weight')}: {self.min_weight} leaves no room for {num_domains} "

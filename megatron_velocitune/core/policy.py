@@ -35,6 +35,10 @@ writes it (:func:`velocity_update` with no headroom floor and no brake); ``veloc
 default, adds the two guards a small evaluation needs: a headroom never below the evaluation's
 own noise (:func:`noise_headroom`) and the brake (:func:`unresponsive`, :func:`brake`), so that
 a domain whose loss does not fall when it gets more data cannot keep compounding its weight.
+
+One more policy, ``schedule`` (:data:`SCHEDULE_POLICY`), reads no loss: its blend changes at
+given iterations (:mod:`megatron_velocitune.core.schedule`), the phased blend a reactive rule
+must beat.
 """
 
 import math
@@ -54,8 +58,10 @@ __all__ = [
     "DEFAULT_RISING_RULE",
     "DEFAULT_TARGET_MARGIN",
     "POLICIES",
+    "POLICY_NAMES",
     "RISING_RULES",
     "RUNAWAY_GUARDS",
+    "SCHEDULE_POLICY",
     "VELOCITY_POLICIES",
     "Guards",
     "ResolvedTargets",
@@ -462,6 +468,13 @@ POLICIES: Dict[str, Callable[..., np.ndarray]] = {
 
 #: The policies that read a velocity, hence targets and an initial loss.
 VELOCITY_POLICIES = ("velocity", "paper")
+
+#: A phased blend: the blend changes at given iterations whatever the losses say
+#: (:class:`~megatron_velocitune.core.schedule.BlendSchedule`), so it is no rule of the losses.
+SCHEDULE_POLICY = "schedule"
+
+#: Every ``--velocitune-policy``.
+POLICY_NAMES = (*POLICIES, SCHEDULE_POLICY)
 
 
 def update_weights(

@@ -1,8 +1,8 @@
 """The methods of a comparison: their names, what each runs with, the order workers take them.
 
 Pure: no files, no processes. A method's name (``cpt``, ``default``, ``default-<ablation>``,
-``vt-paper``, ``vt-<rule>[-floor]``, ``dbl``, ``ratio``, ``reweighted``, ``frontier-<g>``) is
-its folder under ``runs/`` and parses into a :class:`Method`
+``vt-paper``, ``vt-<rule>[-floor]``, ``dbl``, ``ratio``, ``reweighted``, ``frontier-<g>``,
+``phase-<f>-<r1>-<r2>``) is its folder under ``runs/`` and parses into a :class:`Method`
 (:mod:`megatron_velocitune.cli.compare_policies` describes each).
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_velocitune.core.errors import ToolError
-from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, RISING_RULES
+from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, RISING_RULES, SCHEDULE_POLICY
 
 __all__ = [
     "DEFAULT_ABLATIONS",
@@ -21,6 +21,7 @@ __all__ = [
     "QUICK_METHODS",
     "VT_RULES",
     "Method",
+    "Phased",
     "fit_name",
     "frontier_key",
     "parse_method",
@@ -62,6 +63,7 @@ class Method:
             headroom floor or initial-loss file; the targets of the fit tool's default rule.
         ablation (Tuple[str, ...]): entry flags that switch one guard of the default off
             (``default-<ablation>``, :data:`DEFAULT_ABLATIONS`).
+        phase (Optional[Phased]): a phased blend (``phase-<f>-<r1>-<r2>``).
     """
 
     key: str
@@ -71,10 +73,12 @@ class Method:
     share: Optional[float] = None
     shipped: bool = False
     ablation: Tuple[str, ...] = ()
+    phase: Optional["Phased"] = None
 
     @property
     def dynamic(self) -> bool:
-        return self.policy != "static"
+        """Whether its blend reacts to the losses (a phased blend does not)."""
+        return self.policy not in ("static", SCHEDULE_POLICY)
 
     @property
     def fit(self) -> Optional[str]:
@@ -95,6 +99,8 @@ class Method:
             return f"Velocitune, {self.policy} policy (entry defaults)"
         if self.share is not None:
             return f"static, replay {self.share:.2f}"
+        if self.phase is not None:
+            return self.phase.label()
         if self.policy == "velocity":
             rule = f"tolerance {tolerance}" if self.rule == "tolerance" else self.rule
             return f"Velocitune, {rule}" + (f", floor {min_headroom:g}" if self.floor else "")
@@ -131,6 +137,8 @@ def parse_method(key: str) -> Method:
         if not 0.0 < share < 1.0:
             raise ToolError(f"method {key!r}: a frontier share must be in (0, 1)")
         return Method(key, "static", share=share)
+    if key.startswith("phase-"):
+        return Method(key, SCHEDULE_POLICY, phase=Phased.parse(key))
     if key.startswith("vt-"):
         rule, floor = key[3:], False
         if rule.endswith("-floor"):
@@ -140,8 +148,8 @@ def parse_method(key: str) -> Method:
     raise ToolError(
         f"--methods {key}: unknown method; choose from cpt, default, "
         f"{', '.join('default-' + a for a in DEFAULT_ABLATIONS)}, vt-paper, dbl, ratio, "
-        f"reweighted, vt-<rule>[-floor] with rule in {list(VT_RULES)} (frontier points come "
-        f"from --frontier)"
+        f"reweighted, vt-<rule>[-floor] with rule in {list(VT_RULES)}, phase-<f>-<r1>-<r2> "
+        f"(frontier points come from --frontier)"
     )
 
 
@@ -153,6 +161,49 @@ DEFAULT_ABLATIONS = {
     "cap": ("--velocitune-runaway-guard", "cap"),
     "anchored": ("--velocitune-runaway-guard", "anchored"),
 }
+
+
+@dataclass(frozen=True)
+class Phased:
+    """A two-phase blend: replay share ``first`` until fraction ``switch`` of the budget, then
+    ``second``; the new domains share the rest in the CPT blend's ratio.
+
+    Attributes:
+        switch (float): the fraction of the iterations after which the second phase starts.
+        first (Optional[float]): the first phase's replay share; None: CPT's own.
+        second (float): the second phase's replay share.
+    """
+
+    switch: float
+    first: Optional[float]
+    second: float
+
+    @classmethod
+    def parse(cls, key: str) -> "Phased":
+        """``phase-<f>-<r1>-<r2>`` (``r1`` a share or ``cpt``), e.g. ``phase-0.85-cpt-0.80``.
+
+        Raises:
+            ToolError: not three parts, or a number out of (0, 1).
+        """
+        parts = key[len("phase-") :].split("-")
+        try:
+            switch, second = float(parts[0]), float(parts[2])
+            first = None if parts[1] == "cpt" else float(parts[1])
+            ok = len(parts) == 3 and all(
+                0.0 < v < 1.0 for v in (switch, second, 0.5 if first is None else first)
+            )
+        except (IndexError, ValueError):
+            ok = False
+        if not ok:
+            raise ToolError(
+                f"--methods {key}: a phased blend is phase-<f>-<r1>-<r2>: replay share r1 (a "
+                "number or 'cpt') until fraction f of the budget, then r2, each in (0, 1)"
+            )
+        return cls(switch, first, second)
+
+    def label(self) -> str:
+        first = "CPT's" if self.first is None else f"{self.first:.2f}"
+        return f"phased, replay {first} -> {self.second:.2f} after {self.switch:.0%}"
 
 
 def frontier_key(share: float) -> str:

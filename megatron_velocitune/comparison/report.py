@@ -94,7 +94,7 @@ def report(
     cpt = summarise_method(runs("cpt"), s.domains, [s.replay])
     ref = np.array([x.mean for x in cpt.per_domain])
     rows = {k: summarise_method(runs(k), s.domains, [s.replay], ref) for k in keys}
-    plain = [r for k in keys if not by_key[k].dynamic and k != "cpt" for r in results[k]]
+    plain = [r for k in keys if by_key[k].policy == "static" and k != "cpt" for r in results[k]]
     static_cpu = mean_std([_cpu_ms(r) for r in plain])
     per_seed = run_points(s, {k: results[k] for k in keys})
     others = [p for k in keys if k != "cpt" for p in per_seed[k]]

@@ -240,12 +240,22 @@ def method_run(
             extra += ["--velocitune-min-headroom", str(s.min_headroom)]
     if m.dynamic:
         return MethodRun(m.policy, list(s.weights), s.update_interval, extra, True)
+    if m.phase is not None:
+        first = s.weights if m.phase.first is None else _replay_blend(s, m.phase.first)
+        second = ",".join(f"{w:.6f}" for w in _replay_blend(s, m.phase.second))
+        switch = max(1, min(s.train_iters - 1, round(m.phase.switch * s.train_iters)))
+        extra += ["--velocitune-blend-schedule", f"{switch}:{second}"]
+        return MethodRun(m.policy, list(first), s.train_iters, extra, False)
     if m.key == "reweighted":
         if reweighted is None:
             raise ValueError("the reweighted method needs its blend")
         return MethodRun("static", list(reweighted), s.train_iters, extra, True)
-    blend = replay_share_blend(s.weights, [s.replay], m.share).tolist()
-    return MethodRun("static", blend, s.train_iters, extra, True)
+    return MethodRun("static", _replay_blend(s, m.share), s.train_iters, extra, True)
+
+
+def _replay_blend(s: Setting, share: float) -> List[float]:
+    """The CPT blend with the replay domain's share set to ``share``."""
+    return replay_share_blend(s.weights, [s.replay], share).tolist()
 
 
 def run_all(

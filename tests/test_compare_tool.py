@@ -24,7 +24,14 @@ from megatron_velocitune.comparison.runs import read_traj, run_command, run_dir,
 from megatron_velocitune.comparison.setting import Setting
 from megatron_velocitune.comparison.targets import fit_command
 from megatron_velocitune.core.errors import ToolError
-from megatron_velocitune.laws.comparison import ParetoPoint, Stat, dominated_by, frontier_margin
+from megatron_velocitune.laws.comparison import (
+    ParetoPoint,
+    Stat,
+    dominated_by,
+    frontier_margin,
+    frontier_spread,
+    pareto_efficient,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,11 +117,28 @@ class TestMethods:
         assert keys == ["cpt", "vt-paper", "default", "frontier-0.40"]
 
     def test_every_method_runs_a_policy_the_entry_accepts(self):
-        from megatron_velocitune.core.policy import POLICIES
+        from megatron_velocitune.core.policy import POLICY_NAMES
 
         keys = ["cpt", "default", "default-nobrake", "default-nonoise", "vt-paper", "dbl"]
-        keys += ["ratio", "reweighted", "vt-budget-hold-floor", "frontier-0.4"]
-        assert {parse_method(k).policy for k in keys} <= set(POLICIES)
+        keys += ["ratio", "reweighted", "vt-budget-hold-floor", "frontier-0.4", "phase-0.8-cpt-0.5"]
+        assert {parse_method(k).policy for k in keys} <= set(POLICY_NAMES)
+
+    def test_phased_names(self):
+        m = parse_method("phase-0.85-0.10-0.80")
+        assert (m.policy, m.dynamic, m.share) == ("schedule", False, None)
+        assert (m.phase.switch, m.phase.first, m.phase.second) == (0.85, 0.1, 0.8)
+        assert m.label("5%", 0.1) == "phased, replay 0.10 -> 0.80 after 85%"
+        assert parse_method("phase-0.7-cpt-0.5").phase.first is None
+        assert parse_method("phase-0.7-cpt-0.5").label("", 0) == (
+            "phased, replay CPT's -> 0.50 after 70%"
+        )
+
+    @pytest.mark.parametrize(
+        "key", ["phase-0.85-cpt", "phase-1-0.1-0.5", "phase-x-0.1-0.5", "phase-0.5-0-0.5"]
+    )
+    def test_bad_phased_names(self, key):
+        with pytest.raises(ToolError, match=rf"--methods {key}: a phased blend is phase-<f>"):
+            parse_method(key)
 
     def test_run_order_puts_default_first(self):
         methods = select_methods(
@@ -260,6 +284,20 @@ class TestCommands:
         assert cmd[cmd.index("--data-path") + 1] == "0.300000"
         assert flag(cmd, "--velocitune-initial-loss-file") == "/out/initial_loss_seed2.json"
 
+    def test_phased_methods_schedule_the_second_share(self):
+        cmd = command_of("phase-0.75-0.20-0.60")
+        assert flag(cmd, "--velocitune-policy") == "schedule"
+        assert flag(cmd, "--velocitune-update-interval") == "20"  # only the switch and the end
+        assert "--velocitune-min-weight" not in cmd
+        start = cmd.index("--data-path") + 1
+        assert cmd[start : start + 6 : 2] == ["0.200000", "0.400000", "0.400000"]
+        # After iteration 15 of 20: replay 0.6, the new domains the rest in CPT's ratio.
+        assert flag(cmd, "--velocitune-blend-schedule") == "15:0.600000,0.200000,0.200000"
+        assert flag(cmd, "--velocitune-initial-loss-file") == "/out/initial_loss_seed2.json"
+        cmd = command_of("phase-0.75-cpt-0.60")
+        start = cmd.index("--data-path") + 1
+        assert cmd[start : start + 6 : 2] == ["0.500000", "0.250000", "0.250000"]
+
     def test_fit_command_default_rule_passes_no_rule(self):
         s = fake_setting()
         cmd = fit_command("python", ["a.jsonl", "b.jsonl"], s, None, "t.json", "t.png")
@@ -336,8 +374,53 @@ def test_report_prints_each_seed_and_the_collapsed_runs(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_sets_phased_blends_against_the_constant_frontier(tmp_path):
+    s = fake_setting()
+    keys = ("cpt", "default", "frontier-0.40", "phase-0.80-0.20-0.60", "phase-0.90-0.20-0.60")
+    methods = [parse_method(k) for k in keys]
+
+    def runs(key, replay, new):
+        return [
+            fake_result(key, x, [replay + d, new + d, new + d]) for x, d in ((1, 0), (2, 0.002))
+        ]
+
+    results = {
+        "cpt": runs("cpt", 4.20, 5.0),  # replay share 0.5
+        "frontier-0.40": runs("frontier-0.40", 4.30, 4.8),
+        "default": runs("default", 4.26, 4.90),  # 0.02 above the line
+        "phase-0.80-0.20-0.60": runs("phase-0.80-0.20-0.60", 4.25, 4.8),  # 0.1 below it
+        "phase-0.90-0.20-0.60": runs("phase-0.90-0.20-0.60", 4.26, 4.85),  # beaten by 0.80
+    }
+    text = report(str(tmp_path), s, methods, results, {}, [1, 2])
+    assert (
+        "The phased frontier (the phased blends no other phased blend beats on both axes): "
+        "phased, replay 0.20 -> 0.60 after 80%.\n"
+    ) in text
+    assert "2 of 2 phased blends lie below the constant frontier beyond the seed spread: " in text
+    assert "after 80% (+0.1000 > spread 0.0057); phased, replay 0.20 -> 0.60 after 90%" in text
+    assert "| phased, replay 0.20 -> 0.60 after 80% | 4.2510 ± 0.0014 | 4.8010 ± 0.0014 |" in text
+    assert "| Velocitune, shipped defaults | 4.2610 ± 0.0014 | 4.9010 ± 0.0014 |" in text
+    assert "| -0.0200 * | - |" in text  # the constant frontier beats no point on both axes
+    # Against the phased frontier (one point: no line), the 80% blend beats it on both axes.
+    assert (
+        "| Velocitune, shipped defaults | - (outside its range) | phased, replay 0.20 -> 0.60 "
+        "after 80% |"
+    ) in text
+    pareto_plot(str(tmp_path), s, methods, results, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
 class TestFrontier:
     FRONT = [point("a", 3.9, 5.2), point("b", 4.0, 5.0), point("c", 4.2, 4.8)]
+
+    def test_spread_of_a_margin(self):
+        # At 4.1 the line is at 4.9 with std 0.01; slope -1: 0.01 + 0.01 + 1 * 0.01.
+        assert frontier_spread(point("vt", 4.1, 4.85), self.FRONT) == pytest.approx(0.03)
+        assert frontier_spread(point("vt", 3.5, 5.0), self.FRONT) is None  # outside the range
+
+    def test_pareto_efficient(self):
+        pts = [*self.FRONT, point("d", 4.1, 5.1), point("e", 4.0, 5.0)]
+        assert [p.name for p in pareto_efficient(pts)] == ["a", "b", "e", "c"]
 
     def test_dominated_beyond_the_spread_only(self):
         assert dominated_by(point("vt", 4.1, 5.1), self.FRONT) == "b"

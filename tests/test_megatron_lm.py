@@ -180,7 +180,7 @@ def test_check_args_accepts_a_weighted_blend():
         ({"dataloader_type": "external"}, "--dataloader-type external"),
         ({"dataloader_fast_cache_load": True}, "--dataloader-fast-cache-load"),
         ({"dataloader_defer_npy_index_mmap": True}, "--dataloader-defer-npy-index-mmap"),
-        ({"phase_transition_iterations": "100,200"}, "--phase-transition-iterations"),
+        ({"phase_transition_iterations": "100,200"}, "--phase-transition-iterations.*schedule"),
         ({"num_layers_per_virtual_pipeline_stage": 2}, "virtual pipeline"),
         ({"num_virtual_stages_per_pipeline_rank": 2}, "virtual pipeline"),
         ({"hybrid_context_parallel": True}, "--hybrid-context-parallel"),

@@ -7,7 +7,7 @@ method's place against the static frontier, and the target fits.
 
 import os
 from dataclasses import asdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from megatron_velocitune.laws.comparison import (
     dominated_by,
     find_collapses,
     frontier_margin,
+    frontier_spread,
     mean_std,
+    pareto_efficient,
     parse_loop_time,
     render_mae_table,
     render_seed_table,
@@ -34,6 +36,10 @@ from megatron_velocitune.laws.comparison import (
 )
 
 __all__ = ["labels_of", "pareto_plot", "pareto_points", "report", "run_points", "weight_plot"]
+
+
+#: The phased blends' colour in the Pareto plot.
+PHASED_COLOR = "tab:purple"
 
 
 def _cpu_ms(result: dict) -> float:
@@ -125,13 +131,15 @@ def report(
         p = points[k]
         gain = base_new - p.new.mean
         share = gain / (base_new - cpt_gain) if base_new != cpt_gain else float("nan")
-        margin = frontier_margin(p, frontier) if by_key[k].share is None and k != "cpt" else None
-        dom = dominated_by(p, frontier) if by_key[k].share is None and k != "cpt" else None
+        on_front = by_key[k].share is not None or k == "cpt"
+        margin = None if on_front else _margin_cell(p, frontier)
+        dom = None if on_front else dominated_by(p, frontier)
         pareto.append(
             f"| {labels[k]} | {p.replay.fmt()} | {p.new.fmt()} | {gain:+.4f} ({share:.0%}) | "
-            f"{'-' if margin is None else f'{margin:+.4f}'} | "
-            f"{'-' if dom is None else labels[dom]} |"
+            f"{margin or '-'} | {'-' if dom is None else labels[dom]} |"
         )
+    phased = [points[k] for k in keys if by_key[k].phase is not None]
+    phased_lines = _phased_lines(phased, frontier, [points[k] for k in keys], labels)
     lines = [
         f"## Policy comparison: {len(seeds)} seed(s) {list(seeds)}, budget {s.train_iters} "
         f"iterations x {s.global_batch_size} x {s.seq_length} = {s.budget_tokens:,} tokens",
@@ -164,10 +172,12 @@ def report(
         "",
         f"The base model's mean new-domain loss is {base_new:.4f}; gain = base - final (share "
         "of CPT's gain). Frontier: CPT and the `static, replay g` rows; the line joins them by "
-        "replay loss.",
+        "replay loss. `*`: the margin exceeds the seed spread (the point's new-domain std, the "
+        "line's there, and the point's replay std times the line's slope).",
         "",
         "\n".join(pareto),
         "",
+        *phased_lines,
         "### Targets",
         "",
     ]
@@ -223,6 +233,61 @@ def report(
     return text
 
 
+def _margin_cell(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Optional[str]:
+    """``+0.0123`` (``*`` beyond the seed spread), or None outside the frontier's range."""
+    margin = frontier_margin(point, frontier)
+    if margin is None:
+        return None
+    spread = frontier_spread(point, frontier)
+    return f"{margin:+.4f}" + (" *" if spread is not None and abs(margin) > spread else "")
+
+
+def _phased_lines(
+    phased: List[ParetoPoint],
+    frontier: List[ParetoPoint],
+    points: List[ParetoPoint],
+    labels: Dict[str, str],
+) -> List[str]:
+    """The phased blends against the constant frontier, and every other method against theirs."""
+    if not phased:
+        return []
+    beyond = []
+    for p in phased:
+        margin, spread = frontier_margin(p, frontier), frontier_spread(p, frontier)
+        if margin is not None and spread is not None and margin > spread:
+            beyond.append(f"{labels[p.name]} ({margin:+.4f} > spread {spread:.4f})")
+    efficient = pareto_efficient(phased)
+    lines = [
+        "### Phased blends",
+        "",
+        "The phased frontier (the phased blends no other phased blend beats on both axes): "
+        + ", ".join(labels[p.name] for p in efficient)
+        + ".",
+        "",
+        f"{len(beyond)} of {len(phased)} phased blends lie below the constant frontier beyond "
+        "the seed spread" + (": " + "; ".join(beyond) + "." if beyond else "."),
+        "",
+    ]
+    rows = []
+    for p in points:
+        if p in frontier or p in phased:
+            continue
+        cell = _margin_cell(p, efficient)
+        dom = dominated_by(p, efficient)
+        rows.append(
+            f"| {labels[p.name]} | {cell or '- (outside its range)'} | "
+            f"{'-' if dom is None else labels[dom]} |"
+        )
+    if rows:
+        lines += [
+            "| method | vs phased frontier line (+ = below it) | dominated by (beyond spread) |",
+            "|---|---|---|",
+            *rows,
+            "",
+        ]
+    return lines
+
+
 def _base_new_loss(s: Setting, cpt: List[dict]) -> float:
     """The base model's mean new-domain loss (the CPT runs' start losses)."""
     start = np.mean([r["start_loss"] for r in cpt], axis=0)
@@ -241,7 +306,7 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
     labels = labels_of(s, methods, results)
     new = [i for i in range(len(s.domains)) if i != s.replay]
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    front = []
+    front, phased = [], []
     points = run_points(s, {m.key: results[m.key] for m in methods if results.get(m.key)})
     others = [p for k, ps in points.items() if k != "cpt" for p in ps]
     collapsed = {(c.method, c.seed) for c in find_collapses(others, points.get("cpt", []))}
@@ -255,15 +320,24 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
         if is_front:
             share = m.share if m.share is not None else s.weights[s.replay]
             front.append((x.mean, y.mean, share))
+        if m.phase is not None:
+            phased.append(ParetoPoint(m.key, x, y))
+        marker = "s" if is_front else "^" if m.phase is not None else "o"
         err = dict(xerr=0 if np.isnan(x.std) else x.std, yerr=0 if np.isnan(y.std) else y.std)
         bars = ax.errorbar(
             x.mean,
             y.mean,
-            fmt="s" if is_front else "o",
-            ms=5 if is_front else 7,
+            fmt=marker,
+            ms=5 if is_front or m.phase is not None else 7,
             capsize=3,
-            color="gray" if is_front and m.key != "cpt" else None,
-            label=None if is_front and m.key != "cpt" else labels[m.key],
+            color=(
+                "gray"
+                if is_front and m.key != "cpt"
+                else PHASED_COLOR
+                if m.phase is not None
+                else None
+            ),
+            label=None if (is_front and m.key != "cpt") or m.phase is not None else labels[m.key],
             **err,
         )
         color = bars.lines[0].get_color()
@@ -272,7 +346,7 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
             [p.replay for p in seeds],
             [p.new for p in seeds],
             s=12,
-            marker="s" if is_front else "o",
+            marker=marker,
             color=color,
             alpha=0.45,
             linewidths=0,
@@ -306,6 +380,18 @@ def pareto_plot(out: str, s: Setting, methods: List[Method], results, path: str)
                 fontsize=7,
                 color="gray",
             )
+    if phased:
+        best = pareto_efficient(phased)
+        ax.plot(
+            [p.replay.mean for p in best],
+            [p.new.mean for p in best],
+            "--",
+            color=PHASED_COLOR,
+            lw=1,
+            marker="^",
+            ms=4,
+            label=f"phased blends ({len(phased)}; dashed: their frontier)",
+        )
     ax.set_xlabel(f"replay domain `{s.replay_domain}`: final held-out loss")
     ax.set_ylabel("mean new-domain final held-out loss")
     ax.set_title("lower-left is better; seed mean ± std, small: each seed (red ring: collapsed)")

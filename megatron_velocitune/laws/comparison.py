@@ -36,6 +36,8 @@ __all__ = [
     "find_collapses",
     "fixed_share_blend",
     "frontier_margin",
+    "frontier_spread",
+    "pareto_efficient",
     "Stat",
     "is_real_difference",
     "mean_std",
@@ -497,6 +499,46 @@ def frontier_margin(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Opti
     if not xs[0] <= x <= xs[-1]:
         return None
     return float(np.interp(x, xs, ys) - point.new.mean)
+
+
+def frontier_spread(point: ParetoPoint, frontier: Sequence[ParetoPoint]) -> Optional[float]:
+    """The seed spread a :func:`frontier_margin` must exceed to be real.
+
+    The point's new-domain std, plus the line's at the point's replay loss (its two ends'
+    stds interpolated), plus the point's replay std times the line's slope there (moving the
+    point by its replay spread moves the line under it). None where the margin is None.
+    """
+    pts = sorted(
+        ((f.replay.mean, f.new.mean, f.new.std) for f in frontier if f.name != point.name),
+        key=lambda p: p[0],
+    )
+    if len(pts) < 2 or point.replay.n < 2 or point.new.n < 2:
+        return None
+    xs = np.array([p[0] for p in pts])
+    x = point.replay.mean
+    if not xs[0] <= x <= xs[-1]:
+        return None
+    j = int(np.clip(np.searchsorted(xs, x), 1, len(pts) - 1))
+    (x0, y0, s0), (x1, y1, s1) = pts[j - 1], pts[j]
+    slope = 0.0 if x1 == x0 else (y1 - y0) / (x1 - x0)
+    line_std = float(np.interp(x, [x0, x1], [s0, s1])) if x1 != x0 else max(s0, s1)
+    return float(point.new.std + line_std + abs(slope) * point.replay.std)
+
+
+def pareto_efficient(points: Sequence[ParetoPoint]) -> List[ParetoPoint]:
+    """The points no other point beats on both axes (by the seed means), by replay loss."""
+    kept = [
+        p
+        for p in points
+        if not any(
+            q is not p
+            and q.replay.mean <= p.replay.mean
+            and q.new.mean <= p.new.mean
+            and (q.replay.mean, q.new.mean) != (p.replay.mean, p.new.mean)
+            for q in points
+        )
+    ]
+    return sorted(kept, key=lambda p: p.replay.mean)
 
 
 @dataclass(frozen=True)

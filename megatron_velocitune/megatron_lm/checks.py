@@ -69,8 +69,9 @@ def check_args(args: Any) -> None:
     if get("phase_transition_iterations"):
         refusals.append(
             "--phase-transition-iterations: each phase rebuilds the train set from sample 0, "
-            "so a weight history in global samples does not apply; run the phases as separate "
-            "Velocitune runs"
+            "so a weight history in global samples does not apply; for phased blends of the "
+            "same --data-path prefixes use --velocitune-policy schedule "
+            "--velocitune-blend-schedule ITER:W1,W2,... (one run, no relaunch)"
         )
     if (
         get("virtual_pipeline_model_parallel_size")

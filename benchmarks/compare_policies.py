@@ -184,6 +184,9 @@ class Setting:
     base_min_lr: float = 1e-4
     cpt_iters: int = 200
     cpt_lr: float = 1e-3
+    #: The continual pre-training's schedule: ``constant`` after the warm-up, or ``cosine``
+    #: (decay to ``cpt_lr / 10`` over the budget, what the paper's users run).
+    cpt_schedule: str = "constant"
     warmup: int = 5
     cpt_eval_interval: int = 5
     update_interval: int = 10
@@ -290,11 +293,13 @@ def _model_args(corpus: str, s: Setting) -> List[str]:
 
 def entry_args(corpus_dir: str, s: Setting) -> List[str]:
     """The training flags every continual pre-training run gets (after ``--``)."""
+    decay = ["--min-lr", str(s.cpt_lr / 10)] if s.cpt_schedule == "cosine" else []
     return _model_args(corpus_dir, s) + [
         "--lr",
         str(s.cpt_lr),
         "--lr-decay-style",
-        "constant",
+        s.cpt_schedule,
+        *decay,
         "--lr-warmup-iters",
         str(s.warmup),
     ]
@@ -665,6 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {SATURATED_REPLAY_BYTES}).",
     )
     p.add_argument(
+        "--cpt-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="The continual pre-training's LR schedule after the warm-up: constant, or cosine "
+        "decay to a tenth of --cpt-lr over the budget (default: %(default)s).",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help=f"Small sizes: base {QUICK.base_iters}, budget {QUICK.cpt_iters} "
@@ -733,6 +745,7 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
         corpus=getattr(args, "corpus", "demo"),
         setting=setting,
         saturated_replay_bytes=sat_bytes,
+        cpt_schedule=getattr(args, "cpt_schedule", "constant"),
     )
     if args.seeds:
         s = replace(s, seeds=tuple(args.seeds))

@@ -285,6 +285,15 @@ class TestArguments:
         d = cp.setting_from_args(p.parse_args(["--out", "x"]))
         assert (d.num_layers, d.hidden_size, d.nproc) == (4, 128, 2)
 
+    def test_cosine_schedule(self):
+        p = cp.build_parser()
+        flags = cp.entry_args("c", cp.setting_from_args(p.parse_args(["--out", "x"])))
+        assert flags[flags.index("--lr-decay-style") + 1] == "constant" and "--min-lr" not in flags
+        s = cp.setting_from_args(p.parse_args(["--out", "x", "--cpt-schedule", "cosine"]))
+        flags = cp.entry_args("c", s)
+        assert flags[flags.index("--lr-decay-style") + 1] == "cosine"
+        assert float(flags[flags.index("--min-lr") + 1]) == pytest.approx(s.cpt_lr / 10)
+
     def test_bad_sizes_get_one_line(self):
         p = cp.build_parser()
         with pytest.raises(SystemExit, match=r"^--nproc 0: must be > 0$"):

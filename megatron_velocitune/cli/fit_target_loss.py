@@ -26,7 +26,7 @@ Example::
 import argparse
 import math
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -38,14 +38,17 @@ from megatron_velocitune.cli._common import (
     run_tool,
 )
 from megatron_velocitune.core.arguments import write_loss_file
+from megatron_velocitune.core.errors import ToolError
 from megatron_velocitune.core.files import save_figure
 from megatron_velocitune.core.trajectory import Trajectory
 from megatron_velocitune.laws.scaling_law import initial_losses
+from megatron_velocitune.laws.schedule_laws import LrSchedule
 from megatron_velocitune.laws.target_report import (
     LAW_CHOICES,
-    DomainTarget,
+    BaseDecay,
     TargetFitConfig,
     TargetFitReport,
+    fit_base_decay,
     fit_target_losses,
 )
 
@@ -105,15 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="chinchilla",
         help="The law of the targets: chinchilla (the paper's E + B/D^beta, the default), "
         "annealing (Tissue et al. 2024: L0 + A*S1^-alpha - C*S2), cpt (Wang et al. 2025: the "
-        "annealing law continued from pre-training plus a distribution-shift term), or auto "
-        "(per domain, the law with the lowest error on the last 25%% of the fit window). The "
-        "schedule-aware laws read each record's 'lr'.",
+        "annealing law continued from pre-training plus a distribution-shift term), "
+        "multi-power (Luo et al. 2025: a power law in the LR sum minus a loss-reduction term "
+        "per LR drop), or auto (per domain, the law with the lowest error on the last 25%% of "
+        "the fit window). The schedule-aware laws read the header's 'lr_schedule', else each "
+        "record's 'lr'.",
     )
     p.add_argument(
         "--constant-lr",
         action="store_true",
         help="The proxy ran at a constant learning rate (older trajectories have no 'lr'): "
         "take steps as the clock (S1 = steps, S2 = 0).",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default=None,
+        metavar="STYLE:MAX_LR:MIN_LR:WARMUP:DECAY[:WSD_STEPS:WSD_STYLE]",
+        help="The proxies' learning-rate schedule where their header has no 'lr_schedule' "
+        "(older trajectories), in iterations, warm-up from 0, e.g. constant:1e-3:1e-3:5:200.",
     )
     p.add_argument(
         "--pt-area",
@@ -126,8 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--annealing-c",
         type=float,
         default=None,
-        help="Fix the annealing coefficient C (e.g. fitted on the base model's decaying-LR "
-        "curve); default: fitted where the window anneals, else 0.",
+        help="Fix the annealing coefficient C, per unit of annealing area in absolute LR "
+        "units; default: fitted where the window anneals, else 0 (or --annealing-from's).",
+    )
+    p.add_argument(
+        "--annealing-from",
+        default=None,
+        metavar="BASE_TRAJECTORY",
+        help="Fit the annealing and multi-power laws to the base model's own held-out curve "
+        "(it pre-trained with a decaying LR) and use each domain's C (annealing, cpt) and "
+        "loss-reduction term (multi-power) in the proxy's fits.",
+    )
+    p.add_argument(
+        "--base-lr-schedule",
+        default=None,
+        metavar="STYLE:MAX_LR:MIN_LR:WARMUP:DECAY[:WSD_STEPS:WSD_STYLE]",
+        help="The --annealing-from run's schedule where its header has no 'lr_schedule' "
+        "(format of --lr-schedule), e.g. cosine:2e-3:1e-4:80:800.",
     )
     add_rising_rule_args(p)
     p.add_argument("--plot", default=None, help="Write a PNG of every domain's fit here.")
@@ -143,13 +170,15 @@ def read_initial_losses(
     return dict(zip(names, initial_losses(trajectories, names)))
 
 
-def _plot(path: str, results: List[DomainTarget], budget: float, cutoff: float) -> None:
+def _plot(path: str, report: TargetFitReport) -> None:
+    """One panel per domain: the points, the fit window, every fitted law's curve to the budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
+    results, budget, cutoff = report.domains, report.budget, report.cutoff
     k = len(results)
     cols = min(k, 3)
     rows = math.ceil(k / cols)
@@ -157,12 +186,22 @@ def _plot(path: str, results: List[DomainTarget], budget: float, cutoff: float) 
     for ax, res in zip(axes.flat, results):
         d, y = res.tokens, res.losses
         early = d <= cutoff
-        ax.plot(d[early], y[early], "o", ms=3, label="fitted")
-        ax.plot(d[~early], y[~early], "s", ms=3, mfc="none", label="held out")
-        grid = np.geomspace(d.min(), budget, 200)
-        ax.plot(grid, res.held.fit.predict(grid), "-", lw=1, label="E + B/D^beta")
-        ax.axvline(cutoff, color="grey", ls=":", lw=1)
-        ax.plot([budget], [res.target], "*", ms=10, label="target")
+        ax.axvspan(d.min(), cutoff, color="grey", alpha=0.12, lw=0, label="fit window")
+        ax.plot(d[early], y[early], "o", ms=3, color="k", label="fitted")
+        ax.plot(d[~early], y[~early], "s", ms=3, mfc="none", color="k", label="held out")
+        for name, law in res.laws.items():
+            if name == "chinchilla":
+                grid = np.geomspace(d.min(), budget, 200)
+                curve = law.fit.predict(grid)
+            elif report.curve is not None:
+                keep = report.curve.tokens >= d.min()
+                grid = report.curve.tokens[keep]
+                curve = law.fit.predict(report.curve.take(keep))
+            else:
+                continue
+            mark = " *" if name == res.law else ""
+            ax.plot(grid, curve, "-", lw=1.6 if mark else 1, label=f"{name}{mark}")
+        ax.plot([budget], [res.target], "*", ms=10, color="C3", label="target")
         if res.initial is not None:
             ax.axhline(res.initial, color="red", ls="--", lw=1, label="initial")
         ax.set_xscale("log")
@@ -182,8 +221,22 @@ def _plot(path: str, results: List[DomainTarget], budget: float, cutoff: float) 
 def run(args: argparse.Namespace) -> int:
     """Fit, print and write; raises :class:`ToolError` on a user error."""
     check_rising_rule_args(args)
+    if args.annealing_from and args.annealing_c is not None:
+        raise ToolError("--annealing-c and --annealing-from both give C: pass one")
+    if args.base_lr_schedule and not args.annealing_from:
+        raise ToolError("--base-lr-schedule describes the --annealing-from run: pass it too")
     runs = read_trajectories(args.trajectories)
     names = list(args.domains or runs[0].domains)
+    base_decay = None
+    if args.annealing_from:
+        base_schedule = (
+            LrSchedule.from_spec(args.base_lr_schedule, "--base-lr-schedule")
+            if args.base_lr_schedule
+            else None
+        )
+        (base,) = read_trajectories([args.annealing_from])
+        base_decay = fit_base_decay(args.annealing_from, base, names, base_schedule)
+        _print_base(base_decay)
     config = TargetFitConfig(
         fit_fraction=args.fit_fraction,
         budget_tokens=args.budget_tokens,
@@ -201,11 +254,15 @@ def run(args: argparse.Namespace) -> int:
         constant_lr=args.constant_lr,
         pt_area=args.pt_area,
         fixed_c=args.annealing_c,
+        lr_schedule=(
+            LrSchedule.from_spec(args.lr_schedule, "--lr-schedule") if args.lr_schedule else None
+        ),
+        base_decay=base_decay,
     )
     report = fit_target_losses(args.trajectories, runs, config)
     _print_report(report, args.fit_fraction)
     if args.plot:
-        _plot(args.plot, report.domains, report.budget, report.cutoff)
+        _plot(args.plot, report)
         print(f"wrote {args.plot}")
     if report.errors:
         for e in report.errors:
@@ -221,6 +278,17 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.output}")
     return 0
+
+
+def _print_base(base: Dict[str, BaseDecay]) -> None:
+    """The annealing terms fitted on the base model's curve, per domain."""
+    print(f"{'domain':<16}{'base C':>10}  multi-power decay term (B, C, beta, gamma)  R2 ann/mp")
+    for name, b in base.items():
+        d = b.decay
+        term = "none (B = 0)" if d is None else f"{d.B:.4g}, {d.C:.4g}, {d.beta:.3g}, {d.gamma:.3g}"
+        r2 = "/".join(f"{f.r2:.4f}" for f in b.fits.values())
+        print(f"{name:<16}{b.c:>10.4g}  {term:<42}  {r2}")
+    print(f"(from {next(iter(base.values())).source})")
 
 
 def _print_report(report: TargetFitReport, fit_fraction: float) -> None:

@@ -32,15 +32,20 @@ from megatron_velocitune.laws.scaling_law import (
 )
 from megatron_velocitune.laws.schedule_laws import (
     DEFAULT_ANNEALING_DECAY,
+    DecayTerm,
     LawFit,
+    LrSchedule,
     MissingLearningRateError,
     ScheduleInputs,
     fit_annealing_law,
     fit_cpt_law,
+    fit_multi_power_law,
+    schedule_curve,
     trajectory_schedule,
 )
 
 __all__ = [
+    "BaseDecay",
     "LAWS",
     "LAW_CHOICES",
     "VALIDATION_SHARE",
@@ -48,12 +53,14 @@ __all__ = [
     "LawResult",
     "TargetFitConfig",
     "TargetFitReport",
+    "fit_base_decay",
     "fit_target_losses",
 ]
 
 #: The laws a target can come from: the Chinchilla data term (the paper's), Tissue et al.'s
-#: annealing law and Wang et al.'s CPT law (:mod:`megatron_velocitune.laws.schedule_laws`).
-LAWS = ("chinchilla", "annealing", "cpt")
+#: annealing law, Wang et al.'s CPT law and Luo et al.'s multi-power law
+#: (:mod:`megatron_velocitune.laws.schedule_laws`).
+LAWS = ("chinchilla", "annealing", "cpt", "multi-power")
 #: ``auto`` picks per domain the law with the lowest error on the window's last points.
 LAW_CHOICES = ("auto",) + LAWS
 #: ``auto``'s validation slice: this share of the fit window's last evaluations (by tokens).
@@ -64,6 +71,8 @@ _LAW_FORMULAS = {
     "annealing": "L = L0 + A * S1^-alpha - C * S2 (Tissue et al. 2024)",
     "cpt": "L = L0 + A * (S1_pt + S1)^-alpha - C * S2 + B * (1 - (1 + E * S1)^-beta), "
     "L(0) = L_init (Wang et al. 2025)",
+    "multi-power": "L = L0 + A * (S1 + S_W)^-alpha - B * sum_k (eta_{k-1} - eta_k) * "
+    "(1 - (C * eta_k^-gamma * S_k + 1)^-beta) (Luo et al. 2025)",
 }
 
 
@@ -81,6 +90,15 @@ class TargetFitConfig:
         rising_rule (str): the rule of a prediction not below the initial loss.
         margin (float): the hold-initial rule's margin.
         forgetting_tolerance (Optional[Tolerance]): the tolerance rule's budget.
+        law (str): one of :data:`LAW_CHOICES`.
+        constant_lr (bool): the proxies ran at a constant LR (steps as the clock).
+        pt_area (Optional[float]): the CPT law's ``S1_pt`` (None: fitted).
+        fixed_c (Optional[float]): the annealing coefficient for every domain (per unit of
+            absolute annealing area; None: fitted, or 0 without annealing in the window).
+        annealing_decay (float): the annealing momentum's decay factor.
+        lr_schedule (Optional[LrSchedule]): the proxies' schedule where a header has none.
+        base_decay (Optional[Dict[str, BaseDecay]]): per domain, ``C`` and the multi-power
+            decay term fitted on the base model's curve (:func:`fit_base_decay`).
     """
 
     fit_fraction: float = 0.5
@@ -96,6 +114,86 @@ class TargetFitConfig:
     pt_area: Optional[float] = None
     fixed_c: Optional[float] = None
     annealing_decay: float = DEFAULT_ANNEALING_DECAY
+    lr_schedule: Optional[LrSchedule] = None
+    base_decay: Optional[Dict[str, "BaseDecay"]] = None
+
+
+@dataclass(frozen=True)
+class BaseDecay:
+    """One domain's annealing terms fitted on the base model's own (decaying-LR) curve.
+
+    Attributes:
+        c (float): the annealing law's ``C`` per unit of absolute annealing area.
+        decay (Optional[DecayTerm]): the multi-power law's loss-reduction term (None where that
+            fit failed).
+        source (str): where it came from (named in the fits' notes).
+        fits (Dict[str, LawFit]): the base fits (annealing, multi-power).
+    """
+
+    c: float
+    decay: Optional[DecayTerm]
+    source: str
+    fits: Dict[str, LawFit] = field(default_factory=dict)
+
+
+def fit_base_decay(
+    path: str,
+    base: Trajectory,
+    names: Sequence[str],
+    schedule: Optional[LrSchedule] = None,
+    decay: float = DEFAULT_ANNEALING_DECAY,
+) -> Dict[str, BaseDecay]:
+    """Fit the annealing and multi-power laws to the base model's held-out curve, per domain.
+
+    The base model was pre-trained with a decaying LR, so its curve identifies what a constant-LR
+    proxy cannot: the annealing coefficient ``C`` (Tissue et al.) and the multi-power law's
+    loss-reduction term (Luo et al.). The schedule comes from the base trajectory's header
+    (``lr_schedule``), else ``schedule``, else its records' ``lr``.
+
+    Args:
+        path (str): the base trajectory's file (named in errors and in the notes).
+        base (Trajectory): the parsed base run.
+        names (Sequence[str]): the domains to fit (all in the base run).
+        schedule (Optional[LrSchedule]): the base run's schedule where its header has none.
+        decay (float): the annealing momentum's decay factor.
+
+    Returns:
+        Dict[str, BaseDecay]: per domain.
+
+    Raises:
+        ToolError: a missing domain, no schedule anywhere, or too few points.
+    """
+    missing = [n for n in names if n not in base.domains]
+    if missing:
+        raise ToolError(f"--annealing-from {path}: no domains {missing} (it has {base.domains})")
+    points = loss_points(base, names)
+    budget = float(points.tokens.max()) if points.tokens.size else 0.0
+    try:
+        x, _ = trajectory_schedule(base, path, budget, decay=decay, schedule=schedule)
+    except MissingLearningRateError:
+        raise ToolError(
+            f"--annealing-from {path}: its header has no 'lr_schedule' and its records no 'lr': "
+            "give its schedule with --base-lr-schedule (e.g. cosine:2e-3:1e-4:80:800) or the "
+            "coefficient with --annealing-c"
+        ) from None
+    source = f"base {path}"
+    out = {}
+    for n in names:
+        keep = _domain_rows(points, n)
+        y = points.losses[keep, points.domains.index(n)]
+        xs = x.take(keep)
+        try:
+            annealing = fit_annealing_law(xs, y)
+            multi = fit_multi_power_law(xs, y)
+        except TooFewPointsError as e:
+            raise ToolError(f"--annealing-from {path}: domain {n!r}: {e}") from None
+        out[n] = BaseDecay(
+            c=annealing.annealing_c(),
+            decay=multi.decay_term() if float(multi.params["B"]) > 0 else None,
+            source=source,
+            fits={"annealing": annealing, "multi-power": multi},
+        )
+    return out
 
 
 @dataclass
@@ -169,6 +267,8 @@ class TargetFitReport:
         footing (Optional[str]): the runs' footing, with ``reference``.
         domains (List[DomainTarget]): per domain, ``names`` order.
         errors (List[str]): domains the rule refused (no targets file then).
+        curve (Optional[ScheduleInputs]): the first run's schedule from its first step to the
+            budget (where the schedule-aware laws are drawn); None for Chinchilla alone.
     """
 
     names: List[str]
@@ -179,6 +279,7 @@ class TargetFitReport:
     footing: Optional[str]
     domains: List[DomainTarget]
     errors: List[str]
+    curve: Optional[ScheduleInputs] = None
 
     def loss_file_fields(self, config: TargetFitConfig, paths: Sequence[str]) -> dict:
         """What the targets JSON records besides the losses (the fits and their footing).
@@ -289,7 +390,14 @@ def fit_target_losses(
     if config.law != "chinchilla":
         try:
             schedules = [
-                trajectory_schedule(t, p, budget, config.constant_lr, config.annealing_decay)
+                trajectory_schedule(
+                    t,
+                    p,
+                    budget,
+                    config.constant_lr,
+                    config.annealing_decay,
+                    schedule=config.lr_schedule,
+                )
                 for t, p in zip(runs, paths)
             ]
         except MissingLearningRateError as e:
@@ -330,13 +438,13 @@ def fit_target_losses(
                 if law == "chinchilla":
                     continue
                 try:
-                    laws[law] = _law_result(law, d, y, x, cutoff, at_budget, initial[n], config)
+                    laws[law] = _law_result(law, d, y, x, cutoff, at_budget, initial[n], config, n)
                 except TooFewPointsError as e:
                     raise ToolError(f"domain {n!r}: {e} ({law} law)") from None
             if config.law == "auto":
                 for law in LAWS:
                     laws[law].validation_mae = _validation_mae(
-                        law, d, y, x, cutoff, initial[n], config
+                        law, d, y, x, cutoff, initial[n], config, n
                     )
                 chosen = min(LAWS, key=lambda k: _nan_last(laws[k].validation_mae))
             else:
@@ -368,7 +476,15 @@ def fit_target_losses(
         footing=None if reference is None else runs[0].header["footing"],
         domains=domains,
         errors=errors,
+        curve=None
+        if schedules is None
+        else schedule_curve(schedules[0][1], config.annealing_decay),
     )
+
+
+def _curve(schedules, config: TargetFitConfig) -> ScheduleInputs:
+    """The first run's schedule up to the budget, where a plot draws the laws."""
+    return schedule_curve(schedules[0][1], config.annealing_decay)
 
 
 def _nan_last(v: float) -> float:
@@ -382,10 +498,15 @@ def _domain_rows(points, name: str) -> np.ndarray:
 
 
 def _concat_inputs(parts: Sequence[ScheduleInputs]) -> ScheduleInputs:
+    """The pooled runs' points; the schedule (``lrs``) is kept only where they share one."""
+    lrs = parts[0].lrs
+    same = all(p.lrs is not None and np.array_equal(p.lrs, lrs) for p in parts)
     return ScheduleInputs(
         np.concatenate([p.tokens for p in parts]),
         np.concatenate([p.s1 for p in parts]),
         np.concatenate([p.s2 for p in parts]),
+        np.concatenate([p.steps for p in parts]) if same else None,
+        lrs if same else None,
     )
 
 
@@ -405,18 +526,32 @@ def _chinchilla_result(held: HeldOutError, predicted: float) -> LawResult:
     )
 
 
-def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config) -> LawFit:
+def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config, name: str) -> LawFit:
+    """Fit ``law`` to one domain's points with the annealing terms the config fixes."""
+    base = (config.base_decay or {}).get(name)
+    fixed_c, source = config.fixed_c, "--annealing-c"
+    if fixed_c is None and base is not None:
+        fixed_c, source = base.c, base.source
     if law == "annealing":
-        return fit_annealing_law(x, y, fixed_c=config.fixed_c)
+        return fit_annealing_law(x, y, fixed_c=fixed_c, c_source=source)
+    if law == "multi-power":
+        if x.lrs is None:
+            raise TooFewPointsError(
+                "the multi-power law needs one schedule for the pooled runs (they differ)"
+            )
+        decay = None if base is None else base.decay
+        return fit_multi_power_law(
+            x, y, fixed_decay=decay, decay_source=None if base is None else base.source
+        )
     if initial is None:
         raise TooFewPointsError("the CPT law needs the initial loss (its starting point)")
-    return fit_cpt_law(x, y, initial, s1_pt=config.pt_area, fixed_c=config.fixed_c)
+    return fit_cpt_law(x, y, initial, s1_pt=config.pt_area, fixed_c=fixed_c, c_source=source)
 
 
-def _law_result(law, d, y, x, cutoff, at_budget, initial, config) -> LawResult:
+def _law_result(law, d, y, x, cutoff, at_budget, initial, config, name) -> LawResult:
     """Fit ``law`` on the window (``d <= cutoff``), score it after, predict at the budget."""
     early = d <= cutoff
-    fit = _fit_one(law, x.take(early), y[early], initial, config)
+    fit = _fit_one(law, x.take(early), y[early], initial, config, name)
     late = ~early
     order = np.argsort(d[late], kind="stable")
     err = np.abs(fit.predict(x.take(late))[order] - y[late][order])
@@ -430,7 +565,7 @@ def _law_result(law, d, y, x, cutoff, at_budget, initial, config) -> LawResult:
     )
 
 
-def _validation_mae(law, d, y, x, cutoff, initial, config) -> float:
+def _validation_mae(law, d, y, x, cutoff, initial, config, name) -> float:
     """``auto``'s score: fit on the window's first 75%, the error on its last 25%.
 
     Only points inside the window (``d <= cutoff``) are touched: the choice cannot see the
@@ -447,7 +582,7 @@ def _validation_mae(law, d, y, x, cutoff, initial, config) -> float:
             pred = held_out_error(d[inside], y[inside], split).predicted
             obs = y[val][np.argsort(d[val], kind="stable")]
             return float(np.mean(np.abs(pred - obs)))
-        fit = _fit_one(law, x.take(train), y[train], initial, config)
+        fit = _fit_one(law, x.take(train), y[train], initial, config, name)
     except (TooFewPointsError, ValueError):
         return float("nan")
     return float(np.mean(np.abs(fit.predict(x.take(val)) - y[val])))

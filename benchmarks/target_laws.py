@@ -8,15 +8,17 @@ seed, the mean over domains per corpus, ``auto``'s choice, and how far each law'
 at the full budget is from the loss the run reached (its last evaluation; pooled: the seeds'
 mean on the common footing).
 
-The CPT runs here predate the ``lr`` field and ran at a constant LR after a 5-step warm-up, so
-the schedule-aware laws take steps as the clock (``--constant-lr``: ``S1`` = steps, ``S2 = 0``;
-``C`` is then fixed at 0 and the annealing law is the Chinchilla term in steps).
+The CPT runs here predate the ``lr`` field and the header's ``lr_schedule``; ``--cpt-lr-schedule``
+gives theirs (default: steps as the clock, ``--constant-lr``). With ``--base-lr-schedule``, each
+folder's base run (``base/tb/velocitune_trajectory.jsonl``) gives every domain's annealing ``C``
+and multi-power decay term (``velocitune-fit-targets --annealing-from``), printed first.
 
 Each folder is the ``--out`` of one regime's ``benchmarks/compare_policies.py`` (its CPT runs
 under ``runs/cpt/seed*/``). Example::
 
     python benchmarks/compare_policies.py --out /tmp/demo-real
-    python benchmarks/target_laws.py /tmp/demo-real /tmp/d2-real
+    python benchmarks/target_laws.py /tmp/demo-real /tmp/d2-real \
+        --cpt-lr-schedule constant:1e-3:1e-3:5:200 --base-lr-schedule cosine:2e-3:1e-4:80:800
 """
 
 import argparse
@@ -24,12 +26,18 @@ import glob
 import math
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from megatron_velocitune.core.trajectory import read_trajectory
-from megatron_velocitune.laws.target_report import LAWS, TargetFitConfig, fit_target_losses
+from megatron_velocitune.laws.schedule_laws import LrSchedule
+from megatron_velocitune.laws.target_report import (
+    LAWS,
+    TargetFitConfig,
+    fit_base_decay,
+    fit_target_losses,
+)
 
 
 def _reached(report) -> Dict[str, float]:
@@ -41,19 +49,59 @@ def _reached(report) -> Dict[str, float]:
     return out
 
 
-def _fit(paths: Sequence[str]):
+def _fit(paths: Sequence[str], cpt: Optional[LrSchedule], base_decay):
     runs = [read_trajectory(p) for p in paths]
-    config = TargetFitConfig(law="auto", constant_lr=True)
+    config = TargetFitConfig(
+        law="auto", constant_lr=cpt is None, lr_schedule=cpt, base_decay=base_decay
+    )
     return fit_target_losses(paths, runs, config)
+
+
+def _base(folder: str, names, schedule: Optional[LrSchedule], lines: List[str]):
+    """The base run's annealing terms per domain (None without a schedule or a base run)."""
+    path = os.path.join(folder, "base/tb/velocitune_trajectory.jsonl")
+    if schedule is None or not os.path.exists(path):
+        return None
+    decay = fit_base_decay(path, read_trajectory(path), names, schedule)
+    for name, b in decay.items():
+        d = b.decay
+        term = "-" if d is None else f"{d.B:.4g}, {d.C:.4g}, {d.beta:.3g}, {d.gamma:.3g}"
+        bounds = "; ".join(
+            f"{law}: {', '.join(f.at_bound)}" for law, f in b.fits.items() if f.at_bound
+        )
+        lines.append(
+            f"| {os.path.basename(os.path.normpath(folder))} | {name} | {b.c:.4g} | {term} | "
+            + " / ".join(f"{f.r2:.4f}" for f in b.fits.values())
+            + f" | {bounds} |"
+        )
+    return decay
 
 
 def _fmt(v: float) -> str:
     return "-" if math.isnan(v) else f"{v:.2e}"
 
 
-def run(regimes: Sequence[str]) -> str:
-    """The markdown table of every regime."""
+def run(
+    regimes: Sequence[str],
+    cpt: Optional[LrSchedule] = None,
+    base_schedule: Optional[LrSchedule] = None,
+) -> str:
+    """The markdown table of every regime.
+
+    Args:
+        regimes (Sequence[str]): the regime folders.
+        cpt (Optional[LrSchedule]): the CPT runs' schedule (None: steps as the clock).
+        base_schedule (Optional[LrSchedule]): the base runs' schedule (None: no base fits).
+
+    Returns:
+        str: the markdown.
+    """
     lines: List[str] = []
+    base_lines: List[str] = [
+        "| corpus | domain | base C | multi-power B, C, beta, gamma | R2 annealing / "
+        "multi-power | at bound |",
+        "|---|---|---|---|---|---|",
+    ]
     summary: List[str] = [
         "| corpus | law | mean MAE pooled | mean MAE per seed | mean abs(pred@budget - reached) "
         "pooled |",
@@ -67,8 +115,10 @@ def run(regimes: Sequence[str]) -> str:
             print(f"{folder}: no CPT runs, skipped", file=sys.stderr)
             continue
         corpus = os.path.basename(os.path.normpath(folder))
-        pooled = _fit(paths)
-        seeds = [_fit([p]) for p in paths]
+        names = read_trajectory(paths[0]).domains
+        decay = _base(folder, names, base_schedule, base_lines)
+        pooled = _fit(paths, cpt, decay)
+        seeds = [_fit([p], cpt, decay) for p in paths]
         seed_names = [p.split("/")[-3] for p in paths]
         reached = _reached(pooled)
         lines += [
@@ -106,7 +156,8 @@ def run(regimes: Sequence[str]) -> str:
                 f"| {corpus} | {label} | {np.mean(mp):.2e} | {np.mean(ms):.2e} "
                 f"| {np.mean(md):.3f} |"
             )
-    return "\n".join(summary + [""] + lines)
+    base = base_lines + [""] if len(base_lines) > 2 else []
+    return "\n".join(summary + [""] + base + lines)
 
 
 def main(argv=None) -> int:
@@ -117,8 +168,14 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("regimes", nargs="+", help="regime folders (each a compare_policies.py --out)")
+    p.add_argument("--cpt-lr-schedule", default=None, help="the CPT runs' schedule (spec)")
+    p.add_argument("--base-lr-schedule", default=None, help="the base runs' schedule (spec)")
     args = p.parse_args(argv)
-    print(run(args.regimes))
+    cpt = args.cpt_lr_schedule and LrSchedule.from_spec(args.cpt_lr_schedule, "--cpt-lr-schedule")
+    base = args.base_lr_schedule and LrSchedule.from_spec(
+        args.base_lr_schedule, "--base-lr-schedule"
+    )
+    print(run(args.regimes, cpt or None, base or None))
     return 0
 
 

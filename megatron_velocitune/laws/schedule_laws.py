@@ -1,6 +1,6 @@
 """Loss laws that know the learning-rate schedule (targets for continual pre-training).
 
-Two laws beside the Chinchilla data term of :mod:`megatron_velocitune.laws.scaling_law`, each a
+Three laws beside the Chinchilla data term of :mod:`megatron_velocitune.laws.scaling_law`, each a
 short function fitted with :func:`megatron_velocitune.laws.fitting.fit_huber_log` (Huber loss on
 log-loss residuals, L-BFGS-B from a grid of starts):
 
@@ -16,14 +16,22 @@ log-loss residuals, L-BFGS-B from a grid of starts):
   CPT's own forward area and ``S1_pt`` the pre-training's; ``B > 0`` for a replay domain whose
   loss rises, ``B < 0`` for a new domain. Here ``L0`` is not free: the law is anchored at the
   measured starting loss, ``L(0) = L_init``, so ``L0 = L_init - A * S1_pt^-alpha``
-  (:func:`cpt_law`).
+  (:func:`cpt_law`);
+* the multi-power law of Luo et al. (2025), arXiv:2503.12811: a power law in the LR sum minus a
+  loss reduction per LR drop (:func:`multi_power_law`).
+
+The schedule itself is :class:`LrSchedule`, megatron-core's ``OptimizerParamScheduler`` as a
+pure function; a trajectory header records it under ``lr_schedule`` and
+:func:`trajectory_schedule` reads it (else the records' ``lr``).
 
 The annealing coefficient ``C`` is identifiable only where the learning rate decays inside the
 fitted window. A constant-LR proxy (``S2 == 0`` throughout) cannot tell it, and the fits then fix
 it (``fixed_c``, default 0: no annealing bonus), which is what the tool does; a non-zero ``C``
 has to come from elsewhere, e.g. the annealing law fitted to the base model's own decaying-LR
-curve or to a short cooldown branch of the proxy, and is passed in as ``fixed_c``. With ``C = 0``
-and a constant LR the annealing law is the Chinchilla data term in steps instead of tokens.
+curve (``fit_base_decay`` in :mod:`megatron_velocitune.laws.target_report`) or to a short
+cooldown branch of the proxy, and is passed in as ``fixed_c`` (per unit of absolute LR area).
+With ``C = 0`` and a constant LR the annealing law is the Chinchilla data term in steps instead
+of tokens.
 
 Pure numpy/scipy, no I/O, no torch.
 """

@@ -32,6 +32,8 @@ import numpy as np
 
 from megatron_velocitune.cli._common import (
     add_rising_rule_args,
+    check_numbers,
+    check_outputs,
     check_rising_rule_args,
     read_initial_loss_file,
     read_trajectories,
@@ -182,6 +184,11 @@ def _plot(path: str, results: List[DomainTarget], budget: float, cutoff: float) 
 def run(args: argparse.Namespace) -> int:
     """Fit, print and write; raises :class:`ToolError` on a user error."""
     check_rising_rule_args(args)
+    check_numbers(
+        ("--budget-tokens", args.budget_tokens, lambda v: v > 0, "finite and > 0"),
+        ("--min-tokens", args.min_tokens, lambda v: v >= 0, "finite and >= 0"),
+    )
+    check_outputs(output=args.output, plot=args.plot)
     runs = read_trajectories(args.trajectories)
     names = list(args.domains or runs[0].domains)
     config = TargetFitConfig(

@@ -27,6 +27,7 @@ __all__ = [
     "ToolError",
     "VelocituneConfigError",
     "VelocituneError",
+    "WriteError",
 ]
 
 
@@ -78,6 +79,10 @@ class CheckpointError(VelocituneError):
 
 class DataError(VelocituneError):
     """A ``--data-path`` file (``.bin``/``.idx``) is missing, truncated or empty."""
+
+
+class WriteError(VelocituneError):
+    """A file or folder cannot be written: disk full, read-only, a file where a folder must be."""
 
 
 class RunLockError(VelocituneError):

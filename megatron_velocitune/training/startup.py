@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron_velocitune.core.errors import RunLockError, VelocituneError
 from megatron_velocitune.training.runlock import RunLock
 
-__all__ = ["agree", "check_heldout", "take_save_lock"]
+__all__ = ["agree", "check_heldout", "raise_together", "take_save_lock"]
 
 T = TypeVar("T")
 
@@ -41,12 +41,35 @@ def agree(fn: Callable[[], T], root: int = 0) -> T:
     box = [message]
     dist.broadcast_object_list(box, src=root)
     if box[0] is not None:
-        kind, text = box[0]
-        for cls in VelocituneError.__subclasses__() + [VelocituneError]:
-            if cls.__name__ == kind:
-                raise cls(text)
-        raise VelocituneError(text)
+        _reraise(*box[0])
     return result
+
+
+def _reraise(kind: str, text: str) -> None:
+    for cls in VelocituneError.__subclasses__() + [VelocituneError]:
+        if cls.__name__ == kind:
+            raise cls(text)
+    raise VelocituneError(text)
+
+
+def raise_together(error: Optional[VelocituneError]) -> None:
+    """Every rank raises the first rank's error when any rank has one (a world collective).
+
+    A rank whose own step failed (a shard that cannot be written) would otherwise stop alone
+    and leave the others in the next collective until it times out.
+
+    Args:
+        error (Optional[VelocituneError]): this rank's error, or None.
+
+    Raises:
+        VelocituneError: on every rank, the error of the lowest rank that had one.
+    """
+    mine = None if error is None else [type(error).__name__, str(error)]
+    found: List[Optional[List[str]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, mine)
+    first = next((x for x in found if x is not None), None)
+    if first is not None:
+        _reraise(*first)
 
 
 def take_save_lock(save: Optional[str]) -> Optional[RunLock]:

@@ -314,6 +314,7 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
             [("--velocitune-eval-iters", args.velocitune_eval_iters)]
             + ([("--eval-iters", args.eval_iters)] if args.eval_interval else []),
             len(prefixes),
+            prefixes,
         )
     writer = _tensorboard_writer(args)
     stream, evaluator = build_evaluator(args, info, module, data, len(prefixes))

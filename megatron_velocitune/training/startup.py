@@ -103,6 +103,7 @@ def check_heldout(
     per_step: int,
     eval_counts: Sequence[tuple],
     num_domains: int,
+    prefixes: Optional[Sequence[str]] = None,
 ) -> None:
     """Every domain has a held-out set, and each evaluation fits in the smallest (collective).
 
@@ -113,10 +114,13 @@ def check_heldout(
         per_step (int): samples one evaluation micro-batch step reads (micro-batch x DP).
         eval_counts (Sequence[tuple]): ``(flag, micro-batches per domain)`` of each evaluation.
         num_domains (int): the domain count (known on every rank).
+        prefixes (Optional[Sequence[str]]): the domains' data prefixes, for the error lines.
 
     Raises:
-        VelocituneError: a domain without held-out documents, or an evaluation larger than a
-            held-out set (it would repeat samples and run for hours).
+        VelocituneError: a domain without held-out documents, a held-out set smaller than one
+            evaluation step (every evaluation would repeat its few samples: a loss with no
+            spread), or an evaluation larger than a held-out set (it would repeat samples and
+            run for hours).
     """
     local = [-1] * num_domains
     if valid is not None:
@@ -139,6 +143,14 @@ def check_heldout(
                 "per-domain held-out sets are needed (the policy's losses with "
                 "--velocitune-loss-source eval, the validation and the final loss table): "
                 "give the validation split a share, e.g. --split 98,2,0"
+            )
+    for i, (name, n) in enumerate(zip(names, sizes)):
+        if n != 2**62 and n < per_step:
+            where = f" ({prefixes[i]})" if prefixes else ""
+            raise VelocituneError(
+                f"--split {split}: domain {name!r}{where} holds {n} held-out sample(s), fewer "
+                f"than one evaluation step reads ({per_step}: micro-batch x data-parallel): "
+                "give the validation split a larger share or the domain more documents"
             )
     smallest = min((n, name) for name, n in zip(names, sizes) if n != 2**62)
     for flag, iters in eval_counts:

@@ -57,7 +57,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from megatron_velocitune.megatron_lm import install
 
     install()
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except RuntimeError as e:  # torch.distributed's DistNetworkError is one
+        # Two runs on one MASTER_PORT: the second dies in Megatron-LM's process-group start,
+        # before any lock; say so in one line. Any other failure keeps its traceback.
+        from megatron_velocitune.core.errors import PortInUseError
+
+        error = PortInUseError.from_exception(e, os.environ.get("MASTER_PORT"))
+        if error is None:
+            raise
+        print(f"{script}: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(error.exit_code) from None
 
 
 if __name__ == "__main__":

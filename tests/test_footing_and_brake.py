@@ -371,7 +371,7 @@ def test_a_resume_compares_the_guards_when_the_sidecar_has_them():
     from megatron_velocitune.control.resume import check_resume, resume_identity
     from megatron_velocitune.core.errors import CheckpointError
 
-    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32}]
+    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32, "bin_blake2b": "cd" * 20}]
 
     def ident(guards):
         fixed = ([("/a/code")], files, 150, None, "velocity", "budget-hold", {}, 0.0, "eval")

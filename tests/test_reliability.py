@@ -175,8 +175,45 @@ def _fresh_cases():
         write(os.path.join(save, ".velocitune.lock"), json.dumps(owner))
         return ["--save", save]
 
+    def tiny_heldout(corpus, tmp_path):
+        # Ten short documents: --split 90,10,0 holds out one, one 32-token sample.
+        from megatron_velocitune.data.corpus import load_tokenizer, write_domain
+
+        tok = load_tokenizer(corpus.tokenizer_path)
+        prefix = str(tmp_path / "tiny")
+        write_domain("tiny", [("word%d " % i) * 12 for i in range(10)], tok, prefix)
+        return [
+            "--data-path",
+            *blend(corpus, ["0.5", "0.3", "0.2"], [*corpus.prefixes[:2], prefix]),
+        ]
+
+    def a_file(flag, below=False):
+        def setup(corpus, tmp_path):
+            path = write(str(tmp_path / "f"), "x")
+            return [flag, os.path.join(path, "sub") if below else path]
+
+        return setup
+
+    def read_only(flag):
+        return lambda corpus, tmp_path: [flag, read_only_dir(tmp_path)]
+
     no_targets = ("--velocitune-target-loss",)
     return [
+        (
+            "held-out below one step",
+            tiny_heldout,
+            (),
+            "tiny) holds 1 held-out sample(s), fewer than one evaluation step reads (2:",
+        ),
+        ("tensorboard-dir a file", a_file("--tensorboard-dir"), (), "f is a file, not a folder"),
+        (
+            "log-dir under a file",
+            a_file("--velocitune-log-dir", below=True),
+            (),
+            "f is a file, not a folder",
+        ),
+        ("log-dir read-only", read_only("--velocitune-log-dir"), (), "cannot write in"),
+        ("data-cache-path read-only", read_only("--data-cache-path"), (), "cannot write in"),
         (
             "tokenizer truncated",
             tok('{"version": "1.0", "trunc'),
@@ -221,6 +258,18 @@ def _fresh_cases():
         ("save uncreatable", save_under_file, (), "sub: cannot create it"),
         ("live lock", live_lock, (), "another run holds it (pid"),
     ]
+
+
+def read_only_dir(tmp_path):
+    """A folder this process cannot write in: chmod 0555, or for root (whom modes do not stop)
+    /proc, where no file can be created.
+    """
+    if os.geteuid() == 0:
+        return "/proc"
+    path = tmp_path / "ro"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o555)
+    return str(path)
 
 
 def _drop(argv, flags):
@@ -309,6 +358,21 @@ def _resume_cases():
             "legal",
         ]
 
+    def same_size_edit(root, tmp_path, corpus):
+        # The same names, the same sizes and .idx; bytes of one .bin changed in place.
+        def flip(prefix):
+            with open(prefix + ".bin", "r+b") as f:
+                f.seek(1000)
+                chunk = f.read(64)
+                f.seek(1000)
+                f.write(bytes(reversed(chunk)))
+
+        edited = domain_copy(corpus, tmp_path, "code", flip)
+        return [
+            "--data-path",
+            *blend(corpus, ["0.5", "0.3", "0.2"], [edited, *corpus.prefixes[1:]]),
+        ]
+
     def set_key(key, value):
         def change(state):
             state[key] = value
@@ -353,6 +417,7 @@ def _resume_cases():
             "velocitune_state.json: 'initial_loss' [nan,",
         ),
         ("prefixes swapped", swapped, "domain 0 of --data-path was"),
+        ("same-size .bin edit", same_size_edit, "other data, it cannot resume"),
         (
             "update interval changed",
             lambda r, t, c: ["--velocitune-update-interval", "4"],
@@ -700,9 +765,9 @@ def test_resume_identity_accepts_moved_data_and_names_changes():
     from megatron_velocitune.control.resume import check_resume, resume_identity
     from megatron_velocitune.core.errors import CheckpointError
 
-    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32}]
+    files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32, "bin_blake2b": "cd" * 20}]
 
-    def ident(prefix="/a/code", m=150, dp=2, seed=1):
+    def ident(prefix="/a/code", m=150, dp=2, seed=1, files=files):
         knobs = {"min_headroom": 0.0}
         return resume_identity(
             [prefix],
@@ -727,6 +792,17 @@ def test_resume_identity_accepts_moved_data_and_names_changes():
     with pytest.raises(CheckpointError, match=r"data-parallel size .* 2, this run has 1"):
         check_resume(ident(), ident(dp=1), "s.json")
     assert "older version" in check_resume(None, ident(), "s.json")[0]
+    # The .bin's content hash tells a same-size edit; a sidecar written before it compares the
+    # sizes and the .idx only, and says so.
+    edited = [{**files[0], "bin_blake2b": "ef" * 20}]
+    with pytest.raises(CheckpointError, match=r"bin blake2b cdcdcdcdcdcd\), this run has"):
+        check_resume(ident(), ident(files=edited), "s.json")
+    old = [{k: v for k, v in files[0].items() if k != "bin_blake2b"}]
+    notes = check_resume(ident(files=old), ident(files=edited), "s.json")
+    assert notes == [
+        "the sidecar records no .bin content hash (written by an older version): the .bin "
+        "files were compared by size only"
+    ]
 
 
 def test_legacy_data_types_load_without_trust(tmp_path):
@@ -761,3 +837,328 @@ def test_entry_catches_only_project_errors(monkeypatch, capsys):
     monkeypatch.setattr(entry, "pretrain", diverged)
     assert entry.run_pretrain("prog", None) == 1
     assert capsys.readouterr().err == "prog: error: iteration 3: not finite\n"
+
+
+# ----------------------------------------------------------------- the tools' one-line cases
+def _tool_cases():
+    """(name, setup(tmp_path) -> (tool main, argv), message): each a one-line error, exit 2."""
+    from megatron_velocitune.cli import average_weights, fit_dcpt_law, fit_target_loss, plot_weights
+
+    from .test_fit_tools import CODE, CODE_LAW, MATH, MATH_LAW, WEB_LAW, chin, rising
+    from .test_fit_tools import write_run as fit_run
+
+    def proxy(tmp_path):
+        domains, weights = ["code", "math", "web"], [0.4, 0.4, 0.2]
+        curves = [chin(*CODE), chin(*MATH), rising]
+        return fit_run(tmp_path / "proxy.jsonl", domains, weights, curves, initial=[4, 3.5, 3])
+
+    def four_domains(tmp_path):
+        blends = [(0.3, 0.3, 0.2, 0.2), (0.4, 0.2, 0.2, 0.2), (0.1, 0.3, 0.3, 0.3)]
+        laws = [CODE_LAW, MATH_LAW, WEB_LAW, WEB_LAW]
+        return [
+            fit_run(
+                tmp_path / f"b{i}.jsonl",
+                ["a", "b", "c", "d"],
+                list(w),
+                [lambda d, law=law, r=r: law(d, r) for law, r in zip(laws, w)],
+                iters=600,
+                every=100,
+                seed=i,
+                initial=[3.5, 2.8, 2.75, 2.75],
+            )
+            for i, w in enumerate(blends)
+        ]
+
+    def tool(main, *flags, trajectory=proxy):
+        def setup(tmp_path, corpus):
+            paths = trajectory(tmp_path)
+            paths = paths if isinstance(paths, list) else [paths]
+            return main, [*paths, *[f(tmp_path) if callable(f) else f for f in flags]]
+
+        return setup
+
+    def folder(tmp_path):
+        return str(tmp_path)
+
+    def read_only(name):
+        return lambda tmp_path: os.path.join(read_only_dir(tmp_path), name)
+
+    def compare_bad_entry_flag(tmp_path, corpus):
+        # The child (the training entry under torchrun) refuses the flag in one line.
+        from megatron_velocitune.cli import compare_policies
+
+        from .test_compare_tool import argv as compare_argv
+
+        base = tmp_path / "base"
+        base.mkdir()
+        write(str(base / "latest_checkpointed_iteration.txt"), "6")
+        argv = compare_argv(corpus, tmp_path / "out", str(base), "--nproc", "1", "--quick")
+        return compare_policies.main, argv + ["--num-layers", "0"]
+
+    return [
+        (
+            "fit-targets --output a folder",
+            tool(fit_target_loss.main, "--output", folder),
+            "--output {tmp}: is a directory",
+        ),
+        (
+            "fit-targets --output read-only",
+            tool(fit_target_loss.main, "--output", read_only("t.json")),
+            "t.json: cannot write in",
+        ),
+        (
+            "fit-targets --plot a folder",
+            tool(fit_target_loss.main, "--plot", folder),
+            "--plot {tmp}: is a directory",
+        ),
+        (
+            "fit-targets --budget-tokens -5",
+            tool(fit_target_loss.main, "--budget-tokens", "-5"),
+            "--budget-tokens -5: must be finite and > 0",
+        ),
+        (
+            "fit-targets --budget-tokens 0",
+            tool(fit_target_loss.main, "--budget-tokens", "0"),
+            "--budget-tokens 0: must be finite and > 0",
+        ),
+        (
+            "fit-dcpt --output read-only",
+            tool(fit_dcpt_law.main, "--output", read_only("d.json"), trajectory=four_domains),
+            "d.json: cannot write in",
+        ),
+        (
+            "fit-dcpt --min-weight 0.5, 4 domains",
+            tool(fit_dcpt_law.main, "--min-weight", "0.5", trajectory=four_domains),
+            "--min-weight 0.5: must be below 1/4 with 4 domains",
+        ),
+        (
+            "average-weights --json a folder",
+            tool(average_weights.main, "--json", folder),
+            "--json {tmp}: is a directory",
+        ),
+        (
+            "average-weights --json read-only",
+            tool(average_weights.main, "--json", read_only("a.json")),
+            "a.json: cannot write in",
+        ),
+        (
+            "compare: a bad entry flag after --",
+            compare_bad_entry_flag,
+            "velocitune-compare: error: a run stopped ({tmp}/out/runs/cpt/seed1/log.txt): "
+            "--num-layers: 0 must be >= 1",
+        ),
+        (
+            "plot-weights --output read-only",
+            tool(plot_weights.main, "--output", read_only("w.png")),
+            "w.png: cannot write in",
+        ),
+    ]
+
+
+TOOLS = _tool_cases()
+
+
+@pytest.mark.parametrize("name, setup, message", TOOLS, ids=[c[0] for c in TOOLS])
+def test_tool_error_is_one_line(corpus, tmp_path, capsys, name, setup, message):
+    main, argv = setup(tmp_path, corpus)
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    captured = capsys.readouterr()
+    line = one_line(captured.err)
+    assert rc == 2, captured.err
+    assert message.format(tmp=tmp_path) in line, line
+
+
+def test_the_reliability_page_counts_the_cases():
+    with open(os.path.join(REPO, "docs", "reliability.md"), encoding="utf-8") as f:
+        text = f.read()
+    total = len(FRESH) + len(RESUME) + len(TOOLS)
+    expected = (
+        f"{total} one-line cases: {len(FRESH)} at start-up, {len(RESUME)} at a resume, "
+        f"{len(TOOLS)} of the tools"
+    )
+    assert expected in " ".join(text.split()), expected
+
+
+# ----------------------------------------------------------------- writes, ports, claims
+def test_an_unwritable_checkpoint_file_is_one_line_and_the_tracker_stays(corpus, ckpt, tmp_path):
+    # A real write failure inside torch.save (as a full disk): each file may hold 100 kB, the
+    # shard needs more. torch reports it as a RuntimeError raised while the OSError was handled.
+    import resource
+
+    root = copy_ckpt(ckpt, tmp_path)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    argv = argv_for(corpus, root, train_iters=6, extra=("--load", root))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("MASTER_PORT", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "pretrain_gpt.py"), *argv],
+        env=env,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = one_line(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot write " in line and "iter_0000006" in line and "model_optim_rng.pt" in line
+    assert "too large" in line and "it is left as it was" in line
+    assert open(os.path.join(root, "latest_checkpointed_iteration.txt")).read().strip() == "4"
+    assert not os.path.exists(os.path.join(root, ".velocitune.lock"))
+
+
+def test_atomic_write_names_the_final_file(tmp_path):
+    from megatron_velocitune.core.errors import WriteError
+    from megatron_velocitune.core.files import write_json, write_text
+
+    write_text(str(tmp_path / "t.txt"), "old")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(WriteError, match=r"folder: it is a directory \(EISDIR\)"):
+        write_json(str(tmp_path / "folder"), {"a": 1})
+    with pytest.raises(WriteError, match=r"t\.txt is a file, not a folder"):
+        write_text(str(tmp_path / "t.txt" / "x"), "new")
+    assert (tmp_path / "t.txt").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["folder", "t.txt"]  # no temporary file left
+
+
+def _port_worker(rank, world_size, argv, mode):
+    import socket
+
+    from megatron_velocitune.training.arguments import parse_args
+    from megatron_velocitune.training.pretrain import run_pretrain
+
+    if mode == "plain":  # python pretrain_gpt.py: no torchrun environment
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+            os.environ.pop(key, None)
+        rc = run_pretrain("pretrain_gpt.py", parse_args(argv))
+        return rc, ""
+    # Another run's store on this run's MASTER_PORT.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))
+    holder.listen()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = run_pretrain("pretrain_gpt.py", parse_args(argv))
+    holder.close()
+    return rc, err.getvalue()
+
+
+def test_a_port_in_use_is_one_line_and_plain_runs_take_a_free_one(corpus, tmp_path):
+    argv = argv_for(corpus, str(tmp_path / "a"), train_iters=2, extra=("--lr-warmup-iters", "0"))
+    rc, err = run_distributed(_port_worker, 1, (argv, "taken"), timeout=240)[0]
+    line = one_line(err)
+    assert rc == 2 and "the port is in use (another run on this machine?)" in line, err
+    assert line.startswith("pretrain_gpt.py: error: MASTER_PORT ")
+    argv = argv_for(corpus, str(tmp_path / "b"), train_iters=2, extra=("--lr-warmup-iters", "0"))
+    assert run_distributed(_port_worker, 1, (argv, "plain"), timeout=240)[0][0] == 0
+
+
+def _put_claim(folder, owner, age=0.0):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".claim")
+    write(path, owner if isinstance(owner, str) else json.dumps(owner))
+    if age:
+        then = time.time() - age
+        os.utime(path, (then, then))
+    return str(folder)
+
+
+def test_compare_claims_are_taken_over_only_from_a_gone_owner(tmp_path, capsys):
+    import socket
+
+    from megatron_velocitune.comparison.runs import claim
+    from megatron_velocitune.core.processes import start_time
+
+    host, parent = socket.gethostname(), os.getppid()  # a live process that is not us
+    live = {"host": host, "pid": parent, "start_time": start_time(parent)}
+    # The hang of issue 26: the claim's pid now belongs to another live process.
+    reused = _put_claim(tmp_path / "reused", {**live, "start_time": "1"})
+    assert claim(reused, wait=False)
+    mine = json.load(open(os.path.join(reused, ".claim")))
+    assert mine["pid"] == os.getpid() and mine["host"] == host and mine["start_time"]
+    assert "pid {} is now another process".format(parent) in capsys.readouterr().out
+    # A live owner is respected, however old its claim; another host's only while refreshed.
+    assert not claim(_put_claim(tmp_path / "live", live, age=10 * 3600), wait=False)
+    other = {"host": "elsewhere", "pid": parent, "start_time": "1"}
+    assert not claim(_put_claim(tmp_path / "fresh", other), wait=False)
+    assert claim(_put_claim(tmp_path / "old", other, age=3600), wait=False)
+    assert "from process {} on elsewhere: host elsewhere, not refreshed".format(parent) in (
+        capsys.readouterr().out
+    )
+    # An older pid-only claim: taken over once its pid is gone, or once old.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert claim(_put_claim(tmp_path / "dead", str(dead.pid)), wait=False)
+    assert not claim(_put_claim(tmp_path / "pid-only", str(parent)), wait=False)
+    assert claim(_put_claim(tmp_path / "pid-only-old", str(parent), age=3600), wait=False)
+    # Our own claim is ours.
+    assert claim(reused, wait=False)
+
+
+# ----------------------------------------------------------------- silent cases
+def test_a_diverged_run_warns_and_its_table_keeps_its_columns():
+    from megatron_velocitune.laws.comparison import format_loss_table, parse_final_losses
+
+    names = ["code", "a-long-domain-name"]
+    text = format_loss_table(
+        names, [7.0, float("nan")], [2.7e7, 6.5], [0.25, 0.75], vocab_size=1024
+    )
+    lines = text.splitlines()
+    assert lines[0].startswith(" warning: the held-out loss at the end is above 20.8 nats")
+    assert "code 2.7e+07" in lines[0] and "a-long-domain-name" not in lines[0]
+    assert lines[-2].split() == ["code", "7.0000", "2.700e+07", "+2.70e+07", "0.2500"]
+    assert lines[-1].split() == ["a-long-domain-name", "nan", "6.5000", "+nan", "0.7500"]
+    got = parse_final_losses("log line\n" + text + "\n after")
+    assert got[0] == names and got[2] == [2.7e7, 6.5] and got[3] == [0.25, 0.75]
+    # A healthy run: no warning, the layout of before (10 columns a number).
+    healthy = format_loss_table(["code"], [7.0], [6.9189], [1.0], vocab_size=1024)
+    assert healthy.splitlines()[-1] == "   code            7.0000    6.9189   -0.0811    1.0000"
+
+
+def test_the_bin_content_hash_samples_a_large_file(tmp_path, monkeypatch):
+    from megatron_velocitune.data import datafiles
+
+    path = str(tmp_path / "x.bin")
+    data = bytearray(os.urandom(1 << 20))
+    write(path, bytes(data), "wb")
+    whole = datafiles._bin_sample(path, len(data))
+    # Above the whole-file size (lowered here): 64 chunks of 4 KiB spread over the file.
+    monkeypatch.setattr(datafiles, "_HASH_WHOLE", 1 << 16)
+    monkeypatch.setattr(datafiles, "_BIN_CHUNK", 1 << 12)
+    sampled = datafiles._bin_sample(path, len(data))
+    assert sampled != whole
+    data[len(data) - 10] ^= 0xFF  # inside the last chunk: told
+    write(path, bytes(data), "wb")
+    assert datafiles._bin_sample(path, len(data)) != sampled
+
+
+def test_an_empty_last_run_names_the_earlier_runs(tmp_path, capsys):
+    from megatron_velocitune.cli import plot_weights
+    from megatron_velocitune.core.trajectory import TrajectoryWriter
+
+    path = str(tmp_path / "t.jsonl")
+    header = dict(
+        type="header",
+        domains=["a", "b"],
+        policy="velocity",
+        weights=[0.5, 0.5],
+        update_interval=2,
+        seq_length=8,
+        global_batch_size=4,
+        train_iters=4,
+    )
+    first = TrajectoryWriter(path, run_id="run-a")
+    first.write(header)
+    update = dict(type="update", iteration=2, consumed_samples=8, start_sample=8)
+    first.write({**update, "weights": [0.6, 0.4], "skipped": False, "eval_loss": [3.0, 3.0]})
+    TrajectoryWriter(path, run_id="run-b").write(header)
+    assert plot_weights.main([path, "--output", str(tmp_path / "w.png")]) == 0
+    err = capsys.readouterr().err
+    assert "the last run in the file (run_id run-b) has no updates yet" in err
+    assert "1 earlier run(s) (run-a)" in err

@@ -1,10 +1,11 @@
 """Helpers shared by the trajectory tools: one-line errors and checked trajectory reading."""
 
-import os
+import math
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from megatron_velocitune.core.errors import ToolError, VelocituneConfigError, VelocituneError
+from megatron_velocitune.core.files import output_problem
 from megatron_velocitune.core.trajectory import Trajectory, read_trajectory
 
 
@@ -28,6 +29,16 @@ def load_trajectory(path: str) -> Trajectory:
         raise ToolError(
             f"{path}: the header's 'weights' must give one weight per domain "
             f"{domains}, got {weights!r}"
+        )
+    if not t.updates and t.earlier_runs:
+        # Not an error (a run that just started), but what is drawn or averaged is then the
+        # header's blend alone, while the updates a user may expect belong to another run.
+        print(
+            f"note: {path}: the last run in the file (run_id {h.get('run_id')}) has no updates "
+            f"yet; the file also holds {len(t.earlier_runs)} earlier run(s) "
+            f"({', '.join(map(str, t.earlier_runs))}), which the tools do not read (one run per "
+            "trajectory: give each run its own --velocitune-log-dir)",
+            file=sys.stderr,
         )
     for u in t.updates:
         w = u.get("weights")
@@ -60,20 +71,6 @@ def read_initial_loss_file(path: str, names: Sequence[str]) -> List[Optional[flo
         raise ToolError(str(e)) from None
 
 
-def output_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be written as an output file (checked before any work), or None."""
-    if os.path.isdir(path):
-        return "is a directory (give the file to write)"
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        return f"cannot create its folder {folder} ({e.strerror})"
-    if not os.access(folder, os.W_OK):
-        return f"its folder {folder} is not writable"
-    return None
-
-
 def check_outputs(**flags: Optional[str]) -> None:
     """Refuse, before any work, an output flag (``output="x.json"`` is ``--output``) that names
     a folder or an unwritable place.
@@ -85,6 +82,22 @@ def check_outputs(**flags: Optional[str]) -> None:
         problem = None if path is None else output_problem(path)
         if problem:
             raise ToolError(f"--{name.replace('_', '-')} {path}: {problem}")
+
+
+def check_numbers(*checks: Tuple[str, Optional[float], Callable[[float], bool], str]) -> None:
+    """Refuse, before any work, a number flag out of its range (NaN included).
+
+    Args:
+        *checks: ``(flag, value, ok, rule)``: the flag, its value (None: not given, not
+            checked), the test of a finite value and the rule the error line states
+            (``"finite and > 0"``).
+
+    Raises:
+        ToolError: the first value that is not finite or fails its test.
+    """
+    for flag, value, ok, rule in checks:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise ToolError(f"{flag} {value:g}: must be {rule}")
 
 
 def load_trajectories(paths: Sequence[str]) -> List[Trajectory]:

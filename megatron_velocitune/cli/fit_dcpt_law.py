@@ -36,6 +36,7 @@ import numpy as np
 
 from megatron_velocitune.cli._common import (
     add_rising_rule_args,
+    check_numbers,
     check_outputs,
     check_rising_rule_args,
     parse_name_value,
@@ -217,24 +218,16 @@ def _plot(path, names, ratios, points, laws, held):
     plt.close(fig)
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
-    """One line for a number flag out of its range (NaN included), before any work."""
-    checks = (
+def run(args: argparse.Namespace) -> int:
+    """Fit, answer, print and write; raises :class:`ToolError` on a user error."""
+    # Both modes read these flags.
+    check_numbers(
         ("--tolerance", args.tolerance, lambda v: v >= 0, "finite and >= 0"),
         ("--budget-tokens", args.budget_tokens, lambda v: v > 0, "finite and > 0"),
         ("--min-tokens", args.min_tokens, lambda v: v >= 0, "finite and >= 0"),
         ("--min-weight", args.min_weight, lambda v: v >= 0, "finite and >= 0"),
         ("--eps", args.eps, lambda v: v > 0, "finite and > 0"),
     )
-    for flag, value, ok, rule in checks:
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise ToolError(f"{flag} {value:g}: must be {rule}")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Fit, answer, print and write; raises :class:`ToolError` on a user error."""
-    # Both modes read these flags.
-    _check_numbers(args)
     check_outputs(plot=args.plot)
     if args.cross_domain:
         return run_cross_domain(args)

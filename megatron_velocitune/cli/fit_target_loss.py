@@ -32,6 +32,8 @@ import numpy as np
 
 from megatron_velocitune.cli._common import (
     add_rising_rule_args,
+    check_numbers,
+    check_outputs,
     check_rising_rule_args,
     read_initial_loss_file,
     read_trajectories,
@@ -225,6 +227,11 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--annealing-c and --annealing-from both give C: pass one")
     if args.base_lr_schedule and not args.annealing_from:
         raise ToolError("--base-lr-schedule describes the --annealing-from run: pass it too")
+    check_numbers(
+        ("--budget-tokens", args.budget_tokens, lambda v: v > 0, "finite and > 0"),
+        ("--min-tokens", args.min_tokens, lambda v: v >= 0, "finite and >= 0"),
+    )
+    check_outputs(output=args.output, plot=args.plot)
     runs = read_trajectories(args.trajectories)
     names = list(args.domains or runs[0].domains)
     base_decay = None

@@ -28,10 +28,12 @@ import numpy as np
 
 from megatron_velocitune.cli._common import (
     ToolError,
+    check_outputs,
     load_trajectories,
     optional_floats,
     run_tool,
 )
+from megatron_velocitune.core.files import save_figure
 from megatron_velocitune.core.trajectory import Trajectory
 from megatron_velocitune.core.weight_history import blend_spans, run_history
 
@@ -267,9 +269,7 @@ def plot(
     bottom = (0.1 + 0.2 * legend_rows) / fig.get_figheight()  # inches kept for the legend
     fig.tight_layout(rect=(0, bottom, 1, 1))
     for path in outputs:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        save_figure(fig, path, dpi=dpi)
     plt.close(fig)
 
 
@@ -281,6 +281,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.dpi <= 0:
         raise ToolError(f"--dpi {args.dpi} must be positive")
+    outputs = output_paths(args.output)
+    check_outputs(output=outputs[0])
+    check_outputs(output=outputs[1])
     trajectories = load_trajectories(args.trajectories)
     for path, t in zip(args.trajectories, trajectories):
         try:
@@ -288,11 +291,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, KeyError) as e:
             raise ToolError(f"{path}: {e}") from None
     labels = args.labels or default_labels(args.trajectories, trajectories)
-    outputs = output_paths(args.output)
-    try:
-        plot(trajectories, labels, panels, args.layout, outputs, args.title, args.dpi)
-    except OSError as e:
-        raise ToolError(f"cannot write {args.output!r}: {e}") from None
+    plot(trajectories, labels, panels, args.layout, outputs, args.title, args.dpi)
     for path, t, label in zip(args.trajectories, trajectories, labels):
         print(f"{label}: {path} (policy {t.header.get('policy', '?')}, {len(t.updates)} updates)")
     print("wrote " + " and ".join(outputs))

@@ -139,7 +139,7 @@ def train_run(
     tb = os.path.join(folder, "tb")
     cmd = train_command(python, s, folder, seed, policy, weights, interval, extra, min_weight)
     log_path = os.path.join(folder, "log.txt")
-    wall = run_command(cmd, log_path)
+    wall = run_command(cmd, log_path, claimed=folder)
     with open(log_path, encoding="utf-8") as f:
         names, start, end, final_w = parse_final_losses(f.read())
     traj = read_traj(os.path.join(tb, TRAJECTORY))

@@ -2,7 +2,8 @@
 
 A resumed run continues bit for bit only if it reads the same data in the same order and
 updates the blend by the same rule. The sidecar therefore records a *resume identity*
-(:func:`resume_identity`): each domain's data files (sizes and a hash of the ``.idx``), ``m``,
+(:func:`resume_identity`): each domain's data files (sizes, a hash of the ``.idx`` and a
+sampled hash of the ``.bin``'s content), ``m``,
 the data-parallel size of the training-stream window, the policy, the rising-domain rule and
 its knobs, the loss source, the split, the sequence length, the global batch size and the seed.
 :func:`check_resume` compares it with the resuming run's and refuses any difference with one
@@ -107,8 +108,17 @@ def resume_identity(
     }
 
 
-def _content(entry: Dict[str, Any]) -> tuple:
-    return tuple(entry.get(k) for k in ("bin_bytes", "idx_bytes", "idx_sha256"))
+def _content(entry: Dict[str, Any], bin_hash: bool) -> tuple:
+    keys = ("bin_bytes", "idx_bytes", "idx_sha256") + (("bin_blake2b",) if bin_hash else ())
+    return tuple(entry.get(k) for k in keys)
+
+
+def _describe(entry: Dict[str, Any]) -> str:
+    return (
+        f"{entry.get('prefix')} ({entry.get('bin_bytes')} + {entry.get('idx_bytes')} bytes, "
+        f"idx sha256 {str(entry.get('idx_sha256'))[:12]}, bin blake2b "
+        f"{str(entry.get('bin_blake2b'))[:12]})"
+    )
 
 
 def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> List[str]:
@@ -141,14 +151,18 @@ def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where
                     f"{where}: the run was saved with {len(old)} domains in --data-path, "
                     f"this run has {len(new)}"
                 )
+            # A sidecar written before the .bin hash compares sizes and the .idx only.
+            bin_hash = all(a.get("bin_blake2b") is not None for a in old)
+            if not bin_hash and old:
+                notes.append(
+                    "the sidecar records no .bin content hash (written by an older version): "
+                    "the .bin files were compared by size only"
+                )
             for i, (a, b) in enumerate(zip(old, new)):
-                if _content(a) != _content(b):
+                if _content(a, bin_hash) != _content(b, bin_hash):
                     raise CheckpointError(
-                        f"{where}: domain {i} of --data-path was {a.get('prefix')} "
-                        f"({a.get('bin_bytes')} + {a.get('idx_bytes')} bytes, idx sha256 "
-                        f"{str(a.get('idx_sha256'))[:12]}), this run has {b.get('prefix')} "
-                        f"({b.get('bin_bytes')} + {b.get('idx_bytes')} bytes, idx sha256 "
-                        f"{str(b.get('idx_sha256'))[:12]}): other data, it cannot resume"
+                        f"{where}: domain {i} of --data-path was {_describe(a)}, this run has "
+                        f"{_describe(b)}: other data, it cannot resume"
                     )
                 if a.get("prefix") != b.get("prefix"):
                     notes.append(

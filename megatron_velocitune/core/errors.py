@@ -13,6 +13,8 @@ VelocituneConfigError`` and the like keep working). Errors that mean a bug or a 
 (``FitFailedError``, ``WeightMismatchError``) stay with their code, outside this family.
 """
 
+from typing import Optional
+
 __all__ = [
     "CheckpointError",
     "CoefficientError",
@@ -20,6 +22,7 @@ __all__ = [
     "DataError",
     "InputError",
     "NonFiniteLossError",
+    "PortInUseError",
     "RunLockError",
     "TargetAboveInitialError",
     "TargetRuleError",
@@ -27,6 +30,7 @@ __all__ = [
     "ToolError",
     "VelocituneConfigError",
     "VelocituneError",
+    "WriteError",
 ]
 
 
@@ -80,8 +84,35 @@ class DataError(VelocituneError):
     """A ``--data-path`` file (``.bin``/``.idx``) is missing, truncated or empty."""
 
 
+class WriteError(VelocituneError):
+    """A file or folder cannot be written: disk full, read-only, a file where a folder must be."""
+
+
 class RunLockError(VelocituneError):
     """Another live run holds the ``--save`` directory."""
+
+
+class PortInUseError(VelocituneError):
+    """The rendezvous port (``MASTER_PORT``) is taken: most likely another run on this machine."""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, port: Optional[str]) -> Optional["PortInUseError"]:
+        """The one-line error for torch.distributed's ``EADDRINUSE`` failure, else None.
+
+        Args:
+            exc (BaseException): what starting the process group raised.
+            port (Optional[str]): the port it tried (``MASTER_PORT``).
+
+        Returns:
+            Optional[PortInUseError]: the error to raise instead, or None (another failure).
+        """
+        text = str(exc)
+        if "EADDRINUSE" not in text and "address already in use" not in text.lower():
+            return None
+        return cls(
+            f"MASTER_PORT {port}: the port is in use (another run on this machine?): set "
+            "MASTER_PORT to a free port (torchrun: --master-port), or wait for that run"
+        )
 
 
 class NonFiniteLossError(VelocituneError):

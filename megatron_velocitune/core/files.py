@@ -15,11 +15,14 @@ writers never share a temporary file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator, Optional
+
+from megatron_velocitune.core.errors import CheckpointError, WriteError
 
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 SIDECAR_NAME = "velocitune_state.json"
@@ -72,6 +75,42 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+#: What an OSError means when the place cannot be written (the environment, not a bug).
+_UNWRITABLE = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is too large for this filesystem",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "it is a directory",
+    errno.ENOTDIR: "a part of its path is a file, not a folder",
+}
+
+
+def _unwritable(exc: Optional[BaseException]) -> Optional[OSError]:
+    """The OSError of an unwritable place in ``exc`` or the exceptions it was raised from.
+
+    ``torch.save`` reports a full disk as a ``RuntimeError`` (``[enforce fail at
+    inline_container.cc]``) raised while the file object's ``OSError`` was being handled, so
+    the chain is searched, not only ``exc``.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _write_error(path: str, e: OSError) -> WriteError:
+    return WriteError(
+        f"cannot write {path}: {_UNWRITABLE[e.errno]} ({errno.errorcode[e.errno]}); "
+        "it is left as it was"
+    )
+
+
 @contextmanager
 def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically.
@@ -82,23 +121,95 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
 
     Yields:
         IO: the open temporary file. On an exception it is removed and ``path`` is untouched.
+
+    Raises:
+        WriteError: ``path`` cannot be written (a full disk, a read-only filesystem, ``path``
+            a folder, a file in its folder's path), whatever the writer raised for it.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    problem = _blocking_file(folder)
+    if problem:
+        raise WriteError(f"cannot write {path}: {problem}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        if e.errno in _UNWRITABLE:
+            raise _write_error(path, e) from None
+        raise
     try:
         with open(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        cause = _unwritable(exc)
+        if cause is not None:
+            raise _write_error(path, cause) from None
         raise
     _fsync_dir(folder)
+
+
+def _blocking_file(folder: str) -> Optional[str]:
+    """A file where ``folder`` or one of its parents must be a folder, named; else None."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    if os.path.isdir(probe):
+        return None
+    return f"{probe} is a file, not a folder"
+
+
+def folder_problem(folder: str) -> Optional[str]:
+    """Why files cannot be written in ``folder`` (created when missing), or None.
+
+    A real write is tried (a temporary file, removed): ``os.access`` says yes to root on a
+    folder it cannot write and knows nothing of a full disk's quota.
+
+    Args:
+        folder (str): the folder.
+
+    Returns:
+        Optional[str]: the problem, naming the folder (``"cannot write in /x (the filesystem
+        is read-only)"``), or None.
+    """
+    problem = _blocking_file(folder)
+    if problem:
+        return problem
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {folder} ({_UNWRITABLE.get(e.errno, e.strerror)})"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".velocitune-probe.", dir=folder)
+    except OSError as e:
+        return f"cannot write in {folder} ({_UNWRITABLE.get(e.errno, e.strerror)})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def output_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as an output file (checked before any work), or None.
+
+    Args:
+        path (str): the file a tool will write.
+
+    Returns:
+        Optional[str]: the problem (a folder at ``path``, or :func:`folder_problem` of its
+        folder), or None.
+    """
+    if os.path.isdir(path):
+        return "is a directory (give the file to write)"
+    return folder_problem(os.path.dirname(os.path.abspath(path)))
 
 
 def save_figure(fig: Any, path: str, **kwargs: Any) -> None:
@@ -161,8 +272,6 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
     try:
         return int(text)
     except ValueError:
-        from megatron_velocitune.core.errors import CheckpointError
-
         raise CheckpointError(
             f"{flag} {root}: {TRACKER_NAME} holds {text!r}, not an iteration"
         ) from None

@@ -4,9 +4,12 @@ megatron-core reads a domain's ``.idx`` (a header, then sequence lengths, pointe
 indices) and memory-maps its ``.bin``; a truncated ``.bin`` or an empty domain then fails deep
 inside with a numpy message that names no file. :func:`check_data_file` reads the same header
 (the layout of ``megatron.core.datasets.indexed_dataset``) and compares the ``.bin`` size with
-what the index needs, and returns a cheap identity of the pair (sizes and a hash of the
-``.idx``) that the sidecar records so a resume can tell the same data from other files.
-No torch, no megatron-core.
+what the index needs, and returns a cheap identity of the pair that the sidecar records so a
+resume can tell the same data from other files: both sizes, the ``.idx``'s SHA-256 and a
+BLAKE2b of the ``.bin``'s content (the whole file up to 64 MiB; above, 64 chunks of 64 KiB at
+fixed offsets spread over the file, first and last included, so a multi-GB file costs a 4 MiB
+read). A same-size edit of a ``.bin`` is told when it touches a hashed byte: always up to
+64 MiB, within a sampled chunk above. No torch, no megatron-core.
 """
 
 import hashlib
@@ -27,6 +30,9 @@ _ITEM_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}
 # .idx files up to this size are hashed whole; larger ones by their head, tail and size.
 _HASH_WHOLE = 64 << 20
 _HASH_PART = 8 << 20
+# .bin files up to _HASH_WHOLE are hashed whole; larger ones by this many chunks of this size.
+_BIN_SAMPLES = 64
+_BIN_CHUNK = 64 << 10
 
 
 def _is_number(text: str) -> bool:
@@ -88,6 +94,21 @@ def _sha256(path: str, size: int) -> str:
     return h.hexdigest()
 
 
+def _bin_sample(path: str, size: int) -> str:
+    """BLAKE2b of the size and the content (whole, or fixed-offset chunks of a large file)."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= _HASH_WHOLE:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            for i in range(_BIN_SAMPLES):
+                f.seek((size - _BIN_CHUNK) * i // (_BIN_SAMPLES - 1))
+                h.update(f.read(_BIN_CHUNK))
+    return h.hexdigest()
+
+
 def check_data_file(
     prefix: str, flag: str = "--data-path", hash_index: bool = True
 ) -> Dict[str, object]:
@@ -96,10 +117,12 @@ def check_data_file(
     Args:
         prefix (str): the path prefix.
         flag (str): the flag that named it, for the error line.
-        hash_index (bool): hash the ``.idx`` (``idx_sha256`` is None without).
+        hash_index (bool): hash the files (``idx_sha256`` and ``bin_blake2b`` are None
+            without).
 
     Returns:
-        Dict[str, object]: ``{"documents", "bin_bytes", "idx_bytes", "idx_sha256"}``.
+        Dict[str, object]: ``{"documents", "bin_bytes", "idx_bytes", "idx_sha256",
+        "bin_blake2b"}``.
 
     Raises:
         FileNotFoundError: the ``.bin`` or the ``.idx`` is missing.
@@ -144,4 +167,5 @@ def check_data_file(
         "bin_bytes": bin_bytes,
         "idx_bytes": idx_bytes,
         "idx_sha256": _sha256(idx_path, idx_bytes) if hash_index else None,
+        "bin_blake2b": _bin_sample(bin_path, bin_bytes) if hash_index else None,
     }

@@ -4,7 +4,9 @@
 * :func:`replay_share_blend` - a static blend with a given replay share, the new domains split
   in their token-proportional ratio.
 * :func:`summarise_method` / :func:`render_table` - mean and spread over seeds, the one table.
-* :func:`parse_final_losses` - the end-of-run loss table that ``examples/pretrain_gpt.py`` prints.
+* :func:`format_loss_table` / :func:`parse_final_losses` - the end-of-run loss table that
+  ``examples/pretrain_gpt.py`` prints, and its reader (one home for its layout);
+  :func:`diverged_loss_warning` - the warning of a loss far above a uniform guess's.
 * :class:`ParetoPoint`, :func:`dominated_by`, :func:`frontier_margin` - a method against the
   static frontier (replay-domain loss vs mean new-domain loss, both lower is better).
 * :class:`SeedPoint`, :func:`seed_points`, :func:`collapse_of`, :func:`find_collapses`,
@@ -31,10 +33,13 @@ __all__ = [
     "MethodSummary",
     "ParetoPoint",
     "SeedPoint",
+    "DIVERGED_MULTIPLE",
     "collapse_of",
+    "diverged_loss_warning",
     "dominated_by",
     "find_collapses",
     "fixed_share_blend",
+    "format_loss_table",
     "frontier_margin",
     "frontier_spread",
     "pareto_efficient",
@@ -412,7 +417,91 @@ def parse_loop_time(text: str) -> Optional[Tuple[int, float, float, float]]:
     return int(it), float(wall), float(wall_ms), float(cpu_ms)
 
 
-_ROW = re.compile(r"^\s+(\S+)\s+(-?[\d.]+|nan)\s+(-?[\d.]+|nan)\s+([+-]?[\d.]+|nan)\s+([\d.]+)\s*$")
+#: A loss above this many times ln(vocabulary size), a uniform guess's loss, means the run has
+#: diverged (a fresh model starts near 1x; a learning rate far too high reaches 1e4 and more).
+DIVERGED_MULTIPLE = 3.0
+
+_TABLE_TITLE = "held-out loss per domain (full held-out sets)"
+_NUMBER = r"([+-]?(?:\d+(?:\.\d*)?(?:e[+-]?\d+)?|nan|inf))"
+_ROW = re.compile(r"^\s+(\S+)" + 4 * (r"\s+" + _NUMBER) + r"\s*$")
+# Every cell is this wide with a space before it, whatever the number: columns never touch.
+_CELL = 9
+
+
+def _cell(x: float, signed: bool = False) -> str:
+    """``x`` in :data:`_CELL` characters after a space: 4 decimals while they fit, else
+    e-notation (``2.700e+07``, ``+2.70e+07``).
+    """
+    text = f"{x:+.4f}" if signed else f"{x:.4f}"
+    if len(text) > _CELL:
+        text = f"{x:+.2e}" if signed else f"{x:.3e}"
+    return " " + text.rjust(_CELL)
+
+
+def diverged_loss_warning(
+    what: str, names: Sequence[str], losses: Sequence[float], vocab_size: Optional[int]
+) -> Optional[str]:
+    """A warning line when a finite loss is far above a uniform guess's, else None.
+
+    Args:
+        what (str): which loss, for the line (``"held-out loss at the end"``).
+        names (Sequence[str]): the domain names (one loss each); ``["lm"]`` for one loss.
+        losses (Sequence[float]): the losses in nats per token.
+        vocab_size (Optional[int]): the model's vocabulary (None: no warning).
+
+    Returns:
+        Optional[str]: ``"warning: ..."`` naming the domains and the limit, or None.
+    """
+    if not vocab_size or vocab_size < 2:
+        return None
+    limit = DIVERGED_MULTIPLE * math.log(vocab_size)
+    high = [(n, x) for n, x in zip(names, losses) if math.isfinite(x) and x > limit]
+    if not high:
+        return None
+    shown = ", ".join(f"{n} {x:.4g}" for n, x in high)
+    return (
+        f"warning: {what} is above {limit:.1f} nats ({shown}; the limit is "
+        f"{DIVERGED_MULTIPLE:g} x ln {vocab_size}, {DIVERGED_MULTIPLE:g} x a uniform guess's "
+        "loss over the vocabulary): the run has diverged (a lower --lr or --clip-grad keeps it "
+        "finite)"
+    )
+
+
+def format_loss_table(
+    names: Sequence[str],
+    start: Sequence[float],
+    end: Sequence[float],
+    weights: Sequence[float],
+    start_label: str = "start of this run",
+    vocab_size: Optional[int] = None,
+) -> str:
+    """The end-of-run table: each domain's held-out loss at the start and end, and its weight.
+
+    Every number takes a fixed width after a space (e-notation when 4 decimals do not fit), so
+    columns never run together, even for the losses of a diverged run; :func:`parse_final_losses`
+    reads it back.
+
+    Args:
+        names (Sequence[str]): domain names.
+        start (Sequence[float]): the losses at the start (NaN: not measured).
+        end (Sequence[float]): the losses at the end.
+        weights (Sequence[float]): the final blend.
+        start_label (str): what the start column is.
+        vocab_size (Optional[int]): the model's vocabulary, for
+            :func:`diverged_loss_warning` (None: no warning).
+
+    Returns:
+        str: the lines, a warning first when a loss has diverged.
+    """
+    rows = [
+        f" {_TABLE_TITLE}, {start_label} -> end:",
+        f"   {'domain':<12}"
+        + "".join(" " + h.rjust(_CELL) for h in ("start", "end", "change", "weight")),
+    ]
+    for name, a, b, w in zip(names, start, end, weights):
+        rows.append(f"   {name:<12}{_cell(a)}{_cell(b)}{_cell(b - a, signed=True)}{_cell(w)}")
+    warning = diverged_loss_warning("the held-out loss at the end", names, end, vocab_size)
+    return "\n".join(([" " + warning] if warning else []) + rows)
 
 
 def parse_final_losses(text: str) -> Tuple[List[str], List[float], List[float], List[float]]:
@@ -426,9 +515,7 @@ def parse_final_losses(text: str) -> Tuple[List[str], List[float], List[float], 
         ValueError: no such table in ``text``.
     """
     lines = text.splitlines()
-    starts = [
-        i for i, line in enumerate(lines) if "held-out loss per domain (full held-out sets)" in line
-    ]
+    starts = [i for i, line in enumerate(lines) if _TABLE_TITLE in line]
     if not starts:
         raise ValueError("no 'held-out loss per domain' table in the run's output")
     names: List[str] = []

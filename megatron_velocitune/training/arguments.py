@@ -9,6 +9,7 @@ import sys
 from typing import List, Optional
 
 from megatron_velocitune.core.arguments import add_velocitune_args
+from megatron_velocitune.core.files import folder_problem
 
 __all__ = ["parse_args"]
 
@@ -264,3 +265,14 @@ def _check(parser: _Parser, args: argparse.Namespace) -> None:
         parser.error(f"--save-interval: {args.save_interval} must be >= 1")
     if args.save_interval and not args.save:
         parser.error("--save-interval needs --save")
+    # The folders a run writes into, tried before any work (a file in the way or a read-only
+    # filesystem otherwise surfaces as a traceback from TensorBoard or megatron-core's cache).
+    # --save is checked when its lock is taken.
+    for flag, folder in (
+        ("--tensorboard-dir", args.tensorboard_dir),
+        ("--velocitune-log-dir", args.velocitune_log_dir),
+        ("--data-cache-path", args.data_cache_path),
+    ):
+        problem = folder and folder_problem(folder)
+        if problem:
+            parser.error(f"{flag} {folder}: {problem}")

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from megatron_velocitune.core.errors import CheckpointError
+from megatron_velocitune.core.errors import CheckpointError, WriteError
 from megatron_velocitune.core.files import (
     MODEL_FILE_NAME,
     TRACKER_NAME,
@@ -31,6 +31,7 @@ from megatron_velocitune.core.files import (
     write_tracker,
 )
 from megatron_velocitune.training.safe_load import load_checkpoint_file
+from megatron_velocitune.training.startup import raise_together
 
 __all__ = ["checkpoint_dir", "latest_iteration", "load_checkpoint", "save_checkpoint"]
 
@@ -69,6 +70,15 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
     save_with(path, lambda f: torch.save(obj, f))
+
+
+def _written(write: Any, *args: Any) -> Optional[WriteError]:
+    """``write(*args)``; the WriteError of a file that cannot be written, else None."""
+    try:
+        write(*args)
+    except WriteError as e:
+        return e
+    return None
 
 
 # A test hook: ``VELOCITUNE_TEST_PAUSE_IN_SAVE=<iteration>`` stops every rank in the save of that
@@ -124,8 +134,10 @@ def save_checkpoint(
         group = parallel_state.get_data_parallel_group()
         streams = [torch.empty_like(train_stream) for _ in range(dist.get_world_size(group))]
         dist.all_gather(streams, train_stream, group=group)
+    error = None  # a file that cannot be written: every rank stops with its one line
     if parallel_state.get_data_parallel_rank() == 0:
-        _atomic_torch_save(
+        error = _written(
+            _atomic_torch_save,
             {
                 "iteration": iteration,
                 "consumed_train_samples": consumed_samples,
@@ -139,12 +151,12 @@ def save_checkpoint(
             _shard_path(root, iteration),
         )
     _test_pause(root, iteration)
-    if dist.get_rank() == 0 and velocitune_state is not None:
-        save_state(sidecar_path(root, iteration), velocitune_state)
-    dist.barrier()
+    if dist.get_rank() == 0 and velocitune_state is not None and error is None:
+        error = _written(save_state, sidecar_path(root, iteration), velocitune_state)
+    raise_together(error)  # also the barrier before the tracker
     if dist.get_rank() == 0:
-        write_tracker(root, iteration)
-    dist.barrier()
+        error = _written(write_tracker, root, iteration)
+    raise_together(error)
     return checkpoint_dir(root, iteration)
 
 

@@ -47,6 +47,7 @@ from megatron_velocitune.data.builder import (
 from megatron_velocitune.data.corpus import eod_token_id, load_tokenizer
 from megatron_velocitune.data.loader import RebuildableDataIterator
 from megatron_velocitune.device import compute_device
+from megatron_velocitune.laws.comparison import diverged_loss_warning, format_loss_table
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
 from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer
@@ -314,6 +315,7 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
             [("--velocitune-eval-iters", args.velocitune_eval_iters)]
             + ([("--eval-iters", args.eval_iters)] if args.eval_interval else []),
             len(prefixes),
+            prefixes,
         )
     writer = _tensorboard_writer(args)
     stream, evaluator = build_evaluator(args, info, module, data, len(prefixes))
@@ -471,6 +473,7 @@ def train(
         trajectory=run.trajectory_path,
     )
     job.module.train()
+    warned = None
     timer = time.time()
     loop_start, loop_cpu_start, start_iteration = (
         time.perf_counter(),
@@ -500,6 +503,15 @@ def train(
             _stop_non_finite(args, iteration, what + f"grad norm {grad_norm})")
         if lm_loss is not None:
             summary.lm_losses[iteration] = lm_loss
+            if not warned:  # once: a finite loss far above a uniform guess's has diverged
+                warned = diverged_loss_warning(
+                    f"the training loss at iteration {iteration}",
+                    ["lm"],
+                    [lm_loss],
+                    getattr(job.model, "vocab_size", None),
+                )
+                if warned:
+                    _print_rank_last(" " + warned)
         if iteration % args.log_interval == 0 or iteration == args.train_iters:
             elapsed = (time.time() - timer) * 1000.0 / args.log_interval
             timer = time.time()
@@ -557,7 +569,8 @@ def train(
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed
     summary.weights = run.weights.tolist()
-    _print_rank_last(_format_loss_table(summary, run.config.loss_source))
+    vocab_size = getattr(job.model, "vocab_size", None)
+    _print_rank_last(_format_loss_table(summary, run.config.loss_source, vocab_size))
     if job.writer is not None:
         job.writer.flush()
         job.writer.close()
@@ -689,20 +702,16 @@ def _stream_diagnostic(run: VelocituneRun, job: TrainingJob):
     return {"train_loss": window.mean().tolist(), "train_tokens": window.tokens.tolist()}
 
 
-def _format_loss_table(summary: RunSummary, loss_source: str = "eval") -> str:
+def _format_loss_table(summary: RunSummary, loss_source: str = "eval", vocab_size=None) -> str:
     start = (
         "start of this run"
         if loss_source == "eval"
         else ("start: L_init on the training stream's first draws (not held-out)")
     )
-    rows = [
-        f" held-out loss per domain (full held-out sets), {start} -> end:",
-        f"   {'domain':<12}{'start':>10}{'end':>10}{'change':>10}{'weight':>10}",
-    ]
-    start = summary.initial_loss or [float("nan")] * len(summary.domains)
-    for name, a, b, w in zip(summary.domains, start, summary.final_loss, summary.weights):
-        rows.append(f"   {name:<12}{a:>10.4f}{b:>10.4f}{b - a:>+10.4f}{w:>10.4f}")
-    return "\n".join(rows)
+    initial = summary.initial_loss or [float("nan")] * len(summary.domains)
+    return format_loss_table(
+        summary.domains, initial, summary.final_loss, summary.weights, start, vocab_size
+    )
 
 
 def _validate(

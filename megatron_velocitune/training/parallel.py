@@ -1,7 +1,9 @@
 """Process groups for the compact megatron-core driver: torch.distributed + model parallel.
 
 ``initialize_parallel`` reads the torchrun environment (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), starts torch.distributed with NCCL on a GPU
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; a plain ``python`` run without them gets a free
+port, and a port in use is one line, :class:`~megatron_velocitune.core.errors.PortInUseError`),
+starts torch.distributed with NCCL on a GPU
 machine and gloo on the CPU (applying :mod:`megatron_velocitune.training.cpu` there), builds
 megatron-core's tensor/pipeline/data-parallel groups and seeds every generator the way
 Megatron-LM does (``seed + 100 * pp_rank`` for the default stream, megatron-core's tracker for
@@ -11,6 +13,7 @@ the tensor-parallel one).
 import datetime
 import os
 import random
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,6 +23,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
+from megatron_velocitune.core.errors import PortInUseError
 from megatron_velocitune.training.cpu import apply_cpu_shim
 
 __all__ = [
@@ -107,6 +111,12 @@ def parallel_info() -> ParallelInfo:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def set_seeds(seed: int) -> None:
     """Seed Python, numpy, torch and megatron-core's tensor-parallel RNG tracker.
 
@@ -143,15 +153,25 @@ def initialize_parallel(config: ParallelConfig, seed: int = 1234) -> ParallelInf
         rank = int(os.environ.get("RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "RANK" not in os.environ and "MASTER_PORT" not in os.environ:
+            # A plain one-process run (no torchrun): its store needs a port nobody else holds,
+            # so two such runs never collide on a fixed default (the --save lock decides).
+            os.environ["MASTER_PORT"] = str(_free_port())
         os.environ.setdefault("MASTER_PORT", "29500")
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(
-            backend=config.backend or ("nccl" if use_cuda else "gloo"),
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(minutes=config.timeout_minutes),
-        )
+        try:
+            dist.init_process_group(
+                backend=config.backend or ("nccl" if use_cuda else "gloo"),
+                rank=rank,
+                world_size=world_size,
+                timeout=datetime.timedelta(minutes=config.timeout_minutes),
+            )
+        except dist.DistNetworkError as e:
+            error = PortInUseError.from_exception(e, os.environ["MASTER_PORT"])
+            if error is None:
+                raise
+            raise error from None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(

@@ -12,38 +12,16 @@ import json
 import logging
 import os
 import socket
-import time
 from typing import Any, Dict, Optional
 
 from megatron_velocitune.core.errors import RunLockError
+from megatron_velocitune.core.processes import owner_gone, owner_record
 
 __all__ = ["LOCK_NAME", "RunLock"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".velocitune.lock"
-
-
-def _start_time(pid: int) -> Optional[str]:
-    """The process's start time (clock ticks since boot, /proc field 22), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, start: Optional[str]) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    now = _start_time(pid)
-    # The same pid with another start time is a new process: the owner is gone.
-    return start is None or now is None or now == start
 
 
 class RunLock:
@@ -62,13 +40,7 @@ class RunLock:
         self.took_over: Optional[Dict[str, Any]] = None
 
     def _record(self) -> Dict[str, Any]:
-        pid = os.getpid()
-        return {
-            "host": socket.gethostname(),
-            "pid": pid,
-            "start_time": _start_time(pid),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        return owner_record()
 
     def _read(self) -> Optional[Dict[str, Any]]:
         try:
@@ -138,12 +110,7 @@ class RunLock:
     def _stale(self, owner: Dict[str, Any]) -> bool:
         if not owner:
             return False  # unreadable (being written, or not ours): never remove it
-        if owner.get("host") != socket.gethostname():
-            return False
-        pid = owner.get("pid")
-        if not isinstance(pid, int) or pid <= 0:
-            return False
-        return not _alive(pid, owner.get("start_time"))
+        return owner_gone(owner) is not None
 
     def release(self) -> None:
         """Remove the lock if this process still holds it."""

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron_velocitune.core.errors import RunLockError, VelocituneError
 from megatron_velocitune.training.runlock import RunLock
 
-__all__ = ["agree", "check_heldout", "take_save_lock"]
+__all__ = ["agree", "check_heldout", "raise_together", "take_save_lock"]
 
 T = TypeVar("T")
 
@@ -41,12 +41,35 @@ def agree(fn: Callable[[], T], root: int = 0) -> T:
     box = [message]
     dist.broadcast_object_list(box, src=root)
     if box[0] is not None:
-        kind, text = box[0]
-        for cls in VelocituneError.__subclasses__() + [VelocituneError]:
-            if cls.__name__ == kind:
-                raise cls(text)
-        raise VelocituneError(text)
+        _reraise(*box[0])
     return result
+
+
+def _reraise(kind: str, text: str) -> None:
+    for cls in VelocituneError.__subclasses__() + [VelocituneError]:
+        if cls.__name__ == kind:
+            raise cls(text)
+    raise VelocituneError(text)
+
+
+def raise_together(error: Optional[VelocituneError]) -> None:
+    """Every rank raises the first rank's error when any rank has one (a world collective).
+
+    A rank whose own step failed (a shard that cannot be written) would otherwise stop alone
+    and leave the others in the next collective until it times out.
+
+    Args:
+        error (Optional[VelocituneError]): this rank's error, or None.
+
+    Raises:
+        VelocituneError: on every rank, the error of the lowest rank that had one.
+    """
+    mine = None if error is None else [type(error).__name__, str(error)]
+    found: List[Optional[List[str]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, mine)
+    first = next((x for x in found if x is not None), None)
+    if first is not None:
+        _reraise(*first)
 
 
 def take_save_lock(save: Optional[str]) -> Optional[RunLock]:
@@ -80,6 +103,7 @@ def check_heldout(
     per_step: int,
     eval_counts: Sequence[tuple],
     num_domains: int,
+    prefixes: Optional[Sequence[str]] = None,
 ) -> None:
     """Every domain has a held-out set, and each evaluation fits in the smallest (collective).
 
@@ -90,10 +114,13 @@ def check_heldout(
         per_step (int): samples one evaluation micro-batch step reads (micro-batch x DP).
         eval_counts (Sequence[tuple]): ``(flag, micro-batches per domain)`` of each evaluation.
         num_domains (int): the domain count (known on every rank).
+        prefixes (Optional[Sequence[str]]): the domains' data prefixes, for the error lines.
 
     Raises:
-        VelocituneError: a domain without held-out documents, or an evaluation larger than a
-            held-out set (it would repeat samples and run for hours).
+        VelocituneError: a domain without held-out documents, a held-out set smaller than one
+            evaluation step (every evaluation would repeat its few samples: a loss with no
+            spread), or an evaluation larger than a held-out set (it would repeat samples and
+            run for hours).
     """
     local = [-1] * num_domains
     if valid is not None:
@@ -116,6 +143,14 @@ def check_heldout(
                 "per-domain held-out sets are needed (the policy's losses with "
                 "--velocitune-loss-source eval, the validation and the final loss table): "
                 "give the validation split a share, e.g. --split 98,2,0"
+            )
+    for i, (name, n) in enumerate(zip(names, sizes)):
+        if n != 2**62 and n < per_step:
+            where = f" ({prefixes[i]})" if prefixes else ""
+            raise VelocituneError(
+                f"--split {split}: domain {name!r}{where} holds {n} held-out sample(s), fewer "
+                f"than one evaluation step reads ({per_step}: micro-batch x data-parallel): "
+                "give the validation split a larger share or the domain more documents"
             )
     smallest = min((n, name) for name, n in zip(names, sizes) if n != 2**62)
     for flag, iters in eval_counts:

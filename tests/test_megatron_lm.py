@@ -903,22 +903,32 @@ def test_train_stream_window_goes_into_the_sidecar_and_back():
     """A checkpoint between two updates keeps each rank's open window (one-process world)."""
     import torch
 
-    from megatron_velocitune.control.train_stream import DomainLossAccumulator
-    from megatron_velocitune.megatron_lm.train_loss import gather_windows, restore_window
+    from megatron_velocitune.control.train_stream import (
+        DomainLossAccumulator,
+        WindowLayout,
+        gather_windows,
+        restore_window,
+    )
+    from megatron_velocitune.core.errors import CheckpointError
 
     acc = DomainLossAccumulator(3)
     acc.add(torch.tensor([0, 2]), torch.full((2, 4), 2.5), torch.ones(2, 4))
     assert gather_windows(None) is None
     windows = gather_windows(acc)
     assert windows == [acc.state().tolist()]
-    state = json.loads(json.dumps({"train_stream_windows": windows}))  # as the sidecar holds it
+    saved = json.loads(json.dumps(windows))  # as the sidecar holds them
+    adapter = WindowLayout(0, 1, refuse_other_size=False, what="world")
     resumed = DomainLossAccumulator(3)
-    assert restore_window(resumed, state)
+    assert restore_window(resumed, saved, adapter, "--load ckpt")
     assert torch.equal(resumed.state(), acc.state())
     sums = resumed.take()
     assert np.array_equal(sums.loss_sum, [10.0, 0.0, 10.0])
     assert np.array_equal(sums.tokens, [4.0, 0.0, 4.0])
-    # Another world size: which rank drew which samples is unknown; the window restarts.
+    # Another world size: which rank drew which samples is unknown; the adapter's restarts.
     other = DomainLossAccumulator(3)
-    assert not restore_window(other, {"train_stream_windows": windows * 2})
-    assert not restore_window(other, {}) and other.state().sum() == 0
+    assert not restore_window(other, saved * 2, adapter, "--load ckpt")
+    assert not restore_window(other, None, adapter, "--load ckpt") and other.state().sum() == 0
+    # The entry's layout (one window per data-parallel rank, in its shards) refuses it.
+    entry = WindowLayout(0, 1, refuse_other_size=True)
+    with pytest.raises(CheckpointError, match="window is for data-parallel size 2, this run has 1"):
+        restore_window(other, saved * 2, entry, "--load ckpt")

@@ -9,6 +9,7 @@ and one stderr line.
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -697,36 +698,102 @@ def test_strict_json_round_trip():
 
 
 def test_resume_identity_accepts_moved_data_and_names_changes():
-    from megatron_velocitune.control.resume import check_resume, resume_identity
+    from megatron_velocitune.control.resume import ResumeIdentity, check_resume
     from megatron_velocitune.core.errors import CheckpointError
 
     files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32}]
 
     def ident(prefix="/a/code", m=150, dp=2, seed=1):
-        knobs = {"min_headroom": 0.0}
-        return resume_identity(
+        return ResumeIdentity.of(
             [prefix],
             files,
-            m,
-            dp,
-            "velocity",
-            "budget",
-            knobs,
-            0.0,
-            "eval",
-            "98,2,0",
-            256,
-            32,
-            seed,
+            update_interval=m,
+            stream_dp_size=dp,
+            policy="velocity",
+            rising_rule="budget",
+            rule_knobs={"min_headroom": 0.0},
+            min_weight=0.0,
+            loss_source="eval",
+            split="98,2,0",
+            seq_length=256,
+            global_batch_size=32,
+            seed=seed,
         )
 
-    notes = check_resume(ident(), ident(prefix="/b/code"), "s.json")
+    notes = check_resume(ident().to_json(), ident(prefix="/b/code"), "s.json")
     assert notes == ["domain 0: data moved from /a/code to /b/code (same content)"]
     with pytest.raises(CheckpointError, match=r"--seed 1, this run has 2"):
-        check_resume(ident(), ident(seed=2), "s.json")
+        check_resume(ident().to_json(), ident(seed=2), "s.json")
     with pytest.raises(CheckpointError, match=r"data-parallel size .* 2, this run has 1"):
-        check_resume(ident(), ident(dp=1), "s.json")
+        check_resume(ident().to_json(), ident(dp=1), "s.json")
     assert "older version" in check_resume(None, ident(), "s.json")[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ident().seed = 2
+
+
+# The ``resume`` record of a sidecar written before the identity became a dataclass (0.4 run,
+# velocity policy, two domains): it must still compare equal to the same run's identity.
+OLD_SIDECAR_IDENTITY = {
+    "data": [
+        {
+            "prefix": "/d/code",
+            "documents": 7,
+            "bin_bytes": 1000,
+            "idx_bytes": 98,
+            "idx_sha256": "cd" * 32,
+        },
+        {
+            "prefix": "/d/docs",
+            "documents": 3,
+            "bin_bytes": 500,
+            "idx_bytes": 66,
+            "idx_sha256": "ef" * 32,
+        },
+    ],
+    "update_interval": 2,
+    "stream_dp_size": 1,
+    "policy": "velocity",
+    "rising_rule": "budget-hold",
+    "rule_knobs": {"min_headroom": 0.0, "target_margin": 0.02, "forgetting_tolerance": None},
+    "min_weight": 0.0,
+    "loss_source": "eval",
+    "split": "90,10,0",
+    "seq_length": 64,
+    "global_batch_size": 4,
+    "seed": 1234,
+    "guards": {"noise_multiple": 2.0, "brake_window": 3},
+    "blend": [0.6, 0.4],
+}
+
+
+def test_an_older_sidecar_identity_compares_equal():
+    from megatron_velocitune.control.resume import ResumeIdentity, check_resume
+
+    old = json.loads(json.dumps(OLD_SIDECAR_IDENTITY))  # as read back from the file
+    files = [{k: v for k, v in d.items() if k != "prefix"} for d in old["data"]]
+    same = ResumeIdentity.of(
+        ["/d/code", "/d/docs"],
+        files,
+        update_interval=2,
+        stream_dp_size=1,
+        policy="velocity",
+        rising_rule="budget-hold",
+        rule_knobs={"min_headroom": 0.0, "target_margin": 0.02, "forgetting_tolerance": None},
+        min_weight=0,
+        loss_source="eval",
+        split="90,10,0",
+        seq_length=64,
+        global_batch_size=4,
+        seed=1234,
+        guards={"noise_multiple": 2.0, "brake_window": 3},
+        blend=[0.6, 0.4000000000000001],
+    )
+    assert same.to_json() == old and check_resume(old, same, "s.json") == []
+    older = {k: v for k, v in old.items() if k not in ("guards", "blend")}  # before those
+    assert check_resume(older, same, "s.json") == [
+        "the sidecar records no --data-path weights (written by an older version)",
+        "the sidecar records no guards (written by an older version)",
+    ]
 
 
 def test_legacy_data_types_load_without_trust(tmp_path):

@@ -30,17 +30,18 @@ import torch
 from megatron_velocitune.control.controller import VelocituneController
 from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.run import VelocituneRun, learning_rate_extra
+from megatron_velocitune.control.run import (
+    WINDOWS_KEY,
+    RunSettings,
+    VelocituneRun,
+    learning_rate_extra,
+)
 from megatron_velocitune.control.state import load_state, sidecar_path
+from megatron_velocitune.control.train_stream import WindowLayout, gather_windows
 from megatron_velocitune.data.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
-from megatron_velocitune.megatron_lm.train_loss import (
-    TrainLossTap,
-    gather_windows,
-    restore_window,
-    stream_evaluator,
-)
+from megatron_velocitune.megatron_lm.train_loss import TrainLossTap, stream_evaluator
 from megatron_velocitune.megatron_lm.writers import megatron_writers
 
 __all__ = ["VelocitunePlugin"]
@@ -75,6 +76,10 @@ def _non_persistent_dir(args, folder: Optional[str]) -> Optional[str]:
 
 def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def _chunks(model: Any) -> List[Any]:
@@ -130,7 +135,7 @@ class VelocitunePlugin:
             )
         model = _chunks(model)
         run = self.run = VelocituneRun(
-            args,
+            RunSettings.from_args(args, data.prefixes),
             data.prefixes,
             data.weights,
             data.train,
@@ -149,9 +154,14 @@ class VelocitunePlugin:
                 self.train_loss, self.evaluator_factory, model, data, args, run.config
             )
         run.controller.evaluator = evaluator
-        # No layout in the identity: the training-stream windows travel in the sidecar, and
-        # restore_window restarts them under another world size instead of refusing.
-        run.set_identity(None)
+        run.stream = self.train_loss.accumulator
+        # The training-stream windows travel in the sidecar, one per global rank, and restart
+        # under another world size instead of refusing it: no layout in the identity.
+        run.set_identity(
+            None
+            if run.stream is None
+            else WindowLayout(_rank(), _world(), refuse_other_size=False, what="world")
+        )
         self._train_iterator = train_data_iterator
         run.on_blend_change(self._rebuild_train_iterator)
         iteration = int(getattr(args, "iteration", 0) or 0)
@@ -172,10 +182,7 @@ class VelocitunePlugin:
         for folder in (args.load, _non_persistent_dir(args, args.load)):
             path = sidecar_path(folder, iteration)
             if os.path.exists(path):
-                state = load_state(path)
-                self.run.resume(state, path, iteration, args.load)
-                restore_window(self.train_loss.accumulator, state)
-                return True
+                return self.run.resume(load_state(path), path, iteration, args.load)
         return self.run.resume(None, sidecar_path(args.load, iteration), iteration, args.load)
 
     # ------------------------------------------------------------------ every iteration
@@ -243,7 +250,7 @@ class VelocitunePlugin:
         folder = _non_persistent_dir(args, args.save) if non_persistent else args.save
         if not folder:
             return None
-        extra = {} if windows is None else {"train_stream_windows": windows}
+        extra = {} if windows is None else {WINDOWS_KEY: windows}
         return self.run.after_save(sidecar_path(folder, int(iteration)), extra)
 
     @property

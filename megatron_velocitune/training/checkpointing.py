@@ -13,7 +13,8 @@ saving resumes from the previous complete checkpoint.
 
 import os
 import random
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -32,7 +33,13 @@ from megatron_velocitune.core.files import (
 )
 from megatron_velocitune.training.safe_load import load_checkpoint_file
 
-__all__ = ["checkpoint_dir", "latest_iteration", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "LoadedCheckpoint",
+    "checkpoint_dir",
+    "latest_iteration",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 checkpoint_dir = iteration_dir
 latest_iteration = read_tracker
@@ -148,6 +155,24 @@ def save_checkpoint(
     return checkpoint_dir(root, iteration)
 
 
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` restored, beside the model and optimizer state.
+
+    Attributes:
+        iteration (int): the checkpoint's iteration (0 with ``finetune``).
+        consumed_samples (int): global samples consumed (0 with ``finetune``).
+        state (Optional[Dict[str, Any]]): the Velocitune sidecar, None when there is none.
+        train_stream_windows (Optional[List[Any]]): every data-parallel rank's open
+            training-stream window, None when the checkpoint holds none.
+    """
+
+    iteration: int
+    consumed_samples: int
+    state: Optional[Dict[str, Any]] = None
+    train_stream_windows: Optional[List[Any]] = None
+
+
 def load_checkpoint(
     root: str,
     model: torch.nn.Module,
@@ -156,9 +181,8 @@ def load_checkpoint(
     finetune: bool = False,
     load_optim: bool = True,
     load_rng: bool = True,
-    train_stream=None,
     trust: bool = False,
-) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+) -> LoadedCheckpoint:
     """Load the latest checkpoint under ``root`` into this rank's model (and optimizer, ...).
 
     Args:
@@ -170,12 +194,12 @@ def load_checkpoint(
             state start fresh (continual pre-training from a base model).
         load_optim (bool): restore optimizer and scheduler state.
         load_rng (bool): restore the RNG states.
-        train_stream (Optional[DomainLossAccumulator]): gets this rank's saved window.
         trust (bool): ``--trust-checkpoint``: load with ``weights_only=False`` (see
             :mod:`megatron_velocitune.training.safe_load`).
 
     Returns:
-        Tuple[int, int, Optional[Dict]]: (iteration, consumed samples, Velocitune state or None).
+        LoadedCheckpoint: the iteration, consumed samples, sidecar and training-stream windows
+        (the run restores those: :meth:`~megatron_velocitune.control.run.VelocituneRun.resume`).
     """
     from megatron_velocitune.control.state import load_state, sidecar_path
 
@@ -207,7 +231,7 @@ def load_checkpoint(
             f"--load {root}: {path} does not fit this model ({first[:300]})"
         ) from None
     if finetune:
-        return 0, 0, None
+        return LoadedCheckpoint(0, 0)
     if load_optim and "optimizer" not in ckpt:
         raise CheckpointError(
             f"--load {root}: {path} holds model weights only (a converted checkpoint, e.g. "
@@ -218,18 +242,11 @@ def load_checkpoint(
         scheduler.load_state_dict(ckpt["opt_param_scheduler"])
     if load_rng:
         _set_rng_state(ckpt["rng_state"])
-    if train_stream is not None and ckpt.get("train_stream") is not None:
-        saved = len(ckpt["train_stream"])
-        dp = parallel_state.get_data_parallel_world_size()
-        if saved != dp:
-            # Each DP rank's open window holds sums of its own samples; they cannot be split
-            # or merged into another DP size's windows exactly.
-            raise CheckpointError(
-                f"--load {root}: the checkpoint's training-stream window is for data-parallel "
-                f"size {saved}, this run has {dp}: resume with {saved} data-parallel ranks "
-                "(or start a new run from it with --finetune)"
-            )
-        train_stream.load_state(ckpt["train_stream"][parallel_state.get_data_parallel_rank()])
     sidecar = sidecar_path(root, iteration)
     state = load_state(sidecar) if os.path.exists(sidecar) else None
-    return int(ckpt["iteration"]), int(ckpt["consumed_train_samples"]), state
+    return LoadedCheckpoint(
+        int(ckpt["iteration"]),
+        int(ckpt["consumed_train_samples"]),
+        state,
+        ckpt.get("train_stream"),
+    )

@@ -25,13 +25,18 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
 from megatron_velocitune.control.run import (
+    RunSettings,
     VelocituneRun,
     default_domain_names,
     learning_rate_extra,
 )
 from megatron_velocitune.control.state import sidecar_path
 from megatron_velocitune.control.sync import UpdateSync
-from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
+from megatron_velocitune.control.train_stream import (
+    DomainLossAccumulator,
+    TrainStreamEvaluator,
+    WindowLayout,
+)
 from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.errors import InputError, NonFiniteLossError
@@ -318,7 +323,7 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
     writer = _tensorboard_writer(args)
     stream, evaluator = build_evaluator(args, info, module, data, len(prefixes))
     run = VelocituneRun(
-        args,
+        RunSettings.from_args(args, prefixes),
         prefixes,
         weights,
         data.train,
@@ -326,12 +331,16 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
         _print_rank_last,
         writer,
         run_id=shared_run_id(),  # one header per run in a shared log folder
+        stream=stream,
     )
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
     )
-    # What a resume must match; the stream's windows are in the checkpoint, per DP rank.
-    run.set_identity(None if stream is None else info.dp_size)
+    # What a resume must match; the stream's windows are in the checkpoint, one per DP rank,
+    # and cannot be split or merged into another DP size's exactly.
+    run.set_identity(
+        None if stream is None else WindowLayout(info.dp_rank, info.dp_size, refuse_other_size=True)
+    )
     return TrainingJob(
         info,
         num_microbatches,
@@ -356,7 +365,7 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
     """
     if not args.load:
         return 0, 0
-    iteration, consumed, state = load_checkpoint(
+    loaded = load_checkpoint(
         args.load,
         job.model,
         job.optimizer,
@@ -364,12 +373,18 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
         finetune=args.finetune,
         load_optim=not args.no_load_optim,
         load_rng=not args.no_load_rng,
-        train_stream=job.stream,
         trust=args.trust_checkpoint,
     )
+    iteration, consumed = loaded.iteration, loaded.consumed_samples
     # Without --finetune, load_checkpoint returned the tracker's iteration: its sidecar.
     if not args.finetune:
-        job.run.resume(state, sidecar_path(args.load, iteration), iteration, args.load)
+        job.run.resume(
+            loaded.state,
+            sidecar_path(args.load, iteration),
+            iteration,
+            args.load,
+            windows=loaded.train_stream_windows,
+        )
     _print_rank_last(
         f" loaded checkpoint from {args.load} at iteration {iteration}"
         f" (consumed samples {consumed})"

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_velocitune.core.files import read_tracker
 from megatron_velocitune.core.trajectory import read_trajectory
 
 from ._multiproc import free_port, run_distributed
@@ -364,6 +365,17 @@ def _resume_cases():
             lambda r, t, c: ["--velocitune-rising-rule", "budget"],
             "--velocitune-rising-rule 'budget-hold', this run has 'budget'",
         ),
+        (
+            "train iters below the checkpoint",
+            lambda r, t, c: ["--train-iters", "3"],
+            "--train-iters 3 is below the iteration of the checkpoint in --load ",
+        ),
+        (
+            "model shape changed",
+            lambda r, t, c: ["--hidden-size", "64"],
+            "does not fit this model (Error(s) in loading state_dict for GPTModel: size "
+            "mismatch for ",
+        ),
     ]
 
 
@@ -446,7 +458,8 @@ def test_data_parallel_change_is_refused(corpus, ckpt, tmp_path):
     results = run_distributed(entry_worker, 2, (argv,), timeout=240)
     for rc, err in results:
         assert rc == 2
-        assert "window is for data-parallel size 1, this run has 2" in one_line(err)
+        # The identity names it first (the window check refuses it too, for older sidecars).
+        assert "the data-parallel size (world size / (TP x PP)) 1, this run has 2" in one_line(err)
 
 
 # ----------------------------------------------------------------- tools
@@ -543,20 +556,41 @@ def test_two_runs_in_one_log_dir_stay_apart(corpus, ckpt, tmp_path):
 
 
 def test_non_finite_loss_stops_without_saving(corpus, tmp_path):
+    # A static run (no update evaluation before iteration 8): the training loss trips the stop.
     save = str(tmp_path / "nan")
     extra = ("--lr", "1e20", "--clip-grad", "0", "--save-interval", "1")
-    rc, err = run_entry(argv_for(corpus, save, train_iters=6, extra=extra))
+    static = ("--velocitune-policy", "static", "--velocitune-update-interval", "8")
+    argv = argv_for(corpus, save, train_iters=6, extra=(*extra, *static, "--lr-warmup-iters", "4"))
+    rc, err = run_entry(_drop(argv, {"--velocitune-target-loss"}))
     line = one_line(err)
-    assert rc == 1 and "is not finite" in line and "stopped without saving" in line, err
+    assert rc == 1 and "training loss or gradient norm is not finite" in line, err
+    assert "stopped without saving" in line
     last = int(open(os.path.join(save, "latest_checkpointed_iteration.txt")).read())
     stopped = int(line.split("error: iteration ")[1].split(":")[0])
-    assert last == stopped - 1 and f"the last good checkpoint is iteration {last}" in line
+    # The training loss of iteration t is the forward of the weights saved at t - 1: those had
+    # diverged already, so the good checkpoint is t - 2, and the tracker names it again.
+    assert stopped >= 3, line
+    assert last == stopped - 2 and f"the last good checkpoint is iteration {last}" in line
+    assert f"the weights of iteration {stopped - 1} had already diverged" in line
+    assert os.path.exists(os.path.join(save, f"iter_{stopped - 1:07d}"))  # kept, not named
     assert not os.path.exists(os.path.join(save, f"iter_{stopped:07d}"))
     assert not os.path.exists(os.path.join(save, ".velocitune.lock"))
-    # The checkpoint kept is a good one: every weight finite.
+    # The checkpoint named is a good one: every weight finite, and a resume from it trains on
+    # (its next iteration's loss is finite) instead of stopping at once.
     shard = os.path.join(save, f"iter_{last:07d}", "mp_rank_00_000", "model_optim_rng.pt")
     model = torch.load(shard, weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if isinstance(v, torch.Tensor))
+    resume = _drop(argv, {"--velocitune-target-loss"}) + ["--exit-interval", str(last + 1)]
+    rc, err = run_entry(resume + ["--load", save])
+    assert rc == 0, err
+    assert read_tracker(save) == last + 1
+    # An update's held-out loss reads the weights of its own iteration t: t - 1 is good.
+    save = str(tmp_path / "nan-update")
+    rc, err = run_entry(argv_for(corpus, save, train_iters=6, extra=extra))
+    line = one_line(err)
+    assert rc == 1 and "loss of the velocitune update is not finite" in line, err
+    stopped = int(line.split("error: iteration ")[1].split(":")[0])
+    assert f"the last good checkpoint is iteration {stopped - 1} in {save} (--no" in line
     # With the opt-out it trains on; every file is strict JSON and reads back with NaN.
     save = str(tmp_path / "nan-on")
     extra += ("--no-check-for-nan-in-loss-and-grad",)

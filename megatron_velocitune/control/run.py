@@ -292,10 +292,10 @@ class VelocituneRun:
     ) -> bool:
         """Continue from a checkpoint: checked, the history replayed, the window restored.
 
-        Both drivers refuse the same resumes with the same line: a dynamic run at iteration > 0
-        whose sidecar is missing (its weight history and blend are lost), a sidecar for other
-        domains, and one whose identity differs from :meth:`set_identity`'s. A ``--finetune``
-        start calls none of this.
+        Both drivers refuse the same resumes with the same line: a checkpoint past
+        ``--train-iters``, a dynamic run at iteration > 0 whose sidecar is missing (its weight
+        history and blend are lost), a sidecar for other domains, and one whose identity differs
+        from :meth:`set_identity`'s. A ``--finetune`` start calls none of this.
 
         Args:
             state (Optional[Dict[str, Any]]): the sidecar's content, None when there is none.
@@ -311,6 +311,13 @@ class VelocituneRun:
         Raises:
             CheckpointError: a resume that cannot continue exactly (one line).
         """
+        if self.train_iters is not None and iteration > self.train_iters:
+            # The history's blends start past the end of this run's (shorter) train blend.
+            raise CheckpointError(
+                f"--train-iters {self.train_iters} is below the iteration of the checkpoint in "
+                f"--load {load} ({iteration}): give at least --train-iters {iteration} to "
+                "continue that run"
+            )
         if state is None:
             if iteration > 0 and self.config.policy != "static":
                 raise CheckpointError(

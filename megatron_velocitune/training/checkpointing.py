@@ -74,6 +74,18 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _first_mismatch(error: RuntimeError) -> str:
+    """The ``load_state_dict`` error as one line: its heading and the first mismatch.
+
+    torch writes ``Error(s) in loading state_dict for GPTModel:`` and then one indented line
+    per mismatch (``size mismatch for decoder...: copying a param with shape ...``); the
+    heading alone names no cause.
+    """
+    lines = [x.strip() for x in str(error).strip().splitlines() if x.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def _atomic_torch_save(obj: Any, path: str) -> None:
     save_with(path, lambda f: torch.save(obj, f))
 
@@ -226,9 +238,8 @@ def load_checkpoint(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
         raise CheckpointError(
-            f"--load {root}: {path} does not fit this model ({first[:300]})"
+            f"--load {root}: {path} does not fit this model ({_first_mismatch(e)})"
         ) from None
     if finetune:
         return LoadedCheckpoint(0, 0)

@@ -40,7 +40,7 @@ from megatron_velocitune.control.train_stream import (
 from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.errors import InputError, NonFiniteLossError
-from megatron_velocitune.core.files import read_tracker
+from megatron_velocitune.core.files import last_checkpoint_before, read_tracker, write_tracker
 from megatron_velocitune.data.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.data.builder import (
     DatasetTokenizer,
@@ -512,7 +512,7 @@ def train(
             # As Megatron-LM's check: stop before this iteration's update, validation or save,
             # so the newest checkpoint stays the last good one.
             what = f"the training loss or gradient norm is not finite (lm loss {lm_loss}, "
-            _stop_non_finite(args, iteration, what + f"grad norm {grad_norm})")
+            _stop_non_finite(args, iteration, what + f"grad norm {grad_norm})", iteration - 1)
         if lm_loss is not None:
             summary.lm_losses[iteration] = lm_loss
         if iteration % args.log_interval == 0 or iteration == args.train_iters:
@@ -532,7 +532,7 @@ def train(
             # The model itself evaluates to NaN/inf (the step just taken broke it): the same stop.
             loss = decision.eval_loss.tolist()
             what = f"the per-domain loss of the velocitune update is not finite ({loss})"
-            _stop_non_finite(args, iteration, what)
+            _stop_non_finite(args, iteration, what, iteration)
 
         if args.eval_interval and iteration % args.eval_interval == 0:
             _validate(job.validator, run.sync, run.names, iteration, consumed, job.writer)
@@ -681,13 +681,43 @@ def _non_finite(lm_loss: Optional[float], grad_norm) -> bool:
     return bool(flag.item() > 0)
 
 
-def _stop_non_finite(args, iteration: int, what: str) -> None:
-    """Megatron-LM's stop on a non-finite loss: one line, no save, the last good checkpoint kept."""
-    last = read_tracker(args.save) if args.save else None
+def _stop_non_finite(args, iteration: int, what: str, first_bad: int) -> None:
+    """Megatron-LM's stop on a non-finite loss: one line, no save, the last good checkpoint named.
+
+    Args:
+        args (argparse.Namespace): the run's flags (``--save``).
+        iteration (int): the iteration that found it.
+        what (str): what was not finite.
+        first_bad (int): the first iteration whose weights are bad: the training loss of
+            iteration ``t`` is the forward of the weights saved at ``t - 1``, so a checkpoint
+            there already holds them; an update's held-out loss at ``t`` reads ``t``'s weights.
+
+    Raises:
+        NonFiniteLossError: always (every rank). Rank 0 sets the tracker back to the last
+            checkpoint saved before ``first_bad``, so ``--load`` resumes from good weights.
+    """
+    tail = ""
+    if args.save:
+        good = last_checkpoint_before(args.save, first_bad)
+        newest = read_tracker(args.save, flag="--save")
+        if good is not None and newest != good and dist.get_rank() == 0:
+            write_tracker(args.save, good)
+        if good is not None:
+            tail = f", the last good checkpoint is iteration {good} in {args.save}"
+            if newest is not None and newest > good:
+                tail += (
+                    f" (the tracker names it now: the weights of iteration {newest} had "
+                    "already diverged)"
+                )
+        elif newest is not None:
+            tail = (
+                f", and no checkpoint in {args.save} was saved before the weights of iteration "
+                f"{first_bad} (its tracker names iteration {newest}, whose weights diverged)"
+            )
+        dist.barrier()  # every rank raises after the tracker is set back
     raise NonFiniteLossError(
-        f"iteration {iteration}: {what}; stopped without saving"
-        + (f", the last good checkpoint is iteration {last} in {args.save}" if last else "")
-        + " (--no-check-for-nan-in-loss-and-grad trains on)"
+        f"iteration {iteration}: {what}; stopped without saving{tail}"
+        " (--no-check-for-nan-in-loss-and-grad trains on)"
     )
 
 

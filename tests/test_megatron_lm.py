@@ -594,7 +594,9 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
 
 
-@pytest.mark.parametrize("case", ["missing", "interval", "data", "blend", "domains", "plain"])
+@pytest.mark.parametrize(
+    "case", ["missing", "interval", "data", "blend", "domains", "train_iters", "save", "plain"]
+)
 def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case):
     """One resume for both drivers (``VelocituneRun.resume``): the adapter refuses a dynamic
     run without its sidecar, another ``m`` and other data behind the same domain names, each
@@ -642,8 +644,28 @@ def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case
         expected = (
             r"saved with --data-path weights \[0.2, 0.3, 0.5\], this run has \[0.5, 0.3, 0.2\]"
         )
+    elif case == "train_iters":
+        overrides["train_iters"] = 4
+        expected = (
+            f"^--train-iters 4 is below the iteration of the checkpoint in --load {args.save} "
+            "\\(5\\): give at least --train-iters 5 to continue that run$"
+        )
+    elif case == "save":  # a new run into the folder of a finished one (Megatron-LM's tracker)
+        with open(os.path.join(args.save, "latest_checkpointed_iteration.txt"), "w") as f:
+            f.write("5")
+        overrides.update(load=None, iteration=0, consumed_train_samples=0)
+        expected = (
+            f"^--save {args.save}: holds the checkpoints of run {saved['run_id']} \\(its "
+            "tracker names iteration 5\\), which this run would overwrite: resume that run "
+            f"with --load {args.save}, or save to another folder$"
+        )
     resumed = _plugin(corpus, tmp_path, _megatron_args(tmp_path, **overrides))
-    iterator = SimpleNamespace(iterable=iter(loader(resumed.registry.data.train, 20)))
+    # (Megatron-LM's own loader refuses a position past --train-iters before train() starts.)
+    iterator = SimpleNamespace(
+        iterable=None
+        if case == "train_iters"
+        else iter(loader(resumed.registry.data.train, overrides["consumed_train_samples"]))
+    )
     if case == "plain":
         resumed.start([], None, iterator)
         assert np.array_equal(resumed.controller.weights, plugin.controller.weights)

@@ -311,6 +311,16 @@ def _resume_cases():
             "legal",
         ]
 
+    def new_run_from_a_copy(root, tmp_path, corpus):
+        # A new run (a fine-tune of another checkpoint) into a finished run's --save.
+        return ["--load", shutil.copytree(root, str(tmp_path / "other")), "--finetune"]
+
+    def resume_an_older_copy(root, tmp_path, corpus):
+        # The same run resumed from an earlier checkpoint of a copy, saving over its newer ones.
+        copy = shutil.copytree(root, str(tmp_path / "copy"))
+        write(os.path.join(copy, "latest_checkpointed_iteration.txt"), "2")
+        return ["--load", copy]
+
     def set_key(key, value):
         def change(state):
             state[key] = value
@@ -371,6 +381,17 @@ def _resume_cases():
             "--train-iters 3 is below the iteration of the checkpoint in --load ",
         ),
         (
+            "save holds a finished run's checkpoints",
+            new_run_from_a_copy,
+            "holds the checkpoints of run ",
+        ),
+        (
+            "save ahead of the resumed copy",
+            resume_an_older_copy,
+            "holds this run's checkpoints up to iteration 4, ahead of its start at 2, which this "
+            "run would overwrite: resume that run with --load",
+        ),
+        (
             "model shape changed",
             lambda r, t, c: ["--hidden-size", "64"],
             "does not fit this model (Error(s) in loading state_dict for GPTModel: size "
@@ -387,8 +408,9 @@ def test_bad_resume_is_one_line(corpus, ckpt, tmp_path, name, mutate, message):
     root = copy_ckpt(ckpt, tmp_path)
     extra = mutate(root, tmp_path, corpus)
     argv = argv_for(corpus, root, train_iters=6, extra=("--load", root))
-    if "--data-path" in extra:
-        argv = _drop(argv, {"--data-path"})
+    for flag in ("--data-path", "--load"):  # replaced, not repeated
+        if flag in extra:
+            argv = _drop(argv, {flag})
     rc, err = run_entry(argv + extra)
     line = one_line(err)
     assert rc == 2, err
@@ -616,13 +638,35 @@ def test_stale_lock_is_taken_over(corpus, tmp_path):
         os.path.join(save, ".velocitune.lock"),
         json.dumps({"host": socket.gethostname(), "pid": dead.pid, "start_time": "1"}),
     )
-    from megatron_velocitune.training.runlock import RunLock
+    from megatron_velocitune.control.runlock import RunLock
 
     lock = RunLock(save).acquire()
     assert lock.took_over["pid"] == dead.pid
     assert json.load(open(lock.path))["pid"] == os.getpid()
     lock.release()
     assert not os.path.exists(lock.path)
+
+
+@pytest.mark.parametrize("content", ["", "{", "null", '{"pid": null, "host": null}'])
+def test_an_empty_or_garbage_lock_is_taken_over_once_old(tmp_path, content, caplog):
+    from megatron_velocitune.control import runlock
+
+    save = str(tmp_path / "save")
+    os.makedirs(save)
+    path = write(os.path.join(save, runlock.LOCK_NAME), content)
+    old = time.time() - runlock.UNREADABLE_GRACE_S - 1
+    os.utime(path, (old, old))
+    with caplog.at_level("WARNING"):
+        lock = runlock.RunLock(save).acquire()
+    assert lock.held and json.load(open(path))["pid"] == os.getpid()
+    assert "named no owner" in caplog.text and "pid None" not in caplog.text
+    lock.release()
+    # A fresh one may be a run's being written: read again, then taken over once old enough.
+    write(path, content)
+    start = time.monotonic()
+    lock = runlock.RunLock(save).acquire()
+    assert lock.held and time.monotonic() - start >= runlock.UNREADABLE_GRACE_S - 0.5
+    lock.release()
 
 
 # ----------------------------------------------------------------- SIGKILL during a save

@@ -18,6 +18,7 @@ megatron-core alone:
   ``iter_XXXXXXX/velocitune_state.json`` beside the checkpoint just written (global rank 0).
 """
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -36,6 +37,7 @@ from megatron_velocitune.control.run import (
     VelocituneRun,
     learning_rate_extra,
 )
+from megatron_velocitune.control.run_folder import take_save_lock
 from megatron_velocitune.control.state import load_state, sidecar_path
 from megatron_velocitune.control.train_stream import WindowLayout, gather_windows
 from megatron_velocitune.data.loader import close_data_iterator
@@ -121,6 +123,7 @@ class VelocitunePlugin:
         # --velocitune-loss-source train: train()'s forward step feeds its accumulator.
         self.train_loss = TrainLossTap()
         self._train_iterator: Any = None
+        self._lock: Any = None
 
     # ------------------------------------------------------------------ train() start
     def start(self, model: List[torch.nn.Module], optimizer: Any, train_data_iterator: Any) -> None:
@@ -134,6 +137,7 @@ class VelocitunePlugin:
                 "pretrain_gpt.py does) from --data-path W1 PREFIX1 W2 PREFIX2 ... --split ..."
             )
         model = _chunks(model)
+        self._take_save_lock(args)
         run = self.run = VelocituneRun(
             RunSettings.from_args(args, data.prefixes),
             data.prefixes,
@@ -171,6 +175,18 @@ class VelocitunePlugin:
         # Megatron-LM built the loader (and forked its workers) before the history was replayed.
         if restored or iteration > 0:
             self._rebuild_train_iterator(consumed)
+
+    def _take_save_lock(self, args) -> None:
+        """One live run per ``--save``, never over another run's checkpoints (every rank).
+
+        Megatron-LM writes nothing to ``--save`` before ``train()``; its last save comes after
+        ``train()`` returns, so the lock is released at the process's exit.
+        """
+        if self._lock is not None or not getattr(args, "save", None):
+            return
+        self._lock = take_save_lock(args.save, args.load, bool(getattr(args, "finetune", False)))
+        if self._lock is not None:
+            atexit.register(self._lock.release)
 
     def _restore(self, args, iteration: int) -> bool:
         """Check and replay the sidecar of the checkpoint Megatron-LM resumed from (all ranks);

@@ -30,6 +30,7 @@ from megatron_velocitune.control.run import (
     default_domain_names,
     learning_rate_extra,
 )
+from megatron_velocitune.control.run_folder import take_save_lock
 from megatron_velocitune.control.state import sidecar_path
 from megatron_velocitune.control.sync import UpdateSync
 from megatron_velocitune.control.train_stream import (
@@ -60,7 +61,7 @@ from megatron_velocitune.training.parallel import (
     ParallelInfo,
     initialize_parallel,
 )
-from megatron_velocitune.training.startup import check_heldout, take_save_lock
+from megatron_velocitune.training.startup import check_heldout
 
 __all__ = [
     "RunSummary",
@@ -287,8 +288,9 @@ def setup(args, measuring: bool = False) -> TrainingJob:
         ),
         seed=args.seed,
     )
-    # One live run per --save (created and checked writable here, not at the first save).
-    lock = take_save_lock(None if measuring else args.save)
+    # One live run per --save, never over another run's checkpoints (created and checked
+    # writable here, not at the first save).
+    lock = take_save_lock(None if measuring else args.save, args.load, args.finetune)
     try:
         return _build(args, info, measuring, lock)
     except BaseException:

@@ -577,6 +577,35 @@ def test_two_runs_in_one_log_dir_stay_apart(corpus, ckpt, tmp_path):
     assert load_trajectory(path).header["policy"] == "static"
 
 
+def test_a_resume_into_a_new_log_dir_keeps_the_time_average(corpus, tmp_path):
+    """The resumed run's trajectory starts with the updates restored from the sidecar, so
+    velocitune-average-weights reads the uninterrupted run's time average from it.
+    """
+    from megatron_velocitune.cli import average_weights
+
+    straight, parts = str(tmp_path / "straight"), str(tmp_path / "parts")
+    assert run_entry(argv_for(corpus, straight, train_iters=6))[0] == 0
+    assert run_entry(argv_for(corpus, parts, train_iters=6, extra=("--exit-interval", "4")))[0] == 0
+    new_log = str(tmp_path / "new-log")  # the first part's trajectory is not there
+    resume = argv_for(corpus, parts, train_iters=6, extra=("--load", parts))
+    rc, err = run_entry(resume + ["--velocitune-log-dir", new_log])
+    assert rc == 0, err
+
+    def average(path, name):
+        out = str(tmp_path / f"{name}.json")
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert average_weights.main([path, "--json", out]) == 0
+        return json.load(open(out))["per_run"][0]
+
+    first = os.path.join(straight, "tb", "velocitune_trajectory.jsonl")
+    second = os.path.join(new_log, "velocitune_trajectory.jsonl")
+    updates = read_trajectory(second).updates
+    assert [u["iteration"] for u in updates] == [2, 4, 6]
+    assert [u.get("restored", False) for u in updates] == [True, True, False]
+    assert [u["weights"] for u in updates] == [u["weights"] for u in read_trajectory(first).updates]
+    np.testing.assert_allclose(average(second, "resumed"), average(first, "straight"), atol=1e-12)
+
+
 def test_non_finite_loss_stops_without_saving(corpus, tmp_path):
     # A static run (no update evaluation before iteration 8): the training loss trips the stop.
     save = str(tmp_path / "nan")

@@ -7,6 +7,10 @@ Everything after the script path goes to the script, unchanged. The script runs 
 (``runpy``) with ``sys.argv`` and ``sys.path[0]`` set as ``python pretrain_gpt.py ...`` would
 set them, so a Megatron-LM checkout next to the script shadows any installed ``megatron`` as it
 does without the launcher, and ``install()`` (which imports Megatron-LM) comes after that.
+
+A Velocitune user error raised inside the script (a refused resume, a held ``--save``) ends as
+the megatron-core entry's does: one line ``SCRIPT.py: error: ...`` and its exit status; anything
+else keeps its traceback.
 """
 
 import os
@@ -57,7 +61,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from megatron_velocitune.megatron_lm import install
 
     install()
-    runpy.run_path(script, run_name="__main__")
+    from megatron_velocitune.core.errors import VelocituneError
+
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except VelocituneError as e:
+        print(f"{os.path.basename(script)}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,26 @@ def test_launcher_installs_then_runs_the_script_as_main(tmp_path, monkeypatch):
     }
 
 
+def test_launcher_ends_a_velocitune_error_in_one_line(tmp_path, monkeypatch, capsys):
+    import megatron_velocitune.megatron_lm as adapter
+    from megatron_velocitune import launch
+
+    script = tmp_path / "pretrain_gpt.py"
+    script.write_text(
+        "from megatron_velocitune.core.errors import CheckpointError\n"
+        "raise CheckpointError('--load ckpt: refused')\n"
+    )
+    monkeypatch.setattr(adapter, "install", lambda: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as stop:
+        launch.main([str(script)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "pretrain_gpt.py: error: --load ckpt: refused\n"
+    script.write_text("raise ValueError('a bug')\n")  # anything else keeps its traceback
+    with pytest.raises(ValueError, match="a bug"):
+        launch.main([str(script)])
+
+
 # ------------------------------------------------------------------------ small pieces
 def test_writers_fan_out_like_megatron_lm():
     class Recorder:
@@ -804,6 +824,49 @@ def test_checkout_sidecar_and_resume(probe):
     )
     assert resume["history"] == 1 and resume["weights"] == probe["run"]["weights"]
     assert resume["same_index"] and resume["same_next_batch"]
+
+
+@needs_checkout
+def test_checkout_refuses_a_resume_with_the_entrys_line(probe):
+    """Issue 25: under a real Megatron-LM (the wheel's megatron.training, or a checkout with
+    MEGATRON_LM_PATH) the adapter refuses what the megatron-core entry refuses, with its line
+    (tests/test_reliability.py's table holds the entry's side of each case).
+    """
+    found = probe["refusals"]
+
+    def line(case):
+        assert found[case]["line"] is not None, f"{case}: not refused"
+        assert found[case]["exit"] == 2
+        return found[case]["line"], found[case]["folder"]
+
+    text, folder = line("missing")
+    sidecar = os.path.join(folder, "iter_0000005", "velocitune_state.json")
+    assert text == (
+        f"--load {folder}: {sidecar} is missing: the weight history and the blend of this "
+        "velocity run at iteration 5 are lost, so it cannot resume (restore the file, or start a "
+        "new run from the checkpoint with --finetune)"
+    )
+    text, folder = line("interval")
+    sidecar = os.path.join(folder, "iter_0000005", "velocitune_state.json")
+    assert text == (
+        f"{sidecar}: the run was saved with --velocitune-update-interval 5, this run has 4: it "
+        "cannot resume exactly (use the saved value, or start a new run from the checkpoint "
+        "with --finetune)"
+    )
+    text, folder = line("data")
+    assert text.startswith(f"{folder}/iter_0000005/velocitune_state.json: domain 0 of ")
+    assert "other-data/code (" in text and text.endswith("): other data, it cannot resume")
+    text, folder = line("train_iters")
+    assert text == (
+        f"--train-iters 4 is below the iteration of the checkpoint in --load {folder} (5): give "
+        "at least --train-iters 5 to continue that run"
+    )
+    text, folder = line("save")
+    assert text.startswith(f"--save {folder}: holds the checkpoints of run ")
+    assert text.endswith(
+        f"(its tracker names iteration 5), which this run would overwrite: resume that run "
+        f"with --load {folder}, or save to another folder"
+    )
 
 
 # ------------------------------------------------------------------------ loss-source train

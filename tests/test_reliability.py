@@ -403,6 +403,13 @@ def _resume_cases():
 RESUME = _resume_cases()
 
 
+def test_the_reliability_page_counts_the_cases():
+    with open(os.path.join(REPO, "docs", "reliability.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    tried = f"{len(FRESH) + len(RESUME)} one-line cases in its two tables ({len(FRESH)} bad"
+    assert tried in text and f"{len(RESUME)} bad resumes" in text
+
+
 @pytest.mark.parametrize("name, mutate, message", RESUME, ids=[c[0] for c in RESUME])
 def test_bad_resume_is_one_line(corpus, ckpt, tmp_path, name, mutate, message):
     root = copy_ckpt(ckpt, tmp_path)

@@ -7,6 +7,10 @@ Everything after the script path goes to the script, unchanged. The script runs 
 (``runpy``) with ``sys.argv`` and ``sys.path[0]`` set as ``python pretrain_gpt.py ...`` would
 set them, so a Megatron-LM checkout next to the script shadows any installed ``megatron`` as it
 does without the launcher, and ``install()`` (which imports Megatron-LM) comes after that.
+
+A Velocitune user error raised inside the script (a refused resume, a held ``--save``) ends as
+the megatron-core entry's does: one line ``SCRIPT.py: error: ...`` and its exit status; anything
+else keeps its traceback.
 """
 
 import os
@@ -57,18 +61,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from megatron_velocitune.megatron_lm import install
 
     install()
+    from megatron_velocitune.core.errors import PortInUseError, VelocituneError
+
+    name = os.path.basename(script)
     try:
         runpy.run_path(script, run_name="__main__")
+    except VelocituneError as e:
+        print(f"{name}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     except RuntimeError as e:  # torch.distributed's DistNetworkError is one
         # Two runs on one MASTER_PORT: the second dies in Megatron-LM's process-group start,
         # before any lock; say so in one line. Any other failure keeps its traceback.
-        from megatron_velocitune.core.errors import PortInUseError
-
         error = PortInUseError.from_exception(e, os.environ.get("MASTER_PORT"))
         if error is None:
             raise
-        print(f"{script}: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(error.exit_code) from None
+        print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(error.exit_code)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ Checks, in order:
 4. The run: ``plugin.start`` (a stub evaluator stands in for the model), the *wrapped*
    ``checkpoint_and_decide_exit`` at iteration m updating the blend and restarting Megatron-LM's
    ``RerunDataIterator`` at the consumed position, the sidecar, and a resume that replays it.
+5. The refusals, each on a copy of that checkpoint, through ``train()``'s start hook under this
+   Megatron-LM's own arguments: a resume without its sidecar, with another ``m``, with other data
+   files behind the same domain names (datasets rebuilt by the release's provider), past
+   ``--train-iters``, and a new run into the folder of a finished one. Each error line is
+   recorded (the megatron-core entry raises the same: both go through ``VelocituneRun``).
 """
 
 import contextlib
@@ -298,8 +303,69 @@ def main(out_path, corpus, names):
         "same_index": ids(train_ds2, len(train_ds2)) == index_after_update,
         "same_next_batch": batch2["tokens"].tolist() == batch["tokens"].tolist(),
     }
+    result["refusals"] = refusals(plugin, args, training, provider, num_samples, workdir)
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
+
+
+def refusals(plugin, args, training, provider, num_samples, workdir):
+    """Each refused resume's error line (None where it was not refused), keyed by case."""
+    import shutil
+
+    import torch
+
+    from megatron_velocitune.core.errors import VelocituneError
+
+    checkpoint, found = args.save, {}
+    # The train() hook's Megatron-LM tracker: the adapter's sidecar is written at 5.
+    with open(os.path.join(checkpoint, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("5")
+    original = {k: getattr(args, k) for k in ("data_path", "velocitune_update_interval")}
+    original.update(train_iters=args.train_iters)
+
+    def attempt(case, resume=True, **changes):
+        folder = shutil.copytree(checkpoint, os.path.join(workdir, f"case-{case}"))
+        if case == "missing":
+            os.remove(os.path.join(folder, "iter_0000005", "velocitune_state.json"))
+        for key, value in changes.items():
+            setattr(args, key, value)
+        if "data_path" in changes:  # the release's own provider builds them again
+            training.build_train_valid_test_datasets(provider, num_samples)
+        args.save = folder
+        args.load = folder if resume else None
+        args.iteration, args.consumed_train_samples = (5, 20) if resume else (0, 0)
+        if plugin._lock is not None:  # one process stands in for each new run
+            plugin._lock.release()
+            plugin._lock = None
+        try:
+            plugin.start([torch.nn.Linear(1, 1)], None, None)
+            found[case] = {"line": None, "folder": folder}
+        except VelocituneError as e:
+            found[case] = {"line": str(e), "folder": folder, "exit": e.exit_code}
+        finally:
+            for key, value in original.items():
+                setattr(args, key, value)
+            if "data_path" in changes:
+                training.build_train_valid_test_datasets(provider, num_samples)
+
+    attempt("missing")
+    attempt("interval", velocitune_update_interval=4)
+    attempt("train_iters", train_iters=4)
+    attempt("save", resume=False)
+    # Other files behind the same names: code's and docs' swapped, in a folder of their own.
+    other = os.path.join(workdir, "other-data")
+    os.makedirs(other)
+    weights, prefixes = args.data_path[0::2], args.data_path[1::2]
+    swapped = {0: prefixes[1], 1: prefixes[0]}
+    for i, prefix in enumerate(prefixes):
+        for ext in (".bin", ".idx"):
+            source = swapped.get(i, prefix) + ext
+            shutil.copyfile(source, os.path.join(other, os.path.basename(prefix) + ext))
+    data_path = [
+        t for w, p in zip(weights, prefixes) for t in (w, os.path.join(other, os.path.basename(p)))
+    ]
+    attempt("data", data_path=data_path)
+    return found
 
 
 if __name__ == "__main__":

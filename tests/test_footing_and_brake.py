@@ -368,16 +368,30 @@ def test_the_runaway_guard_flag():
 
 
 def test_a_resume_compares_the_guards_when_the_sidecar_has_them():
-    from megatron_velocitune.control.resume import check_resume, resume_identity
+    from megatron_velocitune.control.resume import ResumeIdentity, check_resume
     from megatron_velocitune.core.errors import CheckpointError
 
     files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32, "bin_blake2b": "cd" * 20}]
 
     def ident(guards):
-        fixed = ([("/a/code")], files, 150, None, "velocity", "budget-hold", {}, 0.0, "eval")
-        return resume_identity(*fixed, "98,2,0", 256, 32, 1, guards)
+        return ResumeIdentity.of(
+            ["/a/code"],
+            files,
+            update_interval=150,
+            stream_dp_size=None,
+            policy="velocity",
+            rising_rule="budget-hold",
+            rule_knobs={},
+            min_weight=0.0,
+            loss_source="eval",
+            split="98,2,0",
+            seq_length=256,
+            global_batch_size=32,
+            seed=1,
+            guards=guards,
+        )
 
-    saved = ident({"noise_multiple": 2.0, "brake_window": 3})
+    saved = ident({"noise_multiple": 2.0, "brake_window": 3}).to_json()
     assert check_resume(saved, ident({"noise_multiple": 2.0, "brake_window": 3}), "s") == []
     with pytest.raises(
         CheckpointError, match=r"--velocitune-runaway-guard\) \{.*'brake_window': 3"

@@ -279,6 +279,26 @@ def test_launcher_installs_then_runs_the_script_as_main(tmp_path, monkeypatch):
     }
 
 
+def test_launcher_ends_a_velocitune_error_in_one_line(tmp_path, monkeypatch, capsys):
+    import megatron_velocitune.megatron_lm as adapter
+    from megatron_velocitune import launch
+
+    script = tmp_path / "pretrain_gpt.py"
+    script.write_text(
+        "from megatron_velocitune.core.errors import CheckpointError\n"
+        "raise CheckpointError('--load ckpt: refused')\n"
+    )
+    monkeypatch.setattr(adapter, "install", lambda: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as stop:
+        launch.main([str(script)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "pretrain_gpt.py: error: --load ckpt: refused\n"
+    script.write_text("raise ValueError('a bug')\n")  # anything else keeps its traceback
+    with pytest.raises(ValueError, match="a bug"):
+        launch.main([str(script)])
+
+
 # ------------------------------------------------------------------------ small pieces
 def test_writers_fan_out_like_megatron_lm():
     class Recorder:
@@ -594,7 +614,9 @@ def test_plugin_updates_at_m_restarts_the_loader_and_resumes(world, corpus, tmp_
     assert np.array_equal(next(iterator2.iterable)["tokens"], batch["tokens"])
 
 
-@pytest.mark.parametrize("case", ["missing", "interval", "data", "blend", "domains", "plain"])
+@pytest.mark.parametrize(
+    "case", ["missing", "interval", "data", "blend", "domains", "train_iters", "save", "plain"]
+)
 def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case):
     """One resume for both drivers (``VelocituneRun.resume``): the adapter refuses a dynamic
     run without its sidecar, another ``m`` and other data behind the same domain names, each
@@ -642,8 +664,28 @@ def test_plugin_refuses_a_resume_as_the_entry_does(world, corpus, tmp_path, case
         expected = (
             r"saved with --data-path weights \[0.2, 0.3, 0.5\], this run has \[0.5, 0.3, 0.2\]"
         )
+    elif case == "train_iters":
+        overrides["train_iters"] = 4
+        expected = (
+            f"^--train-iters 4 is below the iteration of the checkpoint in --load {args.save} "
+            "\\(5\\): give at least --train-iters 5 to continue that run$"
+        )
+    elif case == "save":  # a new run into the folder of a finished one (Megatron-LM's tracker)
+        with open(os.path.join(args.save, "latest_checkpointed_iteration.txt"), "w") as f:
+            f.write("5")
+        overrides.update(load=None, iteration=0, consumed_train_samples=0)
+        expected = (
+            f"^--save {args.save}: holds the checkpoints of run {saved['run_id']} \\(its "
+            "tracker names iteration 5\\), which this run would overwrite: resume that run "
+            f"with --load {args.save}, or save to another folder$"
+        )
     resumed = _plugin(corpus, tmp_path, _megatron_args(tmp_path, **overrides))
-    iterator = SimpleNamespace(iterable=iter(loader(resumed.registry.data.train, 20)))
+    # (Megatron-LM's own loader refuses a position past --train-iters before train() starts.)
+    iterator = SimpleNamespace(
+        iterable=None
+        if case == "train_iters"
+        else iter(loader(resumed.registry.data.train, overrides["consumed_train_samples"]))
+    )
     if case == "plain":
         resumed.start([], None, iterator)
         assert np.array_equal(resumed.controller.weights, plugin.controller.weights)
@@ -784,6 +826,49 @@ def test_checkout_sidecar_and_resume(probe):
     assert resume["same_index"] and resume["same_next_batch"]
 
 
+@needs_checkout
+def test_checkout_refuses_a_resume_with_the_entrys_line(probe):
+    """Issue 25: under a real Megatron-LM (the wheel's megatron.training, or a checkout with
+    MEGATRON_LM_PATH) the adapter refuses what the megatron-core entry refuses, with its line
+    (tests/test_reliability.py's table holds the entry's side of each case).
+    """
+    found = probe["refusals"]
+
+    def line(case):
+        assert found[case]["line"] is not None, f"{case}: not refused"
+        assert found[case]["exit"] == 2
+        return found[case]["line"], found[case]["folder"]
+
+    text, folder = line("missing")
+    sidecar = os.path.join(folder, "iter_0000005", "velocitune_state.json")
+    assert text == (
+        f"--load {folder}: {sidecar} is missing: the weight history and the blend of this "
+        "velocity run at iteration 5 are lost, so it cannot resume (restore the file, or start a "
+        "new run from the checkpoint with --finetune)"
+    )
+    text, folder = line("interval")
+    sidecar = os.path.join(folder, "iter_0000005", "velocitune_state.json")
+    assert text == (
+        f"{sidecar}: the run was saved with --velocitune-update-interval 5, this run has 4: it "
+        "cannot resume exactly (use the saved value, or start a new run from the checkpoint "
+        "with --finetune)"
+    )
+    text, folder = line("data")
+    assert text.startswith(f"{folder}/iter_0000005/velocitune_state.json: domain 0 of ")
+    assert "other-data/code (" in text and text.endswith("): other data, it cannot resume")
+    text, folder = line("train_iters")
+    assert text == (
+        f"--train-iters 4 is below the iteration of the checkpoint in --load {folder} (5): give "
+        "at least --train-iters 5 to continue that run"
+    )
+    text, folder = line("save")
+    assert text.startswith(f"--save {folder}: holds the checkpoints of run ")
+    assert text.endswith(
+        f"(its tracker names iteration 5), which this run would overwrite: resume that run "
+        f"with --load {folder}, or save to another folder"
+    )
+
+
 # ------------------------------------------------------------------------ loss-source train
 @pytest.mark.slow
 @pytest.mark.skipif(
@@ -903,22 +988,32 @@ def test_train_stream_window_goes_into_the_sidecar_and_back():
     """A checkpoint between two updates keeps each rank's open window (one-process world)."""
     import torch
 
-    from megatron_velocitune.control.train_stream import DomainLossAccumulator
-    from megatron_velocitune.megatron_lm.train_loss import gather_windows, restore_window
+    from megatron_velocitune.control.train_stream import (
+        DomainLossAccumulator,
+        WindowLayout,
+        gather_windows,
+        restore_window,
+    )
+    from megatron_velocitune.core.errors import CheckpointError
 
     acc = DomainLossAccumulator(3)
     acc.add(torch.tensor([0, 2]), torch.full((2, 4), 2.5), torch.ones(2, 4))
     assert gather_windows(None) is None
     windows = gather_windows(acc)
     assert windows == [acc.state().tolist()]
-    state = json.loads(json.dumps({"train_stream_windows": windows}))  # as the sidecar holds it
+    saved = json.loads(json.dumps(windows))  # as the sidecar holds them
+    adapter = WindowLayout(0, 1, refuse_other_size=False, what="world")
     resumed = DomainLossAccumulator(3)
-    assert restore_window(resumed, state)
+    assert restore_window(resumed, saved, adapter, "--load ckpt")
     assert torch.equal(resumed.state(), acc.state())
     sums = resumed.take()
     assert np.array_equal(sums.loss_sum, [10.0, 0.0, 10.0])
     assert np.array_equal(sums.tokens, [4.0, 0.0, 4.0])
-    # Another world size: which rank drew which samples is unknown; the window restarts.
+    # Another world size: which rank drew which samples is unknown; the adapter's restarts.
     other = DomainLossAccumulator(3)
-    assert not restore_window(other, {"train_stream_windows": windows * 2})
-    assert not restore_window(other, {}) and other.state().sum() == 0
+    assert not restore_window(other, saved * 2, adapter, "--load ckpt")
+    assert not restore_window(other, None, adapter, "--load ckpt") and other.state().sum() == 0
+    # The entry's layout (one window per data-parallel rank, in its shards) refuses it.
+    entry = WindowLayout(0, 1, refuse_other_size=True)
+    with pytest.raises(CheckpointError, match="window is for data-parallel size 2, this run has 1"):
+        restore_window(other, saved * 2, entry, "--load ckpt")

@@ -9,6 +9,7 @@ and one stderr line.
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_velocitune.core.files import read_tracker
 from megatron_velocitune.core.trajectory import read_trajectory
 
 from ._multiproc import free_port, run_distributed
@@ -373,6 +375,16 @@ def _resume_cases():
             *blend(corpus, ["0.5", "0.3", "0.2"], [edited, *corpus.prefixes[1:]]),
         ]
 
+    def new_run_from_a_copy(root, tmp_path, corpus):
+        # A new run (a fine-tune of another checkpoint) into a finished run's --save.
+        return ["--load", shutil.copytree(root, str(tmp_path / "other")), "--finetune"]
+
+    def resume_an_older_copy(root, tmp_path, corpus):
+        # The same run resumed from an earlier checkpoint of a copy, saving over its newer ones.
+        copy = shutil.copytree(root, str(tmp_path / "copy"))
+        write(os.path.join(copy, "latest_checkpointed_iteration.txt"), "2")
+        return ["--load", copy]
+
     def set_key(key, value):
         def change(state):
             state[key] = value
@@ -428,6 +440,28 @@ def _resume_cases():
             lambda r, t, c: ["--velocitune-rising-rule", "budget"],
             "--velocitune-rising-rule 'budget-hold', this run has 'budget'",
         ),
+        (
+            "train iters below the checkpoint",
+            lambda r, t, c: ["--train-iters", "3"],
+            "--train-iters 3 is below the iteration of the checkpoint in --load ",
+        ),
+        (
+            "save holds a finished run's checkpoints",
+            new_run_from_a_copy,
+            "holds the checkpoints of run ",
+        ),
+        (
+            "save ahead of the resumed copy",
+            resume_an_older_copy,
+            "holds this run's checkpoints up to iteration 4, ahead of its start at 2, which this "
+            "run would overwrite: resume that run with --load",
+        ),
+        (
+            "model shape changed",
+            lambda r, t, c: ["--hidden-size", "64"],
+            "does not fit this model (Error(s) in loading state_dict for GPTModel: size "
+            "mismatch for ",
+        ),
     ]
 
 
@@ -439,8 +473,9 @@ def test_bad_resume_is_one_line(corpus, ckpt, tmp_path, name, mutate, message):
     root = copy_ckpt(ckpt, tmp_path)
     extra = mutate(root, tmp_path, corpus)
     argv = argv_for(corpus, root, train_iters=6, extra=("--load", root))
-    if "--data-path" in extra:
-        argv = _drop(argv, {"--data-path"})
+    for flag in ("--data-path", "--load"):  # replaced, not repeated
+        if flag in extra:
+            argv = _drop(argv, {flag})
     rc, err = run_entry(argv + extra)
     line = one_line(err)
     assert rc == 2, err
@@ -510,7 +545,8 @@ def test_data_parallel_change_is_refused(corpus, ckpt, tmp_path):
     results = run_distributed(entry_worker, 2, (argv,), timeout=240)
     for rc, err in results:
         assert rc == 2
-        assert "window is for data-parallel size 1, this run has 2" in one_line(err)
+        # The identity names it first (the window check refuses it too, for older sidecars).
+        assert "the data-parallel size (world size / (TP x PP)) 1, this run has 2" in one_line(err)
 
 
 # ----------------------------------------------------------------- tools
@@ -606,21 +642,71 @@ def test_two_runs_in_one_log_dir_stay_apart(corpus, ckpt, tmp_path):
     assert load_trajectory(path).header["policy"] == "static"
 
 
+def test_a_resume_into_a_new_log_dir_keeps_the_time_average(corpus, tmp_path):
+    """The resumed run's trajectory starts with the updates restored from the sidecar, so
+    velocitune-average-weights reads the uninterrupted run's time average from it.
+    """
+    from megatron_velocitune.cli import average_weights
+
+    straight, parts = str(tmp_path / "straight"), str(tmp_path / "parts")
+    assert run_entry(argv_for(corpus, straight, train_iters=6))[0] == 0
+    assert run_entry(argv_for(corpus, parts, train_iters=6, extra=("--exit-interval", "4")))[0] == 0
+    new_log = str(tmp_path / "new-log")  # the first part's trajectory is not there
+    resume = argv_for(corpus, parts, train_iters=6, extra=("--load", parts))
+    rc, err = run_entry(resume + ["--velocitune-log-dir", new_log])
+    assert rc == 0, err
+
+    def average(path, name):
+        out = str(tmp_path / f"{name}.json")
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert average_weights.main([path, "--json", out]) == 0
+        return json.load(open(out))["per_run"][0]
+
+    first = os.path.join(straight, "tb", "velocitune_trajectory.jsonl")
+    second = os.path.join(new_log, "velocitune_trajectory.jsonl")
+    updates = read_trajectory(second).updates
+    assert [u["iteration"] for u in updates] == [2, 4, 6]
+    assert [u.get("restored", False) for u in updates] == [True, True, False]
+    assert [u["weights"] for u in updates] == [u["weights"] for u in read_trajectory(first).updates]
+    np.testing.assert_allclose(average(second, "resumed"), average(first, "straight"), atol=1e-12)
+
+
 def test_non_finite_loss_stops_without_saving(corpus, tmp_path):
+    # A static run (no update evaluation before iteration 8): the training loss trips the stop.
     save = str(tmp_path / "nan")
     extra = ("--lr", "1e20", "--clip-grad", "0", "--save-interval", "1")
-    rc, err = run_entry(argv_for(corpus, save, train_iters=6, extra=extra))
+    static = ("--velocitune-policy", "static", "--velocitune-update-interval", "8")
+    argv = argv_for(corpus, save, train_iters=6, extra=(*extra, *static, "--lr-warmup-iters", "4"))
+    rc, err = run_entry(_drop(argv, {"--velocitune-target-loss"}))
     line = one_line(err)
-    assert rc == 1 and "is not finite" in line and "stopped without saving" in line, err
+    assert rc == 1 and "training loss or gradient norm is not finite" in line, err
+    assert "stopped without saving" in line
     last = int(open(os.path.join(save, "latest_checkpointed_iteration.txt")).read())
     stopped = int(line.split("error: iteration ")[1].split(":")[0])
-    assert last == stopped - 1 and f"the last good checkpoint is iteration {last}" in line
+    # The training loss of iteration t is the forward of the weights saved at t - 1: those had
+    # diverged already, so the good checkpoint is t - 2, and the tracker names it again.
+    assert stopped >= 3, line
+    assert last == stopped - 2 and f"the last good checkpoint is iteration {last}" in line
+    assert f"the weights of iteration {stopped - 1} had already diverged" in line
+    assert os.path.exists(os.path.join(save, f"iter_{stopped - 1:07d}"))  # kept, not named
     assert not os.path.exists(os.path.join(save, f"iter_{stopped:07d}"))
     assert not os.path.exists(os.path.join(save, ".velocitune.lock"))
-    # The checkpoint kept is a good one: every weight finite.
+    # The checkpoint named is a good one: every weight finite, and a resume from it trains on
+    # (its next iteration's loss is finite) instead of stopping at once.
     shard = os.path.join(save, f"iter_{last:07d}", "mp_rank_00_000", "model_optim_rng.pt")
     model = torch.load(shard, weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in model.values() if isinstance(v, torch.Tensor))
+    resume = _drop(argv, {"--velocitune-target-loss"}) + ["--exit-interval", str(last + 1)]
+    rc, err = run_entry(resume + ["--load", save])
+    assert rc == 0, err
+    assert read_tracker(save) == last + 1
+    # An update's held-out loss reads the weights of its own iteration t: t - 1 is good.
+    save = str(tmp_path / "nan-update")
+    rc, err = run_entry(argv_for(corpus, save, train_iters=6, extra=extra))
+    line = one_line(err)
+    assert rc == 1 and "loss of the velocitune update is not finite" in line, err
+    stopped = int(line.split("error: iteration ")[1].split(":")[0])
+    assert f"the last good checkpoint is iteration {stopped - 1} in {save} (--no" in line
     # With the opt-out it trains on; every file is strict JSON and reads back with NaN.
     save = str(tmp_path / "nan-on")
     extra += ("--no-check-for-nan-in-loss-and-grad",)
@@ -646,13 +732,35 @@ def test_stale_lock_is_taken_over(corpus, tmp_path):
         os.path.join(save, ".velocitune.lock"),
         json.dumps({"host": socket.gethostname(), "pid": dead.pid, "start_time": "1"}),
     )
-    from megatron_velocitune.training.runlock import RunLock
+    from megatron_velocitune.control.runlock import RunLock
 
     lock = RunLock(save).acquire()
     assert lock.took_over["pid"] == dead.pid
     assert json.load(open(lock.path))["pid"] == os.getpid()
     lock.release()
     assert not os.path.exists(lock.path)
+
+
+@pytest.mark.parametrize("content", ["", "{", "null", '{"pid": null, "host": null}'])
+def test_an_empty_or_garbage_lock_is_taken_over_once_old(tmp_path, content, caplog):
+    from megatron_velocitune.control import runlock
+
+    save = str(tmp_path / "save")
+    os.makedirs(save)
+    path = write(os.path.join(save, runlock.LOCK_NAME), content)
+    old = time.time() - runlock.UNREADABLE_GRACE_S - 1
+    os.utime(path, (old, old))
+    with caplog.at_level("WARNING"):
+        lock = runlock.RunLock(save).acquire()
+    assert lock.held and json.load(open(path))["pid"] == os.getpid()
+    assert "named no owner" in caplog.text and "pid None" not in caplog.text
+    lock.release()
+    # A fresh one may be a run's being written: read again, then taken over once old enough.
+    write(path, content)
+    start = time.monotonic()
+    lock = runlock.RunLock(save).acquire()
+    assert lock.held and time.monotonic() - start >= runlock.UNREADABLE_GRACE_S - 0.5
+    lock.release()
 
 
 # ----------------------------------------------------------------- SIGKILL during a save
@@ -762,46 +870,112 @@ def test_strict_json_round_trip():
 
 
 def test_resume_identity_accepts_moved_data_and_names_changes():
-    from megatron_velocitune.control.resume import check_resume, resume_identity
+    from megatron_velocitune.control.resume import ResumeIdentity, check_resume
     from megatron_velocitune.core.errors import CheckpointError
 
     files = [{"bin_bytes": 10, "idx_bytes": 5, "idx_sha256": "ab" * 32, "bin_blake2b": "cd" * 20}]
 
     def ident(prefix="/a/code", m=150, dp=2, seed=1, files=files):
-        knobs = {"min_headroom": 0.0}
-        return resume_identity(
+        return ResumeIdentity.of(
             [prefix],
             files,
-            m,
-            dp,
-            "velocity",
-            "budget",
-            knobs,
-            0.0,
-            "eval",
-            "98,2,0",
-            256,
-            32,
-            seed,
+            update_interval=m,
+            stream_dp_size=dp,
+            policy="velocity",
+            rising_rule="budget",
+            rule_knobs={"min_headroom": 0.0},
+            min_weight=0.0,
+            loss_source="eval",
+            split="98,2,0",
+            seq_length=256,
+            global_batch_size=32,
+            seed=seed,
         )
 
-    notes = check_resume(ident(), ident(prefix="/b/code"), "s.json")
+    notes = check_resume(ident().to_json(), ident(prefix="/b/code"), "s.json")
     assert notes == ["domain 0: data moved from /a/code to /b/code (same content)"]
     with pytest.raises(CheckpointError, match=r"--seed 1, this run has 2"):
-        check_resume(ident(), ident(seed=2), "s.json")
+        check_resume(ident().to_json(), ident(seed=2), "s.json")
     with pytest.raises(CheckpointError, match=r"data-parallel size .* 2, this run has 1"):
-        check_resume(ident(), ident(dp=1), "s.json")
+        check_resume(ident().to_json(), ident(dp=1), "s.json")
     assert "older version" in check_resume(None, ident(), "s.json")[0]
     # The .bin's content hash tells a same-size edit; a sidecar written before it compares the
     # sizes and the .idx only, and says so.
     edited = [{**files[0], "bin_blake2b": "ef" * 20}]
     with pytest.raises(CheckpointError, match=r"bin blake2b cdcdcdcdcdcd\), this run has"):
-        check_resume(ident(), ident(files=edited), "s.json")
+        check_resume(ident().to_json(), ident(files=edited), "s.json")
     old = [{k: v for k, v in files[0].items() if k != "bin_blake2b"}]
-    notes = check_resume(ident(files=old), ident(files=edited), "s.json")
+    notes = check_resume(ident(files=old).to_json(), ident(files=edited), "s.json")
     assert notes == [
         "the sidecar records no .bin content hash (written by an older version): the .bin "
         "files were compared by size only"
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ident().seed = 2
+
+
+# The ``resume`` record of a sidecar written before the identity became a dataclass (0.4 run,
+# velocity policy, two domains): it must still compare equal to the same run's identity.
+OLD_SIDECAR_IDENTITY = {
+    "data": [
+        {
+            "prefix": "/d/code",
+            "documents": 7,
+            "bin_bytes": 1000,
+            "idx_bytes": 98,
+            "idx_sha256": "cd" * 32,
+        },
+        {
+            "prefix": "/d/docs",
+            "documents": 3,
+            "bin_bytes": 500,
+            "idx_bytes": 66,
+            "idx_sha256": "ef" * 32,
+        },
+    ],
+    "update_interval": 2,
+    "stream_dp_size": 1,
+    "policy": "velocity",
+    "rising_rule": "budget-hold",
+    "rule_knobs": {"min_headroom": 0.0, "target_margin": 0.02, "forgetting_tolerance": None},
+    "min_weight": 0.0,
+    "loss_source": "eval",
+    "split": "90,10,0",
+    "seq_length": 64,
+    "global_batch_size": 4,
+    "seed": 1234,
+    "guards": {"noise_multiple": 2.0, "brake_window": 3},
+    "blend": [0.6, 0.4],
+}
+
+
+def test_an_older_sidecar_identity_compares_equal():
+    from megatron_velocitune.control.resume import ResumeIdentity, check_resume
+
+    old = json.loads(json.dumps(OLD_SIDECAR_IDENTITY))  # as read back from the file
+    files = [{k: v for k, v in d.items() if k != "prefix"} for d in old["data"]]
+    same = ResumeIdentity.of(
+        ["/d/code", "/d/docs"],
+        files,
+        update_interval=2,
+        stream_dp_size=1,
+        policy="velocity",
+        rising_rule="budget-hold",
+        rule_knobs={"min_headroom": 0.0, "target_margin": 0.02, "forgetting_tolerance": None},
+        min_weight=0,
+        loss_source="eval",
+        split="90,10,0",
+        seq_length=64,
+        global_batch_size=4,
+        seed=1234,
+        guards={"noise_multiple": 2.0, "brake_window": 3},
+        blend=[0.6, 0.4000000000000001],
+    )
+    assert same.to_json() == old and check_resume(old, same, "s.json") == []
+    older = {k: v for k, v in old.items() if k not in ("guards", "blend")}  # before those
+    assert check_resume(older, same, "s.json") == [
+        "the sidecar records no --data-path weights (written by an older version)",
+        "the sidecar records no guards (written by an older version)",
     ]
 
 

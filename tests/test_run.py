@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_velocitune.control.run import VelocituneRun
+from megatron_velocitune.control.run import RunSettings, VelocituneRun
 from megatron_velocitune.control.sync import LocalSync
 from megatron_velocitune.core.sums import DomainSums
 
@@ -124,8 +124,9 @@ def test_the_loader_restarts_only_when_the_blend_changed(
     args = _args(tmp_path, policy, corpus)
     data = _dataset(corpus, tmp_path, weights, args.train_iters * args.global_batch_size)
     evaluator = _Scripted(len(data.prefixes), nan_at)
+    frozen = dict(vars(args))
     run = VelocituneRun(
-        args,
+        RunSettings.from_args(args, data.prefixes),
         data.prefixes,
         data.weights,
         data.train,
@@ -133,6 +134,8 @@ def test_the_loader_restarts_only_when_the_blend_changed(
         lambda line: None,
         sync=LocalSync(),
     )
+    assert vars(args) == frozen  # the driver's flags are read, never changed
+    assert run.names == [os.path.basename(p) for p in data.prefixes]
     rebuilds = []
     run.on_blend_change(rebuilds.append)
     run.start(0, 0)

@@ -29,6 +29,8 @@ ARGS=(--num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length 128
       --velocitune-update-interval 20 --velocitune-eval-iters 4 --velocitune-min-weight 0.01)
 
 nvidia-smi -L 2>/dev/null || echo "no GPU: running on CPU (gloo)"
+# Each run starts fresh (a new run never writes over another's checkpoints: docs/reliability.md).
+rm -rf "$OUT/full" "$OUT/parts"
 echo "=== straight through: $ITERS iterations ==="
 $RUN examples/pretrain_gpt.py "${ARGS[@]}" --load "$BASE" --finetune \
   --save "$OUT/full" --tensorboard-dir "$OUT/full/tb"

@@ -524,38 +524,42 @@ class VelocituneController:
         }
         self.history.append(record)
         if self.observers:
-            if domain_tokens is None and self.seq_length is not None:
-                counts = getattr(self.dataset, "domain_counts", None)
-                if counts is not None:
-                    domain_tokens = np.asarray(counts(consumed_samples)) * self.seq_length
-            self._notify(
-                "on_update",
-                {
-                    "type": "update",
-                    "iteration": record["iteration"],
-                    "consumed_samples": record["consumed_samples"],
-                    "consumed_tokens": (
-                        None if self.seq_length is None else consumed_samples * self.seq_length
-                    ),
-                    "domain_tokens": (
-                        None if domain_tokens is None else [int(t) for t in domain_tokens]
-                    ),
-                    "eval_loss": record["eval_loss"],
-                    "eval_tokens": record["eval_tokens"],
-                    "eval_stderr": record["eval_stderr"],
-                    "headroom_floor": record["headroom_floor"],
-                    "braked": record["braked"],
-                    "velocity": record["velocity"],
-                    "weights": record["weights"],
-                    "start_sample": record["start_sample"],
-                    "skipped": record["skipped"],
-                    **(extra or {}),
-                },
-            )
+            self._notify("on_update", self._trajectory_record(record, domain_tokens, extra))
         self._log_scalars("eval-loss", eval_loss, iteration, consumed_samples)
         if vel is not None:
             self._log_scalars("velocity", vel, iteration, consumed_samples)
         self._log_scalars("weight", self.weights, iteration, consumed_samples)
+
+    def _trajectory_record(
+        self,
+        record: Dict[str, Any],
+        domain_tokens: Optional[Sequence[int]] = None,
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """An update's trajectory record from its history record (the one form both take)."""
+        consumed = int(record["consumed_samples"])
+        if domain_tokens is None and self.seq_length is not None:
+            counts = getattr(self.dataset, "domain_counts", None)
+            if counts is not None:
+                domain_tokens = np.asarray(counts(consumed)) * self.seq_length
+        return {
+            "type": "update",
+            "iteration": record["iteration"],
+            "consumed_samples": consumed,
+            "consumed_tokens": None if self.seq_length is None else consumed * self.seq_length,
+            "domain_tokens": None if domain_tokens is None else [int(t) for t in domain_tokens],
+            "eval_loss": record["eval_loss"],
+            "eval_tokens": record.get("eval_tokens"),
+            # Older sidecars' histories lack these three.
+            "eval_stderr": record.get("eval_stderr"),
+            "headroom_floor": record.get("headroom_floor"),
+            "braked": record.get("braked"),
+            "velocity": record.get("velocity"),
+            "weights": record["weights"],
+            "start_sample": record["start_sample"],
+            "skipped": record["skipped"],
+            **(extra or {}),
+        }
 
     def _notify(self, event: str, *args: Any) -> None:
         for observer in self.observers:
@@ -588,7 +592,11 @@ class VelocituneController:
         if self.seq_length is not None:
             header["seq_length"] = self.seq_length
         header.update(self.header_extra)
-        self._notify("on_header", header)
+        # A resumed run's restored updates, for a trajectory file that does not hold this run
+        # yet (a new --velocitune-log-dir, or a lost file): without them every reader would
+        # take the initial blend for the whole stretch before the resume.
+        restored = [self._trajectory_record(r, extra={"restored": True}) for r in self.history]
+        self._notify("on_header", header, restored)
 
     def _rule_knobs(self) -> Dict[str, Any]:
         """The knobs of the rising-domain rule and the headroom floor, as the header holds them."""

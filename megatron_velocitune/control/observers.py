@@ -16,8 +16,16 @@ __all__ = ["Observer", "TensorBoardObserver", "TrajectoryObserver"]
 class Observer(Protocol):
     """Receives a run's log events (every method optional in spirit: no-ops are fine)."""
 
-    def on_header(self, header: Dict[str, Any]) -> None:  # pragma: no cover - protocol
-        """The run's header record, once per run, before any update."""
+    def on_header(
+        self, header: Dict[str, Any], restored: Sequence[Dict[str, Any]] = ()
+    ) -> None:  # pragma: no cover - protocol
+        """The run's header record, once per run, before any update.
+
+        Args:
+            header (Dict[str, Any]): the header.
+            restored (Sequence[Dict[str, Any]]): a resumed run's updates before the resume, as
+                trajectory records (from the checkpoint's sidecar).
+        """
 
     def on_update(self, record: Dict[str, Any]) -> None:  # pragma: no cover - protocol
         """One update's trajectory record."""
@@ -44,10 +52,17 @@ class TrajectoryObserver:
         self.path = path
         self._writer = TrajectoryWriter(path, run_id)
 
-    def on_header(self, header: Dict[str, Any]) -> None:
-        """Write the header unless this run has one in the file already (a resumed run)."""
+    def on_header(self, header: Dict[str, Any], restored: Sequence[Dict[str, Any]] = ()) -> None:
+        """Write the header unless this run has one in the file already (a resumed run).
+
+        A resumed run whose file does not hold it (a new log folder, or the file was lost)
+        writes its restored updates after the header: the file then holds the whole run, and
+        every tool's time average is the uninterrupted run's.
+        """
         if self._writer.needs_header():
             self._writer.write(header)
+            for record in restored:
+                self._writer.write(record)
 
     def on_update(self, record: Dict[str, Any]) -> None:
         """Append the record."""
@@ -70,8 +85,8 @@ class TensorBoardObserver:
     def __init__(self, writer: Any) -> None:
         self.writer = writer
 
-    def on_header(self, header: Dict[str, Any]) -> None:
-        """Nothing: TensorBoard has no header."""
+    def on_header(self, header: Dict[str, Any], restored: Sequence[Dict[str, Any]] = ()) -> None:
+        """Nothing: TensorBoard has no header (the restored scalars were logged before)."""
 
     def on_update(self, record: Dict[str, Any]) -> None:
         """Nothing: the scalars arrive through :meth:`on_scalars`."""

@@ -2,7 +2,7 @@
 
 A resumed run continues bit for bit only if it reads the same data in the same order and
 updates the blend by the same rule. The sidecar therefore records a *resume identity*
-(:func:`resume_identity`): each domain's data files (sizes, a hash of the ``.idx`` and a
+(:class:`ResumeIdentity`): each domain's data files (sizes, a hash of the ``.idx`` and a
 sampled hash of the ``.bin``'s content), ``m``,
 the data-parallel size of the training-stream window, the policy, the rising-domain rule and
 its knobs, the loss source, the split, the sequence length, the global batch size and the seed.
@@ -12,12 +12,13 @@ line naming the old and the new value. :func:`check_sidecar` checks the sidecar'
 """
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from megatron_velocitune.core.config import FOOTINGS
 from megatron_velocitune.core.errors import CheckpointError
 
-__all__ = ["RESUME_KEY", "check_resume", "check_sidecar", "resume_identity"]
+__all__ = ["RESUME_KEY", "ResumeIdentity", "check_resume", "check_sidecar"]
 
 RESUME_KEY = "resume"
 
@@ -46,66 +47,128 @@ _FLAGS = {
 _ADDED_LATER = {"guards": "guards", "blend": "--data-path weights"}
 
 
-def resume_identity(
-    prefixes: Sequence[str],
-    files: Sequence[Dict[str, Any]],
-    update_interval: int,
-    stream_dp_size: Optional[int],
-    policy: str,
-    rising_rule: str,
-    rule_knobs: Dict[str, Any],
-    min_weight: float,
-    loss_source: str,
-    split: str,
-    seq_length: int,
-    global_batch_size: int,
-    seed: int,
-    guards: Optional[Dict[str, Any]] = None,
-    blend: Optional[Sequence[float]] = None,
-) -> Dict[str, Any]:
-    """The JSON-able identity a resume must match (stored in the sidecar under ``resume``).
+@dataclass(frozen=True)
+class ResumeIdentity:
+    """What a resume must match (stored in every sidecar under ``resume``).
 
-    Args:
-        prefixes (Sequence[str]): the domains' data prefixes, in blend order.
-        files (Sequence[Dict[str, Any]]): each prefix's
-            :func:`~megatron_velocitune.data.datafiles.check_data_file`.
+    The on-disk form is :meth:`to_json`'s dict, the same keys and values the sidecars of
+    earlier versions hold, so an older sidecar compares equal where it did.
+
+    Attributes:
+        data (Tuple[Mapping[str, Any], ...]): each domain's prefix and
+            :func:`~megatron_velocitune.data.datafiles.check_data_file` record, in blend order.
         update_interval (int): ``m``.
         stream_dp_size (Optional[int]): data-parallel size of the saved training-stream windows
-            (None when the run keeps none).
+            (None when the run keeps none, or restarts them under another layout).
         policy (str): the policy.
         rising_rule (str): the rising-domain rule.
-        rule_knobs (Dict[str, Any]): its knobs (margin, tolerance, headroom floor).
+        rule_knobs (Mapping[str, Any]): its knobs (margin, tolerance, headroom floor).
         min_weight (float): the weight floor.
         loss_source (str): ``eval`` or ``train``.
         split (str): ``--split``.
         seq_length (int): ``--seq-length``.
         global_batch_size (int): ``--global-batch-size``.
         seed (int): ``--seed``.
-        guards (Optional[Dict[str, Any]]): the ``velocity`` policy's noise multiple and brake
-            window (an older sidecar has none: not compared).
-        blend (Optional[Sequence[float]]): the ``--data-path`` weights the run started from
+        guards (Optional[Mapping[str, Any]]): the ``velocity`` policy's noise multiple and
+            brake window (an older sidecar has none: not compared).
+        blend (Optional[Tuple[float, ...]]): the ``--data-path`` weights the run started from
             (a changed static blend would otherwise resume silently on the saved one; an older
             sidecar has none: not compared).
-
-    Returns:
-        Dict[str, Any]: the identity.
     """
-    return {
-        "data": [{"prefix": str(p), **dict(f)} for p, f in zip(prefixes, files)],
-        "update_interval": int(update_interval),
-        "stream_dp_size": None if stream_dp_size is None else int(stream_dp_size),
-        "policy": policy,
-        "rising_rule": rising_rule,
-        "rule_knobs": dict(rule_knobs),
-        "min_weight": float(min_weight),
-        "loss_source": loss_source,
-        "split": str(split),
-        "seq_length": int(seq_length),
-        "global_batch_size": int(global_batch_size),
-        "seed": int(seed),
-        "guards": None if guards is None else dict(guards),
-        "blend": None if blend is None else [round(float(w), 12) for w in blend],
-    }
+
+    data: Tuple[Mapping[str, Any], ...]
+    update_interval: int
+    stream_dp_size: Optional[int]
+    policy: str
+    rising_rule: str
+    rule_knobs: Mapping[str, Any]
+    min_weight: float
+    loss_source: str
+    split: str
+    seq_length: int
+    global_batch_size: int
+    seed: int
+    guards: Optional[Mapping[str, Any]] = None
+    blend: Optional[Tuple[float, ...]] = None
+
+    @classmethod
+    def of(
+        cls,
+        prefixes: Sequence[str],
+        files: Sequence[Mapping[str, Any]],
+        *,
+        update_interval: int,
+        stream_dp_size: Optional[int],
+        policy: str,
+        rising_rule: str,
+        rule_knobs: Mapping[str, Any],
+        min_weight: float,
+        loss_source: str,
+        split: str,
+        seq_length: int,
+        global_batch_size: int,
+        seed: int,
+        guards: Optional[Mapping[str, Any]] = None,
+        blend: Optional[Sequence[float]] = None,
+    ) -> "ResumeIdentity":
+        """The identity of a run over ``prefixes``, each value in the form the sidecar holds.
+
+        Args:
+            prefixes (Sequence[str]): the domains' data prefixes, in blend order.
+            files (Sequence[Mapping[str, Any]]): each prefix's ``check_data_file`` record.
+            update_interval (int): ``m``.
+            stream_dp_size (Optional[int]): the saved windows' data-parallel size, or None.
+            policy (str): the policy.
+            rising_rule (str): the rising-domain rule.
+            rule_knobs (Mapping[str, Any]): its knobs.
+            min_weight (float): the weight floor.
+            loss_source (str): ``eval`` or ``train``.
+            split (str): ``--split``.
+            seq_length (int): ``--seq-length``.
+            global_batch_size (int): ``--global-batch-size``.
+            seed (int): ``--seed``.
+            guards (Optional[Mapping[str, Any]]): the default policy's guards.
+            blend (Optional[Sequence[float]]): the starting ``--data-path`` weights.
+
+        Returns:
+            ResumeIdentity: the identity.
+        """
+        return cls(
+            data=tuple({"prefix": str(p), **dict(f)} for p, f in zip(prefixes, files)),
+            update_interval=int(update_interval),
+            stream_dp_size=None if stream_dp_size is None else int(stream_dp_size),
+            policy=policy,
+            rising_rule=rising_rule,
+            rule_knobs=dict(rule_knobs),
+            min_weight=float(min_weight),
+            loss_source=loss_source,
+            split=str(split),
+            seq_length=int(seq_length),
+            global_batch_size=int(global_batch_size),
+            seed=int(seed),
+            guards=None if guards is None else dict(guards),
+            # Rounded: the blend read back from JSON compares equal to the one computed.
+            blend=None if blend is None else tuple(round(float(w), 12) for w in blend),
+        )
+
+    def to_json(self) -> Dict[str, Any]:
+        """The sidecar's ``resume`` record (the keys and values of every earlier version)."""
+        return {
+            "data": [dict(d) for d in self.data],
+            "update_interval": self.update_interval,
+            "stream_dp_size": self.stream_dp_size,
+            "policy": self.policy,
+            "rising_rule": self.rising_rule,
+            "rule_knobs": dict(self.rule_knobs),
+            "min_weight": self.min_weight,
+            "loss_source": self.loss_source,
+            "split": self.split,
+            "seq_length": self.seq_length,
+            "global_batch_size": self.global_batch_size,
+            "seed": self.seed,
+            "guards": None if self.guards is None else dict(self.guards),
+            "blend": None if self.blend is None else list(self.blend),
+        }
 
 
 def _content(entry: Dict[str, Any], bin_hash: bool) -> tuple:
@@ -121,13 +184,15 @@ def _describe(entry: Dict[str, Any]) -> str:
     )
 
 
-def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where: str) -> List[str]:
+def check_resume(
+    saved: Optional[Mapping[str, Any]], identity: ResumeIdentity, where: str
+) -> List[str]:
     """Refuse a resume whose identity differs from the saved one.
 
     Args:
-        saved (Optional[Dict[str, Any]]): the sidecar's ``resume`` record (None: a sidecar
-            written before it existed; nothing can be compared).
-        current (Dict[str, Any]): :func:`resume_identity` of the resuming run.
+        saved (Optional[Mapping[str, Any]]): the sidecar's ``resume`` record as read (None: a
+            sidecar written before it existed; nothing can be compared).
+        identity (ResumeIdentity): the resuming run's.
         where (str): the sidecar path, for the error line.
 
     Returns:
@@ -137,6 +202,7 @@ def check_resume(saved: Optional[Dict[str, Any]], current: Dict[str, Any], where
         CheckpointError: the first difference, naming the flag, the old and the new value.
     """
     notes: List[str] = []
+    current = identity.to_json()  # compared in the on-disk form: old sidecars as before
     if saved is None:
         return [
             "the sidecar records no resume identity (written by an older version): "

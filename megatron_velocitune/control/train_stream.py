@@ -23,13 +23,21 @@ A domain that drew no sample in a window keeps its previous estimate (the contro
 as the fallback of :func:`~megatron_velocitune.control.distributed.synchronize_update`).
 """
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
 
 import torch
 
+from megatron_velocitune.core.errors import CheckpointError
 from megatron_velocitune.core.sums import DomainSums
 
-__all__ = ["DomainLossAccumulator", "TrainStreamEvaluator"]
+__all__ = [
+    "DomainLossAccumulator",
+    "TrainStreamEvaluator",
+    "WindowLayout",
+    "gather_windows",
+    "restore_window",
+]
 
 
 class DomainLossAccumulator:
@@ -105,3 +113,87 @@ class TrainStreamEvaluator:
         if full:
             return self.first_draws.evaluate(full=False)
         return self.accumulator.take()
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Which of a checkpoint's saved training-stream windows is this rank's.
+
+    A checkpoint between two updates holds every rank's open window (the losses of the
+    iterations since the last update); a resumed run continues them and so reads the same
+    estimate at its next update. The two drivers keep them differently: the megatron-core entry
+    one per data-parallel rank in its checkpoint shards, and refuses another data-parallel size
+    (the sums of one rank's samples cannot be split exactly); the Megatron-LM adapter one per
+    global rank in the sidecar (its checkpoint cannot hold them), restarted under another world
+    size.
+
+    Attributes:
+        rank (int): this rank's index among the saved windows.
+        size (int): how many windows this run keeps.
+        refuse_other_size (bool): a checkpoint with another number of windows is refused (True)
+            or its windows are dropped and restarted (False).
+        what (str): the ranks the windows are per, for the messages.
+    """
+
+    rank: int
+    size: int
+    refuse_other_size: bool
+    what: str = "data-parallel"
+
+
+def restore_window(
+    accumulator: Optional[DomainLossAccumulator],
+    windows: Optional[Sequence[Any]],
+    layout: WindowLayout,
+    where: str,
+) -> bool:
+    """Continue this rank's open window from a checkpoint's saved ones.
+
+    Args:
+        accumulator (Optional[DomainLossAccumulator]): this run's (None: it reads no stream).
+        windows (Optional[Sequence[Any]]): ``[rank][0 = loss sums | 1 = tokens][domain]`` as
+            saved (tensors or nested lists), None when the checkpoint holds none.
+        layout (WindowLayout): this rank's place among them.
+        where (str): the checkpoint, for the error line.
+
+    Returns:
+        bool: whether a window was restored.
+
+    Raises:
+        CheckpointError: another number of windows where the layout refuses it.
+    """
+    if accumulator is None or not windows:
+        return False
+    if len(windows) != layout.size:
+        if layout.refuse_other_size:
+            raise CheckpointError(
+                f"{where}: the checkpoint's training-stream window is for {layout.what} size "
+                f"{len(windows)}, this run has {layout.size}: resume with {len(windows)} "
+                f"{layout.what} ranks (or start a new run from it with --finetune)"
+            )
+        return False  # which rank drew which samples is not known: the window restarts
+    accumulator.load_state(torch.as_tensor(windows[layout.rank], dtype=torch.float64))
+    return True
+
+
+def gather_windows(accumulator: Optional[DomainLossAccumulator], group=None) -> Optional[List]:
+    """Every rank's open window, for a checkpoint (call on every rank of ``group``).
+
+    Args:
+        accumulator (Optional[DomainLossAccumulator]): this rank's (None: no stream read).
+        group: the process group the windows are per (None: the world).
+
+    Returns:
+        Optional[List]: ``[rank][0 = loss sums | 1 = tokens][domain]`` as lists (None without a
+        window).
+    """
+    if accumulator is None:
+        return None
+    local = accumulator.state()
+    dist = torch.distributed
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return [local.tolist()]
+    local = local.to(accumulator.device or torch.device("cpu"))
+    windows = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(windows, local, group=group)
+    return [w.cpu().tolist() for w in windows]

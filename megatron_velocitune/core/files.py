@@ -277,6 +277,36 @@ def read_tracker(root: str, flag: str = "--load") -> Optional[int]:
         ) from None
 
 
+def last_checkpoint_before(root: str, first_bad: int) -> Optional[int]:
+    """The newest complete checkpoint in ``root`` at an iteration below ``first_bad``.
+
+    A checkpoint is complete when its sidecar exists (written after every shard) and the
+    tracker has reached it (written last).
+
+    Args:
+        root (str): the checkpoint folder (``--save``).
+        first_bad (int): the first iteration whose weights are known bad (a non-finite loss).
+
+    Returns:
+        Optional[int]: its iteration, or None when there is none.
+    """
+    newest = read_tracker(root, flag="--save")
+    if newest is None or not os.path.isdir(root):
+        return None
+    found = None
+    for name in os.listdir(root):
+        if not (name.startswith("iter_") and name[5:].isdigit()):
+            continue
+        iteration = int(name[5:])
+        if (
+            iteration < first_bad
+            and iteration <= newest
+            and os.path.isfile(sidecar_path(root, iteration))
+        ):
+            found = iteration if found is None else max(found, iteration)
+    return found
+
+
 def write_tracker(root: str, iteration: int) -> None:
     """Name ``iteration`` as ``root``'s newest complete checkpoint (written last, atomically)."""
     write_text(tracker_path(root), str(iteration))

@@ -18,6 +18,7 @@ megatron-core alone:
   ``iter_XXXXXXX/velocitune_state.json`` beside the checkpoint just written (global rank 0).
 """
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -30,17 +31,19 @@ import torch
 from megatron_velocitune.control.controller import VelocituneController
 from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
-from megatron_velocitune.control.run import VelocituneRun, learning_rate_extra
+from megatron_velocitune.control.run import (
+    WINDOWS_KEY,
+    RunSettings,
+    VelocituneRun,
+    learning_rate_extra,
+)
+from megatron_velocitune.control.run_folder import take_save_lock
 from megatron_velocitune.control.state import load_state, sidecar_path
+from megatron_velocitune.control.train_stream import WindowLayout, gather_windows
 from megatron_velocitune.data.loader import close_data_iterator
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
-from megatron_velocitune.megatron_lm.train_loss import (
-    TrainLossTap,
-    gather_windows,
-    restore_window,
-    stream_evaluator,
-)
+from megatron_velocitune.megatron_lm.train_loss import TrainLossTap, stream_evaluator
 from megatron_velocitune.megatron_lm.writers import megatron_writers
 
 __all__ = ["VelocitunePlugin"]
@@ -75,6 +78,10 @@ def _non_persistent_dir(args, folder: Optional[str]) -> Optional[str]:
 
 def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def _chunks(model: Any) -> List[Any]:
@@ -116,6 +123,7 @@ class VelocitunePlugin:
         # --velocitune-loss-source train: train()'s forward step feeds its accumulator.
         self.train_loss = TrainLossTap()
         self._train_iterator: Any = None
+        self._lock: Any = None
 
     # ------------------------------------------------------------------ train() start
     def start(self, model: List[torch.nn.Module], optimizer: Any, train_data_iterator: Any) -> None:
@@ -129,8 +137,9 @@ class VelocitunePlugin:
                 "pretrain_gpt.py does) from --data-path W1 PREFIX1 W2 PREFIX2 ... --split ..."
             )
         model = _chunks(model)
+        self._take_save_lock(args)
         run = self.run = VelocituneRun(
-            args,
+            RunSettings.from_args(args, data.prefixes),
             data.prefixes,
             data.weights,
             data.train,
@@ -149,9 +158,14 @@ class VelocitunePlugin:
                 self.train_loss, self.evaluator_factory, model, data, args, run.config
             )
         run.controller.evaluator = evaluator
-        # No layout in the identity: the training-stream windows travel in the sidecar, and
-        # restore_window restarts them under another world size instead of refusing.
-        run.set_identity(None)
+        run.stream = self.train_loss.accumulator
+        # The training-stream windows travel in the sidecar, one per global rank, and restart
+        # under another world size instead of refusing it: no layout in the identity.
+        run.set_identity(
+            None
+            if run.stream is None
+            else WindowLayout(_rank(), _world(), refuse_other_size=False, what="world")
+        )
         self._train_iterator = train_data_iterator
         run.on_blend_change(self._rebuild_train_iterator)
         iteration = int(getattr(args, "iteration", 0) or 0)
@@ -161,6 +175,18 @@ class VelocitunePlugin:
         # Megatron-LM built the loader (and forked its workers) before the history was replayed.
         if restored or iteration > 0:
             self._rebuild_train_iterator(consumed)
+
+    def _take_save_lock(self, args) -> None:
+        """One live run per ``--save``, never over another run's checkpoints (every rank).
+
+        Megatron-LM writes nothing to ``--save`` before ``train()``; its last save comes after
+        ``train()`` returns, so the lock is released at the process's exit.
+        """
+        if self._lock is not None or not getattr(args, "save", None):
+            return
+        self._lock = take_save_lock(args.save, args.load, bool(getattr(args, "finetune", False)))
+        if self._lock is not None:
+            atexit.register(self._lock.release)
 
     def _restore(self, args, iteration: int) -> bool:
         """Check and replay the sidecar of the checkpoint Megatron-LM resumed from (all ranks);
@@ -172,10 +198,7 @@ class VelocitunePlugin:
         for folder in (args.load, _non_persistent_dir(args, args.load)):
             path = sidecar_path(folder, iteration)
             if os.path.exists(path):
-                state = load_state(path)
-                self.run.resume(state, path, iteration, args.load)
-                restore_window(self.train_loss.accumulator, state)
-                return True
+                return self.run.resume(load_state(path), path, iteration, args.load)
         return self.run.resume(None, sidecar_path(args.load, iteration), iteration, args.load)
 
     # ------------------------------------------------------------------ every iteration
@@ -243,7 +266,7 @@ class VelocitunePlugin:
         folder = _non_persistent_dir(args, args.save) if non_persistent else args.save
         if not folder:
             return None
-        extra = {} if windows is None else {"train_stream_windows": windows}
+        extra = {} if windows is None else {WINDOWS_KEY: windows}
         return self.run.after_save(sidecar_path(folder, int(iteration)), extra)
 
     @property

@@ -27,7 +27,7 @@ is not part of the training stream and is left alone.
 """
 
 import functools
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 
@@ -36,9 +36,7 @@ from megatron_velocitune.control.train_stream import DomainLossAccumulator, Trai
 __all__ = [
     "DomainTap",
     "TrainLossTap",
-    "gather_windows",
     "loss_mask_of",
-    "restore_window",
     "stream_evaluator",
 ]
 
@@ -191,42 +189,3 @@ def stream_evaluator(
     first = None if not per_domain or any(d is None for d in per_domain) else per_domain
     first_draws = evaluator_factory(model, first, len(data.prefixes), args, config)
     return TrainStreamEvaluator(first_draws, tap.accumulator)
-
-
-def gather_windows(accumulator: Optional[DomainLossAccumulator]) -> Optional[List]:
-    """Every rank's open window, for the sidecar (call on every rank: one all-gather).
-
-    A checkpoint between two updates holds the losses of the iterations since the last one;
-    a resumed run continues them, so it reads the same estimate at its next update.
-
-    Returns:
-        Optional[List]: ``[rank][0 = loss sums | 1 = tokens][domain]`` (None without a window).
-    """
-    if accumulator is None:
-        return None
-    local = accumulator.state()
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return [local.tolist()]
-    device = accumulator.device or torch.device("cpu")
-    local = local.to(device)
-    windows = [torch.empty_like(local) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(windows, local)
-    return [w.cpu().tolist() for w in windows]
-
-
-def restore_window(accumulator: Optional[DomainLossAccumulator], state: Dict[str, Any]) -> bool:
-    """Continue this rank's window from a sidecar written by a run of the same world size.
-
-    Returns:
-        bool: whether a window was restored.
-    """
-    windows = state.get("train_stream_windows")
-    if accumulator is None or not windows:
-        return False
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if len(windows) != world:
-        # Another layout: which rank drew which samples is not known; the window restarts.
-        return False
-    accumulator.load_state(torch.tensor(windows[rank], dtype=torch.float64))
-    return True

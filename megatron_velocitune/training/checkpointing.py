@@ -13,13 +13,15 @@ saving resumes from the previous complete checkpoint.
 
 import os
 import random
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from megatron_velocitune.control.run_folder import raise_together
 from megatron_velocitune.core.errors import CheckpointError, WriteError
 from megatron_velocitune.core.files import (
     MODEL_FILE_NAME,
@@ -31,9 +33,14 @@ from megatron_velocitune.core.files import (
     write_tracker,
 )
 from megatron_velocitune.training.safe_load import load_checkpoint_file
-from megatron_velocitune.training.startup import raise_together
 
-__all__ = ["checkpoint_dir", "latest_iteration", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "LoadedCheckpoint",
+    "checkpoint_dir",
+    "latest_iteration",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 checkpoint_dir = iteration_dir
 latest_iteration = read_tracker
@@ -66,6 +73,18 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _first_mismatch(error: RuntimeError) -> str:
+    """The ``load_state_dict`` error as one line: its heading and the first mismatch.
+
+    torch writes ``Error(s) in loading state_dict for GPTModel:`` and then one indented line
+    per mismatch (``size mismatch for decoder...: copying a param with shape ...``); the
+    heading alone names no cause.
+    """
+    lines = [x.strip() for x in str(error).strip().splitlines() if x.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
@@ -160,6 +179,24 @@ def save_checkpoint(
     return checkpoint_dir(root, iteration)
 
 
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` restored, beside the model and optimizer state.
+
+    Attributes:
+        iteration (int): the checkpoint's iteration (0 with ``finetune``).
+        consumed_samples (int): global samples consumed (0 with ``finetune``).
+        state (Optional[Dict[str, Any]]): the Velocitune sidecar, None when there is none.
+        train_stream_windows (Optional[List[Any]]): every data-parallel rank's open
+            training-stream window, None when the checkpoint holds none.
+    """
+
+    iteration: int
+    consumed_samples: int
+    state: Optional[Dict[str, Any]] = None
+    train_stream_windows: Optional[List[Any]] = None
+
+
 def load_checkpoint(
     root: str,
     model: torch.nn.Module,
@@ -168,9 +205,8 @@ def load_checkpoint(
     finetune: bool = False,
     load_optim: bool = True,
     load_rng: bool = True,
-    train_stream=None,
     trust: bool = False,
-) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+) -> LoadedCheckpoint:
     """Load the latest checkpoint under ``root`` into this rank's model (and optimizer, ...).
 
     Args:
@@ -182,12 +218,12 @@ def load_checkpoint(
             state start fresh (continual pre-training from a base model).
         load_optim (bool): restore optimizer and scheduler state.
         load_rng (bool): restore the RNG states.
-        train_stream (Optional[DomainLossAccumulator]): gets this rank's saved window.
         trust (bool): ``--trust-checkpoint``: load with ``weights_only=False`` (see
             :mod:`megatron_velocitune.training.safe_load`).
 
     Returns:
-        Tuple[int, int, Optional[Dict]]: (iteration, consumed samples, Velocitune state or None).
+        LoadedCheckpoint: the iteration, consumed samples, sidecar and training-stream windows
+        (the run restores those: :meth:`~megatron_velocitune.control.run.VelocituneRun.resume`).
     """
     from megatron_velocitune.control.state import load_state, sidecar_path
 
@@ -214,12 +250,11 @@ def load_checkpoint(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
         raise CheckpointError(
-            f"--load {root}: {path} does not fit this model ({first[:300]})"
+            f"--load {root}: {path} does not fit this model ({_first_mismatch(e)})"
         ) from None
     if finetune:
-        return 0, 0, None
+        return LoadedCheckpoint(0, 0)
     if load_optim and "optimizer" not in ckpt:
         raise CheckpointError(
             f"--load {root}: {path} holds model weights only (a converted checkpoint, e.g. "
@@ -230,18 +265,11 @@ def load_checkpoint(
         scheduler.load_state_dict(ckpt["opt_param_scheduler"])
     if load_rng:
         _set_rng_state(ckpt["rng_state"])
-    if train_stream is not None and ckpt.get("train_stream") is not None:
-        saved = len(ckpt["train_stream"])
-        dp = parallel_state.get_data_parallel_world_size()
-        if saved != dp:
-            # Each DP rank's open window holds sums of its own samples; they cannot be split
-            # or merged into another DP size's windows exactly.
-            raise CheckpointError(
-                f"--load {root}: the checkpoint's training-stream window is for data-parallel "
-                f"size {saved}, this run has {dp}: resume with {saved} data-parallel ranks "
-                "(or start a new run from it with --finetune)"
-            )
-        train_stream.load_state(ckpt["train_stream"][parallel_state.get_data_parallel_rank()])
     sidecar = sidecar_path(root, iteration)
     state = load_state(sidecar) if os.path.exists(sidecar) else None
-    return int(ckpt["iteration"]), int(ckpt["consumed_train_samples"]), state
+    return LoadedCheckpoint(
+        int(ckpt["iteration"]),
+        int(ckpt["consumed_train_samples"]),
+        state,
+        ckpt.get("train_stream"),
+    )

@@ -25,17 +25,23 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_velocitune.control.distributed import shared_run_id
 from megatron_velocitune.control.evaluation import DomainEvaluator
 from megatron_velocitune.control.run import (
+    RunSettings,
     VelocituneRun,
     default_domain_names,
     learning_rate_extra,
 )
+from megatron_velocitune.control.run_folder import take_save_lock
 from megatron_velocitune.control.state import sidecar_path
 from megatron_velocitune.control.sync import UpdateSync
-from megatron_velocitune.control.train_stream import DomainLossAccumulator, TrainStreamEvaluator
+from megatron_velocitune.control.train_stream import (
+    DomainLossAccumulator,
+    TrainStreamEvaluator,
+    WindowLayout,
+)
 from megatron_velocitune.core.arguments import write_loss_file
 from megatron_velocitune.core.blending import check_blend_weights
 from megatron_velocitune.core.errors import InputError, NonFiniteLossError
-from megatron_velocitune.core.files import read_tracker
+from megatron_velocitune.core.files import last_checkpoint_before, read_tracker, write_tracker
 from megatron_velocitune.data.batch import broadcast_batch, gpt_forward
 from megatron_velocitune.data.builder import (
     DatasetTokenizer,
@@ -56,7 +62,7 @@ from megatron_velocitune.training.parallel import (
     ParallelInfo,
     initialize_parallel,
 )
-from megatron_velocitune.training.startup import check_heldout, take_save_lock
+from megatron_velocitune.training.startup import check_heldout
 
 __all__ = [
     "RunSummary",
@@ -283,8 +289,9 @@ def setup(args, measuring: bool = False) -> TrainingJob:
         ),
         seed=args.seed,
     )
-    # One live run per --save (created and checked writable here, not at the first save).
-    lock = take_save_lock(None if measuring else args.save)
+    # One live run per --save, never over another run's checkpoints (created and checked
+    # writable here, not at the first save).
+    lock = take_save_lock(None if measuring else args.save, args.load, args.finetune)
     try:
         return _build(args, info, measuring, lock)
     except BaseException:
@@ -320,7 +327,7 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
     writer = _tensorboard_writer(args)
     stream, evaluator = build_evaluator(args, info, module, data, len(prefixes))
     run = VelocituneRun(
-        args,
+        RunSettings.from_args(args, prefixes),
         prefixes,
         weights,
         data.train,
@@ -328,12 +335,16 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
         _print_rank_last,
         writer,
         run_id=shared_run_id(),  # one header per run in a shared log folder
+        stream=stream,
     )
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters
     )
-    # What a resume must match; the stream's windows are in the checkpoint, per DP rank.
-    run.set_identity(None if stream is None else info.dp_size)
+    # What a resume must match; the stream's windows are in the checkpoint, one per DP rank,
+    # and cannot be split or merged into another DP size's exactly.
+    run.set_identity(
+        None if stream is None else WindowLayout(info.dp_rank, info.dp_size, refuse_other_size=True)
+    )
     return TrainingJob(
         info,
         num_microbatches,
@@ -358,7 +369,7 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
     """
     if not args.load:
         return 0, 0
-    iteration, consumed, state = load_checkpoint(
+    loaded = load_checkpoint(
         args.load,
         job.model,
         job.optimizer,
@@ -366,12 +377,18 @@ def resume(args, job: TrainingJob) -> Tuple[int, int]:
         finetune=args.finetune,
         load_optim=not args.no_load_optim,
         load_rng=not args.no_load_rng,
-        train_stream=job.stream,
         trust=args.trust_checkpoint,
     )
+    iteration, consumed = loaded.iteration, loaded.consumed_samples
     # Without --finetune, load_checkpoint returned the tracker's iteration: its sidecar.
     if not args.finetune:
-        job.run.resume(state, sidecar_path(args.load, iteration), iteration, args.load)
+        job.run.resume(
+            loaded.state,
+            sidecar_path(args.load, iteration),
+            iteration,
+            args.load,
+            windows=loaded.train_stream_windows,
+        )
     _print_rank_last(
         f" loaded checkpoint from {args.load} at iteration {iteration}"
         f" (consumed samples {consumed})"
@@ -500,7 +517,7 @@ def train(
             # As Megatron-LM's check: stop before this iteration's update, validation or save,
             # so the newest checkpoint stays the last good one.
             what = f"the training loss or gradient norm is not finite (lm loss {lm_loss}, "
-            _stop_non_finite(args, iteration, what + f"grad norm {grad_norm})")
+            _stop_non_finite(args, iteration, what + f"grad norm {grad_norm})", iteration - 1)
         if lm_loss is not None:
             summary.lm_losses[iteration] = lm_loss
             if not warned:  # once: a finite loss far above a uniform guess's has diverged
@@ -529,7 +546,7 @@ def train(
             # The model itself evaluates to NaN/inf (the step just taken broke it): the same stop.
             loss = decision.eval_loss.tolist()
             what = f"the per-domain loss of the velocitune update is not finite ({loss})"
-            _stop_non_finite(args, iteration, what)
+            _stop_non_finite(args, iteration, what, iteration)
 
         if args.eval_interval and iteration % args.eval_interval == 0:
             _validate(job.validator, run.sync, run.names, iteration, consumed, job.writer)
@@ -679,13 +696,43 @@ def _non_finite(lm_loss: Optional[float], grad_norm) -> bool:
     return bool(flag.item() > 0)
 
 
-def _stop_non_finite(args, iteration: int, what: str) -> None:
-    """Megatron-LM's stop on a non-finite loss: one line, no save, the last good checkpoint kept."""
-    last = read_tracker(args.save) if args.save else None
+def _stop_non_finite(args, iteration: int, what: str, first_bad: int) -> None:
+    """Megatron-LM's stop on a non-finite loss: one line, no save, the last good checkpoint named.
+
+    Args:
+        args (argparse.Namespace): the run's flags (``--save``).
+        iteration (int): the iteration that found it.
+        what (str): what was not finite.
+        first_bad (int): the first iteration whose weights are bad: the training loss of
+            iteration ``t`` is the forward of the weights saved at ``t - 1``, so a checkpoint
+            there already holds them; an update's held-out loss at ``t`` reads ``t``'s weights.
+
+    Raises:
+        NonFiniteLossError: always (every rank). Rank 0 sets the tracker back to the last
+            checkpoint saved before ``first_bad``, so ``--load`` resumes from good weights.
+    """
+    tail = ""
+    if args.save:
+        good = last_checkpoint_before(args.save, first_bad)
+        newest = read_tracker(args.save, flag="--save")
+        if good is not None and newest != good and dist.get_rank() == 0:
+            write_tracker(args.save, good)
+        if good is not None:
+            tail = f", the last good checkpoint is iteration {good} in {args.save}"
+            if newest is not None and newest > good:
+                tail += (
+                    f" (the tracker names it now: the weights of iteration {newest} had "
+                    "already diverged)"
+                )
+        elif newest is not None:
+            tail = (
+                f", and no checkpoint in {args.save} was saved before the weights of iteration "
+                f"{first_bad} (its tracker names iteration {newest}, whose weights diverged)"
+            )
+        dist.barrier()  # every rank raises after the tracker is set back
     raise NonFiniteLossError(
-        f"iteration {iteration}: {what}; stopped without saving"
-        + (f", the last good checkpoint is iteration {last} in {args.save}" if last else "")
-        + " (--no-check-for-nan-in-loss-and-grad trains on)"
+        f"iteration {iteration}: {what}; stopped without saving{tail}"
+        " (--no-check-for-nan-in-loss-and-grad trains on)"
     )
 
 

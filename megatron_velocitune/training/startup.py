@@ -1,99 +1,19 @@
 """Start-up checks of the training entry: what can fail later is checked before training.
 
 Each check raises a :class:`~megatron_velocitune.core.errors.VelocituneError` with one line; the
-collective ones (:func:`take_save_lock`, :func:`agree`) make every rank raise the same error, so
-no rank is left waiting in a collective while another has stopped.
+collective ones make every rank raise the same error, so no rank is left waiting in a collective
+while another has stopped (the ``--save`` lock and folder check, shared with the Megatron-LM
+adapter, are :mod:`megatron_velocitune.control.run_folder`'s).
 """
 
-import os
-from typing import Callable, List, Optional, Sequence, TypeVar
+from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
-from megatron_velocitune.core.errors import RunLockError, VelocituneError
-from megatron_velocitune.training.runlock import RunLock
+from megatron_velocitune.core.errors import VelocituneError
 
-__all__ = ["agree", "check_heldout", "raise_together", "take_save_lock"]
-
-T = TypeVar("T")
-
-
-def agree(fn: Callable[[], T], root: int = 0) -> T:
-    """Run ``fn`` on rank ``root`` and share its result, or the error it raised, with every rank.
-
-    Args:
-        fn (Callable[[], T]): the work (a check that touches the file system once).
-        root (int): the rank that runs it.
-
-    Returns:
-        T: ``fn()``'s result on ``root``; on other ranks None (they only learn that it passed).
-
-    Raises:
-        VelocituneError: on every rank, when ``fn`` raised one on ``root``.
-    """
-    result, message = None, None
-    if dist.get_rank() == root:
-        try:
-            result = fn()
-        except VelocituneError as e:
-            message = [type(e).__name__, str(e)]
-    box = [message]
-    dist.broadcast_object_list(box, src=root)
-    if box[0] is not None:
-        _reraise(*box[0])
-    return result
-
-
-def _reraise(kind: str, text: str) -> None:
-    for cls in VelocituneError.__subclasses__() + [VelocituneError]:
-        if cls.__name__ == kind:
-            raise cls(text)
-    raise VelocituneError(text)
-
-
-def raise_together(error: Optional[VelocituneError]) -> None:
-    """Every rank raises the first rank's error when any rank has one (a world collective).
-
-    A rank whose own step failed (a shard that cannot be written) would otherwise stop alone
-    and leave the others in the next collective until it times out.
-
-    Args:
-        error (Optional[VelocituneError]): this rank's error, or None.
-
-    Raises:
-        VelocituneError: on every rank, the error of the lowest rank that had one.
-    """
-    mine = None if error is None else [type(error).__name__, str(error)]
-    found: List[Optional[List[str]]] = [None] * dist.get_world_size()
-    dist.all_gather_object(found, mine)
-    first = next((x for x in found if x is not None), None)
-    if first is not None:
-        _reraise(*first)
-
-
-def take_save_lock(save: Optional[str]) -> Optional[RunLock]:
-    """Create ``--save`` if needed and take its lock on global rank 0 (call on every rank).
-
-    Returns:
-        Optional[RunLock]: the lock on rank 0, None elsewhere (and without ``--save``).
-
-    Raises:
-        RunLockError: another live run holds ``--save``, or it cannot be created or written.
-    """
-    if not save:
-        return None
-
-    def take() -> RunLock:
-        if os.path.exists(save) and not os.path.isdir(save):
-            raise RunLockError(f"--save {save}: is a file, not a directory")
-        lock = RunLock(save).acquire()
-        if not os.access(save, os.W_OK):
-            lock.release()
-            raise RunLockError(f"--save {save}: not writable")
-        return lock
-
-    return agree(take)
+__all__ = ["check_heldout"]
 
 
 def check_heldout(

@@ -4,24 +4,42 @@ The lock is ``<save>/.velocitune.lock``, created with ``O_CREAT | O_EXCL`` (atom
 NFSv3+ filesystems) and holding the owner's host, pid and process start time as JSON. A second
 run finds it and stops with one line naming the owner. A lock whose owner is gone (same host,
 and no process with that pid and start time: a run that was killed) is stale: it is taken over
-and the log says so. A lock from another host cannot be checked and is never taken over. The
-owner removes the lock at exit. No torch.
+and the log says so. So is a lock file that stays empty or unreadable (a run killed between
+creating it and writing its owner, or a file put there by hand) once it is older than
+:data:`UNREADABLE_GRACE_S`: younger, it may be another run's being written, and it is read
+again. A lock from another host cannot be checked and is never taken over. The owner removes
+the lock at exit. No torch.
 """
 
 import json
 import logging
 import os
-import socket
+import time
 from typing import Any, Dict, Optional
 
 from megatron_velocitune.core.errors import RunLockError
-from megatron_velocitune.core.processes import owner_gone, owner_record
+from megatron_velocitune.core.processes import is_me, owner_gone, owner_record
 
-__all__ = ["LOCK_NAME", "RunLock"]
+__all__ = ["LOCK_NAME", "UNREADABLE_GRACE_S", "RunLock"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".velocitune.lock"
+
+#: Seconds an empty or unreadable lock file is given to be written by its owner (who writes
+#: and fsyncs a few dozen bytes right after creating it) before it counts as stale.
+UNREADABLE_GRACE_S = 5.0
+
+
+def _named(owner: Dict[str, Any]) -> bool:
+    """Whether a lock record names an owner that can be checked (a host and a pid)."""
+    pid = owner.get("pid")
+    return (
+        isinstance(owner.get("host"), str)
+        and isinstance(pid, int)
+        and not isinstance(pid, bool)
+        and pid > 0
+    )
 
 
 class RunLock:
@@ -71,9 +89,14 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self._read()
+                owner = self._owner()
                 if owner is None:
                     continue  # released meanwhile: try again
+                if self._mine(owner):
+                    # This process's own run (a driver that starts twice in one process, as
+                    # the tests do): it holds the folder already.
+                    self.held = True
+                    return self
                 if not self._stale(owner):
                     raise RunLockError(
                         f"{self.flag} {self.folder}: another run holds it (pid "
@@ -97,19 +120,50 @@ class RunLock:
                 os.fsync(f.fileno())
             self.held = True
             if self.took_over is not None:
-                logger.warning(
-                    "velocitune: took over the stale lock %s of pid %s (started %s), which is "
-                    "no longer running",
-                    self.path,
-                    self.took_over.get("pid"),
-                    self.took_over.get("started"),
-                )
+                if _named(self.took_over):
+                    logger.warning(
+                        "velocitune: took over the stale lock %s of pid %s (started %s), which "
+                        "is no longer running",
+                        self.path,
+                        self.took_over.get("pid"),
+                        self.took_over.get("started"),
+                    )
+                else:
+                    logger.warning(
+                        "velocitune: took over the lock %s, which named no owner for %.0f s "
+                        "(empty or unreadable: a run killed while taking it)",
+                        self.path,
+                        UNREADABLE_GRACE_S,
+                    )
             return self
         raise RunLockError(f"{self.flag} {self.folder}: cannot take the lock {self.path}")
 
+    def _owner(self) -> Optional[Dict[str, Any]]:
+        """The lock's owner record; an unnamed one is read again until it is old enough.
+
+        Returns:
+            Optional[Dict[str, Any]]: the record (``{}`` when it names no owner after
+            :data:`UNREADABLE_GRACE_S`), None when the lock is gone.
+        """
+        while True:
+            owner = self._read()
+            if owner is None or _named(owner):
+                return owner
+            try:
+                age = time.time() - os.path.getmtime(self.path)
+            except FileNotFoundError:
+                return None
+            if age >= UNREADABLE_GRACE_S:
+                return {}
+            time.sleep(min(0.2, UNREADABLE_GRACE_S - age))
+
+    @staticmethod
+    def _mine(owner: Dict[str, Any]) -> bool:
+        return _named(owner) and is_me(owner)
+
     def _stale(self, owner: Dict[str, Any]) -> bool:
-        if not owner:
-            return False  # unreadable (being written, or not ours): never remove it
+        if not _named(owner):
+            return True  # no owner written for the grace period (see _owner)
         return owner_gone(owner) is not None
 
     def release(self) -> None:
@@ -118,7 +172,7 @@ class RunLock:
             return
         self.held = False
         owner = self._read()
-        if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        if owner and self._mine(owner):
             try:
                 os.unlink(self.path)
             except FileNotFoundError:

@@ -12,6 +12,7 @@ from megatron_velocitune.core.arguments import add_velocitune_args, config_from_
 from megatron_velocitune.core.config import VelocituneConfig, VelocituneConfigError
 from megatron_velocitune.core.schedule import BlendSchedule
 from megatron_velocitune.core.trajectory import read_trajectory
+from megatron_velocitune.laws.schedule_laws import LR_SCHEDULE_KEY, LrSchedule
 
 from ._multiproc import run_distributed
 from .test_controller import ScriptedEvaluator
@@ -136,3 +137,7 @@ def test_two_ranks_switch_together_and_resume_across_a_switch_is_exact(corpus, t
     traj = read_trajectory(os.path.join(parts, "tb", "velocitune_trajectory.jsonl"))
     assert [u["iteration"] for u in traj.updates] == [5, 8]
     assert traj.header["blend_schedule"] == [[5, pytest.approx([0.05, 0.05, 0.9])]]
+    # The header carries the run's whole LR schedule: it gives the LR every record measured.
+    schedule = LrSchedule.from_header(traj.header[LR_SCHEDULE_KEY], "trajectory")
+    recorded = [u["lr"] for u in traj.updates]
+    np.testing.assert_allclose(schedule.lr(np.array([5, 8])), recorded, rtol=1e-12)

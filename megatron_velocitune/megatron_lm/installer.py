@@ -170,7 +170,7 @@ def _train_wrapper(original, plugin: VelocitunePlugin):
         *args,
         **kwargs,
     ):
-        plugin.start(model, optimizer, train_data_iterator)
+        plugin.start(model, optimizer, train_data_iterator, opt_param_scheduler)
         return original(
             plugin.train_loss.wrap(forward_step_func),
             model,

@@ -23,7 +23,7 @@ import contextlib
 import functools
 import logging
 import os
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from megatron_velocitune.control.run_folder import take_save_lock
 from megatron_velocitune.control.state import load_state, sidecar_path
 from megatron_velocitune.control.train_stream import WindowLayout, gather_windows
 from megatron_velocitune.data.loader import close_data_iterator
+from megatron_velocitune.laws.schedule_laws import LR_SCHEDULE_KEY, LrSchedule
 from megatron_velocitune.megatron_lm.compat import MegatronLMCompat
 from megatron_velocitune.megatron_lm.datasets import DatasetRegistry
 from megatron_velocitune.megatron_lm.train_loss import TrainLossTap, stream_evaluator
@@ -126,8 +127,18 @@ class VelocitunePlugin:
         self._lock: Any = None
 
     # ------------------------------------------------------------------ train() start
-    def start(self, model: List[torch.nn.Module], optimizer: Any, train_data_iterator: Any) -> None:
-        """Build the run, restore and replay, measure L_init, rebuild the loader (every rank)."""
+    def start(
+        self,
+        model: List[torch.nn.Module],
+        optimizer: Any,
+        train_data_iterator: Any,
+        opt_param_scheduler: Any = None,
+    ) -> None:
+        """Build the run, restore and replay, measure L_init, rebuild the loader (every rank).
+
+        ``opt_param_scheduler`` (``train()``'s) goes into the trajectory header as the whole
+        learning-rate schedule, so a target law fitted on this run knows the LR past its end.
+        """
         args = self.get_args()
         data = self.registry.data
         if data is None:
@@ -146,7 +157,10 @@ class VelocitunePlugin:
             None,
             print_fn=_print_rank_last,
             tensorboard_writer=self.writers(),
-            header_extra={"megatron_lm": ".".join(map(str, self.compat.version))},
+            header_extra={
+                "megatron_lm": ".".join(map(str, self.compat.version)),
+                **_lr_schedule_header(opt_param_scheduler, args),
+            },
             eval_context=functools.partial(self._forward_pre_hooks_off, model, optimizer),
             run_id=shared_run_id(),  # one header per run in a shared log folder
         )
@@ -278,3 +292,13 @@ class VelocitunePlugin:
     def weights(self) -> Optional[np.ndarray]:
         """The current blend (None before ``train()``)."""
         return None if self.run is None else self.run.weights
+
+
+def _lr_schedule_header(scheduler: Any, args: Any) -> Dict[str, Any]:
+    """The trajectory header's learning-rate schedule (Megatron-LM steps its scheduler by the
+    global batch size each iteration); none under a batch-size ramp-up, whose step varies.
+    """
+    if scheduler is None or getattr(args, "rampup_batch_size", None):
+        return {}
+    schedule = LrSchedule.from_scheduler(scheduler, args.global_batch_size)
+    return {LR_SCHEDULE_KEY: schedule.to_header()}

@@ -54,6 +54,7 @@ from megatron_velocitune.data.corpus import eod_token_id, load_tokenizer
 from megatron_velocitune.data.loader import RebuildableDataIterator
 from megatron_velocitune.device import compute_device
 from megatron_velocitune.laws.comparison import diverged_loss_warning, format_loss_table
+from megatron_velocitune.laws.schedule_laws import LR_SCHEDULE_KEY, LrSchedule
 from megatron_velocitune.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_velocitune.training.model import build_gpt_model, gpt_config_from_args
 from megatron_velocitune.training.optimizer import OptimizerSettings, build_optimizer
@@ -336,6 +337,8 @@ def _build(args, info: ParallelInfo, measuring: bool, lock) -> TrainingJob:
         writer,
         run_id=shared_run_id(),  # one header per run in a shared log folder
         stream=stream,
+        # The whole schedule, so a target law fitted on this run knows the LR past its end.
+        header_extra={LR_SCHEDULE_KEY: LrSchedule.from_scheduler(scheduler, 1).to_header()},
     )
     validator = DomainEvaluator(
         module, valid, len(prefixes), args.seq_length, args.micro_batch_size, args.eval_iters

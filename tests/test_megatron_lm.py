@@ -351,7 +351,9 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
     seen = []
     plugin = SimpleNamespace(
         train_loss=TrainLossTap(),
-        start=lambda model, optimizer, it: seen.append(("start", model, optimizer, it)),
+        start=lambda model, optimizer, it, sched: seen.append(
+            ("start", model, optimizer, it, sched)
+        ),
         after_iteration=lambda model, opt, iteration, it: seen.append(("iter", iteration, it)),
         after_save=lambda iteration, non_persistent: seen.append(
             ("save", iteration, non_persistent)
@@ -422,7 +424,7 @@ def test_hook_wrappers_bind_megatron_lm_signatures():
         ("iter", 150, "it"),
         ("save", 300, True),
         ("save", 450, False),
-        ("start", "m", "o", "it"),
+        ("start", "m", "o", "it", "s"),
         ("forward_step", "f"),  # train() gets the tapped step (--velocitune-loss-source train)
     ]
 

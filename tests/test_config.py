@@ -159,3 +159,11 @@ def test_target_file_named_in_error(tmp_path):
     )
     msg = one_line_error(lambda: cfg.validate(2), "not below the initial")
     assert path in msg
+
+
+@pytest.mark.parametrize("names", [["", "b"], ["a", "  "]])
+def test_an_empty_domain_name_names_the_flag(names):
+    one_line_error(
+        lambda: VelocituneConfig(policy="static", domain_names=names),
+        r"--velocitune-domain-names: .* has an empty name \(domain \d\)",
+    )

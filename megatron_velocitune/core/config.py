@@ -239,6 +239,12 @@ class VelocituneConfig:
             raise VelocituneConfigError(
                 f"{_flag('min_weight')}: {self.min_weight} must be finite and >= 0"
             )
+        blank = [i for i, n in enumerate(self.domain_names or []) if not str(n).strip()]
+        if blank:
+            raise VelocituneConfigError(
+                f"{_flag('domain_names')}: {self.domain_names} has an empty name (domain "
+                f"{blank[0]}); every domain needs one (loss files and logs are keyed by it)"
+            )
         if self.domain_names is not None and len(set(self.domain_names)) != len(self.domain_names):
             raise VelocituneConfigError(
                 f"{_flag('domain_names')}: {self.domain_names} has repeated names"

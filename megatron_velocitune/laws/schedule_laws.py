@@ -186,6 +186,42 @@ class LawFit:
     notes: List[str] = field(default_factory=list)
     lr_scale: float = 1.0
 
+    @classmethod
+    def measured(
+        cls,
+        law: str,
+        names: Sequence[str],
+        values: Sequence[float],
+        pred: np.ndarray,
+        y: np.ndarray,
+        delta: float,
+        **fields,
+    ) -> "LawFit":
+        """A fit with its goodness measured on the fitted points (one place for every law).
+
+        Args:
+            law (str): the law's name.
+            names (Sequence[str]): its parameters' names, in ``values``' order.
+            values (Sequence[float]): the fitted parameters.
+            pred (np.ndarray): the law's loss at the fitted points.
+            y (np.ndarray): the fitted losses.
+            delta (float): the Huber threshold of the fit.
+            **fields: the other attributes (``scale``, ``initial``, ``converged``, ...);
+                ``notes`` may hold empty strings, which are dropped.
+
+        Returns:
+            LawFit: the fit.
+        """
+        fields["notes"] = [n for n in fields.get("notes", ()) if n]
+        return cls(
+            law=law,
+            params=dict(zip(names, (float(v) for v in values))),
+            huber_loss=huber_log_loss(pred, y, delta),
+            r2=r_squared(pred, y),
+            num_points=int(y.size),
+            **fields,
+        )
+
     def predict(self, x: ScheduleInputs) -> np.ndarray:
         """The law's loss at ``x``."""
         p = self.params
@@ -325,17 +361,18 @@ def fit_annealing_law(
     pred, _ = model(out.params, None)
     names = ["L0", "A", "alpha", "C"]
     free = [True, True, True, c_bounds[0] != c_bounds[1]]
-    return LawFit(
-        law="annealing",
-        params=dict(zip(names, (float(v) for v in out.params))),
+    return LawFit.measured(
+        "annealing",
+        names,
+        out.params,
+        pred,
+        y,
+        delta,
         scale=scale,
         initial=None,
-        huber_loss=huber_log_loss(pred, y, delta),
-        r2=r_squared(pred, y),
-        num_points=int(y.size),
         converged=out.converged,
         at_bound=_at_bound(names, out.params, bounds, free),
-        notes=[n for n in (c_note, decay_note) if n],
+        notes=[c_note, decay_note],
     )
 
 
@@ -416,17 +453,18 @@ def fit_cpt_law(
     at_bound = _at_bound(names, out.params, bounds, free)
     # A = 0 is a legitimate "no hidden PT progress" (the shift term alone), not a failure.
     at_bound = [n for n in at_bound if n != "A"]
-    return LawFit(
-        law="cpt",
-        params=dict(zip(names, (float(v) for v in out.params))),
+    return LawFit.measured(
+        "cpt",
+        names,
+        out.params,
+        pred,
+        y,
+        delta,
         scale=scale,
         initial=float(initial),
-        huber_loss=huber_log_loss(pred, y, delta),
-        r2=r_squared(pred, y),
-        num_points=int(y.size),
         converged=out.converged,
         at_bound=at_bound,
-        notes=[n for n in (c_note,) if n],
+        notes=[c_note],
     )
 
 
@@ -599,17 +637,18 @@ def fit_multi_power_law(
     values = np.array(out.params, np.float64)
     at_bound = _at_bound(MULTI_POWER_PARAMS, values, bounds, free)
     values[4] = np.exp(values[4])
-    return LawFit(
-        law="multi-power",
-        params=dict(zip(MULTI_POWER_PARAMS, (float(v) for v in values))),
+    return LawFit.measured(
+        "multi-power",
+        MULTI_POWER_PARAMS,
+        values,
+        pred,
+        y,
+        delta,
         scale=scale,
         initial=None,
-        huber_loss=huber_log_loss(pred, y, delta),
-        r2=r_squared(pred, y),
-        num_points=int(y.size),
         converged=out.converged,
         at_bound=at_bound,
-        notes=[note] if note else [],
+        notes=[note],
         lr_scale=lr_scale,
     )
 

@@ -156,23 +156,15 @@ def _claim_stale(owner: Dict[str, Any], age: float, timeout: float) -> Optional[
             return gone
         if owner.get("host") == socket.gethostname():
             return None
-    elif isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
-        return f"pid {owner['pid']} is not running"
+    elif isinstance(owner.get("pid"), int):
+        # An older, pid-only claim was written on this host: only whether its pid runs tells.
+        gone = owner_gone({**owner, "host": socket.gethostname()})
+        if gone:
+            return gone
     if age > timeout:
         where = f"host {owner.get('host')}" if owner.get("host") else "a pid-only claim"
         return f"{where}, not refreshed for {age / 60:.0f} min (more than {timeout / 60:.0f})"
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    # An older claim's only fact: whether some process has its pid on this host.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def refresh_claim(run_dir: str) -> None:

@@ -494,6 +494,7 @@ def train(
     )
     job.module.train()
     warned = None
+    vocab_size = getattr(job.model, "vocab_size", None)  # the diverged-loss warning's scale
     timer = time.time()
     loop_start, loop_cpu_start, start_iteration = (
         time.perf_counter(),
@@ -528,7 +529,7 @@ def train(
                     f"the training loss at iteration {iteration}",
                     ["lm"],
                     [lm_loss],
-                    getattr(job.model, "vocab_size", None),
+                    vocab_size,
                 )
                 if warned:
                     _print_rank_last(" " + warned)
@@ -589,7 +590,6 @@ def train(
     summary.final_loss = final.mean().tolist()
     summary.iteration, summary.consumed_samples = iteration, consumed
     summary.weights = run.weights.tolist()
-    vocab_size = getattr(job.model, "vocab_size", None)
     _print_rank_last(_format_loss_table(summary, run.config.loss_source, vocab_size))
     if job.writer is not None:
         job.writer.flush()

@@ -82,6 +82,7 @@ sys.path.insert(0, REPO)
 from megatron_velocitune.cli import compare_policies as compare  # noqa: E402
 from megatron_velocitune.comparison import runner, runs, targets  # noqa: E402
 from megatron_velocitune.comparison import setting as compare_setting  # noqa: E402
+from megatron_velocitune.comparison.methods import LAW_METHOD_PREFIX  # noqa: E402
 from megatron_velocitune.laws.comparison import fixed_share_blend, parse_final_losses  # noqa: E402
 
 
@@ -795,11 +796,21 @@ def check_setting(out: str, s: Setting) -> None:
         raise SystemExit(f"{out} holds runs of another setting {diff}: use another --out")
 
 
-def comparison_flags(args: argparse.Namespace) -> List[str]:
-    """The velocitune-compare flags of the benchmark's own (methods, frontier, quick)."""
+def comparison_flags(args: argparse.Namespace, s: Setting, out: str) -> List[str]:
+    """The velocitune-compare flags of the benchmark's own (methods, frontier, quick; the base
+    run's curve and schedule for a ``default-law-<law>`` method's targets).
+    """
     extra = (["--quick"] if args.quick else []) + (["--report-only"] if args.report_only else [])
-    extra += ["--methods", *(args.methods or BENCH_METHODS)]
+    methods = list(args.methods or BENCH_METHODS)
+    extra += ["--methods", *methods]
     extra += ["--frontier", *map(str, args.frontier or BENCH_FRONTIER)]
+    if any(m.startswith(LAW_METHOD_PREFIX) for m in methods):
+        extra += [
+            "--annealing-from",
+            os.path.join(out, "base", "tb", "velocitune_trajectory.jsonl"),
+            "--base-lr-schedule",
+            f"cosine:{s.base_lr}:{s.base_min_lr}:{max(1, s.base_iters // 10)}:{s.base_iters}",
+        ]
     return extra
 
 
@@ -825,7 +836,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train_base(out, py, corpus, s)
     if args.stop_after == "base":
         return 0
-    return compare.main(compare_argv(out, s, corpus, py, comparison_flags(args)))
+    return compare.main(compare_argv(out, s, corpus, py, comparison_flags(args, s, out)))
 
 
 if __name__ == "__main__":

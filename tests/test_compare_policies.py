@@ -388,12 +388,29 @@ class TestRegimes:
 
     def test_the_comparison_runs_default_and_the_frontier(self):
         p = cp.build_parser()
-        flags = cp.comparison_flags(p.parse_args(["--out", "x"]))
+        s = cp.Setting()
+        flags = cp.comparison_flags(p.parse_args(["--out", "x"]), s, "x")
         assert flags == ["--methods", "default", "--frontier", "0.1", "0.4", "0.7"]
         flags = cp.comparison_flags(
-            p.parse_args(["--out", "x", "--quick", "--methods", "vt-budget", "--frontier", "0.5"])
+            p.parse_args(["--out", "x", "--quick", "--methods", "vt-budget", "--frontier", "0.5"]),
+            s,
+            "x",
         )
         assert flags == ["--quick", "--methods", "vt-budget", "--frontier", "0.5"]
+
+    def test_a_law_method_gets_the_base_curve_and_its_schedule(self):
+        p = cp.build_parser()
+        s = cp.Setting()
+        args = p.parse_args(["--out", "x", "--methods", "default", "default-law-auto"])
+        flags = cp.comparison_flags(args, s, "/o")
+        at = flags.index("--annealing-from")
+        assert flags[at + 1] == "/o/base/tb/velocitune_trajectory.jsonl"
+        spec = flags[flags.index("--base-lr-schedule") + 1]
+        # The base run's own schedule (train_base): cosine, a tenth of its iterations warm-up.
+        assert spec == f"cosine:{s.base_lr}:{s.base_min_lr}:{s.base_iters // 10}:{s.base_iters}"
+        from megatron_velocitune.laws.schedule_laws import LrSchedule
+
+        LrSchedule.from_spec(spec, "--base-lr-schedule")
 
     def test_compare_argv_takes_replay_domain_and_cpt_blend(self):
         corpus = {

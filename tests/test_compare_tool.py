@@ -177,7 +177,7 @@ def fake_setting(**change):
 
 FITS = {
     name: {"targets": f"/out/targets-{name}.json"}
-    for name in ("default", "budget", "budget-hold", "tolerance", "hold-initial")
+    for name in ("default", "budget", "budget-hold", "tolerance", "hold-initial", "law-auto")
 }
 
 
@@ -247,6 +247,28 @@ class TestCommands:
         assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-default.json"
         label = parse_method(key).label("5%", 0.1)
         assert label == f"Velocitune, defaults with {' '.join(off)}"
+
+    def test_a_law_method_is_default_on_that_laws_targets(self):
+        m = parse_method("default-law-auto")
+        assert (m.policy, m.shipped, m.law, m.fit) == ("velocity", True, "auto", "law-auto")
+        assert m.label("5%", 0.1) == "Velocitune, shipped defaults, auto-law targets"
+        cmd = command_of("default-law-auto")
+        assert flag(cmd, "--velocitune-target-loss-file") == "/out/targets-law-auto.json"
+        for name in ("--velocitune-rising-rule", "--velocitune-initial-loss-file"):
+            assert name not in cmd, name
+        with pytest.raises(ToolError, match="default-law-poly"):
+            parse_method("default-law-poly")
+
+    def test_a_law_fit_passes_the_law_and_the_base_curve(self):
+        s = fake_setting(annealing_from="/b/t.jsonl", base_lr_schedule="cosine:1:0.1:1:9")
+        cmd = fit_command("python", ["a.jsonl"], s, None, "t.json", None, "cpt")
+        assert flag(cmd, "--law") == "cpt" and "--rising-domains" not in cmd
+        assert flag(cmd, "--annealing-from") == "/b/t.jsonl"
+        assert flag(cmd, "--base-lr-schedule") == "cosine:1:0.1:1:9"
+        assert "--plot" not in cmd
+        # The default law's fit takes none of them.
+        cmd = fit_command("python", ["a.jsonl"], s, None, "t.json", "t.png")
+        assert "--law" not in cmd and "--annealing-from" not in cmd
 
     def test_paper_as_default_with_its_own_policy(self):
         cmd = command_of("vt-paper")

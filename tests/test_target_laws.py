@@ -164,6 +164,60 @@ def test_auto_never_looks_past_the_fit_window(tmp_path):
     assert fields["laws"] == {d.name: d.law for d in a.domains}
 
 
+def test_a_comparisons_law_targets_score_each_seed_fitted_alone(tmp_path):
+    """``velocitune-compare``'s ``default-law-<law>`` targets: pooled over the seeds, and each
+    seed's error from the law fitted on that seed alone (the fit tool, as a process).
+    """
+    import sys
+
+    from megatron_velocitune.comparison.setting import Setting
+    from megatron_velocitune.comparison.targets import fit_targets
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for seed in (1, 2):
+        rows = [(it, [v + rng.normal(0, 0.004) for v in row]) for it, row in _curve()]
+        paths.append(_write(tmp_path / f"seed{seed}.jsonl", rows))
+    s = Setting(
+        prefixes=("/d/new", "/d/replay"),
+        weights=(0.2, 0.8),
+        load="/base",
+        replay_domain="replay",
+        train_iters=100,
+        update_interval=5,
+        cpt_eval_interval=5,
+        eval_iters=1,
+        min_weight=0.01,
+        fit_fraction=0.5,
+        tolerance="5%",
+        min_headroom=0.1,
+        nproc=1,
+        entry_args=(),
+        seq_length=SEQ,
+        global_batch_size=GBS,
+        warmup_iters=0,
+    )
+    cpt = [{"seed": k, "trajectory": p} for k, p in zip((2, 1), paths[::-1])]
+    fit = fit_targets(str(tmp_path), sys.executable, cpt, s, law="cpt")
+    assert fit["targets"] == str(tmp_path / "targets-law-cpt.json")
+    with open(fit["targets"]) as f:
+        pooled = json.load(f)
+    assert pooled["law_choice"] == "cpt" and pooled["laws"] == {"new": "cpt", "replay": "cpt"}
+    assert fit["laws"] == pooled["laws"]
+    for d in ("new", "replay"):
+        assert fit["pooled"][d] == pytest.approx(pooled["fits"][d]["law_held_out_mae"]["cpt"])
+        # Seed order: 1 then 2, each the cpt law fitted on that seed's run alone.
+        for path, mae in zip(paths, fit["per_seed"][d]):
+            alone = fit_target_losses(
+                [path],
+                [read_trajectory(path)],
+                TargetFitConfig(law="cpt", budget_tokens=100 * GBS * SEQ, min_tokens=0),
+            )
+            domain = next(r for r in alone.domains if r.name == d)
+            assert mae == pytest.approx(domain.laws["cpt"].mae, rel=1e-9)
+            assert 0 < mae < 0.05
+
+
 def test_a_trajectory_without_lr_stops_a_schedule_aware_law_with_one_line(tmp_path):
     path = _write(tmp_path / "old.jsonl", _curve(), lr=False)
     with pytest.raises(ToolError) as e:

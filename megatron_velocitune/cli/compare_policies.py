@@ -16,6 +16,10 @@ Every method continues pre-training the same base checkpoint (``--load``) on the
 - ``default-<ablation>``: ``default`` with one guard changed: ``default-nobrake`` (no runaway
   guard), ``default-nonoise`` (no noise floor), ``default-cap`` and ``default-anchored`` (the
   other runaway guards of ``--velocitune-runaway-guard`` in the brake's place);
+- ``default-law-<law>`` (``default-law-auto``, ``default-law-cpt``, ...): ``default`` on
+  targets ``velocitune-fit-targets --law <law>`` fits (``targets-law-<law>.json``, with
+  ``--annealing-from``/``--base-lr-schedule`` when given); its table of fit errors fits each
+  seed alone;
 - ``vt-<rule>`` (``vt-budget``, ``vt-tolerance``, ``vt-hold-initial``) and ``vt-<rule>-floor``:
   Velocitune (``--velocitune-policy velocity``) with that rising-domain rule (the targets fitted
   with the same rule), ``-floor`` adding ``--velocitune-min-headroom``;
@@ -134,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="The targets' fit window, a fraction of the budget (default: 0.5).",
+    )
+    p.add_argument(
+        "--annealing-from",
+        metavar="BASE_TRAJECTORY",
+        help="The base model's trajectory, for the default-law-<law> targets "
+        "(velocitune-fit-targets --annealing-from: the annealing coefficient of a "
+        "schedule-aware law from the base's own decaying-LR curve).",
+    )
+    p.add_argument(
+        "--base-lr-schedule",
+        metavar="STYLE:MAX_LR:MIN_LR:WARMUP:DECAY",
+        help="--annealing-from's schedule where its header has none "
+        "(velocitune-fit-targets --base-lr-schedule).",
     )
     p.add_argument(
         "--methods",

@@ -1,9 +1,9 @@
 """The methods of a comparison: their names, what each runs with, the order workers take them.
 
 Pure: no files, no processes. A method's name (``cpt``, ``default``, ``default-<ablation>``,
-``vt-paper``, ``vt-<rule>[-floor]``, ``dbl``, ``ratio``, ``reweighted``, ``frontier-<g>``,
-``phase-<f>-<r1>-<r2>``) is its folder under ``runs/`` and parses into a :class:`Method`
-(:mod:`megatron_velocitune.cli.compare_policies` describes each).
+``default-law-<law>``, ``vt-paper``, ``vt-<rule>[-floor]``, ``dbl``, ``ratio``, ``reweighted``,
+``frontier-<g>``, ``phase-<f>-<r1>-<r2>``) is its folder under ``runs/`` and parses into a
+:class:`Method` (:mod:`megatron_velocitune.cli.compare_policies` describes each).
 """
 
 from dataclasses import dataclass
@@ -11,18 +11,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_velocitune.core.errors import ToolError
 from megatron_velocitune.core.policy import DEFAULT_RISING_RULE, RISING_RULES, SCHEDULE_POLICY
+from megatron_velocitune.laws.target_report import LAW_CHOICES
 
 __all__ = [
     "DEFAULT_ABLATIONS",
     "DEFAULT_FIT",
     "DEFAULT_FRONTIER",
     "DEFAULT_METHODS",
+    "LAW_METHOD_PREFIX",
     "QUICK_FRONTIER",
     "QUICK_METHODS",
     "VT_RULES",
     "Method",
     "Phased",
+    "fit_law",
     "fit_name",
+    "law_fit_name",
     "frontier_key",
     "parse_method",
     "run_order",
@@ -47,6 +51,18 @@ QUICK_FRONTIER = (0.1, 0.6)
 VT_RULES = tuple(r for r in RISING_RULES if r != "refuse")
 #: The name of the targets fitted with ``velocitune-fit-targets``' own default rule.
 DEFAULT_FIT = "default"
+#: ``default-law-<law>``: the shipped defaults on targets of another law.
+LAW_METHOD_PREFIX = "default-law-"
+
+
+def law_fit_name(law: str) -> str:
+    """The name of the targets fitted with ``--law law`` (the fit tool's default rule)."""
+    return f"law-{law}"
+
+
+def fit_law(fit: str) -> Optional[str]:
+    """The law of a fit's name (:func:`law_fit_name`), or None (the tool's default law)."""
+    return fit[len("law-") :] if fit.startswith("law-") else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,8 @@ class Method:
         ablation (Tuple[str, ...]): entry flags that switch one guard of the default off
             (``default-<ablation>``, :data:`DEFAULT_ABLATIONS`).
         phase (Optional[Phased]): a phased blend (``phase-<f>-<r1>-<r2>``).
+        law (Optional[str]): a shipped method whose targets come from ``velocitune-fit-targets
+            --law`` this law (``default-law-<law>``) instead of the tool's default law.
     """
 
     key: str
@@ -74,6 +92,7 @@ class Method:
     shipped: bool = False
     ablation: Tuple[str, ...] = ()
     phase: Optional["Phased"] = None
+    law: Optional[str] = None
 
     @property
     def dynamic(self) -> bool:
@@ -83,6 +102,8 @@ class Method:
     @property
     def fit(self) -> Optional[str]:
         """The name of the targets it runs on (:func:`fit_name`), or None (no targets)."""
+        if self.law is not None:
+            return law_fit_name(self.law)
         if self.shipped:
             return DEFAULT_FIT
         return self.rule
@@ -95,6 +116,8 @@ class Method:
             return "Velocitune, shipped defaults"
         if self.ablation:
             return f"Velocitune, defaults with {' '.join(self.ablation)}"
+        if self.law is not None:
+            return f"Velocitune, shipped defaults, {self.law}-law targets"
         if self.shipped:
             return f"Velocitune, {self.policy} policy (entry defaults)"
         if self.share is not None:
@@ -119,6 +142,8 @@ def parse_method(key: str) -> Method:
     """
     if key == "default":
         return Method(key, "velocity", shipped=True)
+    if key.startswith(LAW_METHOD_PREFIX) and key[len(LAW_METHOD_PREFIX) :] in LAW_CHOICES:
+        return Method(key, "velocity", shipped=True, law=key[len(LAW_METHOD_PREFIX) :])
     if key.startswith("default-") and key[len("default-") :] in DEFAULT_ABLATIONS:
         return Method(key, "velocity", shipped=True, ablation=DEFAULT_ABLATIONS[key[8:]])
     if key in ("paper", "vt-paper"):
@@ -147,7 +172,8 @@ def parse_method(key: str) -> Method:
             return Method(key, "velocity", rule, floor)
     raise ToolError(
         f"--methods {key}: unknown method; choose from cpt, default, "
-        f"{', '.join('default-' + a for a in DEFAULT_ABLATIONS)}, vt-paper, dbl, ratio, "
+        f"{', '.join('default-' + a for a in DEFAULT_ABLATIONS)}, "
+        f"{LAW_METHOD_PREFIX}<law> with law in {list(LAW_CHOICES)}, vt-paper, dbl, ratio, "
         f"reweighted, vt-<rule>[-floor] with rule in {list(VT_RULES)}, phase-<f>-<r1>-<r2> "
         f"(frontier points come from --frontier)"
     )

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from megatron_velocitune.comparison.methods import DEFAULT_FIT, Method
+from megatron_velocitune.comparison.methods import DEFAULT_FIT, Method, fit_law
 from megatron_velocitune.comparison.runs import run_command
 from megatron_velocitune.comparison.setting import Setting
 from megatron_velocitune.core.files import write_json
@@ -186,21 +186,26 @@ def report(
         lines.append(
             f"- `{name}`: "
             + ", ".join(
-                f"{d} {fit['losses'][d]:.4f} ({fit['rules'].get(d, '?')}; predicted "
+                f"{d} {fit['losses'][d]:.4f} ("
+                + (f"{fit['laws'][d]} law, " if d in fit.get("laws", {}) else "")
+                + f"{fit['rules'].get(d, '?')}; predicted "
                 f"{fit['predicted'][d]:.4f})"
                 for d in s.domains
             )
         )
     if fits:
-        fit = fits.get("budget") or next(iter(fits.values()))
-        lines += [
-            "",
-            f"Target-fit held-out error (CPT runs; fitted up to "
-            f"{fit['cutoff_tokens']:,.0f} tokens, spanning {min(fit['fit_span']):.1f}x; "
-            "mean absolute error on the later evaluations):",
-            "",
-            render_mae_table(s.domains, fit["per_seed"], fit["pooled"]),
-        ]
+        first = "budget" if "budget" in fits else next(iter(fits))
+        for name in dict.fromkeys([first, *(n for n in fits if fit_law(n))]):
+            fit = fits[name]
+            which = f" of the `{name}` targets, each seed fitted alone" if fit_law(name) else ""
+            lines += [
+                "",
+                f"Target-fit held-out error{which} (CPT runs; fitted up to "
+                f"{fit['cutoff_tokens']:,.0f} tokens, spanning {min(fit['fit_span']):.1f}x; "
+                "mean absolute error on the later evaluations):",
+                "",
+                render_mae_table(s.domains, fit["per_seed"], fit["pooled"]),
+            ]
     text = "\n".join(lines)
     with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from megatron_velocitune.comparison.methods import DEFAULT_FIT, Method, run_order
+from megatron_velocitune.comparison.methods import Method, run_order
 from megatron_velocitune.comparison.runs import (
     TRAJECTORY,
     claim,
@@ -211,7 +211,8 @@ def method_run(
     Every method but the shipped ones (``default``, ``vt-paper``) starts from ``initial_loss``
     (the file of the same seed's CPT measurement) and a dynamic one floors its weights at
     ``s.min_weight``; a method with a rule runs on that rule's targets with that rule, a shipped
-    one on the fit tool's default targets with nothing else (the entry's defaults).
+    one on the fit tool's default targets (``default-law-<law>``: that law's) with nothing else
+    (the entry's defaults).
 
     Args:
         m (Method): the method.
@@ -224,7 +225,7 @@ def method_run(
         MethodRun: the run's arguments.
     """
     if m.shipped:
-        extra = ["--velocitune-target-loss-file", fits[DEFAULT_FIT]["targets"], *m.ablation]
+        extra = ["--velocitune-target-loss-file", fits[m.fit]["targets"], *m.ablation]
         return MethodRun(m.policy, list(s.weights), s.update_interval, extra, False)
     extra = ["--velocitune-initial-loss-file", initial_loss]
     if m.rule:

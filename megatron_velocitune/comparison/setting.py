@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +44,10 @@ class Setting:
     seq_length: int
     global_batch_size: int
     warmup_iters: int
+    #: ``velocitune-fit-targets --annealing-from``/``--base-lr-schedule`` of the
+    #: ``default-law-<law>`` targets (None: not given; older settings have neither).
+    annealing_from: Optional[str] = None
+    base_lr_schedule: Optional[str] = None
 
     @property
     def domains(self) -> List[str]:
@@ -146,6 +150,18 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
             raise ToolError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
     if not 0.0 < args.fit_fraction <= 1.0:
         raise ToolError(f"--fit-fraction {args.fit_fraction} must be in (0, 1]")
+    annealing_from = getattr(args, "annealing_from", None)
+    if annealing_from is not None and not os.path.isfile(annealing_from):
+        raise ToolError(f"--annealing-from {annealing_from}: no such file")
+    base_lr_schedule = getattr(args, "base_lr_schedule", None)
+    if base_lr_schedule is not None:
+        from megatron_velocitune.core.errors import InputError
+        from megatron_velocitune.laws.schedule_laws import LrSchedule
+
+        try:
+            LrSchedule.from_spec(base_lr_schedule, "--base-lr-schedule")
+        except InputError as e:
+            raise ToolError(str(e)) from None
     return Setting(
         prefixes=tuple(os.path.abspath(p) for p in prefixes),
         weights=tuple(weights),
@@ -164,7 +180,14 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
         seq_length=sizes.seq_length,
         global_batch_size=sizes.global_batch_size,
         warmup_iters=sizes.lr_warmup_iters,
+        annealing_from=None if annealing_from is None else os.path.abspath(annealing_from),
+        base_lr_schedule=base_lr_schedule,
     )
+
+
+#: Fields that change only the ``default-law-<law>`` targets, refitted on every call: an
+#: ``--out`` may add such a method (and these flags) after its other runs finished.
+_TARGET_FIT_ONLY = ("annealing_from", "base_lr_schedule")
 
 
 def check_setting(out: str, s: Setting) -> None:
@@ -174,7 +197,11 @@ def check_setting(out: str, s: Setting) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        diff = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
+        diff = {
+            k: (old.get(k), v)
+            for k, v in mine.items()
+            if old.get(k) != v and k not in _TARGET_FIT_ONLY
+        }
         if diff:
             raise ToolError(
                 f"{out} holds runs of another setting (old, new): {diff}; use another --out"

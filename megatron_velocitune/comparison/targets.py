@@ -1,15 +1,23 @@
 """The target losses the methods run on: ``velocitune-fit-targets`` on the CPT runs.
 
 Every seed's CPT run evaluates every domain often (``--cpt-eval-interval``); the targets of one
-rising-domain rule are fitted on those runs pooled, up to ``--fit-fraction`` of the budget, and
-each seed's held-out error of that fit is kept for the report.
+rising-domain rule (or, for ``default-law-<law>``, of one ``--law``) are fitted on those runs
+pooled, up to ``--fit-fraction`` of the budget, and each seed's held-out error is kept for the
+report: of the pooled fit for the default law; of the law fitted on that seed alone for the
+others (what ``benchmarks/target_laws.py`` tables).
 """
 
 import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from megatron_velocitune.comparison.methods import DEFAULT_FIT, Method, fit_name
+from megatron_velocitune.comparison.methods import (
+    DEFAULT_FIT,
+    Method,
+    fit_law,
+    fit_name,
+    law_fit_name,
+)
 from megatron_velocitune.comparison.runs import read_traj, run_command
 from megatron_velocitune.comparison.setting import Setting
 from megatron_velocitune.core.files import write_json
@@ -33,10 +41,17 @@ def initial_loss_file(out: str, cpt: dict) -> str:
 
 
 def fit_command(
-    python: str, trajectories: Sequence[str], s: Setting, rule: Optional[str], output: str, png: str
+    python: str,
+    trajectories: Sequence[str],
+    s: Setting,
+    rule: Optional[str],
+    output: str,
+    png: Optional[str],
+    law: Optional[str] = None,
 ) -> List[str]:
     """``velocitune-fit-targets`` on the CPT trajectories, with ``rule`` as its
-    ``--rising-domains`` (None: no such flag, the tool's own default).
+    ``--rising-domains`` (None: no such flag, the tool's own default) and ``law`` as its
+    ``--law`` (None: the tool's default law; a law takes the setting's ``--annealing-from``).
 
     Returns:
         List[str]: the command.
@@ -57,18 +72,30 @@ def fit_command(
         cmd += ["--rising-domains", rule]
     if rule == "tolerance":
         cmd += ["--forgetting-tolerance", s.tolerance]
-    return cmd + ["-o", output, "--plot", png]
+    if law is not None:
+        cmd += ["--law", law]
+        if s.annealing_from is not None:
+            cmd += ["--annealing-from", s.annealing_from]
+        if s.base_lr_schedule is not None:
+            cmd += ["--base-lr-schedule", s.base_lr_schedule]
+    return cmd + ["-o", output] + (["--plot", png] if png else [])
 
 
 def fit_targets(
-    out: str, python: str, cpt: List[dict], s: Setting, rule: Optional[str] = None
+    out: str,
+    python: str,
+    cpt: List[dict],
+    s: Setting,
+    rule: Optional[str] = None,
+    law: Optional[str] = None,
 ) -> dict:
-    """Targets by ``rule`` (None: the fit tool's default) from the pooled CPT trajectories, and
-    each seed's fit error; the file is ``targets-<rule>.json`` (``targets-default.json``).
+    """Targets by ``rule`` (None: the fit tool's default) or ``law`` from the pooled CPT
+    trajectories, and each seed's fit error; the file is ``targets-<name>.json``
+    (``targets-default.json``, ``targets-law-auto.json``).
     """
     from megatron_velocitune.laws.scaling_law import held_out_error, loss_points
 
-    name = fit_name(rule)
+    name = fit_name(rule) if law is None else law_fit_name(law)
     targets = os.path.join(out, f"targets-{name}.json")
     cpt = sorted(cpt, key=lambda r: r["seed"])
     png, text = os.path.join(out, f"target_fit-{name}.png"), os.path.join(out, f"fit-{name}.txt")
@@ -77,18 +104,17 @@ def fit_targets(
     # names (its log then says what a user will find); only its log, captured here, goes through
     # a temporary name of this process (workers may share --out).
     tmp = f"{text}.{os.getpid()}.tmp"
-    run_command(fit_command(python, trajectories, s, rule, targets, png), tmp)
+    run_command(fit_command(python, trajectories, s, rule, targets, png, law), tmp)
     os.replace(tmp, text)
     with open(targets, encoding="utf-8") as f:
         fits = json.load(f)
+    if law is not None:
+        return _law_fit_result(out, python, cpt, s, law, name, targets, fits)
     cutoff = s.fit_fraction * s.budget_tokens
     per_seed: Dict[str, List[float]] = {d: [] for d in s.domains}
-    spans: List[float] = []
     for r in cpt:
         pts = loss_points(read_traj(r["trajectory"]), s.domains)
         keep = pts.tokens >= s.warmup_tokens
-        fitted = pts.tokens[keep & (pts.tokens <= cutoff)]
-        spans.append(float(fitted.max() / fitted.min()))
         for i, d in enumerate(s.domains):
             rising = fits["fits"][d].get("B", 0.0) < 0
             try:
@@ -108,9 +134,58 @@ def fit_targets(
         "targets": targets,
         "per_seed": per_seed,
         "pooled": pooled,
-        "fit_span": spans,
+        "fit_span": _fit_spans(cpt, s),
         "losses": fits["losses"],
         "rules": fits.get("rules", {}),
+        "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
+        "cutoff_tokens": cutoff,
+    }
+
+
+def _fit_spans(cpt: List[dict], s: Setting) -> List[float]:
+    """Each CPT run's fit window as a ratio of its last to its first fitted tokens."""
+    from megatron_velocitune.laws.scaling_law import loss_points
+
+    cutoff = s.fit_fraction * s.budget_tokens
+    spans = []
+    for r in cpt:
+        tokens = loss_points(read_traj(r["trajectory"]), s.domains).tokens
+        fitted = tokens[(tokens >= s.warmup_tokens) & (tokens <= cutoff)]
+        spans.append(float(fitted.max() / fitted.min()))
+    return spans
+
+
+def _law_fit_result(
+    out: str, python: str, cpt: List[dict], s: Setting, law: str, name: str, targets: str, fits
+) -> dict:
+    """:func:`fit_targets`' record of a ``--law`` fit: each seed's error is that of the law
+    fitted on the seed alone (the fit tool once per seed), the pooled one that of the pooled
+    fit's chosen law.
+    """
+
+    def chosen_mae(record: dict) -> float:
+        mae = record.get("law_held_out_mae", {}).get(record.get("law"))
+        return float("nan") if mae is None else float(mae)
+
+    per_seed: Dict[str, List[float]] = {d: [] for d in s.domains}
+    for r in cpt:
+        path = os.path.join(out, f"targets-{name}-seed{r['seed']}.json")
+        log = f"{path}.{os.getpid()}.log"
+        run_command(fit_command(python, [r["trajectory"]], s, None, path, None, law), log)
+        os.remove(log)
+        with open(path, encoding="utf-8") as f:
+            own = json.load(f)["fits"]
+        for d in s.domains:
+            per_seed[d].append(chosen_mae(own[d]))
+    cutoff = s.fit_fraction * s.budget_tokens
+    return {
+        "targets": targets,
+        "per_seed": per_seed,
+        "pooled": {d: chosen_mae(fits["fits"][d]) for d in s.domains},
+        "fit_span": _fit_spans(cpt, s),
+        "losses": fits["losses"],
+        "rules": fits.get("rules", {}),
+        "laws": fits.get("laws", {}),
         "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
         "cutoff_tokens": cutoff,
     }
@@ -121,4 +196,9 @@ def fit_all(
 ) -> Dict[str, dict]:
     """The target fits the methods need, by name (:func:`fit_name`)."""
     names = sorted({m.fit for m in methods if m.fit})
-    return {n: fit_targets(out, python, cpt, s, None if n == DEFAULT_FIT else n) for n in names}
+    return {
+        n: fit_targets(
+            out, python, cpt, s, None if n == DEFAULT_FIT or fit_law(n) else n, fit_law(n)
+        )
+        for n in names
+    }

@@ -8,10 +8,13 @@ seed, the mean over domains per corpus, ``auto``'s choice, and how far each law'
 at the full budget is from the loss the run reached (its last evaluation; pooled: the seeds'
 mean on the common footing).
 
-The CPT runs here predate the ``lr`` field and the header's ``lr_schedule``; ``--cpt-lr-schedule``
-gives theirs (default: steps as the clock, ``--constant-lr``). With ``--base-lr-schedule``, each
-folder's base run (``base/tb/velocitune_trajectory.jsonl``) gives every domain's annealing ``C``
-and multi-power decay term (``velocitune-fit-targets --annealing-from``), printed first.
+Runs whose header records their ``lr_schedule`` are fitted on it; older runs take
+``--cpt-lr-schedule`` (default: steps as the clock, ``--constant-lr``). The summary's noise floor
+is the MAE a perfect smooth law would still make on the later evaluations (their own
+evaluation-to-evaluation noise). ``--plot-dir`` writes one PNG per law (a row per regime).
+With ``--base-lr-schedule``, each folder's base run (``base/tb/velocitune_trajectory.jsonl``)
+gives every domain's annealing ``C`` and multi-power decay term (``velocitune-fit-targets
+--annealing-from``), printed first.
 
 Each folder is the ``--out`` of one regime's ``benchmarks/compare_policies.py`` (its CPT runs
 under ``runs/cpt/seed*/``). Example::
@@ -95,6 +98,71 @@ def _base(folder: str, names, schedule: Optional[LrSchedule], lines: List[str]):
     return decay
 
 
+def _law_curve(report, law_result):
+    """(tokens, losses) of one fitted law from the window's start to the budget."""
+    d = report.domains[0].tokens
+    if law_result.law == "chinchilla":
+        grid = np.linspace(d.min(), report.budget, 200)
+        return grid, law_result.fit.predict(grid)
+    keep = report.curve.tokens >= d.min()
+    return report.curve.tokens[keep], law_result.fit.predict(report.curve.take(keep))
+
+
+def plot_laws(regimes, out_dir: str) -> List[str]:
+    """One PNG per law: a row per regime, a panel per domain, every seed's points and that
+    seed's own fit of the law.
+
+    Args:
+        regimes: per regime, ``(name, per-seed reports, seed names)``.
+        out_dir (str): the folder of the PNGs.
+
+    Returns:
+        List[str]: the files written (``target_laws_<law>.png``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from megatron_velocitune.core.files import save_figure
+
+    cols = max(len(seeds[0].domains) for _, seeds, _ in regimes)
+    written = []
+    for law in LAWS:
+        fig, axes = plt.subplots(
+            len(regimes), cols, figsize=(4.0 * cols, 3.0 * len(regimes)), squeeze=False
+        )
+        for row, (corpus, seeds, seed_names) in zip(axes, regimes):
+            for i, ax in enumerate(row):
+                if i >= len(seeds[0].domains):
+                    ax.axis("off")
+                    continue
+                maes = []
+                for k, (report, seed) in enumerate(zip(seeds, seed_names)):
+                    r = report.domains[i]
+                    early, color = r.tokens <= report.cutoff, f"C{k}"
+                    ax.plot(r.tokens[early], r.losses[early], "o", ms=2, color=color)
+                    ax.plot(r.tokens[~early], r.losses[~early], "s", ms=2, mfc="none", color=color)
+                    res = r.laws[law]
+                    ax.plot(*_law_curve(report, res), "-", lw=1.1, color=color, label=seed)
+                    maes.append(res.mae)
+                ax.axvline(seeds[0].cutoff, color="grey", lw=0.8, ls=":")
+                ax.set_title(
+                    f"{corpus}: {seeds[0].domains[i].name}, MAE {np.nanmean(maes):.3f}", fontsize=9
+                )
+            row[0].set_ylabel("held-out loss")
+        axes[0][0].legend(fontsize=7, title="seed's own fit", title_fontsize=7)
+        for ax in axes[-1]:
+            ax.set_xlabel("tokens (dotted: end of the fit window)")
+        fig.suptitle(f"{law} law, fitted on each seed's first half (o), held out (□)", fontsize=11)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"target_laws_{law}.png")
+        save_figure(fig, path, dpi=70)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def _fmt(v: float) -> str:
     return "-" if math.isnan(v) else f"{v:.2e}"
 
@@ -103,13 +171,18 @@ def run(
     regimes: Sequence[str],
     cpt: Optional[LrSchedule] = None,
     base_schedule: Optional[LrSchedule] = None,
+    plot_dir: Optional[str] = None,
+    seeds_wanted: Optional[Sequence[int]] = None,
 ) -> str:
     """The markdown table of every regime.
 
     Args:
         regimes (Sequence[str]): the regime folders.
-        cpt (Optional[LrSchedule]): the CPT runs' schedule (None: steps as the clock).
+        cpt (Optional[LrSchedule]): the CPT runs' schedule (None: the runs' header's, else
+            steps as the clock).
         base_schedule (Optional[LrSchedule]): the base runs' schedule (None: no base fits).
+        plot_dir (Optional[str]): write one PNG per law there (:func:`plot_laws`).
+        seeds_wanted (Optional[Sequence[int]]): the CPT seeds to read (None: every one).
 
     Returns:
         str: the markdown.
@@ -125,9 +198,14 @@ def run(
         "pooled | noise floor per seed |",
         "|---|---|---|---|---|---|",
     ]
+    plotted = []
     for folder in regimes:
         paths = sorted(
-            glob.glob(os.path.join(folder, "runs/cpt/seed*/tb/velocitune_trajectory.jsonl"))
+            p
+            for p in glob.glob(
+                os.path.join(folder, "runs/cpt/seed*/tb/velocitune_trajectory.jsonl")
+            )
+            if seeds_wanted is None or int(p.split("/")[-3][len("seed") :]) in seeds_wanted
         )
         if not paths:
             print(f"{folder}: no CPT runs, skipped", file=sys.stderr)
@@ -138,6 +216,7 @@ def run(
         pooled = _fit(paths, cpt, decay)
         seeds = [_fit([p], cpt, decay) for p in paths]
         seed_names = [p.split("/")[-3] for p in paths]
+        plotted.append((corpus, seeds, seed_names))
         reached = _reached(pooled)
         lines += [
             f"### {corpus}",
@@ -175,6 +254,9 @@ def run(
                 f"| {corpus} | {label} | {np.mean(mp):.2e} | {np.mean(ms):.2e} "
                 f"| {np.mean(md):.3f} | {floor:.1e} |"
             )
+    if plot_dir and plotted:
+        for path in plot_laws(plotted, plot_dir):
+            print(f"wrote {path}", file=sys.stderr)
     base = base_lines + [""] if len(base_lines) > 2 else []
     return "\n".join(summary + [""] + base + lines)
 
@@ -189,12 +271,14 @@ def main(argv=None) -> int:
     p.add_argument("regimes", nargs="+", help="regime folders (each a compare_policies.py --out)")
     p.add_argument("--cpt-lr-schedule", default=None, help="the CPT runs' schedule (spec)")
     p.add_argument("--base-lr-schedule", default=None, help="the base runs' schedule (spec)")
+    p.add_argument("--plot-dir", default=None, help="write one PNG per law here (a row per regime)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="CPT seeds (default: all)")
     args = p.parse_args(argv)
     cpt = args.cpt_lr_schedule and LrSchedule.from_spec(args.cpt_lr_schedule, "--cpt-lr-schedule")
     base = args.base_lr_schedule and LrSchedule.from_spec(
         args.base_lr_schedule, "--base-lr-schedule"
     )
-    print(run(args.regimes, cpt or None, base or None))
+    print(run(args.regimes, cpt or None, base or None, args.plot_dir, args.seeds))
     return 0
 
 

@@ -507,3 +507,34 @@ def test_a_base_without_a_schedule_is_one_line_saying_what_to_pass(tmp_path, cap
     out = capsys.readouterr().out
     assert rc == 0 and png.stat().st_size > 0
     assert "base C" in out and "multi-power" in out and f"from base {base}" in out
+
+
+def test_the_target_laws_benchmark_tables_every_law_and_plots_one_png_per_law(tmp_path):
+    """``benchmarks/target_laws.py`` on two proxy seeds: a row per law and domain, the noise
+    floor of the later evaluations, one PNG per law, and ``--seeds`` keeps only those seeds.
+    """
+    import importlib.util
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "target_laws.py")
+    spec = importlib.util.spec_from_file_location("target_laws_bench", bench)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    rng = np.random.default_rng(3)
+    sigma = 0.01
+    for seed in (1, 2, 3):
+        folder = tmp_path / "regime" / "runs" / "cpt" / f"seed{seed}" / "tb"
+        folder.mkdir(parents=True)
+        rows = [(it, [v + rng.normal(0, sigma) for v in row]) for it, row in _curve()]
+        _write(folder / "velocitune_trajectory.jsonl", rows)
+    text = mod.run([str(tmp_path / "regime")], plot_dir=str(tmp_path), seeds_wanted=[1, 3])
+    summary = {line.split(" | ")[1]: line for line in text.splitlines() if "| regime |" in line}
+    assert set(summary) == {"chinchilla", "annealing", "cpt", "multi-power", "auto"}
+    # Columns seed1 and seed3 only.
+    assert "MAE seed1 | MAE seed3 |" in text and "seed2" not in text
+    # The floor estimates the noise's mean absolute size, sqrt(2/pi) * sigma (+ the curvature).
+    floor = float(summary["cpt"].rstrip(" |").split(" | ")[-1])
+    assert 0.5 * math.sqrt(2 / math.pi) * sigma < floor < 1.6 * math.sqrt(2 / math.pi) * sigma
+    for law in ("chinchilla", "annealing", "cpt", "multi-power"):
+        png = tmp_path / f"target_laws_{law}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", law

@@ -529,7 +529,7 @@ def test_the_target_laws_benchmark_tables_every_law_and_plots_one_png_per_law(tm
         _write(folder / "velocitune_trajectory.jsonl", rows)
     text = mod.run([str(tmp_path / "regime")], plot_dir=str(tmp_path), seeds_wanted=[1, 3])
     summary = {line.split(" | ")[1]: line for line in text.splitlines() if "| regime |" in line}
-    assert set(summary) == {"chinchilla", "annealing", "cpt", "multi-power", "auto"}
+    assert set(summary) == {"chinchilla", "annealing", "cpt", "multi-power", "auto", mod.ORACLE}
     # Columns seed1 and seed3 only.
     assert "MAE seed1 | MAE seed3 |" in text and "seed2" not in text
     # The floor estimates the noise's mean absolute size, sqrt(2/pi) * sigma (+ the curvature).

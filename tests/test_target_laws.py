@@ -170,29 +170,19 @@ def test_a_comparisons_law_targets_score_each_seed_fitted_alone(tmp_path):
     """
     import sys
 
-    from megatron_velocitune.comparison.setting import Setting
     from megatron_velocitune.comparison.targets import fit_targets
+    from tests.test_compare_tool import fake_setting
 
     rng = np.random.default_rng(1)
     paths = []
     for seed in (1, 2):
         rows = [(it, [v + rng.normal(0, 0.004) for v in row]) for it, row in _curve()]
         paths.append(_write(tmp_path / f"seed{seed}.jsonl", rows))
-    s = Setting(
+    s = fake_setting(
         prefixes=("/d/new", "/d/replay"),
         weights=(0.2, 0.8),
-        load="/base",
         replay_domain="replay",
         train_iters=100,
-        update_interval=5,
-        cpt_eval_interval=5,
-        eval_iters=1,
-        min_weight=0.01,
-        fit_fraction=0.5,
-        tolerance="5%",
-        min_headroom=0.1,
-        nproc=1,
-        entry_args=(),
         seq_length=SEQ,
         global_batch_size=GBS,
         warmup_iters=0,

@@ -292,9 +292,14 @@ def _model_args(corpus: str, s: Setting) -> List[str]:
     ]
 
 
+def _cpt_min_lr(s: Setting) -> float:
+    """The CPT schedule's last learning rate: a tenth of ``cpt_lr`` under cosine."""
+    return s.cpt_lr / 10 if s.cpt_schedule == "cosine" else s.cpt_lr
+
+
 def entry_args(corpus_dir: str, s: Setting) -> List[str]:
     """The training flags every continual pre-training run gets (after ``--``)."""
-    decay = ["--min-lr", str(s.cpt_lr / 10)] if s.cpt_schedule == "cosine" else []
+    decay = ["--min-lr", str(_cpt_min_lr(s))] if s.cpt_schedule == "cosine" else []
     return _model_args(corpus_dir, s) + [
         "--lr",
         str(s.cpt_lr),
@@ -810,6 +815,9 @@ def comparison_flags(args: argparse.Namespace, s: Setting, out: str) -> List[str
             os.path.join(out, "base", "tb", "velocitune_trajectory.jsonl"),
             "--base-lr-schedule",
             f"cosine:{s.base_lr}:{s.base_min_lr}:{max(1, s.base_iters // 10)}:{s.base_iters}",
+            # For CPT runs written before their header recorded it (entry_args' schedule).
+            "--lr-schedule",
+            f"{s.cpt_schedule}:{s.cpt_lr}:{_cpt_min_lr(s)}:{s.warmup}:{s.cpt_iters}",
         ]
     return extra
 

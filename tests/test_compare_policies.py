@@ -411,6 +411,16 @@ class TestRegimes:
         from megatron_velocitune.laws.schedule_laws import LrSchedule
 
         LrSchedule.from_spec(spec, "--base-lr-schedule")
+        # The CPT runs' own schedule, for runs whose header predates it: the entry's flags.
+        for schedule in ("constant", "cosine"):
+            s = cp.Setting(cpt_schedule=schedule)
+            spec = cp.comparison_flags(args, s, "/o")
+            spec = spec[spec.index("--lr-schedule") + 1]
+            lr = LrSchedule.from_spec(spec, "--lr-schedule")
+            entry = cp.entry_args("/c", s)
+            assert lr.lr([0.0])[0] == 0.0 and lr.lr([s.warmup])[0] == pytest.approx(s.cpt_lr)
+            last = float(entry[entry.index("--min-lr") + 1]) if "--min-lr" in entry else s.cpt_lr
+            assert lr.lr([s.cpt_iters])[0] == pytest.approx(last)
 
     def test_compare_argv_takes_replay_domain_and_cpt_blend(self):
         corpus = {

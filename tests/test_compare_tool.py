@@ -260,15 +260,20 @@ class TestCommands:
             parse_method("default-law-poly")
 
     def test_a_law_fit_passes_the_law_and_the_base_curve(self):
-        s = fake_setting(annealing_from="/b/t.jsonl", base_lr_schedule="cosine:1:0.1:1:9")
+        s = fake_setting(
+            annealing_from="/b/t.jsonl",
+            base_lr_schedule="cosine:1:0.1:1:9",
+            lr_schedule="constant:1:1:1:20",
+        )
         cmd = fit_command("python", ["a.jsonl"], s, None, "t.json", None, "cpt")
         assert flag(cmd, "--law") == "cpt" and "--rising-domains" not in cmd
         assert flag(cmd, "--annealing-from") == "/b/t.jsonl"
         assert flag(cmd, "--base-lr-schedule") == "cosine:1:0.1:1:9"
+        assert flag(cmd, "--lr-schedule") == "constant:1:1:1:20"
         assert "--plot" not in cmd
         # The default law's fit takes none of them.
         cmd = fit_command("python", ["a.jsonl"], s, None, "t.json", "t.png")
-        assert "--law" not in cmd and "--annealing-from" not in cmd
+        assert "--law" not in cmd and "--annealing-from" not in cmd and "--lr-schedule" not in cmd
 
     def test_paper_as_default_with_its_own_policy(self):
         cmd = command_of("vt-paper")

@@ -524,6 +524,8 @@ def test_the_target_laws_benchmark_tables_every_law_and_plots_one_png_per_law(tm
     assert "MAE seed1 | MAE seed3 |" in text and "seed2" not in text
     # The floor estimates the noise's mean absolute size, sqrt(2/pi) * sigma (+ the curvature).
     floor = float(summary["cpt"].rstrip(" |").split(" | ")[-1])
+    each = summary["cpt"].split(" | ")[4].split(" / ")
+    assert len(each) == 2  # seeds 1 and 3
     assert 0.5 * math.sqrt(2 / math.pi) * sigma < floor < 1.6 * math.sqrt(2 / math.pi) * sigma
     for law in ("chinchilla", "annealing", "cpt", "multi-power"):
         png = tmp_path / f"target_laws_{law}.png"

@@ -18,8 +18,8 @@ Every method continues pre-training the same base checkpoint (``--load``) on the
   other runaway guards of ``--velocitune-runaway-guard`` in the brake's place);
 - ``default-law-<law>`` (``default-law-auto``, ``default-law-cpt``, ...): ``default`` on
   targets ``velocitune-fit-targets --law <law>`` fits (``targets-law-<law>.json``, with
-  ``--annealing-from``/``--base-lr-schedule`` when given); its table of fit errors fits each
-  seed alone;
+  ``--annealing-from``/``--base-lr-schedule``/``--lr-schedule`` when given); its table of fit
+  errors fits each seed alone;
 - ``vt-<rule>`` (``vt-budget``, ``vt-tolerance``, ``vt-hold-initial``) and ``vt-<rule>-floor``:
   Velocitune (``--velocitune-policy velocity``) with that rising-domain rule (the targets fitted
   with the same rule), ``-floor`` adding ``--velocitune-min-headroom``;
@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STYLE:MAX_LR:MIN_LR:WARMUP:DECAY",
         help="--annealing-from's schedule where its header has none "
         "(velocitune-fit-targets --base-lr-schedule).",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        metavar="STYLE:MAX_LR:MIN_LR:WARMUP:DECAY",
+        help="The CPT runs' schedule where their trajectory header has none (runs written "
+        "before it did), for the default-law-<law> targets (velocitune-fit-targets "
+        "--lr-schedule).",
     )
     p.add_argument(
         "--methods",

@@ -44,10 +44,11 @@ class Setting:
     seq_length: int
     global_batch_size: int
     warmup_iters: int
-    #: ``velocitune-fit-targets --annealing-from``/``--base-lr-schedule`` of the
-    #: ``default-law-<law>`` targets (None: not given; older settings have neither).
+    #: ``velocitune-fit-targets --annealing-from``/``--base-lr-schedule``/``--lr-schedule`` of
+    #: the ``default-law-<law>`` targets (None: not given; older settings have none).
     annealing_from: Optional[str] = None
     base_lr_schedule: Optional[str] = None
+    lr_schedule: Optional[str] = None
 
     @property
     def domains(self) -> List[str]:
@@ -153,15 +154,16 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
     annealing_from = getattr(args, "annealing_from", None)
     if annealing_from is not None and not os.path.isfile(annealing_from):
         raise ToolError(f"--annealing-from {annealing_from}: no such file")
-    base_lr_schedule = getattr(args, "base_lr_schedule", None)
-    if base_lr_schedule is not None:
-        from megatron_velocitune.core.errors import InputError
-        from megatron_velocitune.laws.schedule_laws import LrSchedule
+    schedules = {f: getattr(args, f, None) for f in ("base_lr_schedule", "lr_schedule")}
+    for flag, spec in schedules.items():
+        if spec is not None:
+            from megatron_velocitune.core.errors import InputError
+            from megatron_velocitune.laws.schedule_laws import LrSchedule
 
-        try:
-            LrSchedule.from_spec(base_lr_schedule, "--base-lr-schedule")
-        except InputError as e:
-            raise ToolError(str(e)) from None
+            try:
+                LrSchedule.from_spec(spec, f"--{flag.replace('_', '-')}")
+            except InputError as e:
+                raise ToolError(str(e)) from None
     return Setting(
         prefixes=tuple(os.path.abspath(p) for p in prefixes),
         weights=tuple(weights),
@@ -181,13 +183,13 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
         global_batch_size=sizes.global_batch_size,
         warmup_iters=sizes.lr_warmup_iters,
         annealing_from=None if annealing_from is None else os.path.abspath(annealing_from),
-        base_lr_schedule=base_lr_schedule,
+        **schedules,
     )
 
 
 #: Fields that change only the ``default-law-<law>`` targets, refitted on every call: an
 #: ``--out`` may add such a method (and these flags) after its other runs finished.
-_TARGET_FIT_ONLY = ("annealing_from", "base_lr_schedule")
+_TARGET_FIT_ONLY = ("annealing_from", "base_lr_schedule", "lr_schedule")
 
 
 def check_setting(out: str, s: Setting) -> None:

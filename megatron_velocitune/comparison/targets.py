@@ -51,7 +51,8 @@ def fit_command(
 ) -> List[str]:
     """``velocitune-fit-targets`` on the CPT trajectories, with ``rule`` as its
     ``--rising-domains`` (None: no such flag, the tool's own default) and ``law`` as its
-    ``--law`` (None: the tool's default law; a law takes the setting's ``--annealing-from``).
+    ``--law`` (None: the tool's default law; a law takes the setting's ``--annealing-from``,
+    ``--base-lr-schedule`` and ``--lr-schedule``).
 
     Returns:
         List[str]: the command.
@@ -78,6 +79,8 @@ def fit_command(
             cmd += ["--annealing-from", s.annealing_from]
         if s.base_lr_schedule is not None:
             cmd += ["--base-lr-schedule", s.base_lr_schedule]
+        if s.lr_schedule is not None:
+            cmd += ["--lr-schedule", s.lr_schedule]
     return cmd + ["-o", output] + (["--plot", png] if png else [])
 
 

@@ -505,6 +505,10 @@ def argv(corpus, out, load, *extra, data=None, entry=None):
         (dict(entry=["--seed", "3"]), "--seed after '--'"),
         (dict(entry=[]), "no entry flags after '--'"),
         (dict(extra=("--tolerance", "-1")), "--tolerance '-1' must be finite and > 0"),
+        (dict(extra=("--methods", "default-law-poly")), "--methods default-law-poly: unknown"),
+        (dict(extra=("--annealing-from", "/no/base.jsonl")), "--annealing-from /no/base.jsonl"),
+        (dict(extra=("--lr-schedule", "cosine:1e-3")), "--lr-schedule 'cosine:1e-3'"),
+        (dict(extra=("--base-lr-schedule", "x:1:1:1:1")), "--base-lr-schedule 'x:1:1:1:1'"),
     ],
 )
 def test_one_line_errors(corpus, base_dir, tmp_path, capsys, change, message):

@@ -25,6 +25,7 @@ from megatron_velocitune.laws.schedule_laws import (
     trajectory_schedule,
 )
 from megatron_velocitune.laws.target_report import (
+    LAWS,
     TargetFitConfig,
     fit_base_decay,
     fit_target_losses,
@@ -519,7 +520,7 @@ def test_the_target_laws_benchmark_tables_every_law_and_plots_one_png_per_law(tm
         _write(folder / "velocitune_trajectory.jsonl", rows)
     text = mod.run([str(tmp_path / "regime")], plot_dir=str(tmp_path), seeds_wanted=[1, 3])
     summary = {line.split(" | ")[1]: line for line in text.splitlines() if "| regime |" in line}
-    assert set(summary) == {"chinchilla", "annealing", "cpt", "multi-power", "auto", mod.ORACLE}
+    assert set(summary) == set(LAWS) | {"auto", mod.ORACLE}
     # Columns seed1 and seed3 only.
     assert "MAE seed1 | MAE seed3 |" in text and "seed2" not in text
     # The floor estimates the noise's mean absolute size, sqrt(2/pi) * sigma (+ the curvature).
@@ -527,6 +528,44 @@ def test_the_target_laws_benchmark_tables_every_law_and_plots_one_png_per_law(tm
     each = summary["cpt"].split(" | ")[4].split(" / ")
     assert len(each) == 2  # seeds 1 and 3
     assert 0.5 * math.sqrt(2 / math.pi) * sigma < floor < 1.6 * math.sqrt(2 / math.pi) * sigma
-    for law in ("chinchilla", "annealing", "cpt", "multi-power"):
+    for law in LAWS:
         png = tmp_path / f"target_laws_{law}.png"
         assert png.read_bytes()[:4] == b"\x89PNG", law
+
+
+def test_the_cpt_multi_power_law_recovers_its_shift_under_the_base_runs_loss_reduction():
+    """The CPT law's shift with the multi-power loss reduction as its annealing term: on warm-up
+    + cosine, with ``LD`` given (from the base run), the shift's parameters come back within 2%;
+    under a constant LR it is the CPT law (``LD = 0``).
+    """
+    from megatron_velocitune.laws.schedule_laws import (
+        DecayTerm,
+        fit_cpt_multi_power_law,
+        loss_reduction,
+    )
+
+    n = 200
+    lrs = _cosine(n, 5, 1e-3, 1e-4)
+    s1, s2 = lr_areas(lrs)
+    steps = np.arange(5, n + 1, 5)
+    x = ScheduleInputs(steps * 1.0, s1[steps - 1], s2[steps - 1], steps, lrs)
+    decay = DecayTerm(B=1500.0, C=2.5, beta=0.8, gamma=0.0)
+    ld = loss_reduction(decay, x)
+    assert ld[0] == 0.0 and np.all(np.diff(ld) >= -1e-12) and ld[-1] > 0.05  # the cosine's drop
+    truth = dict(B=-0.4, E=8.0, beta=0.7)
+    scale = float(x.s1.max())
+    y = cpt_law(5.0, 0.0, 0.5, 0.0, truth["B"], truth["E"], truth["beta"], 2.0, x.s1 / scale, 0)
+    y = y - ld
+    fit = fit_cpt_multi_power_law(x, y, 5.0, decay, s1_pt=2.0 * scale)
+    assert fit.law == "cpt-multi-power" and "loss reduction fixed" in fit.notes[0]
+    assert _rel(fit.params, truth, ["B", "E", "beta"]) < 0.02
+    np.testing.assert_allclose(fit.predict(x), y, atol=1e-4)
+    # Constant LR: no drop, no reduction: the CPT law's own fit.
+    flat = np.full(n, 1e-3)
+    c1, c2 = lr_areas(flat)
+    xc = ScheduleInputs(steps * 1.0, c1[steps - 1], c2[steps - 1], steps, flat)
+    assert np.all(loss_reduction(decay, xc) == 0.0)
+    yc = cpt_law(5.0, 0.0, 0.5, 0.0, -0.4, 8.0, 0.7, 2.0, xc.s1 / xc.s1.max(), 0)
+    a = fit_cpt_multi_power_law(xc, yc, 5.0, decay, s1_pt=2.0 * xc.s1.max())
+    b = fit_cpt_law(xc, yc, 5.0, s1_pt=2.0 * xc.s1.max())
+    np.testing.assert_allclose(a.predict(xc), b.predict(xc), atol=1e-9)

@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "annealing (Tissue et al. 2024: L0 + A*S1^-alpha - C*S2), cpt (Wang et al. 2025: the "
         "annealing law continued from pre-training plus a distribution-shift term), "
         "multi-power (Luo et al. 2025: a power law in the LR sum minus a loss-reduction term "
-        "per LR drop), or auto (per domain, the law with the lowest error on the last 25%% of "
-        "the fit window). The schedule-aware laws read the header's 'lr_schedule', else each "
-        "record's 'lr'.",
+        "per LR drop), cpt-multi-power (the cpt law with the multi-power law's loss reduction, "
+        "from --annealing-from, as its annealing term), or auto (per domain, the law with the "
+        "lowest error on the last 25%% of the fit window). The schedule-aware laws read the "
+        "header's 'lr_schedule', else each record's 'lr'.",
     )
     p.add_argument(
         "--constant-lr",

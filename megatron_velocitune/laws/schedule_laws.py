@@ -59,10 +59,12 @@ __all__ = [
     "ScheduleInputs",
     "annealing_law",
     "cpt_law",
+    "loss_reduction",
     "DecayTerm",
     "MULTI_POWER_PARAMS",
     "fit_annealing_law",
     "fit_cpt_law",
+    "fit_cpt_multi_power_law",
     "fit_multi_power_law",
     "multi_power_law",
     "MissingLearningRateError",
@@ -172,6 +174,8 @@ class LawFit:
         at_bound (List[str]): free parameters that ended on a bound.
         notes (List[str]): what the fit fixed and why.
         lr_scale (float): the learning rate the multi-power fit normalised the LRs by.
+        decay (Optional[DecayTerm]): the ``cpt-multi-power`` law's loss-reduction term, fixed
+            (absolute units; None: no loss reduction).
     """
 
     law: str
@@ -185,6 +189,7 @@ class LawFit:
     at_bound: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     lr_scale: float = 1.0
+    decay: Optional[DecayTerm] = None
 
     @classmethod
     def measured(
@@ -233,6 +238,11 @@ class LawFit:
             return _multi_power(values, eta, x.steps, self.lr_scale / self.scale, False)[0]
         s1 = np.asarray(x.s1, np.float64) / self.scale
         s2 = np.asarray(x.s2, np.float64) / self.scale
+        if self.law == "cpt-multi-power":
+            shift = cpt_law(
+                self.initial, p["A"], p["alpha"], 0.0, p["B"], p["E"], p["beta"], p["S1_pt"], s1, 0
+            )
+            return shift - loss_reduction(self.decay, x)
         if self.law == "annealing":
             return annealing_law(p["L0"], p["A"], p["alpha"], p["C"], s1, s2)
         return cpt_law(
@@ -466,6 +476,81 @@ def fit_cpt_law(
         at_bound=at_bound,
         notes=[c_note],
     )
+
+
+def loss_reduction(decay: Optional[DecayTerm], x: ScheduleInputs) -> np.ndarray:
+    """The multi-power law's loss reduction ``LD(t)`` (:func:`multi_power_law`) at ``x``'s steps,
+    with ``decay``'s absolute parameters; 0 everywhere for ``decay`` None.
+
+    Raises:
+        ValueError: ``x`` without the schedule's steps and LRs.
+    """
+    if decay is None:
+        return np.zeros(np.shape(x.s1))
+    if x.lrs is None or x.steps is None:
+        raise ValueError("the loss reduction needs the schedule's steps and LRs")
+    d = decay
+    return -multi_power_law(0.0, 0.0, 0.0, d.B, d.C, d.beta, d.gamma, x.lrs, x.steps)
+
+
+def fit_cpt_multi_power_law(
+    x: ScheduleInputs,
+    losses: Sequence[float],
+    initial: float,
+    decay: Optional[DecayTerm],
+    s1_pt: Optional[float] = None,
+    delta: float = DEFAULT_HUBER_DELTA,
+    decay_source: str = "given",
+) -> LawFit:
+    """The CPT law with the multi-power law's loss reduction as its annealing term.
+
+    ``L = L_init + A * ((S1_pt + S1)^-alpha - S1_pt^-alpha) + B * (1 - (1 + E * S1)^-beta)
+    - LD(t)``: Wang et al. (2025)'s distribution-shift form (:func:`cpt_law`) with Luo et al.
+    (2025)'s ``LD(t)`` (:func:`multi_power_law`) in place of Tissue et al.'s ``C * S2``, ``LD``
+    fixed from the base model's own decaying-LR curve (its multi-power fit's ``B, C, beta,
+    gamma``). Under a constant LR ``LD = 0`` and this is the CPT law.
+
+    Args:
+        x (ScheduleInputs): the points' CPT areas, steps and LRs.
+        losses (Sequence[float]): their losses.
+        initial (float): the measured loss at the start of the CPT.
+        decay (Optional[DecayTerm]): the loss-reduction term (None: none, said in the notes).
+        s1_pt (Optional[float]): as :func:`fit_cpt_law`.
+        delta (float): Huber threshold.
+        decay_source (str): where ``decay`` came from (in ``notes``).
+
+    Returns:
+        LawFit: the fit (``law`` ``cpt-multi-power``, ``decay`` kept for its predictions).
+
+    Raises:
+        TooFewPointsError: as :func:`fit_cpt_law`.
+    """
+    y = np.asarray(losses, np.float64)
+    ld = loss_reduction(decay, x)
+    no_annealing = ScheduleInputs(x.tokens, x.s1, np.zeros_like(x.s1), x.steps, x.lrs)
+    # The shift form is fitted to what the loss would be without the annealing's reduction.
+    shift = fit_cpt_law(no_annealing, y + ld, initial, s1_pt=s1_pt, fixed_c=0.0, delta=delta)
+    names = [n for n in shift.params if n != "C"]
+    fit = LawFit.measured(
+        "cpt-multi-power",
+        names,
+        [shift.params[n] for n in names],
+        shift.predict(no_annealing) - ld,
+        y,
+        delta,
+        scale=shift.scale,
+        initial=shift.initial,
+        converged=shift.converged,
+        at_bound=list(shift.at_bound),
+        notes=[
+            f"loss reduction fixed ({decay_source}: B={decay.B:.4g} C={decay.C:.4g} "
+            f"beta={decay.beta:.3g} gamma={decay.gamma:.3g})"
+            if decay is not None
+            else "no loss reduction (no base decay term): the CPT law without annealing"
+        ],
+        decay=decay,
+    )
+    return fit
 
 
 #: The multi-power law's parameter names, in the fit's order.

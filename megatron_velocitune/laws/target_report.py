@@ -39,6 +39,7 @@ from megatron_velocitune.laws.schedule_laws import (
     ScheduleInputs,
     fit_annealing_law,
     fit_cpt_law,
+    fit_cpt_multi_power_law,
     fit_multi_power_law,
     schedule_curve,
     trajectory_schedule,
@@ -60,7 +61,7 @@ __all__ = [
 #: The laws a target can come from: the Chinchilla data term (the paper's), Tissue et al.'s
 #: annealing law, Wang et al.'s CPT law and Luo et al.'s multi-power law
 #: (:mod:`megatron_velocitune.laws.schedule_laws`).
-LAWS = ("chinchilla", "annealing", "cpt", "multi-power")
+LAWS = ("chinchilla", "annealing", "cpt", "multi-power", "cpt-multi-power")
 #: ``auto`` picks per domain the law with the lowest error on the window's last points.
 LAW_CHOICES = ("auto",) + LAWS
 #: ``auto``'s validation slice: this share of the fit window's last evaluations (by tokens).
@@ -73,6 +74,9 @@ _LAW_FORMULAS = {
     "L(0) = L_init (Wang et al. 2025)",
     "multi-power": "L = L0 + A * (S1 + S_W)^-alpha - B * sum_k (eta_{k-1} - eta_k) * "
     "(1 - (C * eta_k^-gamma * S_k + 1)^-beta) (Luo et al. 2025)",
+    "cpt-multi-power": "L = L0 + A * (S1_pt + S1)^-alpha + B * (1 - (1 + E * S1)^-beta) - LD(t), "
+    "L(0) = L_init, LD the multi-power law's loss reduction from the base run (Wang et al. 2025 "
+    "with Luo et al. 2025's annealing term)",
 }
 
 
@@ -545,6 +549,19 @@ def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config, name: 
         )
     if initial is None:
         raise TooFewPointsError("the CPT law needs the initial loss (its starting point)")
+    if law == "cpt-multi-power":
+        if x.lrs is None:
+            raise TooFewPointsError(
+                "the cpt-multi-power law needs one schedule for the pooled runs (they differ)"
+            )
+        return fit_cpt_multi_power_law(
+            x,
+            y,
+            initial,
+            None if base is None else base.decay,
+            s1_pt=config.pt_area,
+            decay_source="none" if base is None else base.source,
+        )
     return fit_cpt_law(x, y, initial, s1_pt=config.pt_area, fixed_c=fixed_c, c_source=source)
 
 

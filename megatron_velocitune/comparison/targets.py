@@ -96,7 +96,7 @@ def fit_targets(
     trajectories, and each seed's fit error; the file is ``targets-<name>.json``
     (``targets-default.json``, ``targets-law-auto.json``).
     """
-    from megatron_velocitune.laws.scaling_law import held_out_error, loss_points
+    from megatron_velocitune.laws.scaling_law import loss_points
 
     name = fit_name(rule) if law is None else law_fit_name(law)
     targets = os.path.join(out, f"targets-{name}.json")
@@ -111,12 +111,37 @@ def fit_targets(
     os.replace(tmp, text)
     with open(targets, encoding="utf-8") as f:
         fits = json.load(f)
-    if law is not None:
-        return _law_fit_result(out, python, cpt, s, law, name, targets, fits)
     cutoff = s.fit_fraction * s.budget_tokens
+    points = [loss_points(read_traj(path), s.domains) for path in trajectories]
+    if law is None:
+        per_seed, pooled = _pooled_fit_errors(points, fits, s, cutoff)
+    else:
+        per_seed, pooled = _law_fit_errors(out, python, cpt, s, law, name, fits)
+    spans = []
+    for pts in points:
+        fitted = pts.tokens[(pts.tokens >= s.warmup_tokens) & (pts.tokens <= cutoff)]
+        spans.append(float(fitted.max() / fitted.min()))
+    return {
+        "targets": targets,
+        "per_seed": per_seed,
+        "pooled": pooled,
+        "fit_span": spans,
+        "losses": fits["losses"],
+        "rules": fits.get("rules", {}),
+        **({"laws": fits.get("laws", {})} if law is not None else {}),
+        "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
+        "cutoff_tokens": cutoff,
+    }
+
+
+def _pooled_fit_errors(points, fits: dict, s: Setting, cutoff: float):
+    """Each seed's held-out error of the default law refitted on that seed's points, and the
+    pooled fit's (from the targets file).
+    """
+    from megatron_velocitune.laws.scaling_law import held_out_error
+
     per_seed: Dict[str, List[float]] = {d: [] for d in s.domains}
-    for r in cpt:
-        pts = loss_points(read_traj(r["trajectory"]), s.domains)
+    for pts in points:
         keep = pts.tokens >= s.warmup_tokens
         for i, d in enumerate(s.domains):
             rising = fits["fits"][d].get("B", 0.0) < 0
@@ -133,37 +158,12 @@ def fit_targets(
         )
         for d in s.domains
     }
-    return {
-        "targets": targets,
-        "per_seed": per_seed,
-        "pooled": pooled,
-        "fit_span": _fit_spans(cpt, s),
-        "losses": fits["losses"],
-        "rules": fits.get("rules", {}),
-        "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
-        "cutoff_tokens": cutoff,
-    }
+    return per_seed, pooled
 
 
-def _fit_spans(cpt: List[dict], s: Setting) -> List[float]:
-    """Each CPT run's fit window as a ratio of its last to its first fitted tokens."""
-    from megatron_velocitune.laws.scaling_law import loss_points
-
-    cutoff = s.fit_fraction * s.budget_tokens
-    spans = []
-    for r in cpt:
-        tokens = loss_points(read_traj(r["trajectory"]), s.domains).tokens
-        fitted = tokens[(tokens >= s.warmup_tokens) & (tokens <= cutoff)]
-        spans.append(float(fitted.max() / fitted.min()))
-    return spans
-
-
-def _law_fit_result(
-    out: str, python: str, cpt: List[dict], s: Setting, law: str, name: str, targets: str, fits
-) -> dict:
-    """:func:`fit_targets`' record of a ``--law`` fit: each seed's error is that of the law
-    fitted on the seed alone (the fit tool once per seed), the pooled one that of the pooled
-    fit's chosen law.
+def _law_fit_errors(out: str, python: str, cpt: List[dict], s: Setting, law: str, name: str, fits):
+    """A ``--law`` fit's errors: each seed's that of the law fitted on the seed alone (the fit
+    tool once per seed), the pooled one that of the pooled fit's chosen law.
     """
 
     def chosen_mae(record: dict) -> float:
@@ -180,18 +180,7 @@ def _law_fit_result(
             own = json.load(f)["fits"]
         for d in s.domains:
             per_seed[d].append(chosen_mae(own[d]))
-    cutoff = s.fit_fraction * s.budget_tokens
-    return {
-        "targets": targets,
-        "per_seed": per_seed,
-        "pooled": {d: chosen_mae(fits["fits"][d]) for d in s.domains},
-        "fit_span": _fit_spans(cpt, s),
-        "losses": fits["losses"],
-        "rules": fits.get("rules", {}),
-        "laws": fits.get("laws", {}),
-        "predicted": {d: fits["fits"][d]["predicted"] for d in s.domains},
-        "cutoff_tokens": cutoff,
-    }
+    return per_seed, {d: chosen_mae(fits["fits"][d]) for d in s.domains}
 
 
 def fit_all(

@@ -531,7 +531,7 @@ def fit_cpt_multi_power_law(
     # The shift form is fitted to what the loss would be without the annealing's reduction.
     shift = fit_cpt_law(no_annealing, y + ld, initial, s1_pt=s1_pt, fixed_c=0.0, delta=delta)
     names = [n for n in shift.params if n != "C"]
-    fit = LawFit.measured(
+    return LawFit.measured(
         "cpt-multi-power",
         names,
         [shift.params[n] for n in names],
@@ -550,7 +550,6 @@ def fit_cpt_multi_power_law(
         ],
         decay=decay,
     )
-    return fit
 
 
 #: The multi-power law's parameter names, in the fit's order.

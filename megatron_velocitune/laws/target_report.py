@@ -538,29 +538,19 @@ def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config, name: 
         fixed_c, source = base.c, base.source
     if law == "annealing":
         return fit_annealing_law(x, y, fixed_c=fixed_c, c_source=source)
-    if law == "multi-power":
-        if x.lrs is None:
-            raise TooFewPointsError(
-                "the multi-power law needs one schedule for the pooled runs (they differ)"
-            )
-        decay = None if base is None else base.decay
-        return fit_multi_power_law(
-            x, y, fixed_decay=decay, decay_source=None if base is None else base.source
+    decay, decay_source = (None, None) if base is None else (base.decay, base.source)
+    if law in ("multi-power", "cpt-multi-power") and x.lrs is None:
+        # Both evaluate LD(t) on the schedule's every step.
+        raise TooFewPointsError(
+            f"the {law} law needs one schedule for the pooled runs (they differ)"
         )
+    if law == "multi-power":
+        return fit_multi_power_law(x, y, fixed_decay=decay, decay_source=decay_source)
     if initial is None:
         raise TooFewPointsError("the CPT law needs the initial loss (its starting point)")
     if law == "cpt-multi-power":
-        if x.lrs is None:
-            raise TooFewPointsError(
-                "the cpt-multi-power law needs one schedule for the pooled runs (they differ)"
-            )
         return fit_cpt_multi_power_law(
-            x,
-            y,
-            initial,
-            None if base is None else base.decay,
-            s1_pt=config.pt_area,
-            decay_source="none" if base is None else base.source,
+            x, y, initial, decay, s1_pt=config.pt_area, decay_source=decay_source or "none"
         )
     return fit_cpt_law(x, y, initial, s1_pt=config.pt_area, fixed_c=fixed_c, c_source=source)
 

@@ -101,16 +101,6 @@ def _base(folder: str, names, schedule: Optional[LrSchedule], lines: List[str]):
     return decay
 
 
-def _law_curve(report, law_result):
-    """(tokens, losses) of one fitted law from the window's start to the budget."""
-    d = report.domains[0].tokens
-    if law_result.law == "chinchilla":
-        grid = np.linspace(d.min(), report.budget, 200)
-        return grid, law_result.fit.predict(grid)
-    keep = report.curve.tokens >= d.min()
-    return report.curve.tokens[keep], law_result.fit.predict(report.curve.take(keep))
-
-
 def plot_laws(regimes, out_dir: str) -> List[str]:
     """One PNG per law: a row per regime, a panel per domain, every seed's points and that
     seed's own fit of the law.
@@ -147,7 +137,8 @@ def plot_laws(regimes, out_dir: str) -> List[str]:
                     ax.plot(r.tokens[early], r.losses[early], "o", ms=2, color=color)
                     ax.plot(r.tokens[~early], r.losses[~early], "s", ms=2, mfc="none", color=color)
                     res = r.laws[law]
-                    ax.plot(*_law_curve(report, res), "-", lw=1.1, color=color, label=seed)
+                    drawn = report.law_curve(res, report.domains[0].tokens.min(), geometric=False)
+                    ax.plot(*drawn, "-", lw=1.1, color=color, label=seed)
                     maes.append(res.mae)
                 ax.axvline(seeds[0].cutoff, color="grey", lw=0.8, ls=":")
                 ax.set_title(

@@ -193,17 +193,11 @@ def _plot(path: str, report: TargetFitReport) -> None:
         ax.plot(d[early], y[early], "o", ms=3, color="k", label="fitted")
         ax.plot(d[~early], y[~early], "s", ms=3, mfc="none", color="k", label="held out")
         for name, law in res.laws.items():
-            if name == "chinchilla":
-                grid = np.geomspace(d.min(), budget, 200)
-                curve = law.fit.predict(grid)
-            elif report.curve is not None:
-                keep = report.curve.tokens >= d.min()
-                grid = report.curve.tokens[keep]
-                curve = law.fit.predict(report.curve.take(keep))
-            else:
+            drawn = report.law_curve(law, d.min())
+            if drawn is None:
                 continue
             mark = " *" if name == res.law else ""
-            ax.plot(grid, curve, "-", lw=1.6 if mark else 1, label=f"{name}{mark}")
+            ax.plot(*drawn, "-", lw=1.6 if mark else 1, label=f"{name}{mark}")
         ax.plot([budget], [res.target], "*", ms=10, color="C3", label="target")
         if res.initial is not None:
             ax.axhline(res.initial, color="red", ls="--", lw=1, label="initial")

@@ -12,7 +12,7 @@ Pure: the runs come parsed; reading, printing and writing are the tool's
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -284,6 +284,29 @@ class TargetFitReport:
     domains: List[DomainTarget]
     errors: List[str]
     curve: Optional[ScheduleInputs] = None
+
+    def law_curve(
+        self, result: "LawResult", start: float, geometric: bool = True, points: int = 200
+    ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """One fitted law's (tokens, losses) from ``start`` tokens to the budget, for a plot.
+
+        Args:
+            result (LawResult): the law's fit of one domain.
+            start (float): the first token count drawn.
+            geometric (bool): Chinchilla's grid spacing (geometric for a log axis, else linear).
+            points (int): Chinchilla's grid size.
+
+        Returns:
+            Optional[Tuple[np.ndarray, np.ndarray]]: Chinchilla on a grid; a schedule-aware
+            law at every step of :attr:`curve`; None when there is no curve to draw it on.
+        """
+        if result.law == "chinchilla":
+            grid = (np.geomspace if geometric else np.linspace)(start, self.budget, points)
+            return grid, result.fit.predict(grid)
+        if self.curve is None:
+            return None
+        keep = self.curve.tokens >= start
+        return self.curve.tokens[keep], result.fit.predict(self.curve.take(keep))
 
     def loss_file_fields(self, config: TargetFitConfig, paths: Sequence[str]) -> dict:
         """What the targets JSON records besides the losses (the fits and their footing).

@@ -292,6 +292,11 @@ def _model_args(corpus: str, s: Setting) -> List[str]:
     ]
 
 
+def _base_warmup(s: Setting) -> int:
+    """The base model's LR warm-up: a tenth of its iterations."""
+    return max(1, s.base_iters // 10)
+
+
 def _cpt_min_lr(s: Setting) -> float:
     """The CPT schedule's last learning rate: a tenth of ``cpt_lr`` under cosine."""
     return s.cpt_lr / 10 if s.cpt_schedule == "cosine" else s.cpt_lr
@@ -598,7 +603,7 @@ def train_base(out: str, python: str, corpus: dict, s: Setting) -> dict:
             "--lr-decay-style",
             "cosine",
             "--lr-warmup-iters",
-            str(max(1, s.base_iters // 10)),
+            str(_base_warmup(s)),
             "--velocitune-policy",
             "static",
             "--velocitune-update-interval",
@@ -814,7 +819,7 @@ def comparison_flags(args: argparse.Namespace, s: Setting, out: str) -> List[str
             "--annealing-from",
             os.path.join(out, "base", "tb", "velocitune_trajectory.jsonl"),
             "--base-lr-schedule",
-            f"cosine:{s.base_lr}:{s.base_min_lr}:{max(1, s.base_iters // 10)}:{s.base_iters}",
+            f"cosine:{s.base_lr}:{s.base_min_lr}:{_base_warmup(s)}:{s.base_iters}",
             # For CPT runs written before their header recorded it (entry_args' schedule).
             "--lr-schedule",
             f"{s.cpt_schedule}:{s.cpt_lr}:{_cpt_min_lr(s)}:{s.warmup}:{s.cpt_iters}",

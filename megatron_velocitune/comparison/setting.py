@@ -13,9 +13,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from megatron_velocitune.core.errors import ToolError
+from megatron_velocitune.core.errors import InputError, ToolError
 from megatron_velocitune.core.files import write_json
 from megatron_velocitune.core.policy import Tolerance
+from megatron_velocitune.laws.schedule_laws import LrSchedule
 
 __all__ = ["PROG", "Setting", "check_setting", "setting_from_args"]
 
@@ -156,14 +157,11 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
         raise ToolError(f"--annealing-from {annealing_from}: no such file")
     schedules = {f: getattr(args, f, None) for f in ("base_lr_schedule", "lr_schedule")}
     for flag, spec in schedules.items():
-        if spec is not None:
-            from megatron_velocitune.core.errors import InputError
-            from megatron_velocitune.laws.schedule_laws import LrSchedule
-
-            try:
+        try:
+            if spec is not None:
                 LrSchedule.from_spec(spec, f"--{flag.replace('_', '-')}")
-            except InputError as e:
-                raise ToolError(str(e)) from None
+        except InputError as e:
+            raise ToolError(str(e)) from None
     return Setting(
         prefixes=tuple(os.path.abspath(p) for p in prefixes),
         weights=tuple(weights),

@@ -248,6 +248,7 @@ SIZE_FLAGS: Tuple[Tuple[str, str, type], ...] = (
     ("--base-lr", "base_lr", float),
     ("--cpt-lr", "cpt_lr", float),
     ("--cpt-eval-interval", "cpt_eval_interval", int),
+    ("--eval-iters", "eval_iters", int),
     ("--nproc", "nproc", int),
 )
 

@@ -11,10 +11,12 @@ mean on the common footing).
 Runs whose header records their ``lr_schedule`` are fitted on it; older runs take
 ``--cpt-lr-schedule`` (default: steps as the clock, ``--constant-lr``). The summary's noise floor
 is the MAE a perfect smooth law would still make on the later evaluations (their own
-evaluation-to-evaluation noise). ``--plot-dir`` writes one PNG per law (a row per regime).
-With ``--base-lr-schedule``, each folder's base run (``base/tb/velocitune_trajectory.jsonl``)
-gives every domain's annealing ``C`` and multi-power decay term (``velocitune-fit-targets
---annealing-from``), printed first.
+evaluation-to-evaluation noise); the extrapolation floor, per seed, the MAE an exactly right
+law still makes when refitted on the window of copies of the curve with that run's own noise
+(``--floor-draws``): a bar below it is out of reach of any law on runs this noisy.
+``--plot-dir`` writes one PNG per law (a row per regime). With ``--base-lr-schedule``, each
+folder's base run (``base/tb/velocitune_trajectory.jsonl``) gives every domain's annealing ``C``
+and multi-power decay term (``velocitune-fit-targets --annealing-from``), printed first.
 
 Each folder is the ``--out`` of one regime's ``benchmarks/compare_policies.py`` (its CPT runs
 under ``runs/cpt/seed*/``). Example::
@@ -33,12 +35,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from megatron_velocitune.core.errors import TooFewPointsError
 from megatron_velocitune.core.trajectory import read_trajectory
 from megatron_velocitune.laws.schedule_laws import LrSchedule
 from megatron_velocitune.laws.target_report import (
     LAWS,
     TargetFitConfig,
     fit_base_decay,
+    fit_law,
     fit_target_losses,
 )
 
@@ -62,7 +66,50 @@ def _fit(paths: Sequence[str], cpt: Optional[LrSchedule], base_decay):
     config = TargetFitConfig(
         law="auto", constant_lr=constant, lr_schedule=cpt, base_decay=base_decay
     )
-    return fit_target_losses(paths, runs, config)
+    return fit_target_losses(paths, runs, config), config
+
+
+def _extrapolation_floor(report, config: TargetFitConfig, draws: int, seed: int = 0) -> float:
+    """The MAE after the window that even the right law makes, given the run's own noise.
+
+    Per domain, the schedule-aware law that describes the whole curve best (least squares over
+    every evaluation, the window's and the later ones) is taken as the truth and the spread of
+    the points around it as the noise ``sigma``; ``draws`` times, the truth plus fresh Gaussian
+    noise of that size is refitted on the window alone with the same law and scored on the later
+    points, as the table scores the laws. The mean over draws and domains is what a law that
+    is exactly right still misses by from half a run this noisy: a bar below it asks for a
+    quieter proxy (less noise per evaluation, more evaluations), not a better law. The noise is
+    drawn independently per point; a real run's is correlated from one evaluation to the next,
+    so the floor is if anything optimistic.
+    """
+    rng = np.random.default_rng(seed)
+    floors = []
+    for dom in report.domains:
+        x, y = dom.inputs, dom.losses
+        if x is None:
+            continue
+        whole = {}
+        for law in LAWS:
+            if law == "chinchilla":
+                continue
+            try:
+                fit = fit_law(law, x, y, dom.initial, config, dom.name)
+            except (TooFewPointsError, ValueError):
+                continue
+            whole[law] = (float(np.mean((fit.predict(x) - y) ** 2)), fit)
+        if not whole:
+            continue
+        law = min(whole, key=lambda k: whole[k][0])
+        truth = whole[law][1].predict(x)
+        sigma = float(np.std(y - truth))
+        early = dom.tokens <= report.cutoff
+        errors = []
+        for _ in range(draws):
+            noisy = truth + rng.normal(0.0, sigma, y.size)
+            fit = fit_law(law, x.take(early), noisy[early], dom.initial, config, dom.name)
+            errors.append(float(np.mean(np.abs(fit.predict(x.take(~early)) - noisy[~early]))))
+        floors.append(float(np.mean(errors)))
+    return float(np.mean(floors)) if floors else float("nan")
 
 
 def _noise_floor(report) -> float:
@@ -167,6 +214,7 @@ def run(
     base_schedule: Optional[LrSchedule] = None,
     plot_dir: Optional[str] = None,
     seeds_wanted: Optional[Sequence[int]] = None,
+    floor_draws: int = 20,
 ) -> str:
     """The markdown table of every regime.
 
@@ -177,6 +225,8 @@ def run(
         base_schedule (Optional[LrSchedule]): the base runs' schedule (None: no base fits).
         plot_dir (Optional[str]): write one PNG per law there (:func:`plot_laws`).
         seeds_wanted (Optional[Sequence[int]]): the CPT seeds to read (None: every one).
+        floor_draws (int): noisy copies per domain of :func:`_extrapolation_floor` (0: none,
+            the column is ``-``).
 
     Returns:
         str: the markdown.
@@ -189,8 +239,9 @@ def run(
     ]
     summary: List[str] = [
         "| corpus | law | mean MAE pooled | mean MAE per seed | each seed | mean "
-        "abs(pred@budget - reached) pooled | noise floor per seed |",
-        "|---|---|---|---|---|---|---|",
+        "abs(pred@budget - reached) pooled | noise floor per seed | extrapolation floor "
+        "each seed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     plotted = []
     for folder in regimes:
@@ -207,8 +258,9 @@ def run(
         corpus = os.path.basename(os.path.normpath(folder))
         names = read_trajectory(paths[0]).domains
         decay = _base(folder, names, base_schedule, base_lines)
-        pooled = _fit(paths, cpt, decay)
-        seeds = [_fit([p], cpt, decay) for p in paths]
+        pooled, _ = _fit(paths, cpt, decay)
+        fitted = [_fit([p], cpt, decay) for p in paths]
+        seeds = [report for report, _ in fitted]
         seed_names = [p.split("/")[-3] for p in paths]
         plotted.append((corpus, seeds, seed_names))
         reached = _reached(pooled)
@@ -243,6 +295,7 @@ def run(
                 means[label][2].append(diff)
         lines.append("")
         floor = float(np.mean([_noise_floor(s) for s in seeds]))
+        extrapolation = [_extrapolation_floor(r, c, floor_draws) for r, c in fitted]
         # A ceiling, not a method: per domain the law that did best after the window (by the
         # seeds' mean), with its pooled and per-seed errors.
         best = [
@@ -255,7 +308,9 @@ def run(
             summary.append(
                 f"| {corpus} | {label} | {np.mean(mp):.2e} | {np.mean(each):.2e} | "
                 + " / ".join(f"{v:.2e}" for v in each)
-                + f" | {np.mean(md):.3f} | {floor:.1e} |"
+                + f" | {np.mean(md):.3f} | {floor:.1e} | "
+                + " / ".join(_fmt(v) for v in extrapolation)
+                + " |"
             )
     if plot_dir and plotted:
         for path in plot_laws(plotted, plot_dir):
@@ -276,12 +331,20 @@ def main(argv=None) -> int:
     p.add_argument("--base-lr-schedule", default=None, help="the base runs' schedule (spec)")
     p.add_argument("--plot-dir", default=None, help="write one PNG per law here (a row per regime)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="CPT seeds (default: all)")
+    p.add_argument(
+        "--floor-draws",
+        type=int,
+        default=20,
+        help="noisy copies per domain and seed of the extrapolation floor (default 20; 0: none)",
+    )
     args = p.parse_args(argv)
+    if args.floor_draws < 0:
+        p.error(f"--floor-draws {args.floor_draws} must be >= 0")
     cpt = args.cpt_lr_schedule and LrSchedule.from_spec(args.cpt_lr_schedule, "--cpt-lr-schedule")
     base = args.base_lr_schedule and LrSchedule.from_spec(
         args.base_lr_schedule, "--base-lr-schedule"
     )
-    print(run(args.regimes, cpt or None, base or None, args.plot_dir, args.seeds))
+    print(run(args.regimes, cpt or None, base or None, args.plot_dir, args.seeds, args.floor_draws))
     return 0
 
 

@@ -243,6 +243,10 @@ class DomainTarget:
         initial (Optional[float]): the initial loss.
         decision (Optional[TargetDecision]): the rule's decision; None where it refused.
         target (float): the target (the prediction where the rule refused).
+        law (str): the law the target comes from.
+        laws (Dict[str, LawResult]): every law fitted, by name.
+        inputs (Optional[ScheduleInputs]): the points' schedule areas (rows of ``tokens``);
+            None where only Chinchilla was fitted.
     """
 
     name: str
@@ -255,6 +259,7 @@ class DomainTarget:
     target: float
     law: str = "chinchilla"
     laws: Dict[str, LawResult] = field(default_factory=dict)
+    inputs: Optional[ScheduleInputs] = None
 
 
 @dataclass
@@ -492,7 +497,7 @@ def fit_target_losses(
             decision = None
         target = decision.target if decision else predicted
         domains.append(
-            DomainTarget(n, d, y, held, predicted, initial[n], decision, target, chosen, laws)
+            DomainTarget(n, d, y, held, predicted, initial[n], decision, target, chosen, laws, x)
         )
     return TargetFitReport(
         names=names,
@@ -553,8 +558,31 @@ def _chinchilla_result(held: HeldOutError, predicted: float) -> LawResult:
     )
 
 
-def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config, name: str) -> LawFit:
-    """Fit ``law`` to one domain's points with the annealing terms the config fixes."""
+def fit_law(
+    law: str,
+    x: ScheduleInputs,
+    y: np.ndarray,
+    initial: Optional[float],
+    config: TargetFitConfig,
+    name: str,
+) -> LawFit:
+    """Fit a schedule-aware law to one domain's points with the annealing terms ``config`` fixes.
+
+    Args:
+        law (str): one of :data:`LAWS` but ``chinchilla``.
+        x (ScheduleInputs): the points' schedule areas.
+        y (np.ndarray): their losses.
+        initial (Optional[float]): the domain's starting loss (the CPT laws' anchor).
+        config (TargetFitConfig): the fixed ``C``, base-run decay terms and pre-training area.
+        name (str): the domain (picks its base-run terms).
+
+    Returns:
+        LawFit: the fit.
+
+    Raises:
+        TooFewPointsError: too few points, no shared schedule for a multi-power law, or no
+            initial loss for a CPT law.
+    """
     base = (config.base_decay or {}).get(name)
     fixed_c, source = config.fixed_c, "--annealing-c"
     if fixed_c is None and base is not None:
@@ -581,7 +609,7 @@ def _fit_one(law: str, x: ScheduleInputs, y: np.ndarray, initial, config, name: 
 def _law_result(law, d, y, x, cutoff, at_budget, initial, config, name) -> LawResult:
     """Fit ``law`` on the window (``d <= cutoff``), score it after, predict at the budget."""
     early = d <= cutoff
-    fit = _fit_one(law, x.take(early), y[early], initial, config, name)
+    fit = fit_law(law, x.take(early), y[early], initial, config, name)
     late = ~early
     order = np.argsort(d[late], kind="stable")
     err = np.abs(fit.predict(x.take(late))[order] - y[late][order])
@@ -612,7 +640,7 @@ def _validation_mae(law, d, y, x, cutoff, initial, config, name) -> float:
             pred = held_out_error(d[inside], y[inside], split).predicted
             obs = y[val][np.argsort(d[val], kind="stable")]
             return float(np.mean(np.abs(pred - obs)))
-        fit = _fit_one(law, x.take(train), y[train], initial, config, name)
+        fit = fit_law(law, x.take(train), y[train], initial, config, name)
     except (TooFewPointsError, ValueError):
         return float("nan")
     return float(np.mean(np.abs(fit.predict(x.take(val)) - y[val])))

@@ -78,10 +78,12 @@ def _extrapolation_floor(report, config: TargetFitConfig, draws: int, seed: int 
     noise of that size is refitted on the window alone with the same law and scored on the later
     points, as the table scores the laws. The mean over draws and domains is what a law that
     is exactly right still misses by from half a run this noisy: a bar below it asks for a
-    quieter proxy (less noise per evaluation, more evaluations), not a better law. The noise is
+    quieter proxy, not a better law. The noise is
     drawn independently per point; a real run's is correlated from one evaluation to the next,
     so the floor is if anything optimistic.
     """
+    if draws <= 0:
+        return float("nan")
     rng = np.random.default_rng(seed)
     floors = []
     for dom in report.domains:

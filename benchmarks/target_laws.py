@@ -78,9 +78,8 @@ def _extrapolation_floor(report, config: TargetFitConfig, draws: int, seed: int 
     noise of that size is refitted on the window alone with the same law and scored on the later
     points, as the table scores the laws. The mean over draws and domains is what a law that
     is exactly right still misses by from half a run this noisy: a bar below it asks for a
-    quieter proxy, not a better law. The noise is
-    drawn independently per point; a real run's is correlated from one evaluation to the next,
-    so the floor is if anything optimistic.
+    quieter proxy, not a better law. The noise is drawn independently per point; a real run's
+    is correlated from one evaluation to the next, so the floor is if anything optimistic.
     """
     if draws <= 0:
         return float("nan")
@@ -95,14 +94,14 @@ def _extrapolation_floor(report, config: TargetFitConfig, draws: int, seed: int 
             if law == "chinchilla":
                 continue
             try:
-                fit = fit_law(law, x, y, dom.initial, config, dom.name)
+                whole[law] = fit_law(law, x, y, dom.initial, config, dom.name)
             except (TooFewPointsError, ValueError):
                 continue
-            whole[law] = (float(np.mean((fit.predict(x) - y) ** 2)), fit)
         if not whole:
             continue
-        law = min(whole, key=lambda k: whole[k][0])
-        truth = whole[law][1].predict(x)
+        # Every fit saw the same points, so the highest R^2 is the least squared error.
+        law = max(whole, key=lambda k: whole[k].r2)
+        truth = whole[law].predict(x)
         sigma = float(np.std(y - truth))
         early = dom.tokens <= report.cutoff
         errors = []

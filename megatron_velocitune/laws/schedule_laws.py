@@ -162,7 +162,7 @@ class LawFit:
     """A fitted schedule-aware law.
 
     Attributes:
-        law (str): ``annealing`` or ``cpt``.
+        law (str): ``annealing``, ``cpt``, ``multi-power`` or ``cpt-multi-power``.
         params (Dict[str, float]): the law's parameters (areas in the fit's units; ``S1``
             normalised by ``scale``).
         scale (float): the forward area the fit normalised ``S1`` (and ``S2``) by.
